@@ -1,0 +1,90 @@
+//! What the root tests share: skipping visibly when not root, and a cgroup of their own
+//! that is removed afterwards.
+
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Returns false, after saying so on stderr, when the test cannot run here.
+pub fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: needs root (eBPF and cgroups); run `sudo cargo xtask test`");
+    // Also on stdout, which `cargo test` shows in its summary with --nocapture.
+    println!("SKIPPED {test}: needs root");
+    false
+}
+
+/// A cgroup v2 directory made for one test and removed when dropped.
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let root = lastmiled::cgroup::cgroup2_root().expect("cgroup2 mounted");
+        let path = root.join(format!(
+            "lastmile-test-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&path).expect("create test cgroup");
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command whose process joins this cgroup before it runs (so its very first
+    /// connect is already seen by programs attached here).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .expect("open cgroup.procs");
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure only calls write(2) on an already-open fd, which is
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Writing "0" moves the writing process itself.
+                (&procs).write_all(b"0")
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // A cgroup can be removed once its processes are gone; give stragglers a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The lastmiled binary under test.
+pub fn lastmiled() -> &'static str {
+    env!("CARGO_BIN_EXE_lastmiled")
+}
