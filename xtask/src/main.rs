@@ -1,1 +1,41 @@
-fn main() {}
+//! `cargo xtask …`: set up a machine, run the demo, the tests and the benchmarks.
+
+mod demo;
+mod exec;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "lastmile project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install everything building, testing and the demo need (idempotent).
+    Setup,
+    /// Set up if needed, build everything including the eBPF programs, and run every test.
+    Test(test::Args),
+    /// Set up if needed, build, and run lastmile's main job on one machine.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test(args) => test::run(&args),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -18,9 +18,12 @@ pub fn have_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("SKIPPED {test}: needs root (eBPF and cgroups); run `sudo cargo xtask test`");
-    // Also on stdout, which `cargo test` shows in its summary with --nocapture.
-    println!("SKIPPED {test}: needs root");
+    // Written to the stderr handle, not through eprintln!, so that the test harness's
+    // output capture does not swallow it: a skip must be visible.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (eBPF and cgroups); run `sudo cargo xtask test`"
+    );
     false
 }
 
