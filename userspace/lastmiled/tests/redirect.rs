@@ -2,7 +2,12 @@
 //! connects to a protected loopback address and lands on the listener instead.
 
 // Tests fail by panicking; the workspace lints against it are for product code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 
