@@ -56,26 +56,120 @@ pub struct TargetInfo {
     pub flags: u32,
 }
 
-/// Where redirected connections go: lastmiled's local listener. Lives at index 0 of the
-/// `REDIRECT` array. A zero port means "no listener configured": protected targets are
-/// then passed through (or refused, in enforcement mode).
+/// Where redirected connections go, and how the programs decide. Lives at index 0 of the
+/// `REDIRECT` array; all zero (the state before lastmiled configures it) means "not
+/// configured": protected targets are passed through, or refused in enforcement mode.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RedirectConfig {
-    /// IPv4 address of the listener, network order.
-    pub listener_v4: [u8; 4],
-    /// IPv6 address of the listener, network order.
-    pub listener_v6: [u8; 16],
-    /// Listener port, network order.
-    pub listener_port: [u8; 2],
-    /// Reserved, zero.
-    pub flags: u16,
+    /// Cookie of the network namespace whose connections are intercepted (the host's);
+    /// connections from other namespaces are left alone. Zero: no interception at all.
+    pub host_netns_cookie: u64,
     /// Sockets carrying this `SO_MARK` are lastmiled's own upstream connections and are
     /// never redirected. Zero disables the exemption.
     pub exempt_mark: u32,
+    /// [`FLAG_ENFORCE`] and friends.
+    pub flags: u32,
+    /// IPv4 listener address, network order.
+    pub listener_v4: [u8; 4],
+    /// IPv4 listener port, network order; zero when there is no IPv4 listener.
+    pub listener_v4_port: [u8; 2],
+    /// IPv6 listener port, network order; zero when there is no IPv6 listener.
+    pub listener_v6_port: [u8; 2],
+    /// IPv6 listener address, network order.
+    pub listener_v6: [u8; 16],
 }
 
-/// Indices of the per-CPU decision counters in the `STATS` array.
+/// Enforcement mode: a connection to a protected target that cannot be redirected (no
+/// listener for its family) fails with EPERM instead of going to the target directly.
+pub const FLAG_ENFORCE: u32 = 1;
+
+/// What the kernel decided for a connection to a protected target.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Rewritten to lastmiled's listener.
+    Redirected = 1,
+    /// Refused with EPERM (enforcement mode, nowhere to redirect to).
+    Refused = 2,
+    /// Left alone: the socket carries lastmiled's exemption mark.
+    Exempt = 3,
+    /// Passed through to the target: nowhere to redirect to, enforcement off.
+    PassedThrough = 4,
+}
+
+impl Decision {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Redirected),
+            2 => Some(Self::Refused),
+            3 => Some(Self::Exempt),
+            4 => Some(Self::PassedThrough),
+            _ => None,
+        }
+    }
+}
+
+/// `AF_INET`, as the kernel numbers it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as the kernel numbers it.
+pub const AF_INET6: u16 = 10;
+
+/// One connect to a protected target: who asked for what, and what the kernel decided.
+/// It is both the ring-buffer event and the record lastmiled looks up when a redirected
+/// connection arrives (by the client's address and port) or the application asks for its
+/// peer (by socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRecord {
+    /// The connecting socket's cookie (`SO_COOKIE`), unique for the boot.
+    pub sock_cookie: u64,
+    /// cgroup v2 id of the caller.
+    pub cgroup_id: u64,
+    /// Network namespace cookie of the socket.
+    pub netns_cookie: u64,
+    /// `bpf_ktime_get_boot_ns` at the decision.
+    pub boot_ns: u64,
+    /// The destination the application asked for, network order; IPv4 as `::ffff:a.b.c.d`.
+    pub orig_addr: [u8; 16],
+    /// The destination port the application asked for, network order.
+    pub orig_port: [u8; 2],
+    /// Address family of the socket ([`AF_INET`] or [`AF_INET6`]).
+    pub family: u16,
+    /// A [`Decision`].
+    pub decision: u32,
+    /// [`TargetInfo::target_id`] of the protected target that matched.
+    pub target_id: u32,
+    /// Thread id of the caller.
+    pub tid: u32,
+    /// Process id (thread group id) of the caller.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// `comm` of the calling thread, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Key of the record of a redirected connection, by the client's end as the listener sees
+/// it once it accepts: local address (IPv4 as `::ffff:a.b.c.d`) and port, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ClientKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    /// Reserved, zero (keys are compared bytewise).
+    pub reserved: [u8; 2],
+}
+
+/// Capacity of the connection-record maps (LRU: the oldest records go first).
+pub const MAX_RECORDS: u32 = 65536;
+
+/// Size of the event ring buffer, in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Indices of the per-CPU counters in the `STATS` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -83,19 +177,31 @@ pub enum Stat {
     Redirected = 0,
     /// A connection to an unprotected destination went on unchanged.
     Unprotected = 1,
-    /// A connection to a protected target was passed through: no listener configured.
-    NoListener = 2,
+    /// A protected target was passed through: no listener, enforcement off.
+    PassedThrough = 2,
     /// A connection from lastmiled itself (by mark) went on unchanged.
     Exempt = 3,
+    /// A protected target was refused with EPERM (enforcement mode).
+    Refused = 4,
+    /// A connection from another network namespace went on unchanged.
+    OtherNetns = 5,
+    /// An event could not be reserved in the ring buffer (userspace too slow).
+    EventsDropped = 6,
+    /// A connection record could not be stored.
+    RecordsDropped = 7,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 4] = [
+    pub const ALL: [Stat; 8] = [
         Stat::Redirected,
         Stat::Unprotected,
-        Stat::NoListener,
+        Stat::PassedThrough,
         Stat::Exempt,
+        Stat::Refused,
+        Stat::OtherNetns,
+        Stat::EventsDropped,
+        Stat::RecordsDropped,
     ];
 }
 
@@ -107,12 +213,34 @@ pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;
 pub mod names {
     /// LPM trie of IPv4 protected targets.
     pub const PROTECTED_V4: &str = "PROTECTED_V4";
+    /// LPM trie of IPv6 protected targets.
+    pub const PROTECTED_V6: &str = "PROTECTED_V6";
     /// Array holding the one [`super::RedirectConfig`].
     pub const REDIRECT: &str = "REDIRECT";
-    /// Per-CPU array of decision counters, indexed by [`super::Stat`].
+    /// Per-CPU array of counters, indexed by [`super::Stat`].
     pub const STATS: &str = "STATS";
-    /// The `cgroup/connect4` program.
+    /// Records by socket cookie (for getpeername).
+    pub const BY_COOKIE: &str = "BY_COOKIE";
+    /// Records by client address and port (for lastmiled's accept).
+    pub const BY_CLIENT: &str = "BY_CLIENT";
+    /// Ring buffer of [`super::ConnectRecord`] events.
+    pub const EVENTS: &str = "EVENTS";
+    /// Every map, for pinning.
+    pub const MAPS: [&str; 7] = [
+        PROTECTED_V4,
+        PROTECTED_V6,
+        REDIRECT,
+        STATS,
+        BY_COOKIE,
+        BY_CLIENT,
+        EVENTS,
+    ];
+
     pub const CONNECT4: &str = "connect4";
+    pub const CONNECT6: &str = "connect6";
+    pub const GETPEERNAME4: &str = "getpeername4";
+    pub const GETPEERNAME6: &str = "getpeername6";
+    pub const SOCK_OPS: &str = "record_client";
 }
 
 #[cfg(feature = "user")]
@@ -123,10 +251,14 @@ mod pod {
     unsafe impl aya::Pod for super::TargetV6 {}
     unsafe impl aya::Pod for super::TargetInfo {}
     unsafe impl aya::Pod for super::RedirectConfig {}
+    unsafe impl aya::Pod for super::ConnectRecord {}
+    unsafe impl aya::Pod for super::ClientKey {}
 }
 
 // The layouts are part of the contract with the kernel object: no padding anywhere.
 const _: () = assert!(core::mem::size_of::<TargetV4>() == 6);
 const _: () = assert!(core::mem::size_of::<TargetV6>() == 18);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 28);
+const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnectRecord>() == 96);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);

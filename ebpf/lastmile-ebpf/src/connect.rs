@@ -1,82 +1,248 @@
-//! `cgroup/connect4`: rewrite a TCP connection to a protected target so that it reaches
-//! lastmiled's local listener instead.
+//! `cgroup/connect4` and `cgroup/connect6`.
 //!
 //! The program sees the destination the application passed to `connect(2)` in
-//! `user_ip4`/`user_port` (network order) and may rewrite both before the kernel routes
-//! the connection (see the kernel's `BPF_CGROUP_INET4_CONNECT` hook). Returning 1 lets
-//! the connect proceed, 0 makes it fail with EPERM.
+//! `user_ip4`/`user_ip6` and `user_port` (network order) and may rewrite them before the
+//! kernel routes the connection (the kernel's `BPF_CGROUP_INET{4,6}_CONNECT` hooks).
+//! Returning 1 lets the connect proceed, 0 makes it fail with EPERM.
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    macros::{cgroup_sock_addr, map},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns,
+        },
+    },
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use lastmile_ebpf_common::{MAX_TARGETS, RedirectConfig, STAT_COUNT, Stat, TargetInfo, TargetV4};
+use lastmile_ebpf_common::{
+    AF_INET, AF_INET6, ConnectRecord, Decision, FLAG_ENFORCE, RedirectConfig, Stat, TargetInfo,
+    TargetV4, TargetV6,
+};
+
+use crate::maps::{BY_COOKIE, PROTECTED_V4, PROTECTED_V6, REDIRECT, count, emit};
 
 const ALLOW: i32 = 1;
+const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
-
-#[map(name = "PROTECTED_V4")]
-static PROTECTED_V4: LpmTrie<TargetV4, TargetInfo> = LpmTrie::with_max_entries(MAX_TARGETS, 0);
-
-#[map(name = "REDIRECT")]
-static REDIRECT: Array<RedirectConfig> = Array::with_max_entries(1, 0);
-
-#[map(name = "STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-
-#[inline(always)]
-fn count(stat: Stat) {
-    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest
-        // on one CPU for this hook.
-        unsafe { *counter += 1 };
-    }
-}
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call.
-    let addr = unsafe { &mut *ctx.sock_addr };
-    redirect_v4(addr)
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return ALLOW;
+    }
+    let port = (sa.user_port as u16).to_ne_bytes();
+    let addr4 = sa.user_ip4.to_ne_bytes();
+    let Some(target) = lookup_v4(port, addr4) else {
+        count(Stat::Unprotected);
+        return ALLOW;
+    };
+    let Some(config) = REDIRECT.get(0) else {
+        return ALLOW;
+    };
+    let orig = v4_mapped(addr4);
+    match decide(
+        &ctx,
+        sa,
+        config,
+        target,
+        orig,
+        port,
+        AF_INET,
+        config.listener_v4_port,
+    ) {
+        Decision::Redirected => {
+            sa.user_ip4 = u32::from_ne_bytes(config.listener_v4);
+            sa.user_port = u32::from(u16::from_ne_bytes(config.listener_v4_port));
+            ALLOW
+        }
+        Decision::Refused => DENY,
+        Decision::Exempt | Decision::PassedThrough => ALLOW,
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return ALLOW;
+    }
+    let port = (sa.user_port as u16).to_ne_bytes();
+    let orig = ip6_bytes(sa.user_ip6);
+    let Some(config) = REDIRECT.get(0) else {
+        return ALLOW;
+    };
+    // A v4-mapped destination (::ffff:a.b.c.d) from a dual-stack socket is an IPv4
+    // connection on the wire: it is protected by the IPv4 targets and goes to the IPv4
+    // listener, written back as v4-mapped.
+    if let Some(addr4) = as_v4(&orig) {
+        let Some(target) = lookup_v4(port, addr4) else {
+            count(Stat::Unprotected);
+            return ALLOW;
+        };
+        return match decide(
+            &ctx,
+            sa,
+            config,
+            target,
+            orig,
+            port,
+            AF_INET6,
+            config.listener_v4_port,
+        ) {
+            Decision::Redirected => {
+                sa.user_ip6 = ip6_words(v4_mapped(config.listener_v4));
+                sa.user_port = u32::from(u16::from_ne_bytes(config.listener_v4_port));
+                ALLOW
+            }
+            Decision::Refused => DENY,
+            Decision::Exempt | Decision::PassedThrough => ALLOW,
+        };
+    }
+    let key = Key::new(TargetV6::FULL_PREFIX, TargetV6 { port, addr: orig });
+    let Some(target) = PROTECTED_V6.get(&key).copied() else {
+        count(Stat::Unprotected);
+        return ALLOW;
+    };
+    match decide(
+        &ctx,
+        sa,
+        config,
+        target,
+        orig,
+        port,
+        AF_INET6,
+        config.listener_v6_port,
+    ) {
+        Decision::Redirected => {
+            sa.user_ip6 = ip6_words(config.listener_v6);
+            sa.user_port = u32::from(u16::from_ne_bytes(config.listener_v6_port));
+            ALLOW
+        }
+        Decision::Refused => DENY,
+        Decision::Exempt | Decision::PassedThrough => ALLOW,
+    }
 }
 
 #[inline(always)]
-fn redirect_v4(addr: &mut bpf_sock_addr) -> i32 {
-    if addr.type_ != SOCK_STREAM {
-        return ALLOW;
+fn lookup_v4(port: [u8; 2], addr: [u8; 4]) -> Option<TargetInfo> {
+    let key = Key::new(TargetV4::FULL_PREFIX, TargetV4 { port, addr });
+    PROTECTED_V4.get(&key).copied()
+}
+
+/// Decides what happens to a connect to a protected target, records it, and reports it.
+/// Connections from other network namespaces are left alone, unrecorded.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    ctx: &SockAddrContext,
+    sa: &bpf_sock_addr,
+    config: &RedirectConfig,
+    target: TargetInfo,
+    orig_addr: [u8; 16],
+    orig_port: [u8; 2],
+    family: u16,
+    listener_port: [u8; 2],
+) -> Decision {
+    // SAFETY: the helpers take the program's own context pointer.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    if config.host_netns_cookie == 0 || netns_cookie != config.host_netns_cookie {
+        count(Stat::OtherNetns);
+        return Decision::PassedThrough;
     }
-    let key = Key::new(
-        TargetV4::FULL_PREFIX,
-        TargetV4 {
-            // user_port holds the port in network order in its low 16 bits.
-            port: (addr.user_port as u16).to_ne_bytes(),
-            addr: addr.user_ip4.to_ne_bytes(),
-        },
-    );
-    if PROTECTED_V4.get(&key).is_none() {
-        count(Stat::Unprotected);
-        return ALLOW;
-    }
-    let Some(config) = REDIRECT.get(0) else {
-        count(Stat::NoListener);
-        return ALLOW;
-    };
-    if config.exempt_mark != 0 {
-        // SAFETY: in sock_addr programs `sk` always points at the connecting socket.
-        let mark = unsafe { addr.__bindgen_anon_1.sk.as_ref() }.map(|sk| sk.mark);
-        if mark == Some(config.exempt_mark) {
-            count(Stat::Exempt);
-            return ALLOW;
+    // SAFETY: in sock_addr programs `sk` points at the connecting socket.
+    let mark = unsafe { sa.__bindgen_anon_1.sk.as_ref() }.map(|sk| sk.mark);
+    let decision = if config.exempt_mark != 0 && mark == Some(config.exempt_mark) {
+        count(Stat::Exempt);
+        Decision::Exempt
+    } else if listener_port == [0, 0] {
+        if config.flags & FLAG_ENFORCE != 0 {
+            count(Stat::Refused);
+            Decision::Refused
+        } else {
+            count(Stat::PassedThrough);
+            Decision::PassedThrough
         }
+    } else {
+        Decision::Redirected
+    };
+
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let record = ConnectRecord {
+        // SAFETY: as above, the program's own context.
+        sock_cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+        // SAFETY: no arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns_cookie,
+        // SAFETY: no arguments.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        orig_addr,
+        orig_port,
+        family,
+        decision: decision as u32,
+        target_id: target.target_id,
+        tid: pid_tgid as u32,
+        pid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        reserved: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if decision == Decision::Redirected {
+        if BY_COOKIE.insert(&record.sock_cookie, &record, 0).is_err() {
+            count(Stat::RecordsDropped);
+        }
+        count(Stat::Redirected);
     }
-    if config.listener_port == [0, 0] {
-        count(Stat::NoListener);
-        return ALLOW;
+    emit(&record);
+    decision
+}
+
+#[inline(always)]
+pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[inline(always)]
+fn as_v4(a: &[u8; 16]) -> Option<[u8; 4]> {
+    let prefix = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if a[..12] == prefix {
+        Some([a[12], a[13], a[14], a[15]])
+    } else {
+        None
     }
-    addr.user_ip4 = u32::from_ne_bytes(config.listener_v4);
-    addr.user_port = u32::from(u16::from_ne_bytes(config.listener_port));
-    count(Stat::Redirected);
-    ALLOW
+}
+
+/// The kernel's `user_ip6` words hold the address bytes in memory order.
+#[inline(always)]
+pub fn ip6_bytes(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+#[inline(always)]
+pub fn ip6_words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
 }

@@ -1,23 +1,47 @@
-//! Loading lastmile's kernel programs, attaching them to a cgroup, and keeping their maps
-//! current.
+//! Loading lastmile's kernel programs, attaching them to a cgroup, pinning them so they
+//! outlive lastmiled, and keeping their maps current.
+//!
+//! Pinned layout under the pin directory (default `/sys/fs/bpf/lastmile`):
+//! `maps/<MAP>` for every map and `links/<program>` for every attachment. A new lastmiled
+//! reuses the pinned maps (so the protected set and in-flight records survive) and leaves
+//! pinned links in place (so interception never stops); `lastmiled node detach` removes
+//! the directory, which detaches everything.
 
 use std::{
-    fs::File,
+    fs::{self, File},
+    io,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use aya::{
-    Ebpf,
-    maps::{Array, LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, ProgramError,
+        links::{FdLink, LinkError, PinnedLink},
+    },
 };
-use lastmile_ebpf_common::{RedirectConfig, Stat, TargetInfo, TargetV4, names};
+use lastmile_ebpf_common::{
+    ClientKey, ConnectRecord, FLAG_ENFORCE, RedirectConfig, Stat, TargetInfo, TargetV4, TargetV6,
+    names,
+};
 
 use crate::target::ProtectedTarget;
 
 /// The kernel object built from `ebpf/lastmile-ebpf` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lastmile-ebpf"));
+
+/// The programs, in the order they are attached. Every one is needed for a redirected
+/// connection to work end to end, so `sock_ops` and `getpeername` go first and `connect`
+/// last: nothing is redirected before the rest is in place.
+pub const PROGRAMS: [&str; 5] = [
+    names::SOCK_OPS,
+    names::GETPEERNAME4,
+    names::GETPEERNAME6,
+    names::CONNECT4,
+    names::CONNECT6,
+];
 
 /// Why interception could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -44,96 +68,204 @@ pub enum InterceptError {
     Cgroup {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
-    #[error("map `{name}` refused the update")]
+    #[error("map `{name}` refused the operation")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("{0} is IPv6; this build intercepts IPv4 targets only")]
-    Ipv6NotSupported(String),
+    #[error("cannot pin under {}: {source}; is bpffs mounted there?", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pinned link {} is unusable", path.display())]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot read this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")]
+    NetnsCookie(#[source] io::Error),
 }
 
-/// Identifies a protected target in kernel events (its position in the configuration).
+/// Identifies a protected target in kernel records (lastmiled's index of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct TargetId(pub u32);
 
-/// The programs' decision counters, summed over CPUs.
+/// The programs' counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DecisionCounts {
+pub struct Counters {
     pub redirected: u64,
     pub unprotected: u64,
-    pub no_listener: u64,
+    pub passed_through: u64,
     pub exempt: u64,
+    pub refused: u64,
+    pub other_netns: u64,
+    pub events_dropped: u64,
+    pub records_dropped: u64,
 }
 
-/// Loaded kernel programs and their maps. Dropping it detaches the programs.
+/// Where redirected connections go and how the programs decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedirectPolicy {
+    /// Listener for IPv4 (and v4-mapped) targets.
+    pub listener_v4: Option<SocketAddr>,
+    /// Listener for IPv6 targets.
+    pub listener_v6: Option<SocketAddr>,
+    /// SO_MARK of lastmiled's own upstream sockets, never redirected; 0 for none.
+    pub exempt_mark: u32,
+    /// Refuse (EPERM) protected connections that have nowhere to go.
+    pub enforce: bool,
+}
+
+/// Loaded kernel programs and their maps.
 #[derive(Debug)]
 pub struct Interceptor {
     ebpf: Ebpf,
-    attached_to: Vec<PathBuf>,
+    pin_dir: Option<PathBuf>,
 }
 
 impl Interceptor {
-    /// Loads the embedded programs into the kernel (not yet attached anywhere).
+    /// Loads the embedded programs into the kernel, unpinned: dropping the interceptor
+    /// detaches everything (what tests and short-lived tools want).
     pub fn load() -> Result<Self, InterceptError> {
+        Self::load_with(None)
+    }
+
+    /// Loads the programs with their maps pinned under `pin_dir`, reusing maps already
+    /// pinned there by an earlier lastmiled.
+    pub fn load_pinned(pin_dir: &Path) -> Result<Self, InterceptError> {
+        for sub in ["maps", "links"] {
+            let dir = pin_dir.join(sub);
+            fs::create_dir_all(&dir).map_err(|source| InterceptError::Pin { path: dir, source })?;
+        }
+        Self::load_with(Some(pin_dir))
+    }
+
+    fn load_with(pin_dir: Option<&Path>) -> Result<Self, InterceptError> {
         if OBJECT.is_empty() {
             return Err(InterceptError::NotBuiltIn);
         }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(InterceptError::Load)?;
-        let program = connect4(&mut ebpf)?;
-        program.load().map_err(|source| InterceptError::Program {
-            name: names::CONNECT4,
-            source,
-        })?;
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => names::MAPS
+                .iter()
+                .map(|m| (*m, dir.join("maps").join(m)))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(InterceptError::Load)?;
+        for name in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(InterceptError::Missing {
+                kind: "program",
+                name,
+            })?;
+            let result = match program {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SockOps(p) => p.load(),
+                _ => {
+                    return Err(InterceptError::Missing {
+                        kind: "program of the expected type",
+                        name,
+                    });
+                }
+            };
+            result.map_err(|source| InterceptError::Program { name, source })?;
+        }
         Ok(Self {
             ebpf,
-            attached_to: Vec::new(),
+            pin_dir: pin_dir.map(Path::to_owned),
         })
     }
 
-    /// Attaches the programs to the cgroup v2 directory `cgroup`: every process in it, and
-    /// in the cgroups below it, is intercepted. Other programs attached there keep running.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<(), InterceptError> {
+    /// Attaches every program to the cgroup v2 directory `cgroup`: every process in it and
+    /// below it is intercepted. With pinning, a program whose link is already pinned (by an
+    /// earlier lastmiled) is left as it is, and new links are pinned. Returns how many
+    /// programs were newly attached.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<usize, InterceptError> {
         let dir = File::open(cgroup).map_err(|source| InterceptError::Cgroup {
             path: cgroup.to_owned(),
             source,
         })?;
-        // Attached through a BPF link (kernel >= 5.7), which always coexists with other
-        // programs on the same cgroup; the link API takes no BPF_F_ALLOW_MULTI flag and
-        // refuses one with EINVAL, so the mode must stay `Single` (no flags).
-        connect4(&mut self.ebpf)?
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(|source| InterceptError::Program {
-                name: names::CONNECT4,
-                source,
-            })?;
-        self.attached_to.push(cgroup.to_owned());
-        Ok(())
+        let mut attached = 0;
+        for name in PROGRAMS {
+            let link_pin = self.pin_dir.as_ref().map(|d| d.join("links").join(name));
+            if let Some(pin) = &link_pin
+                && pin.exists()
+            {
+                PinnedLink::from_pin(pin).map_err(|source| InterceptError::Link {
+                    path: pin.clone(),
+                    source,
+                })?;
+                continue;
+            }
+            // Links (kernel >= 5.7) always coexist with other programs on the cgroup; the
+            // link API refuses BPF_F_ALLOW_MULTI with EINVAL, so the mode stays `Single`.
+            let program_err = |source| InterceptError::Program { name, source };
+            let link: Option<FdLink> = match self.ebpf.program_mut(name) {
+                Some(aya::programs::Program::CgroupSockAddr(p)) => {
+                    let id = p
+                        .attach(&dir, CgroupAttachMode::Single)
+                        .map_err(program_err)?;
+                    match &link_pin {
+                        Some(_) => Some(take_fd_link(p.take_link(id).map_err(program_err)?, name)?),
+                        None => None,
+                    }
+                }
+                Some(aya::programs::Program::SockOps(p)) => {
+                    let id = p
+                        .attach(&dir, CgroupAttachMode::Single)
+                        .map_err(program_err)?;
+                    match &link_pin {
+                        Some(_) => Some(take_fd_link(p.take_link(id).map_err(program_err)?, name)?),
+                        None => None,
+                    }
+                }
+                _ => {
+                    return Err(InterceptError::Missing {
+                        kind: "program",
+                        name,
+                    });
+                }
+            };
+            if let (Some(link), Some(pin)) = (link, link_pin) {
+                link.pin(&pin).map_err(|e| InterceptError::Pin {
+                    path: pin.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+            }
+            attached += 1;
+        }
+        Ok(attached)
     }
 
-    /// The cgroups the programs are attached to.
-    pub fn attached_to(&self) -> &[PathBuf] {
-        &self.attached_to
-    }
-
-    /// Sends redirected connections to `listener`. Sockets marked `exempt_mark` (SO_MARK)
-    /// are never redirected: lastmiled marks its own upstream connections with it.
-    pub fn set_listener(
-        &mut self,
-        listener: SocketAddr,
-        exempt_mark: u32,
-    ) -> Result<(), InterceptError> {
+    /// Sets where redirected connections go, for connections made in this process's
+    /// network namespace (the only one intercepted).
+    pub fn set_policy(&mut self, policy: &RedirectPolicy) -> Result<(), InterceptError> {
         let mut config = RedirectConfig {
-            listener_port: listener.port().to_be_bytes(),
-            exempt_mark,
+            host_netns_cookie: own_netns_cookie().map_err(InterceptError::NetnsCookie)?,
+            exempt_mark: policy.exempt_mark,
+            flags: if policy.enforce { FLAG_ENFORCE } else { 0 },
             ..RedirectConfig::default()
         };
-        match listener.ip() {
-            IpAddr::V4(a) => config.listener_v4 = a.octets(),
-            IpAddr::V6(a) => config.listener_v6 = a.octets(),
+        if let Some(l) = policy.listener_v4
+            && let IpAddr::V4(a) = l.ip()
+        {
+            config.listener_v4 = a.octets();
+            config.listener_v4_port = l.port().to_be_bytes();
+        }
+        if let Some(l) = policy.listener_v6
+            && let IpAddr::V6(a) = l.ip()
+        {
+            config.listener_v6 = a.octets();
+            config.listener_v6_port = l.port().to_be_bytes();
         }
         let map = self.map_mut(names::REDIRECT)?;
         let mut array: Array<_, RedirectConfig> =
@@ -147,32 +279,33 @@ impl Interceptor {
         target: &ProtectedTarget,
         id: TargetId,
     ) -> Result<(), InterceptError> {
-        let (prefix_len, data) = target
-            .key_v4()
-            .ok_or_else(|| InterceptError::Ipv6NotSupported(target.to_string()))?;
-        let map = self.map_mut(names::PROTECTED_V4)?;
-        let mut trie: LpmTrie<_, TargetV4, TargetInfo> =
-            LpmTrie::try_from(map).map_err(map_err(names::PROTECTED_V4))?;
-        trie.insert(
-            &Key::new(prefix_len, data),
-            TargetInfo {
-                target_id: id.0,
-                flags: 0,
-            },
-            0,
-        )
-        .map_err(map_err(names::PROTECTED_V4))
+        let info = TargetInfo {
+            target_id: id.0,
+            flags: 0,
+        };
+        if let Some((len, data)) = target.key_v4() {
+            let mut trie = self.trie_v4()?;
+            trie.insert(&Key::new(len, data), info, 0)
+                .map_err(map_err(names::PROTECTED_V4))
+        } else if let Some((len, data)) = target.key_v6() {
+            let mut trie = self.trie_v6()?;
+            trie.insert(&Key::new(len, data), info, 0)
+                .map_err(map_err(names::PROTECTED_V6))
+        } else {
+            Ok(())
+        }
     }
 
     /// Stops intercepting connections to `target`; a target that was not protected is fine.
     pub fn unprotect(&mut self, target: &ProtectedTarget) -> Result<(), InterceptError> {
-        let (prefix_len, data) = target
-            .key_v4()
-            .ok_or_else(|| InterceptError::Ipv6NotSupported(target.to_string()))?;
-        let map = self.map_mut(names::PROTECTED_V4)?;
-        let mut trie: LpmTrie<_, TargetV4, TargetInfo> =
-            LpmTrie::try_from(map).map_err(map_err(names::PROTECTED_V4))?;
-        match trie.remove(&Key::new(prefix_len, data)) {
+        let result = if let Some((len, data)) = target.key_v4() {
+            self.trie_v4()?.remove(&Key::new(len, data))
+        } else if let Some((len, data)) = target.key_v6() {
+            self.trie_v6()?.remove(&Key::new(len, data))
+        } else {
+            Ok(())
+        };
+        match result {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(InterceptError::Map {
                 name: names::PROTECTED_V4,
@@ -181,29 +314,102 @@ impl Interceptor {
         }
     }
 
-    /// The decision counters, summed over CPUs.
-    pub fn counts(&self) -> Result<DecisionCounts, InterceptError> {
+    /// Makes the protected set exactly `targets`, without a moment where a target that
+    /// stays protected is missing: new entries are written first, stale ones removed after.
+    pub fn replace_targets(
+        &mut self,
+        targets: &[(ProtectedTarget, TargetId)],
+    ) -> Result<(), InterceptError> {
+        for (t, id) in targets {
+            self.protect(t, *id)?;
+        }
+        let wanted_v4: Vec<(u32, TargetV4)> =
+            targets.iter().filter_map(|(t, _)| t.key_v4()).collect();
+        let wanted_v6: Vec<(u32, TargetV6)> =
+            targets.iter().filter_map(|(t, _)| t.key_v6()).collect();
+        let stale_v4: Vec<Key<TargetV4>> = {
+            let trie = self.trie_v4()?;
+            trie.keys()
+                .filter_map(Result::ok)
+                .filter(|k| !wanted_v4.contains(&(k.prefix_len(), k.data())))
+                .collect()
+        };
+        for k in stale_v4 {
+            let _ = self.trie_v4()?.remove(&k);
+        }
+        let stale_v6: Vec<Key<TargetV6>> = {
+            let trie = self.trie_v6()?;
+            trie.keys()
+                .filter_map(Result::ok)
+                .filter(|k| !wanted_v6.contains(&(k.prefix_len(), k.data())))
+                .collect()
+        };
+        for k in stale_v6 {
+            let _ = self.trie_v6()?.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Takes the record of the redirected connection whose client end is `client` (the
+    /// peer address of the accepted socket). A connection without one was not redirected
+    /// by the kernel: someone dialed the listener directly.
+    pub fn take_record(
+        &mut self,
+        client: SocketAddr,
+    ) -> Result<Option<ConnectRecord>, InterceptError> {
+        let key = client_key(client);
+        let map = self.map_mut(names::BY_CLIENT)?;
+        let mut by_client: HashMap<_, ClientKey, ConnectRecord> =
+            HashMap::try_from(map).map_err(map_err(names::BY_CLIENT))?;
+        match by_client.get(&key, 0) {
+            Ok(record) => {
+                let _ = by_client.remove(&key);
+                Ok(Some(record))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(InterceptError::Map {
+                name: names::BY_CLIENT,
+                source,
+            }),
+        }
+    }
+
+    /// The event ring buffer, taken out of the interceptor to be polled on its own.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, InterceptError> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(InterceptError::Missing {
+                kind: "map",
+                name: names::EVENTS,
+            })?;
+        RingBuf::try_from(map).map_err(map_err(names::EVENTS))
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, InterceptError> {
         let map = self.ebpf.map(names::STATS).ok_or(InterceptError::Missing {
             kind: "map",
             name: names::STATS,
         })?;
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(map_err(names::STATS))?;
-        let mut counts = DecisionCounts::default();
-        for stat in Stat::ALL {
-            let total: u64 = stats
-                .get(&(stat as u32), 0)
-                .map_err(map_err(names::STATS))?
-                .iter()
-                .sum();
-            match stat {
-                Stat::Redirected => counts.redirected = total,
-                Stat::Unprotected => counts.unprotected = total,
-                Stat::NoListener => counts.no_listener = total,
-                Stat::Exempt => counts.exempt = total,
-            }
-        }
-        Ok(counts)
+        read_counters(|i| stats.get(&i, 0).map(|v| v.iter().sum()))
+    }
+
+    /// Kernel ids of the loaded programs, by name (for BPF run-time statistics).
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        PROGRAMS
+            .iter()
+            .filter_map(|name| {
+                let info = match self.ebpf.program(name)? {
+                    aya::programs::Program::CgroupSockAddr(p) => p.info().ok()?,
+                    aya::programs::Program::SockOps(p) => p.info().ok()?,
+                    _ => return None,
+                };
+                Some((*name, info.id()))
+            })
+            .collect()
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, InterceptError> {
@@ -211,19 +417,238 @@ impl Interceptor {
             .map_mut(name)
             .ok_or(InterceptError::Missing { kind: "map", name })
     }
+
+    fn trie_v4(&mut self) -> Result<LpmTrie<&mut MapData, TargetV4, TargetInfo>, InterceptError> {
+        let map = self.map_mut(names::PROTECTED_V4)?;
+        LpmTrie::try_from(map).map_err(map_err(names::PROTECTED_V4))
+    }
+
+    fn trie_v6(&mut self) -> Result<LpmTrie<&mut MapData, TargetV6, TargetInfo>, InterceptError> {
+        let map = self.map_mut(names::PROTECTED_V6)?;
+        LpmTrie::try_from(map).map_err(map_err(names::PROTECTED_V6))
+    }
 }
 
-fn connect4(ebpf: &mut Ebpf) -> Result<&mut CgroupSockAddr, InterceptError> {
-    let name = names::CONNECT4;
-    ebpf.program_mut(name)
-        .ok_or(InterceptError::Missing {
-            kind: "program",
+fn take_fd_link<L>(link: L, name: &'static str) -> Result<FdLink, InterceptError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    FdLink::try_from(link).map_err(|source| InterceptError::Link {
+        path: PathBuf::from(name),
+        source,
+    })
+}
+
+fn read_counters(
+    mut get: impl FnMut(u32) -> Result<u64, MapError>,
+) -> Result<Counters, InterceptError> {
+    let mut c = Counters::default();
+    for stat in Stat::ALL {
+        let v = get(stat as u32).map_err(map_err(names::STATS))?;
+        let slot = match stat {
+            Stat::Redirected => &mut c.redirected,
+            Stat::Unprotected => &mut c.unprotected,
+            Stat::PassedThrough => &mut c.passed_through,
+            Stat::Exempt => &mut c.exempt,
+            Stat::Refused => &mut c.refused,
+            Stat::OtherNetns => &mut c.other_netns,
+            Stat::EventsDropped => &mut c.events_dropped,
+            Stat::RecordsDropped => &mut c.records_dropped,
+        };
+        *slot = v;
+    }
+    Ok(c)
+}
+
+/// The record key for a client address: IPv4 as `::ffff:a.b.c.d`, port in network order.
+pub fn client_key(client: SocketAddr) -> ClientKey {
+    let addr = match client.ip() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    ClientKey {
+        addr,
+        port: client.port().to_be_bytes(),
+        reserved: [0; 2],
+    }
+}
+
+/// The cookie of the network namespace this process runs in.
+pub fn own_netns_cookie() -> io::Result<u64> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket_u64_option(&sock, libc::SO_NETNS_COOKIE)
+}
+
+/// The kernel's cookie of a socket (`SO_COOKIE`), as the programs see it.
+pub fn socket_cookie(sock: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
+    socket_u64_option(sock, libc::SO_COOKIE)
+}
+
+fn socket_u64_option(sock: &impl std::os::fd::AsRawFd, option: libc::c_int) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: value and len point at valid memory of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What `lastmiled node status` reports, read from the pins alone, so it works whether or
+/// not a lastmiled is running.
+#[derive(Debug, serde::Serialize)]
+pub struct PinnedStatus {
+    pub pin_dir: PathBuf,
+    pub programs: Vec<ProgramStatus>,
+    pub protected_v4: usize,
+    pub protected_v6: usize,
+    pub records_by_cookie: usize,
+    pub records_by_client: usize,
+    pub counters: Option<Counters>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ProgramStatus {
+    pub name: &'static str,
+    pub attached: bool,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    /// BPF run-time statistics, when `kernel.bpf_stats_enabled` is on.
+    pub run_count: Option<u64>,
+    pub run_time_ns: Option<u64>,
+}
+
+/// Reads the status of the interception pinned under `pin_dir`.
+pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
+    let mut programs = Vec::new();
+    let loaded: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .collect();
+    for name in PROGRAMS {
+        let pin = pin_dir.join("links").join(name);
+        let mut status = ProgramStatus {
             name,
-        })?
-        .try_into()
-        .map_err(|source| InterceptError::Program { name, source })
+            attached: false,
+            link_id: None,
+            program_id: None,
+            run_count: None,
+            run_time_ns: None,
+        };
+        if pin.exists() {
+            let link = FdLink::from(PinnedLink::from_pin(&pin).map_err(|source| {
+                InterceptError::Link {
+                    path: pin.clone(),
+                    source,
+                }
+            })?);
+            if let Ok(info) = link.info() {
+                status.attached = true;
+                status.link_id = Some(info.id());
+                status.program_id = Some(info.program_id());
+                if let Some(p) = loaded.iter().find(|p| p.id() == info.program_id()) {
+                    status.run_count = Some(p.run_count());
+                    status.run_time_ns = Some(p.run_time().as_nanos() as u64);
+                }
+            }
+        }
+        programs.push(status);
+    }
+    let count = |name: &'static str| -> usize {
+        let path = pin_dir.join("maps").join(name);
+        let Ok(data) = MapData::from_pin(&path) else {
+            return 0;
+        };
+        let map = aya::maps::Map::HashMap(data);
+        match name {
+            names::PROTECTED_V4 => {
+                LpmTrie::<_, TargetV4, TargetInfo>::try_from(reinterpret(map, name))
+                    .map(|t| t.keys().count())
+                    .unwrap_or(0)
+            }
+            names::PROTECTED_V6 => {
+                LpmTrie::<_, TargetV6, TargetInfo>::try_from(reinterpret(map, name))
+                    .map(|t| t.keys().count())
+                    .unwrap_or(0)
+            }
+            names::BY_COOKIE => HashMap::<_, u64, ConnectRecord>::try_from(reinterpret(map, name))
+                .map(|t| t.keys().count())
+                .unwrap_or(0),
+            names::BY_CLIENT => {
+                HashMap::<_, ClientKey, ConnectRecord>::try_from(reinterpret(map, name))
+                    .map(|t| t.keys().count())
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        }
+    };
+    let counters = MapData::from_pin(pin_dir.join("maps").join(names::STATS))
+        .ok()
+        .and_then(|data| {
+            let stats = PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(data)).ok()?;
+            read_counters(|i| stats.get(&i, 0).map(|v| v.iter().sum())).ok()
+        });
+    Ok(PinnedStatus {
+        pin_dir: pin_dir.to_owned(),
+        programs,
+        protected_v4: count(names::PROTECTED_V4),
+        protected_v6: count(names::PROTECTED_V6),
+        records_by_cookie: count(names::BY_COOKIE),
+        records_by_client: count(names::BY_CLIENT),
+        counters,
+    })
+}
+
+/// A pinned map opened from bpffs comes back untyped; wrap it in the variant its name says.
+fn reinterpret(map: aya::maps::Map, name: &str) -> aya::maps::Map {
+    let data = match map {
+        aya::maps::Map::HashMap(d) => d,
+        other => return other,
+    };
+    match name {
+        names::PROTECTED_V4 | names::PROTECTED_V6 => aya::maps::Map::LpmTrie(data),
+        names::BY_COOKIE | names::BY_CLIENT => aya::maps::Map::LruHashMap(data),
+        _ => aya::maps::Map::HashMap(data),
+    }
+}
+
+/// Removes everything pinned under `pin_dir`: the links (which detaches the programs) and
+/// the maps. Returns whether there was anything to remove.
+pub fn unpin_all(pin_dir: &Path) -> io::Result<bool> {
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(pin_dir)?;
+    Ok(true)
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> InterceptError {
     move |source| InterceptError::Map { name, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys_write_ipv4_as_v4_mapped_and_ports_in_network_order() {
+        let k = client_key("127.0.0.1:258".parse().unwrap());
+        assert_eq!(
+            k.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
+        assert_eq!(k.port, [1, 2]);
+        let k6 = client_key("[::1]:1".parse().unwrap());
+        assert_eq!(k6.addr[15], 1);
+        assert_eq!(k6.addr[10], 0);
+    }
 }

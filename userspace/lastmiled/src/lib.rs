@@ -1,7 +1,11 @@
 //! lastmiled, the host daemon. Role `node`: load lastmile's eBPF programs, attach them to a
-//! cgroup v2, and keep the protected-target map current, so that connections to protected
-//! targets reach lastmiled's listener instead.
+//! cgroup v2, keep the protected-target map current, and hand each redirected connection
+//! to the agent of the user who made it.
 
 pub mod cgroup;
+pub mod config;
+pub mod events;
 pub mod intercept;
+pub mod node;
+pub mod refusal;
 pub mod target;

@@ -1,11 +1,12 @@
 //! lastmiled: the host daemon. See `lastmiled --help`.
 
-mod node;
 mod probe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lastmiled::{config::NodeConfig, intercept};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,16 +20,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node role: load and attach the eBPF programs, protect the configured
-    /// targets, and accept the connections redirected to them.
+    /// The node role: kernel interception on this host.
     Node {
+        #[command(subcommand)]
+        action: Option<NodeAction>,
         /// Configuration file (TOML); the embedded defaults are used without one.
-        #[arg(long)]
+        #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
     /// Connect to ADDRESS as any program would, and print as JSON where the connection
     /// went. Shows whether a target is intercepted from this process's cgroup.
     Probe(probe::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeAction {
+    /// Load and attach the programs (or keep those already pinned), protect the configured
+    /// targets, and hand redirected connections to agents. The default action. SIGHUP
+    /// reloads the configuration; on exit the interception stays in place.
+    Run,
+    /// Show the attached programs, map fill and counters, from the pins.
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Detach the programs and remove the pinned maps: interception stops.
+    Detach,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,7 +64,11 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Node { config } => node::run(config.as_deref()),
+        Command::Node { action, config } => match action.unwrap_or(NodeAction::Run) {
+            NodeAction::Run => lastmiled::node::run(config.as_deref()),
+            NodeAction::Status { output } => status(config.as_deref(), output),
+            NodeAction::Detach => detach(config.as_deref()),
+        },
         Command::Probe(args) => probe::run(&args),
     };
     match result {
@@ -51,4 +78,64 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config)?;
+    let status = intercept::pinned_status(&config.pin_dir)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Text => {
+            println!("pins: {}", status.pin_dir.display());
+            for p in &status.programs {
+                let runs = match (p.run_count, p.run_time_ns) {
+                    (Some(n), Some(t)) if n > 0 => format!(", {n} runs, {} ns/run", t / n),
+                    _ => String::new(),
+                };
+                match (p.attached, p.link_id, p.program_id) {
+                    (true, Some(l), Some(id)) => {
+                        println!("  {:<13} attached (link {l}, program {id}{runs})", p.name)
+                    }
+                    _ => println!("  {:<13} NOT attached", p.name),
+                }
+            }
+            println!(
+                "protected: {} IPv4, {} IPv6 entries; records: {} by socket, {} by client",
+                status.protected_v4,
+                status.protected_v6,
+                status.records_by_cookie,
+                status.records_by_client
+            );
+            match status.counters {
+                Some(c) => println!(
+                    "counters: redirected {}, refused {}, passed through {}, exempt {}, other netns {}, \
+                     unprotected {}, events dropped {}, records dropped {}",
+                    c.redirected,
+                    c.refused,
+                    c.passed_through,
+                    c.exempt,
+                    c.other_netns,
+                    c.unprotected,
+                    c.events_dropped,
+                    c.records_dropped
+                ),
+                None => println!(
+                    "counters: unavailable (nothing pinned; is `lastmiled node run` set up here?)"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn detach(config: Option<&Path>) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config)?;
+    let removed = intercept::unpin_all(&config.pin_dir)
+        .with_context(|| format!("removing {}", config.pin_dir.display()))?;
+    if removed {
+        eprintln!("detached: removed {}", config.pin_dir.display());
+    } else {
+        eprintln!("nothing pinned at {}", config.pin_dir.display());
+    }
+    Ok(())
 }

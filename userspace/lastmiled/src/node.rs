@@ -1,102 +1,279 @@
-//! The node role: interception on this host.
+//! The node role at run time: listeners for redirected connections, the agent socket, the
+//! kernel event reader, and configuration reload, on one tokio runtime.
 
-use std::{net::SocketAddr, path::Path};
+mod agents;
+mod connection;
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+};
 
 use anyhow::Context as _;
-use lastmiled::{
+use aya::maps::{MapData, RingBuf};
+use lastmile_ebpf_common::ConnectRecord;
+use lastmile_handoff::TargetRef;
+use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
     cgroup::cgroup2_root,
-    intercept::{Interceptor, TargetId},
+    config::{NodeConfig, TargetConfig},
+    events::{Event, EventBody, EventSink, kernel_connect},
+    intercept::{Interceptor, RedirectPolicy, TargetId},
     target::ProtectedTarget,
 };
-use serde::Deserialize;
-use tokio::net::TcpListener;
-use tracing::{info, warn};
 
-/// `lastmiled node` configuration.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    /// cgroup v2 directory to attach to; default: the root of the cgroup2 hierarchy,
-    /// which intercepts every process on the host.
-    #[serde(default)]
-    pub cgroup: Option<std::path::PathBuf>,
-    /// Where redirected connections arrive.
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Destinations to intercept.
-    #[serde(default)]
-    pub protect: Vec<ProtectedTarget>,
+pub use agents::Agents;
+
+/// The protected targets by kernel id (their index in the configuration).
+#[derive(Debug, Default)]
+pub struct TargetTable(Vec<TargetConfig>);
+
+impl TargetTable {
+    pub fn get(&self, id: u32) -> Option<TargetRef> {
+        let t = self.0.get(usize::try_from(id).ok()?)?;
+        Some(TargetRef {
+            name: t.name.clone(),
+            kind: t.kind,
+        })
+    }
+
+    fn kernel_entries(&self) -> anyhow::Result<Vec<(ProtectedTarget, TargetId)>> {
+        let mut out = Vec::new();
+        for (i, t) in self.0.iter().enumerate() {
+            let id = TargetId(u32::try_from(i).context("too many targets")?);
+            out.extend(t.protect.iter().map(|p| (*p, id)));
+        }
+        Ok(out)
+    }
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 15001))
+/// What every task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub interceptor: Mutex<Interceptor>,
+    pub targets: RwLock<TargetTable>,
+    pub agents: Agents,
+    pub sink: EventSink,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    node: Option<NodeConfig>,
+impl Shared {
+    pub fn event(&self, body: EventBody) {
+        let _ = self.sink.write(&Event::now(body));
+    }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<NodeConfig> {
-    let Some(path) = path else {
-        return Ok(NodeConfig {
-            cgroup: None,
-            listen: default_listen(),
-            protect: Vec::new(),
-        });
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: ConfigFile = toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid lastmiled config", path.display()))?;
-    Ok(file.node.unwrap_or(NodeConfig {
-        cgroup: None,
-        listen: default_listen(),
-        protect: Vec::new(),
-    }))
-}
-
-pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
-    let config = load_config(config)?;
+/// Runs the node until SIGINT or SIGTERM. Interception stays in place afterwards (pinned);
+/// `lastmiled node detach` removes it.
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, config_path.map(Path::to_owned)))
 }
 
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
-    let cgroup = match config.cgroup {
-        Some(c) => c,
+async fn serve(config: NodeConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    ensure_bpffs(&config.pin_dir)?;
+    let cgroup = match &config.cgroup {
+        Some(c) => c.clone(),
         None => cgroup2_root().context("finding the cgroup v2 root")?,
     };
-    let listener = TcpListener::bind(config.listen)
+    let listener_v4 = TcpListener::bind(config.listen_v4)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let mut interceptor = Interceptor::load()?;
-    interceptor.set_listener(listen, 0)?;
-    for (i, target) in config.protect.iter().enumerate() {
-        let id = u32::try_from(i).context("too many targets")?;
-        interceptor.protect(target, TargetId(id))?;
-        info!(%target, "protecting");
-    }
-    interceptor.attach(&cgroup)?;
-    info!(cgroup = %cgroup.display(), %listen, "interception attached");
+        .with_context(|| format!("cannot listen on {} (listen_v4)", config.listen_v4))?;
+    let listener_v6 = match config.listen_v6 {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(%addr, error = %e, "no IPv6 listener; IPv6 targets will not be redirected");
+                None
+            }
+        },
+        None => None,
+    };
+    let listen_v4 = listener_v4.local_addr()?;
+    let listen_v6 = listener_v6
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
+    let mut interceptor = Interceptor::load_pinned(&config.pin_dir)?;
+    let events = interceptor.take_events()?;
+    let targets = TargetTable(config.targets.clone());
+    interceptor.set_policy(&policy(&config, listen_v4, listen_v6))?;
+    interceptor.replace_targets(&targets.kernel_entries()?)?;
+    let newly = interceptor.attach(&cgroup)?;
+    info!(
+        cgroup = %cgroup.display(), %listen_v4, listen_v6 = ?listen_v6, pin_dir = %config.pin_dir.display(),
+        newly_attached = newly, targets = targets.0.len(), enforce = config.enforce,
+        "interception in place"
+    );
+    for t in &targets.0 {
+        info!(target = %t.name, kind = ?t.kind, protect = ?t.protect.iter().map(ToString::to_string).collect::<Vec<_>>(), "protecting");
+    }
+
+    let shared = Arc::new(Shared {
+        interceptor: Mutex::new(interceptor),
+        targets: RwLock::new(targets),
+        agents: Agents::default(),
+        sink: EventSink::open(config.events.as_deref())
+            .with_context(|| format!("cannot open the event file {:?}", config.events))?,
+    });
+    let agent_listener = agents::bind(&config.agent_socket)?;
+    info!(socket = %config.agent_socket.display(), "agents register here");
+
+    tokio::spawn(read_kernel_events(events, shared.clone()));
+    tokio::spawn(agents::accept_loop(agent_listener, shared.clone()));
+    tokio::spawn(connection::accept_loop(listener_v4, shared.clone()));
+    if let Some(l) = listener_v6 {
+        tokio::spawn(connection::accept_loop(l, shared.clone()));
+    }
+
+    let mut hangup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (conn, peer) = accepted?;
-                // The hand-off to the user's agent is not built yet: say so and close.
-                warn!(%peer, "redirected connection accepted; hand-off to an agent is not built yet, closing");
-                drop(conn);
-            }
-            _ = tokio::signal::ctrl_c() => {
-                info!(counts = ?interceptor.counts()?, "stopping; detaching programs");
-                return Ok(());
-            }
+            _ = hangup.recv() => reload(config_path.as_deref(), &shared, listen_v4, listen_v6),
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
         }
     }
+    let counters = shared
+        .interceptor
+        .lock()
+        .ok()
+        .and_then(|i| i.counters().ok());
+    info!(
+        ?counters,
+        "stopping; interception stays pinned (`lastmiled node detach` removes it)"
+    );
+    let _ = std::fs::remove_file(&config.agent_socket);
+    Ok(())
+}
+
+fn policy(config: &NodeConfig, v4: SocketAddr, v6: Option<SocketAddr>) -> RedirectPolicy {
+    RedirectPolicy {
+        listener_v4: Some(v4),
+        listener_v6: v6,
+        exempt_mark: config.exempt_mark,
+        enforce: config.enforce,
+    }
+}
+
+/// SIGHUP: re-read the configuration and apply targets and policy without detaching
+/// anything. A bad file is reported and the running configuration kept.
+fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<SocketAddr>) {
+    let config = match NodeConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "reload refused; keeping the running configuration");
+            return;
+        }
+    };
+    let table = TargetTable(config.targets.clone());
+    let result = (|| -> anyhow::Result<()> {
+        let entries = table.kernel_entries()?;
+        let mut interceptor = shared
+            .interceptor
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        interceptor.set_policy(&policy(&config, v4, v6))?;
+        interceptor.replace_targets(&entries)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            info!(
+                targets = table.0.len(),
+                enforce = config.enforce,
+                "configuration reloaded"
+            );
+            if let Ok(mut t) = shared.targets.write() {
+                *t = table;
+            }
+        }
+        Err(e) => {
+            error!(error = %e, "reload failed part way; run `lastmiled node status` and reload again")
+        }
+    }
+}
+
+/// Reads kernel connect events as they arrive and writes them, enriched, to the sink.
+async fn read_kernel_events(events: RingBuf<MapData>, shared: Arc<Shared>) {
+    let mut fd = match register(events) {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll the event ring buffer; kernel events are lost");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "event ring buffer failed; kernel events are lost");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ConnectRecord>() {
+                warn!(len = item.len(), "short kernel event ignored");
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole ConnectRecord (size checked); it is read
+            // unaligned because the ring buffer only promises 8-byte alignment.
+            let record: ConnectRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let target = shared
+                .targets
+                .read()
+                .ok()
+                .and_then(|t| t.get(record.target_id))
+                .map(|t| t.name);
+            shared.event(EventBody::KernelConnect(kernel_connect(&record, target)));
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and nothing is mounted.
+fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let covered = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next(), f.next(), f.next());
+        fstype == Some("bpf") && dir.is_some_and(|d| pin_dir.starts_with(d))
+    });
+    if covered {
+        return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        anyhow::bail!(
+            "{} is not on a bpffs; mount one (`mount -t bpf bpf DIR`) or use /sys/fs/bpf",
+            pin_dir.display()
+        );
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mounting bpffs at /sys/fs/bpf")?;
+    info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+/// Registers `inner` with the tokio reactor.
+pub(crate) fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: only called with owners of their descriptor (OwnedFd, aya's RingBuf), which
+    // keep the same open descriptor until they are dropped together with the AsyncFd.
+    Ok(unsafe { AsyncFd::register(inner) }?)
 }

@@ -1,5 +1,6 @@
-//! The kernel redirect, end to end: a process in a cgroup with lastmile's programs attached
-//! connects to a protected loopback address and lands on the listener instead.
+//! The kernel programs, driven in-process: a process in a cgroup with lastmile's programs
+//! attached connects to protected loopback addresses; where its connections land, what it
+//! sees as its peer, and what the kernel records are checked.
 
 // Tests fail by panicking; the workspace lints against it are for product code.
 #![allow(
@@ -18,13 +19,17 @@ use std::{
     time::Duration,
 };
 
+use lastmile_ebpf_common::ConnectRecord;
 use lastmiled::{
-    intercept::{Interceptor, TargetId},
+    events::{comm, decision_name, orig_dst},
+    intercept::{Interceptor, RedirectPolicy, TargetId},
     target::ProtectedTarget,
 };
-use support::{TestCgroup, have_root, lastmiled};
+use support::{TestCgroup, TestNetns, cgroup_id, have_root, lastmiled};
 
-/// Serves one connection on `listener`: reads the probe's line, answers with `reply`.
+const EXEMPT_MARK: u32 = 0x4c4d_0001;
+
+/// Serves one connection on `listener`: reads the probe's text, answers with `reply`.
 fn serve_once(
     listener: TcpListener,
     reply: &'static str,
@@ -40,52 +45,176 @@ fn serve_once(
     })
 }
 
+/// Runs `lastmiled probe` in `cgroup` with extra args; returns (success, JSON or stderr).
+fn probe_with(
+    cgroup: &TestCgroup,
+    target: &str,
+    extra: &[&str],
+    uid: Option<u32>,
+) -> (bool, String) {
+    let mut cmd = cgroup.command(lastmiled());
+    cmd.args(["probe", target]).args(extra);
+    if let Some(uid) = uid {
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+    }
+    let out = cmd.output().expect("run lastmiled probe");
+    if out.status.success() {
+        (true, String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        (false, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 fn probe(cgroup: &TestCgroup, target: &str) -> serde_json::Value {
-    let out = cgroup
-        .command(lastmiled())
-        .args(["probe", target, "--send", "ping"])
-        .output()
-        .expect("run lastmiled probe");
-    assert!(
-        out.status.success(),
-        "probe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("probe prints JSON")
+    let (ok, out) = probe_with(cgroup, target, &["--send", "ping"], None);
+    assert!(ok, "probe failed: {out}");
+    serde_json::from_str(&out).expect("probe prints JSON")
+}
+
+/// An interceptor attached to `cgroup`, redirecting to the given listeners.
+fn interceptor(
+    cgroup: &TestCgroup,
+    v4: Option<SocketAddr>,
+    v6: Option<SocketAddr>,
+    enforce: bool,
+) -> Interceptor {
+    let mut i = Interceptor::load().expect("load eBPF");
+    i.set_policy(&RedirectPolicy {
+        listener_v4: v4,
+        listener_v6: v6,
+        exempt_mark: EXEMPT_MARK,
+        enforce,
+    })
+    .expect("policy");
+    i.attach(cgroup.path()).expect("attach");
+    i
+}
+
+/// A port nobody on 127.0.0.2 listens on, for a protected target that is refused unless
+/// redirected.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn drain_events(i: &mut Interceptor) -> Vec<ConnectRecord> {
+    let mut ring = i.take_events().expect("events");
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert!(item.len() >= std::mem::size_of::<ConnectRecord>());
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
 }
 
 #[test]
-fn connect_to_protected_ipv4_target_reaches_the_listener() {
-    if !have_root("connect_to_protected_ipv4_target_reaches_the_listener") {
+fn ipv4_target_is_redirected_recorded_and_keeps_its_peer_name() {
+    if !have_root("ipv4_target_is_redirected_recorded_and_keeps_its_peer_name") {
         return;
     }
-    let cgroup = TestCgroup::new("redirect");
-    // The listener stands in for lastmiled's; nothing listens on the protected address,
-    // so a connection that was not redirected is refused instead of reaching it.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
-    let listener_addr = listener.local_addr().expect("addr");
-    let protected: ProtectedTarget = format!("127.0.0.2:{}", listener_addr.port() ^ 1)
-        .parse()
-        .unwrap();
-
-    let mut interceptor = Interceptor::load().expect("load eBPF");
-    interceptor.attach(cgroup.path()).expect("attach");
-    interceptor
-        .set_listener(listener_addr, 0)
-        .expect("set listener");
-    interceptor
-        .protect(&protected, TargetId(7))
-        .expect("protect");
+    let cgroup = TestCgroup::new("v4");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = listener.local_addr().unwrap();
+    let protected: ProtectedTarget = format!("127.0.0.2:{}", free_port()).parse().unwrap();
+    let mut i = interceptor(&cgroup, Some(listen), None, false);
+    i.protect(&protected, TargetId(7)).unwrap();
 
     let served = serve_once(listener, "pong");
-    let result = probe(&cgroup, &protected.to_string());
-    let (peer, got) = served.join().expect("listener thread");
-
-    assert_eq!(result["received"], "pong", "probe: {result}");
+    let (ok, out) = probe_with(
+        &cgroup,
+        &protected.to_string(),
+        &["--send", "ping"],
+        Some(65534),
+    );
+    assert!(ok, "{out}");
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (client, got) = served.join().unwrap();
+    assert_eq!(result["received"], "pong");
     assert_eq!(got, "ping");
-    assert_eq!(peer.to_string(), result["local"].as_str().unwrap());
-    let counts = interceptor.counts().expect("counts");
-    assert_eq!(counts.redirected, 1, "{counts:?}");
+    // getpeername in the client: the target it asked for, not the listener.
+    assert_eq!(result["peer"], protected.to_string());
+    assert_eq!(result["local"], client.to_string());
+
+    // What lastmiled finds on accept, by the client's address.
+    let record = i
+        .take_record(client)
+        .unwrap()
+        .expect("a kernel record for the client");
+    assert_eq!(record.uid, 65534);
+    assert_eq!(record.gid, 65534);
+    assert_eq!(record.pid, result["pid"].as_u64().unwrap() as u32);
+    assert_eq!(comm(&record), "lastmiled");
+    assert_eq!(record.cgroup_id, cgroup_id(cgroup.path()));
+    assert_eq!(record.target_id, 7);
+    assert_eq!(orig_dst(&record).to_string(), protected.to_string());
+    assert!(
+        i.take_record(client).unwrap().is_none(),
+        "a record is taken once"
+    );
+
+    let events = drain_events(&mut i);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(decision_name(events[0].decision), "redirected");
+    assert_eq!(events[0].sock_cookie, record.sock_cookie);
+    assert_eq!(events[0].pid, record.pid);
+    let c = i.counters().unwrap();
+    assert_eq!(
+        (c.redirected, c.events_dropped, c.records_dropped),
+        (1, 0, 0),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn ipv6_and_v4_mapped_targets_are_redirected() {
+    if !have_root("ipv6_and_v4_mapped_targets_are_redirected") {
+        return;
+    }
+    let cgroup = TestCgroup::new("v6");
+    let listener4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener6 = TcpListener::bind("[::1]:0").unwrap();
+    let (l4, l6) = (
+        listener4.local_addr().unwrap(),
+        listener6.local_addr().unwrap(),
+    );
+    let port = free_port();
+    let mut i = interceptor(&cgroup, Some(l4), Some(l6), false);
+    // IPv6: a port on ::1 nobody listens on.
+    let unused6 = TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v6: ProtectedTarget = format!("[::1]:{unused6}").parse().unwrap();
+    i.protect(&v6, TargetId(1)).unwrap();
+    i.protect(
+        &format!("127.0.0.0/24:{port}").parse().unwrap(),
+        TargetId(2),
+    )
+    .unwrap();
+
+    let served = serve_once(listener6, "six");
+    let result = probe(&cgroup, &v6.to_string());
+    assert_eq!(result["received"], "six");
+    assert_eq!(result["peer"], v6.to_string());
+    served.join().unwrap();
+
+    // A dual-stack socket dialing ::ffff:127.0.0.2 is IPv4 on the wire: the prefix target
+    // catches it, the IPv4 listener gets it, and the peer name stays v4-mapped.
+    let mapped = format!("[::ffff:127.0.0.2]:{port}");
+    let served = serve_once(listener4, "mapped");
+    let result = probe(&cgroup, &mapped);
+    assert_eq!(result["received"], "mapped");
+    assert_eq!(result["peer"], mapped);
+    let (client, _) = served.join().unwrap();
+    let record = i.take_record(client).unwrap().expect("record");
+    assert_eq!(record.target_id, 2);
+    assert_eq!(orig_dst(&record).to_string(), mapped);
+    assert_eq!(i.counters().unwrap().redirected, 2);
 }
 
 #[test]
@@ -95,53 +224,162 @@ fn unprotected_destinations_and_other_cgroups_are_left_alone() {
     }
     let cgroup = TestCgroup::new("passthrough");
     let elsewhere = TestCgroup::new("elsewhere");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind listener");
-    let listener_addr = listener.local_addr().expect("addr");
-    // A real server on the unprotected address, answering differently from the listener.
-    let direct = TcpListener::bind("127.0.0.3:0").expect("bind direct server");
-    let direct_addr = direct.local_addr().expect("addr");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A real server on an unprotected address, answering differently from the listener.
+    let direct = TcpListener::bind("127.0.0.3:0").unwrap();
+    let direct_addr = direct.local_addr().unwrap();
     let protected: ProtectedTarget = format!("127.0.0.2:{}", direct_addr.port()).parse().unwrap();
-
-    let mut interceptor = Interceptor::load().expect("load eBPF");
-    interceptor.attach(cgroup.path()).expect("attach");
-    interceptor
-        .set_listener(listener_addr, 0)
-        .expect("set listener");
-    interceptor
-        .protect(&protected, TargetId(1))
-        .expect("protect");
+    let mut i = interceptor(&cgroup, Some(listener.local_addr().unwrap()), None, false);
+    i.protect(&protected, TargetId(1)).unwrap();
 
     // Same port, other address: not protected.
     let served = serve_once(direct, "direct");
-    let result = probe(&cgroup, &direct_addr.to_string());
-    assert_eq!(result["received"], "direct", "probe: {result}");
-    served.join().expect("direct server");
-
-    // The protected address, from a cgroup without the programs: refused, not redirected.
-    let out = elsewhere
-        .command(lastmiled())
-        .args(["probe", &protected.to_string(), "--send", "ping"])
-        .output()
-        .expect("run probe");
-    assert!(
-        !out.status.success(),
-        "connect outside the cgroup was redirected"
+    assert_eq!(
+        probe(&cgroup, &direct_addr.to_string())["received"],
+        "direct"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    served.join().unwrap();
+
+    // The protected address from a cgroup without the programs: refused, not redirected.
+    let (ok, err) = probe_with(&elsewhere, &protected.to_string(), &["--send", "x"], None);
+    assert!(!ok && err.contains("refused"), "{err}");
 
     // Removing the target stops the redirect at once, without detaching anything.
-    interceptor.unprotect(&protected).expect("unprotect");
-    let out = cgroup
-        .command(lastmiled())
-        .args(["probe", &protected.to_string(), "--send", "ping"])
-        .output()
-        .expect("run probe");
+    i.unprotect(&protected).unwrap();
+    let (ok, err) = probe_with(&cgroup, &protected.to_string(), &["--send", "x"], None);
     assert!(
-        !out.status.success(),
-        "unprotected target was still redirected"
+        !ok && err.contains("refused"),
+        "unprotected target still redirected: {err}"
     );
-    let counts = interceptor.counts().expect("counts");
-    assert_eq!(counts.redirected, 0, "{counts:?}");
-    assert!(counts.unprotected >= 2, "{counts:?}");
+    let c = i.counters().unwrap();
+    assert_eq!(c.redirected, 0, "{c:?}");
+    assert!(c.unprotected >= 2, "{c:?}");
     drop(listener);
+}
+
+#[test]
+fn other_network_namespaces_are_untouched() {
+    if !have_root("other_network_namespaces_are_untouched") {
+        return;
+    }
+    let cgroup = TestCgroup::new("netns");
+    let netns = TestNetns::new("redirect");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    let protected: ProtectedTarget = format!("127.0.0.2:{port}").parse().unwrap();
+    let mut i = interceptor(&cgroup, Some(listener.local_addr().unwrap()), None, false);
+    i.protect(&protected, TargetId(1)).unwrap();
+
+    // Inside the namespace a server really listens on the protected address.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = netns.on_thread(move || {
+        let l = TcpListener::bind(format!("127.0.0.2:{port}")).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = [0u8; 16];
+        let _ = c.read(&mut buf).unwrap();
+        c.write_all(b"netns").unwrap();
+    });
+    ready_rx.recv().unwrap();
+    let out = cgroup
+        .command("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            lastmiled(),
+            "probe",
+            &protected.to_string(),
+            "--send",
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["received"], "netns",
+        "the namespace's own server answered"
+    );
+    server.join().unwrap();
+    let c = i.counters().unwrap();
+    assert_eq!((c.redirected, c.other_netns), (0, 1), "{c:?}");
+    drop(listener);
+}
+
+#[test]
+fn marked_connections_are_exempt() {
+    if !have_root("marked_connections_are_exempt") {
+        return;
+    }
+    let cgroup = TestCgroup::new("mark");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let real = TcpListener::bind("127.0.0.2:0").unwrap();
+    let protected: ProtectedTarget = format!("{}", real.local_addr().unwrap()).parse().unwrap();
+    let mut i = interceptor(&cgroup, Some(listener.local_addr().unwrap()), None, false);
+    i.protect(&protected, TargetId(1)).unwrap();
+
+    let served = serve_once(real, "upstream");
+    let mark = EXEMPT_MARK.to_string();
+    let (ok, out) = probe_with(
+        &cgroup,
+        &protected.to_string(),
+        &["--send", "x", "--mark", &mark],
+        None,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("\"received\":\"upstream\""), "{out}");
+    served.join().unwrap();
+    let events = drain_events(&mut i);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| decision_name(e.decision))
+            .collect::<Vec<_>>(),
+        ["exempt"]
+    );
+    assert_eq!(i.counters().unwrap().exempt, 1);
+    drop(listener);
+}
+
+#[test]
+fn enforcement_refuses_what_cannot_be_redirected_and_drops_are_counted() {
+    if !have_root("enforcement_refuses_what_cannot_be_redirected_and_drops_are_counted") {
+        return;
+    }
+    let cgroup = TestCgroup::new("enforce");
+    let real = TcpListener::bind("127.0.0.2:0").unwrap();
+    let protected: ProtectedTarget = format!("{}", real.local_addr().unwrap()).parse().unwrap();
+
+    // No listener, enforcement off: the connection goes to the target itself.
+    let mut i = interceptor(&cgroup, None, None, false);
+    i.protect(&protected, TargetId(1)).unwrap();
+    let served = serve_once(real.try_clone().unwrap(), "through");
+    assert_eq!(
+        probe(&cgroup, &protected.to_string())["received"],
+        "through"
+    );
+    served.join().unwrap();
+    drop(i);
+
+    // No listener, enforcement on: EPERM in the kernel.
+    let mut i = interceptor(&cgroup, None, None, true);
+    i.protect(&protected, TargetId(1)).unwrap();
+    let (ok, err) = probe_with(&cgroup, &protected.to_string(), &["--send", "x"], None);
+    assert!(!ok && err.contains("denied by policy"), "{err}");
+
+    // Nobody reads the ring buffer: after it fills, lost events are counted.
+    let (ok, out) = probe_with(&cgroup, &protected.to_string(), &["--count", "4000"], None);
+    assert!(ok, "{out}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["denied"], 4000);
+    let c = i.counters().unwrap();
+    assert_eq!(c.refused, 4001, "{c:?}");
+    assert!(c.events_dropped > 0, "{c:?}");
+    let events = drain_events(&mut i);
+    assert_eq!(events.len() as u64 + c.events_dropped, 4001);
 }

@@ -1,0 +1,246 @@
+//! Structured events: the kernel's connect decisions, enriched from /proc, and the node's
+//! own decisions about each redirected connection, written as JSON lines.
+//!
+//! The keys that join them: `sock_cookie` (kernel event, node event, and the agent's
+//! `connection_id`), then the session and connection ids once a session exists.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::SystemTime,
+};
+
+use lastmile_ebpf_common::{AF_INET, ConnectRecord, Decision};
+use serde::Serialize;
+
+/// Version of the event schema; bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One event, as written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub v: u32,
+    /// RFC 3339, UTC, when lastmiled wrote it.
+    pub time: String,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind")]
+pub enum EventBody {
+    /// The kernel decided about a connect to a protected target.
+    #[serde(rename = "kernel.connect")]
+    KernelConnect(KernelConnect),
+    /// A redirected connection went to the agent of its user.
+    #[serde(rename = "node.handoff")]
+    Handoff(NodeConnection),
+    /// A redirected connection was refused: its user has no agent here.
+    #[serde(rename = "node.refused_no_agent")]
+    RefusedNoAgent(NodeConnection),
+    /// Someone connected to the listener directly, not through the kernel's redirect.
+    #[serde(rename = "node.refused_direct_dial")]
+    RefusedDirectDial {
+        client: SocketAddr,
+        listener: SocketAddr,
+    },
+    /// An agent registered for a uid, or went away.
+    #[serde(rename = "node.agent")]
+    Agent {
+        uid: u32,
+        pid: Option<i32>,
+        registered: bool,
+    },
+}
+
+/// The kernel's record of one connect, with what /proc adds.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelConnect {
+    pub decision: &'static str,
+    pub target: Option<String>,
+    pub target_id: u32,
+    pub orig_dst: SocketAddr,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub sock_cookie: u64,
+    pub boot_ns: u64,
+    /// Read from /proc at the time the event was read; absent if the process was gone.
+    pub exe: Option<PathBuf>,
+    pub ppid: Option<u32>,
+    pub login_uid: Option<u32>,
+}
+
+/// What the node did with one redirected connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeConnection {
+    pub sock_cookie: u64,
+    pub target: Option<String>,
+    pub protocol: Option<&'static str>,
+    pub orig_dst: SocketAddr,
+    pub client: SocketAddr,
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+impl Event {
+    pub fn now(body: EventBody) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            body,
+        }
+    }
+}
+
+/// The destination the application asked for, from a kernel record.
+pub fn orig_dst(record: &ConnectRecord) -> SocketAddr {
+    let port = u16::from_be_bytes(record.orig_port);
+    let v6 = Ipv6Addr::from(record.orig_addr);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) if record.family == AF_INET => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// A NUL-padded `comm` as text.
+pub fn comm(record: &ConnectRecord) -> String {
+    let end = record
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(record.comm.len());
+    String::from_utf8_lossy(record.comm.get(..end).unwrap_or_default()).into_owned()
+}
+
+pub fn decision_name(decision: u32) -> &'static str {
+    match Decision::from_u32(decision) {
+        Some(Decision::Redirected) => "redirected",
+        Some(Decision::Refused) => "refused",
+        Some(Decision::Exempt) => "exempt",
+        Some(Decision::PassedThrough) => "passed_through",
+        None => "unknown",
+    }
+}
+
+/// Builds the event for a kernel record, reading what /proc still knows of the caller.
+pub fn kernel_connect(record: &ConnectRecord, target: Option<String>) -> KernelConnect {
+    let proc_dir = PathBuf::from(format!("/proc/{}", record.pid));
+    KernelConnect {
+        decision: decision_name(record.decision),
+        target,
+        target_id: record.target_id,
+        orig_dst: orig_dst(record),
+        pid: record.pid,
+        tid: record.tid,
+        uid: record.uid,
+        gid: record.gid,
+        comm: comm(record),
+        cgroup_id: record.cgroup_id,
+        netns_cookie: record.netns_cookie,
+        sock_cookie: record.sock_cookie,
+        boot_ns: record.boot_ns,
+        exe: std::fs::read_link(proc_dir.join("exe")).ok(),
+        ppid: std::fs::read_to_string(proc_dir.join("stat"))
+            .ok()
+            .and_then(|s| parse_ppid(&s)),
+        login_uid: std::fs::read_to_string(proc_dir.join("loginuid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            // (uid_t)-1 means "not set" (no login session).
+            .filter(|u| *u != u32::MAX),
+    }
+}
+
+/// `/proc/<pid>/stat`: the fourth field is the parent pid; the second, the command, is in
+/// parentheses and may itself contain spaces and parentheses, so parse from the last ')'.
+fn parse_ppid(stat: &str) -> Option<u32> {
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Where events go: a JSON-lines file (appended, one write per line), or standard output.
+#[derive(Debug)]
+pub struct EventSink {
+    out: Mutex<Option<File>>,
+    path: Option<PathBuf>,
+}
+
+impl EventSink {
+    pub fn open(path: Option<&Path>) -> io::Result<Self> {
+        let file = match path {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(OpenOptions::new().create(true).append(true).open(p)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            out: Mutex::new(file),
+            path: path.map(Path::to_owned),
+        })
+    }
+
+    /// Writes one event. A failed write is logged and reported, never fatal to the caller.
+    pub fn write(&self, event: &Event) -> io::Result<()> {
+        let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut guard = self
+            .out
+            .lock()
+            .map_err(|_| io::Error::other("event sink poisoned"))?;
+        let result = match guard.as_mut() {
+            Some(f) => f.write_all(&line),
+            None => io::stdout().lock().write_all(&line),
+        };
+        if let Err(e) = &result {
+            tracing::error!(path = ?self.path, error = %e, "cannot write event");
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_survives_a_command_with_parentheses() {
+        assert_eq!(parse_ppid("1234 (a) b) S 77 1234 1234 0"), Some(77));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn orig_dst_tells_ipv4_from_v4_mapped_by_the_socket_family() {
+        let mut r: ConnectRecord = unsafe { std::mem::zeroed() };
+        r.orig_addr = Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 2]).octets();
+        r.orig_port = 5432u16.to_be_bytes();
+        r.family = AF_INET;
+        assert_eq!(orig_dst(&r).to_string(), "127.0.0.2:5432");
+        r.family = lastmile_ebpf_common::AF_INET6;
+        assert_eq!(orig_dst(&r).to_string(), "[::ffff:127.0.0.2]:5432");
+    }
+
+    #[test]
+    fn events_serialize_with_kind_and_version() {
+        let e = Event::now(EventBody::RefusedDirectDial {
+            client: "127.0.0.1:1".parse().unwrap(),
+            listener: "127.0.0.1:2".parse().unwrap(),
+        });
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["kind"], "node.refused_direct_dial");
+        assert_eq!(v["v"], 1);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+}

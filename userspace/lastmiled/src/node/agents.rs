@@ -1,0 +1,250 @@
+//! The agent socket: agents register for their uid (taken from SO_PEERCRED), and
+//! redirected connections are handed to them.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use lastmile_handoff::{
+    AgentMessage, Handoff, HandoffError, MAX_MESSAGE, NodeMessage, PROTOCOL_VERSION,
+    parse_agent_message, send_connection, send_message,
+};
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr, accept4, getsockopt, listen,
+    recv, socket, sockopt::PeerCredentials,
+};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use crate::events::EventBody;
+
+/// One registered agent.
+#[derive(Debug)]
+struct Agent {
+    id: u64,
+    pid: i32,
+    fd: Arc<AsyncFd<OwnedFd>>,
+}
+
+/// Registered agents by uid; the newest registration of a uid gets its connections.
+#[derive(Debug, Default)]
+pub struct Agents {
+    by_uid: Mutex<HashMap<u32, Vec<Agent>>>,
+    next_id: AtomicU64,
+}
+
+impl Agents {
+    /// Hands `conn` to the newest live agent of `uid`. Returns the conn back when no agent
+    /// of that uid takes it (none registered, or every one gone or full), so the caller
+    /// can refuse it.
+    pub fn hand_off(&self, uid: u32, handoff: &Handoff, conn: OwnedFd) -> Result<i32, OwnedFd> {
+        let Ok(mut by_uid) = self.by_uid.lock() else {
+            return Err(conn);
+        };
+        let Some(agents) = by_uid.get_mut(&uid) else {
+            return Err(conn);
+        };
+        while let Some(agent) = agents.last() {
+            match send_connection(agent.fd.get_ref().as_raw_fd(), handoff, conn.as_raw_fd()) {
+                Ok(()) => return Ok(agent.pid),
+                Err(e) => {
+                    warn!(uid, agent_pid = agent.pid, error = %e, "agent unusable; dropping it");
+                    agents.pop();
+                }
+            }
+        }
+        Err(conn)
+    }
+
+    fn add(&self, uid: u32, pid: i32, fd: Arc<AsyncFd<OwnedFd>>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut by_uid) = self.by_uid.lock() {
+            by_uid.entry(uid).or_default().push(Agent { id, pid, fd });
+        }
+        id
+    }
+
+    fn remove(&self, uid: u32, id: u64) {
+        if let Ok(mut by_uid) = self.by_uid.lock()
+            && let Some(list) = by_uid.get_mut(&uid)
+        {
+            list.retain(|a| a.id != id);
+            if list.is_empty() {
+                by_uid.remove(&uid);
+            }
+        }
+    }
+}
+
+/// Binds the agent socket (SOCK_SEQPACKET), replacing a stale one, world-connectable:
+/// who may register is decided per connection by SO_PEERCRED, not by file mode.
+pub fn bind(path: &Path) -> anyhow::Result<AsyncFd<OwnedFd>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        // Refuse to steal a socket a running lastmiled still serves.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() || seqpacket_alive(path) {
+            anyhow::bail!(
+                "{} is served by another lastmiled; stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    listen(&fd, Backlog::new(64)?)?;
+    Ok(super::register(fd)?)
+}
+
+fn seqpacket_alive(path: &Path) -> bool {
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    nix::sys::socket::connect(fd.as_raw_fd(), &addr).is_ok()
+}
+
+pub async fn accept_loop(listener: AsyncFd<OwnedFd>, shared: Arc<Shared>) {
+    loop {
+        let accepted = match listener.readable().await {
+            Ok(mut guard) => match guard.try_io(|l| {
+                accept4(
+                    l.get_ref().as_raw_fd(),
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(result) => result,
+                Err(_would_block) => continue,
+            },
+            Err(e) => {
+                warn!(error = %e, "agent socket failed; no new agents can register");
+                return;
+            }
+        };
+        match accepted {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            Ok(raw) => {
+                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                tokio::spawn(serve_agent(fd, shared.clone()));
+            }
+            Err(e) => warn!(error = %e, "accepting an agent failed"),
+        }
+    }
+}
+
+async fn serve_agent(fd: OwnedFd, shared: Arc<Shared>) {
+    let cred = match getsockopt(&fd, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "agent without peer credentials refused");
+            return;
+        }
+    };
+    let (uid, pid) = (cred.uid(), cred.pid());
+    let Ok(fd) = super::register(fd) else { return };
+    let fd = Arc::new(fd);
+    let hello = tokio::time::timeout(Duration::from_secs(5), read_datagram(&fd)).await;
+    let refuse = |reason: String| {
+        warn!(uid, pid, %reason, "agent registration refused");
+        let _ = send_message(fd.get_ref().as_raw_fd(), &NodeMessage::Refused { reason });
+    };
+    match hello {
+        Ok(Ok(Some(bytes))) => match parse_agent_message(&bytes) {
+            Ok(AgentMessage::Register { version }) if version == PROTOCOL_VERSION => {}
+            Ok(AgentMessage::Register { version }) => {
+                return refuse(format!(
+                    "protocol version {version} unsupported; this lastmiled speaks {PROTOCOL_VERSION}"
+                ));
+            }
+            Err(e) => return refuse(format!("malformed registration: {e}")),
+        },
+        Ok(Ok(None)) | Ok(Err(_)) => return,
+        Err(_) => return refuse("no registration within 5 s".into()),
+    }
+    if let Err(e) = send_message(
+        fd.get_ref().as_raw_fd(),
+        &NodeMessage::Registered {
+            uid,
+            version: PROTOCOL_VERSION,
+        },
+    ) {
+        warn!(uid, pid, error = %e, "agent left during registration");
+        return;
+    }
+    let id = shared.agents.add(uid, pid, fd.clone());
+    info!(uid, pid, "agent registered");
+    shared.event(EventBody::Agent {
+        uid,
+        pid: Some(pid),
+        registered: true,
+    });
+    // The agent has nothing more to say in this version; reading tells us when it goes.
+    while let Ok(Some(bytes)) = read_datagram(&fd).await {
+        debug!(uid, pid, len = bytes.len(), "ignoring agent message");
+    }
+    shared.agents.remove(uid, id);
+    info!(uid, pid, "agent gone");
+    shared.event(EventBody::Agent {
+        uid,
+        pid: Some(pid),
+        registered: false,
+    });
+}
+
+/// One datagram, or None at end of stream.
+async fn read_datagram(fd: &AsyncFd<OwnedFd>) -> Result<Option<Vec<u8>>, HandoffError> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let mut guard = fd
+            .readable()
+            .await
+            .map_err(|e| HandoffError::Io(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        match guard.try_io(|inner| {
+            recv(
+                inner.get_ref().as_raw_fd(),
+                &mut buf,
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        }) {
+            Ok(Ok(0)) => return Ok(None),
+            Ok(Ok(n)) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Ok(Err(e)) => {
+                return Err(HandoffError::Io(nix::Error::from_raw(
+                    e.raw_os_error().unwrap_or(0),
+                )));
+            }
+            Err(_would_block) => continue,
+        }
+    }
+}

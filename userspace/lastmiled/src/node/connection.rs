@@ -1,0 +1,175 @@
+//! One redirected connection: find who made it and for what, then hand it to their agent
+//! or tell them, in their protocol, why not.
+
+use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, time::Duration};
+
+use lastmile_handoff::{Handoff, TargetKind, TargetRef};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{Instrument as _, info, info_span, warn};
+
+use super::Shared;
+use crate::{
+    events::{EventBody, NodeConnection, comm, orig_dst},
+    refusal::{NoAgent, PostgresRefusal, SshRefusal, Step},
+};
+
+/// How long a refused client gets to say enough for a protocol-aware answer.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let listen = listener.local_addr().ok();
+    loop {
+        match listener.accept().await {
+            Ok((stream, client)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, client, listen, &shared).await {
+                        warn!(%client, error = %e, "redirected connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    client: SocketAddr,
+    listen: Option<SocketAddr>,
+    shared: &Shared,
+) -> io::Result<()> {
+    let record = shared
+        .interceptor
+        .lock()
+        .map_err(|_| io::Error::other("interceptor lock poisoned"))?
+        .take_record(client)
+        .map_err(io::Error::other)?;
+    let Some(record) = record else {
+        // No kernel record: this connection did not come through the redirect.
+        warn!(%client, "direct dial to the listener refused");
+        if let Some(listener) = listen {
+            shared.event(EventBody::RefusedDirectDial { client, listener });
+        }
+        return Ok(());
+    };
+    let target = shared
+        .targets
+        .read()
+        .ok()
+        .and_then(|t| t.get(record.target_id));
+    let conn = NodeConnection {
+        sock_cookie: record.sock_cookie,
+        target: target.as_ref().map(|t| t.name.clone()),
+        protocol: target.as_ref().map(|t| kind_name(t.kind)),
+        orig_dst: orig_dst(&record),
+        client,
+        pid: record.pid,
+        uid: record.uid,
+        comm: comm(&record),
+    };
+    let span = info_span!("connection", conn_id = record.sock_cookie, uid = record.uid, target = ?conn.target);
+    async move {
+        let handoff = Handoff {
+            connection_id: record.sock_cookie,
+            orig_dst: conn.orig_dst,
+            client,
+            target: target.clone().unwrap_or(TargetRef {
+                name: "unknown".into(),
+                kind: TargetKind::Tcp,
+            }),
+            pid: record.pid,
+            uid: record.uid,
+            comm: conn.comm.clone(),
+            cgroup_id: record.cgroup_id,
+        };
+        // The agent gets a blocking socket, as any program expects from accept(2).
+        let std_stream = stream.into_std()?;
+        std_stream.set_nonblocking(false)?;
+        let fd = OwnedFd::from(std_stream);
+        match shared.agents.hand_off(record.uid, &handoff, fd) {
+            Ok(agent_pid) => {
+                info!(agent_pid, orig_dst = %conn.orig_dst, "handed to the agent");
+                shared.event(EventBody::Handoff(conn));
+                Ok(())
+            }
+            Err(fd) => {
+                info!(orig_dst = %conn.orig_dst, "no agent for this uid; refusing");
+                shared.event(EventBody::RefusedNoAgent(conn));
+                let std_stream = std::net::TcpStream::from(fd);
+                std_stream.set_nonblocking(true)?;
+                let stream = TcpStream::from_std(std_stream)?;
+                let message = NoAgent { uid: record.uid }.to_string();
+                let kind = target.map(|t| t.kind).unwrap_or(TargetKind::Tcp);
+                match tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, kind, message)).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(()),
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn kind_name(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Postgres => "postgres",
+        TargetKind::Ssh => "ssh",
+        TargetKind::Tcp => "tcp",
+    }
+}
+
+/// Drives a refusal state machine over the socket.
+async fn refuse(mut stream: TcpStream, kind: TargetKind, message: String) -> io::Result<()> {
+    enum Machine {
+        Postgres(PostgresRefusal),
+        Ssh(SshRefusal),
+    }
+    let mut machine = match kind {
+        TargetKind::Tcp => return Ok(()),
+        TargetKind::Postgres => Machine::Postgres(PostgresRefusal::new(message)),
+        TargetKind::Ssh => {
+            let mut r = SshRefusal::new(message);
+            if let Step::Send(bytes) = r.start() {
+                stream.write_all(&bytes).await?;
+            }
+            Machine::Ssh(r)
+        }
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let input = buf.get(..n).unwrap_or_default();
+        let step = match &mut machine {
+            Machine::Postgres(m) => m.feed(input),
+            Machine::Ssh(m) => m.feed(input),
+        };
+        match step {
+            Step::NeedMore => {}
+            Step::Send(bytes) => stream.write_all(&bytes).await?,
+            Step::SendAndClose(bytes) => {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await?;
+                // Read what the client still sends until it closes, so that closing does
+                // not turn into a reset that could discard our answer before it is read.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return Ok(());
+            }
+            Step::Close => return Ok(()),
+        }
+    }
+}
