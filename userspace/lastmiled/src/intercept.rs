@@ -515,6 +515,31 @@ pub struct PinnedStatus {
     pub records_by_cookie: usize,
     pub records_by_client: usize,
     pub counters: Option<Counters>,
+    pub redirect: Option<RedirectStatus>,
+}
+
+/// The redirect configuration the programs are using.
+#[derive(Debug, serde::Serialize)]
+pub struct RedirectStatus {
+    pub listener_v4: Option<SocketAddr>,
+    pub listener_v6: Option<SocketAddr>,
+    pub enforce: bool,
+    pub exempt_mark: u32,
+}
+
+impl RedirectStatus {
+    fn from_config(c: &RedirectConfig) -> Self {
+        let v4_port = u16::from_be_bytes(c.listener_v4_port);
+        let v6_port = u16::from_be_bytes(c.listener_v6_port);
+        Self {
+            listener_v4: (v4_port != 0)
+                .then(|| SocketAddr::from((std::net::Ipv4Addr::from(c.listener_v4), v4_port))),
+            listener_v6: (v6_port != 0)
+                .then(|| SocketAddr::from((std::net::Ipv6Addr::from(c.listener_v6), v6_port))),
+            enforce: c.flags & FLAG_ENFORCE != 0,
+            exempt_mark: c.exempt_mark,
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -597,7 +622,17 @@ pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
             let stats = PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(data)).ok()?;
             read_counters(|i| stats.get(&i, 0).map(|v| v.iter().sum())).ok()
         });
+    let redirect = MapData::from_pin(pin_dir.join("maps").join(names::REDIRECT))
+        .ok()
+        .and_then(|data| {
+            let array = Array::<_, RedirectConfig>::try_from(aya::maps::Map::Array(data)).ok()?;
+            array
+                .get(&0, 0)
+                .ok()
+                .map(|c| RedirectStatus::from_config(&c))
+        });
     Ok(PinnedStatus {
+        redirect,
         pin_dir: pin_dir.to_owned(),
         programs,
         protected_v4: count(names::PROTECTED_V4),
