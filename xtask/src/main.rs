@@ -1,5 +1,6 @@
 //! `cargo xtask …`: set up a machine, run the demo, the tests and the benchmarks.
 
+mod bench;
 mod demo;
 mod exec;
 mod setup;
@@ -22,6 +23,11 @@ enum Command {
     Test(test::Args),
     /// Set up if needed, build, and run lastmile's main job on one machine.
     Demo,
+    /// Run a benchmark; each prints its ratios against a baseline measured in the same run.
+    Bench {
+        #[arg(value_enum)]
+        which: bench::Which,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test(args) => test::run(&args),
         Command::Demo => demo::run(),
+        Command::Bench { which } => bench::run(which),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

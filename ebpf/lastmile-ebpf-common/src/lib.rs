@@ -118,7 +118,7 @@ pub const AF_INET6: u16 = 10;
 /// One connect to a protected target: who asked for what, and what the kernel decided.
 /// It is both the ring-buffer event and the record lastmiled looks up when a redirected
 /// connection arrives (by the client's address and port) or the application asks for its
-/// peer (by socket cookie).
+/// peer (by the client's address and port, until the socket closes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectRecord {
@@ -152,6 +152,27 @@ pub struct ConnectRecord {
     pub comm: [u8; 16],
 }
 
+impl ConnectRecord {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        sock_cookie: 0,
+        cgroup_id: 0,
+        netns_cookie: 0,
+        boot_ns: 0,
+        orig_addr: [0; 16],
+        orig_port: [0; 2],
+        family: 0,
+        decision: 0,
+        target_id: 0,
+        tid: 0,
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        reserved: 0,
+        comm: [0; 16],
+    };
+}
+
 /// Key of the record of a redirected connection, by the client's end as the listener sees
 /// it once it accepts: local address (IPv4 as `::ffff:a.b.c.d`) and port, network order.
 #[repr(C)]
@@ -163,8 +184,12 @@ pub struct ClientKey {
     pub reserved: [u8; 2],
 }
 
-/// Capacity of the connection-record maps (LRU: the oldest records go first).
+/// Capacity of the by-client record map: open redirected connections (LRU: should it
+/// ever fill, the oldest records go first).
 pub const MAX_RECORDS: u32 = 65536;
+
+/// Pending-record slots per CPU: connects between connect4/6 and their SYN.
+pub const PENDING_SLOTS: u32 = 64;
 
 /// Size of the event ring buffer, in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -219,8 +244,8 @@ pub mod names {
     pub const REDIRECT: &str = "REDIRECT";
     /// Per-CPU array of counters, indexed by [`super::Stat`].
     pub const STATS: &str = "STATS";
-    /// Records by socket cookie (for getpeername).
-    pub const BY_COOKIE: &str = "BY_COOKIE";
+    /// Per-CPU slots for records between connect and the socket's first sock_ops callback.
+    pub const PENDING: &str = "PENDING";
     /// Records by client address and port (for lastmiled's accept).
     pub const BY_CLIENT: &str = "BY_CLIENT";
     /// Ring buffer of [`super::ConnectRecord`] events.
@@ -231,7 +256,7 @@ pub mod names {
         PROTECTED_V6,
         REDIRECT,
         STATS,
-        BY_COOKIE,
+        PENDING,
         BY_CLIENT,
         EVENTS,
     ];

@@ -23,7 +23,7 @@ use lastmile_ebpf_common::{
     TargetV4, TargetV6,
 };
 
-use crate::maps::{BY_COOKIE, PROTECTED_V4, PROTECTED_V6, REDIRECT, count, emit};
+use crate::maps::{PENDING, PROTECTED_V4, PROTECTED_V6, REDIRECT, count, emit, pending_slot};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -173,35 +173,47 @@ fn decide(
         Decision::Redirected
     };
 
+    // A redirected connect's record is built in place in its pending slot (one copy
+    // fewer on the hot path); any other decision's on the stack, for the event only.
+    // SAFETY: as above, the program's own context.
+    let sock_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let mut local = ConnectRecord::ZERO;
+    let slot = if decision == Decision::Redirected {
+        PENDING.get_ptr_mut(pending_slot(sock_cookie))
+    } else {
+        None
+    };
+    // SAFETY: a slot is this CPU's own, and nothing else runs on this CPU meanwhile.
+    let record = match slot {
+        Some(slot) => unsafe { &mut *slot },
+        None => &mut local,
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let record = ConnectRecord {
-        // SAFETY: as above, the program's own context.
-        sock_cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
-        // SAFETY: no arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        netns_cookie,
-        // SAFETY: no arguments.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        orig_addr,
-        orig_port,
-        family,
-        decision: decision as u32,
-        target_id: target.target_id,
-        tid: pid_tgid as u32,
-        pid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        reserved: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
+    record.sock_cookie = sock_cookie;
+    // SAFETY: no arguments.
+    record.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    record.netns_cookie = netns_cookie;
+    // SAFETY: no arguments.
+    record.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    record.orig_addr = orig_addr;
+    record.orig_port = orig_port;
+    record.family = family;
+    record.decision = decision as u32;
+    record.target_id = target.target_id;
+    record.tid = pid_tgid as u32;
+    record.pid = (pid_tgid >> 32) as u32;
+    record.uid = uid_gid as u32;
+    record.gid = (uid_gid >> 32) as u32;
+    record.reserved = 0;
+    record.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     if decision == Decision::Redirected {
-        if BY_COOKIE.insert(&record.sock_cookie, &record, 0).is_err() {
+        if slot.is_none() {
             count(Stat::RecordsDropped);
         }
         count(Stat::Redirected);
     }
-    emit(&record);
+    emit(record);
     decision
 }
 

@@ -2,36 +2,102 @@
 //! `getpeername4`/`getpeername6`.
 
 use aya_ebpf::{
-    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
-    helpers::generated::bpf_get_socket_cookie,
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, bpf_sock, bpf_sock_ops,
+    },
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_map_lookup_percpu_elem, bpf_sock_ops_cb_flags_set,
+    },
     macros::{cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
 };
-use lastmile_ebpf_common::{AF_INET, AF_INET6, ClientKey, Stat};
+use lastmile_ebpf_common::{AF_INET, AF_INET6, ClientKey, ConnectRecord, Stat};
 
 use crate::{
     connect::{ip6_bytes, ip6_words, v4_mapped},
-    maps::{BY_CLIENT, BY_COOKIE, count},
+    maps::{BY_CLIENT, PENDING, count, pending_slot},
 };
 
-/// When a redirected socket sends its SYN, its local address and port are fixed: store
-/// the record under them too, since that is all lastmiled learns from `accept`.
+/// When a redirected socket sends its SYN, its local address and port are fixed: move
+/// its record under them, which is all lastmiled learns from `accept` and what
+/// getpeername can find again; and ask to hear when the socket closes. When it closes,
+/// drop the record.
 #[sock_ops]
 pub fn record_client(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
-        return 1;
-    }
-    // SAFETY: the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    // SAFETY: a copy is taken at once; a concurrent LRU eviction can at worst make the
-    // copy stale, never invalid memory.
-    let Some(record) = (unsafe { BY_COOKIE.get(&cookie) }).copied() else {
-        return 1;
-    };
-    // The verifier only allows loads at constant offsets from the context pointer itself;
-    // volatile reads, done up front, keep LLVM from computing `ctx + off` once and
-    // dereferencing that ("dereference of modified ctx ptr").
     let ops = ctx.ops;
+    // SAFETY: one field of the kernel's valid bpf_sock_ops.
+    let op = unsafe { core::ptr::read_volatile(&raw const (*ops).op) };
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // SAFETY: the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
+        let Some(record) = take_pending(cookie) else {
+            return 1;
+        };
+        let Some(key) = client_key(ops) else {
+            return 1;
+        };
+        if BY_CLIENT.insert(&key, &record, 0).is_err() {
+            count(Stat::RecordsDropped);
+            return 1;
+        }
+        // SAFETY: the program's own context; asks for BPF_SOCK_OPS_STATE_CB on this socket.
+        unsafe { bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG as i32) };
+    } else if op == BPF_SOCK_OPS_STATE_CB {
+        // SAFETY: args[1] of a state callback is the new state.
+        let new_state =
+            unsafe { core::ptr::read_volatile(&raw const (*ops).__bindgen_anon_1.args[1]) };
+        if new_state == BPF_TCP_CLOSE
+            && let Some(key) = client_key(ops)
+        {
+            let _ = BY_CLIENT.remove(&key);
+        }
+    }
+    1
+}
+
+/// Most CPUs looked at for a pending record; more than a host of this kind has.
+const MAX_CPUS: u32 = 256;
+
+/// Takes the pending record of `cookie`: from this CPU's slot, or, if connect4/6 ran on
+/// another CPU (the task migrated), from that one's.
+#[inline(always)]
+fn take_pending(cookie: u64) -> Option<ConnectRecord> {
+    let index = pending_slot(cookie);
+    if let Some(slot) = PENDING.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot.
+        let slot = unsafe { &mut *slot };
+        if slot.sock_cookie == cookie {
+            let record = *slot;
+            slot.sock_cookie = 0;
+            return Some(record);
+        }
+    }
+    let map = core::ptr::from_ref(&PENDING).cast_mut().cast();
+    for cpu in 0..MAX_CPUS {
+        // SAFETY: a lookup of `index` in another CPU's copy; NULL past the last CPU.
+        let slot = unsafe { bpf_map_lookup_percpu_elem(map, (&raw const index).cast(), cpu) };
+        if slot.is_null() {
+            break;
+        }
+        // SAFETY: non-null slot of PENDING, which holds ConnectRecords.
+        let slot = unsafe { &mut *slot.cast::<ConnectRecord>() };
+        if slot.sock_cookie == cookie {
+            let record = *slot;
+            slot.sock_cookie = 0;
+            return Some(record);
+        }
+    }
+    None
+}
+
+/// The socket's own address and port as a record key.
+///
+/// The verifier only allows loads at constant offsets from the context pointer itself;
+/// volatile reads keep LLVM from computing `ctx + off` once and dereferencing that
+/// ("dereference of modified ctx ptr").
+#[inline(always)]
+fn client_key(ops: *mut bpf_sock_ops) -> Option<ClientKey> {
     // SAFETY: each read is of one field of the kernel's valid bpf_sock_ops.
     let (family, ip4, ip6, local_port) = unsafe {
         (
@@ -49,26 +115,40 @@ pub fn record_client(ctx: SockOpsContext) -> u32 {
     let addr = match family as u16 {
         AF_INET => v4_mapped(ip4.to_ne_bytes()),
         AF_INET6 => ip6_bytes(ip6),
-        _ => return 1,
+        _ => return None,
     };
     // sock_ops gives the local port in host order (unlike remote_port).
-    let key = ClientKey {
+    Some(ClientKey {
         addr,
         port: (local_port as u16).to_be_bytes(),
         reserved: [0; 2],
+    })
+}
+
+/// The record key of the socket behind a sock_addr context: its source address and port
+/// (`bpf_sock.src_port` is in host order).
+#[inline(always)]
+fn own_key(ctx: &SockAddrContext, v6: bool) -> Option<ClientKey> {
+    // SAFETY: in sock_addr programs `sk` points at the socket, or is null.
+    let sk: &bpf_sock = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk.as_ref() }?;
+    let addr = if v6 {
+        ip6_bytes(sk.src_ip6)
+    } else {
+        v4_mapped(sk.src_ip4.to_ne_bytes())
     };
-    if BY_CLIENT.insert(&key, &record, 0).is_err() {
-        count(Stat::RecordsDropped);
-    }
-    1
+    Some(ClientKey {
+        addr,
+        port: (sk.src_port as u16).to_be_bytes(),
+        reserved: [0; 2],
+    })
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: copied at once, see record_client.
-    if let Some(record) = unsafe { BY_COOKIE.get(&cookie) }.copied() {
+    if let Some(key) = own_key(&ctx, false)
+        // SAFETY: copied at once; see record_client.
+        && let Some(record) = unsafe { BY_CLIENT.get(&key) }.copied()
+    {
         // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call.
         let sa = unsafe { &mut *ctx.sock_addr };
         let a = record.orig_addr;
@@ -80,10 +160,10 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: copied at once, see record_client.
-    if let Some(record) = unsafe { BY_COOKIE.get(&cookie) }.copied() {
+    if let Some(key) = own_key(&ctx, true)
+        // SAFETY: copied at once; see record_client.
+        && let Some(record) = unsafe { BY_CLIENT.get(&key) }.copied()
+    {
         // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call.
         let sa = unsafe { &mut *ctx.sock_addr };
         sa.user_ip6 = ip6_words(record.orig_addr);

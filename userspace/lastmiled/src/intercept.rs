@@ -350,22 +350,20 @@ impl Interceptor {
         Ok(())
     }
 
-    /// Takes the record of the redirected connection whose client end is `client` (the
-    /// peer address of the accepted socket). A connection without one was not redirected
-    /// by the kernel: someone dialed the listener directly.
-    pub fn take_record(
+    /// The record of the redirected connection whose client end is `client` (the peer
+    /// address of the accepted socket). A connection without one was not redirected by the
+    /// kernel: someone dialed the listener directly. The record stays until the client's
+    /// socket closes (its getpeername needs it).
+    pub fn record_for(
         &mut self,
         client: SocketAddr,
     ) -> Result<Option<ConnectRecord>, InterceptError> {
         let key = client_key(client);
         let map = self.map_mut(names::BY_CLIENT)?;
-        let mut by_client: HashMap<_, ClientKey, ConnectRecord> =
+        let by_client: HashMap<_, ClientKey, ConnectRecord> =
             HashMap::try_from(map).map_err(map_err(names::BY_CLIENT))?;
         match by_client.get(&key, 0) {
-            Ok(record) => {
-                let _ = by_client.remove(&key);
-                Ok(Some(record))
-            }
+            Ok(record) => Ok(Some(record)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(InterceptError::Map {
                 name: names::BY_CLIENT,
@@ -512,7 +510,6 @@ pub struct PinnedStatus {
     pub programs: Vec<ProgramStatus>,
     pub protected_v4: usize,
     pub protected_v6: usize,
-    pub records_by_cookie: usize,
     pub records_by_client: usize,
     pub counters: Option<Counters>,
     pub redirect: Option<RedirectStatus>,
@@ -605,9 +602,6 @@ pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
                     .map(|t| t.keys().count())
                     .unwrap_or(0)
             }
-            names::BY_COOKIE => HashMap::<_, u64, ConnectRecord>::try_from(reinterpret(map, name))
-                .map(|t| t.keys().count())
-                .unwrap_or(0),
             names::BY_CLIENT => {
                 HashMap::<_, ClientKey, ConnectRecord>::try_from(reinterpret(map, name))
                     .map(|t| t.keys().count())
@@ -637,7 +631,6 @@ pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
         programs,
         protected_v4: count(names::PROTECTED_V4),
         protected_v6: count(names::PROTECTED_V6),
-        records_by_cookie: count(names::BY_COOKIE),
         records_by_client: count(names::BY_CLIENT),
         counters,
     })
@@ -651,7 +644,7 @@ fn reinterpret(map: aya::maps::Map, name: &str) -> aya::maps::Map {
     };
     match name {
         names::PROTECTED_V4 | names::PROTECTED_V6 => aya::maps::Map::LpmTrie(data),
-        names::BY_COOKIE | names::BY_CLIENT => aya::maps::Map::LruHashMap(data),
+        names::BY_CLIENT => aya::maps::Map::LruHashMap(data),
         _ => aya::maps::Map::HashMap(data),
     }
 }

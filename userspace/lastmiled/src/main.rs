@@ -100,11 +100,8 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
                 }
             }
             println!(
-                "protected: {} IPv4, {} IPv6 entries; records: {} by socket, {} by client",
-                status.protected_v4,
-                status.protected_v6,
-                status.records_by_cookie,
-                status.records_by_client
+                "protected: {} IPv4, {} IPv6 entries; {} records awaiting accept",
+                status.protected_v4, status.protected_v6, status.records_by_client
             );
             match status.counters {
                 Some(c) => println!(

@@ -202,7 +202,11 @@ fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<Socke
     }
 }
 
-/// Reads kernel connect events as they arrive and writes them, enriched, to the sink.
+/// How often kernel events are read when the kernel does not wake us (it submits without
+/// wakeups and only wakes us when its buffer is a quarter full; see the eBPF `emit`).
+const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads kernel connect events and writes them, enriched, to the sink.
 async fn read_kernel_events(events: RingBuf<MapData>, shared: Arc<Shared>) {
     let mut fd = match register(events) {
         Ok(fd) => fd,
@@ -211,15 +215,26 @@ async fn read_kernel_events(events: RingBuf<MapData>, shared: Arc<Shared>) {
             return;
         }
     };
+    let mut tick = tokio::time::interval(EVENT_POLL);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "event ring buffer failed; kernel events are lost");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
+        tokio::select! {
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain_events(guard.get_inner_mut(), &shared);
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    error!(error = %e, "event ring buffer failed; kernel events are lost");
+                    return;
+                }
+            },
+            _ = tick.tick() => drain_events(fd.get_mut(), &shared),
+        }
+    }
+}
+
+fn drain_events(ring: &mut RingBuf<MapData>, shared: &Shared) {
+    {
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<ConnectRecord>() {
                 warn!(len = item.len(), "short kernel event ignored");
@@ -236,7 +251,6 @@ async fn read_kernel_events(events: RingBuf<MapData>, shared: Arc<Shared>) {
                 .map(|t| t.name);
             shared.event(EventBody::KernelConnect(kernel_connect(&record, target)));
         }
-        guard.clear_ready();
     }
 }
 

@@ -13,8 +13,10 @@
 mod support;
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt as _,
+    process::Stdio,
     thread,
     time::Duration,
 };
@@ -123,25 +125,29 @@ fn ipv4_target_is_redirected_recorded_and_keeps_its_peer_name() {
     let mut i = interceptor(&cgroup, Some(listen), None, false);
     i.protect(&protected, TargetId(7)).unwrap();
 
-    let served = serve_once(listener, "pong");
-    let (ok, out) = probe_with(
-        &cgroup,
-        &protected.to_string(),
-        &["--send", "ping"],
-        Some(65534),
-    );
-    assert!(ok, "{out}");
-    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let (client, got) = served.join().unwrap();
-    assert_eq!(result["received"], "pong");
-    assert_eq!(got, "ping");
+    // A connection held open by an interactive probe, running as nobody.
+    let mut cmd = cgroup.command(lastmiled());
+    cmd.args(["probe", &protected.to_string(), "--interactive"])
+        .uid(65534)
+        .gid(65534);
+    let mut probe = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut server_side, client) = listener.accept().unwrap();
+    let mut report = String::new();
+    BufReader::new(probe.stdout.take().unwrap())
+        .read_line(&mut report)
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&report).unwrap();
     // getpeername in the client: the target it asked for, not the listener.
     assert_eq!(result["peer"], protected.to_string());
     assert_eq!(result["local"], client.to_string());
 
     // What lastmiled finds on accept, by the client's address.
     let record = i
-        .take_record(client)
+        .record_for(client)
         .unwrap()
         .expect("a kernel record for the client");
     assert_eq!(record.uid, 65534);
@@ -151,15 +157,12 @@ fn ipv4_target_is_redirected_recorded_and_keeps_its_peer_name() {
     assert_eq!(record.cgroup_id, cgroup_id(cgroup.path()));
     assert_eq!(record.target_id, 7);
     assert_eq!(orig_dst(&record).to_string(), protected.to_string());
-    assert!(
-        i.take_record(client).unwrap().is_none(),
-        "a record is taken once"
-    );
 
     let events = drain_events(&mut i);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(decision_name(events[0].decision), "redirected");
     assert_eq!(events[0].sock_cookie, record.sock_cookie);
+    assert_ne!(record.sock_cookie, 0);
     assert_eq!(events[0].pid, record.pid);
     let c = i.counters().unwrap();
     assert_eq!(
@@ -167,6 +170,20 @@ fn ipv4_target_is_redirected_recorded_and_keeps_its_peer_name() {
         (1, 0, 0),
         "{c:?}"
     );
+
+    // Once both ends close, the record goes with the client's socket.
+    drop(probe.stdin.take());
+    probe.wait().unwrap();
+    server_side.write_all(b"bye").ok();
+    drop(server_side);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while i.record_for(client).unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record outlived its socket"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -210,10 +227,14 @@ fn ipv6_and_v4_mapped_targets_are_redirected() {
     let result = probe(&cgroup, &mapped);
     assert_eq!(result["received"], "mapped");
     assert_eq!(result["peer"], mapped);
-    let (client, _) = served.join().unwrap();
-    let record = i.take_record(client).unwrap().expect("record");
-    assert_eq!(record.target_id, 2);
-    assert_eq!(orig_dst(&record).to_string(), mapped);
+    served.join().unwrap();
+    let events = drain_events(&mut i);
+    let record = events
+        .iter()
+        .find(|e| e.target_id == 2)
+        .expect("an event for the mapped connect");
+    assert_eq!(orig_dst(record).to_string(), mapped);
+    assert_eq!(decision_name(record.decision), "redirected");
     assert_eq!(i.counters().unwrap().redirected, 2);
 }
 

@@ -50,7 +50,7 @@ async fn handle(
         .interceptor
         .lock()
         .map_err(|_| io::Error::other("interceptor lock poisoned"))?
-        .take_record(client)
+        .record_for(client)
         .map_err(io::Error::other)?;
     let Some(record) = record else {
         // No kernel record: this connection did not come through the redirect.

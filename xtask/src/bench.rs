@@ -1,0 +1,28 @@
+//! `cargo xtask bench …`: benchmarks that print ratios against a baseline measured in the
+//! same run (never a number compared with one from another day or machine).
+
+use anyhow::bail;
+
+use crate::exec::{cargo, must, step};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Which {
+    /// connect()+close through the kernel redirect vs a plain loopback listener, and the
+    /// programs' own run time per call (needs root).
+    Connect,
+}
+
+pub fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Connect => {
+            if !crate::exec::is_root() {
+                bail!(
+                    "bench connect loads eBPF programs and needs root: `sudo cargo xtask bench connect`"
+                );
+            }
+            crate::setup::run()?;
+            step("bench connect");
+            must(cargo().args(["bench", "-p", "lastmiled", "--bench", "connect"]))
+        }
+    }
+}
