@@ -213,7 +213,7 @@ fn decide(
         }
         count(Stat::Redirected);
     }
-    emit(record);
+    emit(record, decision != Decision::Redirected);
     decision
 }
 

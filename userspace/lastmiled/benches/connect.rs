@@ -62,20 +62,26 @@ fn main() {
         .protect(&format!("{protected}").parse().unwrap(), TargetId(0))
         .unwrap();
     interceptor.attach(&hooked.path).unwrap();
-    // Read events as lastmiled does, so the ring buffer never fills and every redirected
-    // connect pays for a real reserve and submit.
+    // Read events as lastmiled does (wait for the kernel's wakeup, drain), so the ring
+    // buffer never fills and every redirected connect pays for a real submit and wakeup.
     let mut ring = interceptor.take_events().unwrap();
     let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = consumed.clone();
     std::thread::spawn(move || {
         loop {
+            let mut fds = [libc::pollfd {
+                fd: ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
             let mut n = 0;
             while let Some(item) = ring.next() {
                 std::hint::black_box(&*item);
                 n += 1;
             }
             counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            std::thread::sleep(Duration::from_micros(200));
         }
     });
     // BPF run-time statistics are on while this fd is open.

@@ -132,9 +132,73 @@ pub fn decision_name(decision: u32) -> &'static str {
     }
 }
 
-/// Builds the event for a kernel record, reading what /proc still knows of the caller.
-pub fn kernel_connect(record: &ConnectRecord, target: Option<String>) -> KernelConnect {
-    let proc_dir = PathBuf::from(format!("/proc/{}", record.pid));
+/// What /proc says of a caller, read while it still exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub exe: Option<PathBuf>,
+    pub ppid: Option<u32>,
+    pub login_uid: Option<u32>,
+}
+
+impl ProcInfo {
+    /// Reads /proc/<pid>; fields of a process that is gone are None.
+    pub fn read(pid: u32) -> Self {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        Self {
+            exe: std::fs::read_link(proc_dir.join("exe")).ok(),
+            ppid: std::fs::read_to_string(proc_dir.join("stat"))
+                .ok()
+                .and_then(|s| parse_ppid(&s)),
+            login_uid: std::fs::read_to_string(proc_dir.join("loginuid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                // (uid_t)-1 means "not set" (no login session).
+                .filter(|u| *u != u32::MAX),
+        }
+    }
+}
+
+/// /proc facts read when lastmiled accepted a redirected connection, kept until the
+/// kernel's event for it is read (the kernel does not wake lastmiled for those events;
+/// see the eBPF `emit`). Entries older than a minute are dropped.
+#[derive(Debug, Default)]
+pub struct ProcCache {
+    entries: Mutex<std::collections::HashMap<u64, (std::time::Instant, ProcInfo)>>,
+}
+
+impl ProcCache {
+    const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    pub fn insert(&self, sock_cookie: u64, info: ProcInfo) {
+        if let Ok(mut entries) = self.entries.lock() {
+            let now = std::time::Instant::now();
+            if entries.len() >= 4096 {
+                entries.retain(|_, (at, _)| now.duration_since(*at) < Self::MAX_AGE);
+            }
+            entries.insert(sock_cookie, (now, info));
+        }
+    }
+
+    /// The cached facts for `record`, or what /proc says now.
+    pub fn take_or_read(&self, record: &ConnectRecord) -> ProcInfo {
+        let cached = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|mut e| e.remove(&record.sock_cookie));
+        match cached {
+            Some((_, info)) => info,
+            None => ProcInfo::read(record.pid),
+        }
+    }
+}
+
+/// Builds the event for a kernel record with what /proc said of the caller.
+pub fn kernel_connect(
+    record: &ConnectRecord,
+    target: Option<String>,
+    proc_info: ProcInfo,
+) -> KernelConnect {
     KernelConnect {
         decision: decision_name(record.decision),
         target,
@@ -149,15 +213,9 @@ pub fn kernel_connect(record: &ConnectRecord, target: Option<String>) -> KernelC
         netns_cookie: record.netns_cookie,
         sock_cookie: record.sock_cookie,
         boot_ns: record.boot_ns,
-        exe: std::fs::read_link(proc_dir.join("exe")).ok(),
-        ppid: std::fs::read_to_string(proc_dir.join("stat"))
-            .ok()
-            .and_then(|s| parse_ppid(&s)),
-        login_uid: std::fs::read_to_string(proc_dir.join("loginuid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            // (uid_t)-1 means "not set" (no login session).
-            .filter(|u| *u != u32::MAX),
+        exe: proc_info.exe,
+        ppid: proc_info.ppid,
+        login_uid: proc_info.login_uid,
     }
 }
 

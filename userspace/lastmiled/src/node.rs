@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use crate::{
     cgroup::cgroup2_root,
     config::{NodeConfig, TargetConfig},
-    events::{Event, EventBody, EventSink, kernel_connect},
+    events::{Event, EventBody, EventSink, ProcCache, kernel_connect},
     intercept::{Interceptor, RedirectPolicy, TargetId},
     target::ProtectedTarget,
 };
@@ -58,6 +58,7 @@ pub struct Shared {
     pub targets: RwLock<TargetTable>,
     pub agents: Agents,
     pub sink: EventSink,
+    pub proc_cache: ProcCache,
 }
 
 impl Shared {
@@ -120,6 +121,7 @@ async fn serve(config: NodeConfig, config_path: Option<PathBuf>) -> anyhow::Resu
         interceptor: Mutex::new(interceptor),
         targets: RwLock::new(targets),
         agents: Agents::default(),
+        proc_cache: ProcCache::default(),
         sink: EventSink::open(config.events.as_deref())
             .with_context(|| format!("cannot open the event file {:?}", config.events))?,
     });
@@ -202,8 +204,8 @@ fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<Socke
     }
 }
 
-/// How often kernel events are read when the kernel does not wake us (it submits without
-/// wakeups and only wakes us when its buffer is a quarter full; see the eBPF `emit`).
+/// A safety net: the kernel wakes us when events arrive, but a missed wakeup must not
+/// leave events unread for long.
 const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Reads kernel connect events and writes them, enriched, to the sink.
@@ -249,7 +251,10 @@ fn drain_events(ring: &mut RingBuf<MapData>, shared: &Shared) {
                 .ok()
                 .and_then(|t| t.get(record.target_id))
                 .map(|t| t.name);
-            shared.event(EventBody::KernelConnect(kernel_connect(&record, target)));
+            let proc_info = shared.proc_cache.take_or_read(&record);
+            shared.event(EventBody::KernelConnect(kernel_connect(
+                &record, target, proc_info,
+            )));
         }
     }
 }

@@ -12,7 +12,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use super::Shared;
 use crate::{
-    events::{EventBody, NodeConnection, comm, orig_dst},
+    events::{EventBody, NodeConnection, ProcInfo, comm, orig_dst},
     refusal::{NoAgent, PostgresRefusal, SshRefusal, Step},
 };
 
@@ -60,6 +60,11 @@ async fn handle(
         }
         return Ok(());
     };
+    // Read /proc now, while the caller is certainly alive; the kernel's event for this
+    // connection is collected later.
+    shared
+        .proc_cache
+        .insert(record.sock_cookie, ProcInfo::read(record.pid));
     let target = shared
         .targets
         .read()
