@@ -311,3 +311,60 @@ fn restart_keeps_open_connections_and_interception() {
     drop(input);
     let _ = session.wait();
 }
+
+#[test]
+fn sighup_changes_the_protected_set_without_detaching() {
+    if !have_root("sighup_changes_the_protected_set_without_detaching") {
+        return;
+    }
+    let cgroup = TestCgroup::new("reload");
+    let (old, new) = (free_port(), free_port());
+    let node = TestNode::start("reload", &cgroup, &tcp_target("old", old), "");
+    let _agent = EchoAgent::start(&node.agent_socket, 65534);
+    let links_before = node.status()["programs"].clone();
+    assert!(
+        probe_as(&cgroup, 65534, &format!("127.0.0.2:{old}"))
+            .1
+            .contains("agent-65534")
+    );
+
+    // A config with a mistake is refused and the running one kept.
+    let good = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        good.replace("kind = \"tcp\"", "kind = \"mysql\""),
+    )
+    .unwrap();
+    node.hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        probe_as(&cgroup, 65534, &format!("127.0.0.2:{old}"))
+            .1
+            .contains("agent-65534")
+    );
+    assert!(node.logs().contains("reload refused"), "{}", node.logs());
+
+    let text = good.replace(&format!("127.0.0.2:{old}"), &format!("127.0.0.2:{new}"));
+    std::fs::write(&node.config, text).unwrap();
+    node.hangup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !node.logs().contains("configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", node.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, out) = probe_as(&cgroup, 65534, &format!("127.0.0.2:{new}"));
+    assert!(
+        out.contains("agent-65534"),
+        "the new target is intercepted: {out}"
+    );
+    let (ok, out) = probe_as(&cgroup, 65534, &format!("127.0.0.2:{old}"));
+    assert!(
+        !ok && out.contains("refused"),
+        "the old target is no longer intercepted: {out}"
+    );
+    assert_eq!(
+        node.status()["programs"],
+        links_before,
+        "nothing was detached or re-attached"
+    );
+}

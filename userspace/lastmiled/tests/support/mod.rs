@@ -244,6 +244,16 @@ impl TestNode {
         }
     }
 
+    /// Sends SIGHUP (reload the configuration).
+    pub fn hangup(&self) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for entry in fs::read_dir(self.dir.path()).unwrap().flatten() {
