@@ -1,0 +1,238 @@
+//! Signing and publishing checkpoints.
+//!
+//! Each checkpoint note goes to `<data>/checkpoints/<size>.note` and, when configured, to
+//! a witness directory meant for storage the log's host cannot rewrite (another host, a
+//! bucket with object lock). A witness copy is created once and never replaced: finding a
+//! different note of the same size there is a fork, and publishing stops.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use lastmile_audit_log::{Checkpoint, CheckpointError, Hash, NoteSigner, NoteVerifier, sign};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot sign the checkpoint: {0}")]
+    Sign(#[from] CheckpointError),
+    #[error(
+        "FORK: the witness already holds a different checkpoint of size {size} ({}); \
+         publishing stops until an operator investigates",
+        path.display()
+    )]
+    Fork { size: u64, path: PathBuf },
+    #[error("{}: not a 32-byte Ed25519 signing key", .0.display())]
+    BadKey(PathBuf),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub fn checkpoints_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoints")
+}
+
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("signing.key")
+}
+
+pub fn verifier_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("verifier.vkey")
+}
+
+fn note_name(size: u64) -> String {
+    format!("{size:020}.note")
+}
+
+/// Creates the log's signing key (`signing.key`, mode 0600) and writes its public half
+/// (`verifier.vkey`). Refuses to replace an existing key.
+pub fn init_key(data_dir: &Path, name: &str) -> Result<NoteVerifier, PublishError> {
+    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let signer = NoteSigner::generate(name)?;
+    let path = key_path(data_dir);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_0600()
+        .open(&path)
+        .map_err(io(&path))?;
+    f.write_all(&signer.to_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(&path))?;
+    let verifier = signer.verifier();
+    let vpath = verifier_path(data_dir);
+    fs::write(&vpath, format!("{verifier}\n")).map_err(io(&vpath))?;
+    Ok(verifier)
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+pub fn load_signer(data_dir: &Path, name: &str) -> Result<NoteSigner, PublishError> {
+    let path = key_path(data_dir);
+    let bytes = fs::read(&path).map_err(io(&path))?;
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| PublishError::BadKey(path.clone()))?;
+    Ok(NoteSigner::from_bytes(name, key)?)
+}
+
+/// Publishes signed checkpoints of one log.
+#[derive(Debug)]
+pub struct Publisher {
+    signer: NoteSigner,
+    origin: String,
+    dir: PathBuf,
+    witness: Option<PathBuf>,
+    last_size: Option<u64>,
+}
+
+impl Publisher {
+    pub fn new(
+        data_dir: &Path,
+        origin: &str,
+        signer: NoteSigner,
+        witness: Option<PathBuf>,
+    ) -> Result<Self, PublishError> {
+        let dir = checkpoints_dir(data_dir);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        if let Some(w) = &witness {
+            fs::create_dir_all(w).map_err(io(w))?;
+        }
+        let last_size = latest_size(&dir)?;
+        Ok(Self {
+            signer,
+            origin: origin.to_owned(),
+            dir,
+            witness,
+            last_size,
+        })
+    }
+
+    /// The size of the newest published checkpoint.
+    pub fn last_size(&self) -> Option<u64> {
+        self.last_size
+    }
+
+    /// Signs and publishes a checkpoint of (`size`, `root`) unless one of that size exists.
+    /// Returns the note when one was published.
+    pub fn publish(
+        &mut self,
+        size: u64,
+        root: Hash,
+        time: u64,
+    ) -> Result<Option<String>, PublishError> {
+        if self.last_size.is_some_and(|last| size <= last) {
+            return Ok(None);
+        }
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root,
+            time,
+        };
+        let note = sign(&checkpoint, &self.signer)?;
+        // The witness first: if it shows a fork, publish nothing locally either.
+        if let Some(w) = &self.witness {
+            write_once(w, &note_name(size), &note)?;
+        }
+        write_atomically(&self.dir, &note_name(size), &note)?;
+        self.last_size = Some(size);
+        Ok(Some(note))
+    }
+}
+
+/// Creates `dir/name` with `text` unless it exists; an existing different file is a fork.
+fn write_once(dir: &Path, name: &str, text: &str) -> Result<(), PublishError> {
+    let path = dir.join(name);
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut f) => {
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(io(&path))?;
+            crate::segment::sync_dir(dir).map_err(|e| PublishError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let existing = fs::read_to_string(&path).map_err(io(&path))?;
+            if existing == text {
+                Ok(())
+            } else {
+                let size = name.trim_end_matches(".note").parse().unwrap_or(0);
+                Err(PublishError::Fork { size, path })
+            }
+        }
+        Err(e) => Err(PublishError::Io { path, source: e }),
+    }
+}
+
+fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), PublishError> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    crate::segment::sync_dir(dir).map_err(|e| PublishError::Io {
+        path: dir.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// The notes in `dir`, as (file, text), in file-name order.
+pub fn read_notes(dir: &Path) -> Result<Vec<(PathBuf, String)>, PublishError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(PublishError::Io {
+                path: dir.to_owned(),
+                source: e,
+            });
+        }
+    };
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("note") {
+            let text = fs::read_to_string(&path).map_err(io(&path))?;
+            out.push((path, text));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn latest_size(dir: &Path) -> Result<Option<u64>, PublishError> {
+    Ok(read_notes(dir)?
+        .iter()
+        .filter_map(|(p, _)| p.file_stem()?.to_str()?.parse::<u64>().ok())
+        .max())
+}
+
+/// Opens a note with `verifier`; a helper for callers that only need the checkpoint.
+pub fn open_note(text: &str, verifier: &NoteVerifier) -> Result<Checkpoint, CheckpointError> {
+    lastmile_audit_log::open(text, verifier)
+}
