@@ -10,6 +10,9 @@ pub enum Which {
     /// connect()+close through the kernel redirect vs a plain loopback listener, and the
     /// programs' own run time per call (needs root).
     Connect,
+    /// Durable appends per second and the time to verify a million events, next to raw
+    /// SHA-256 and fsync rates.
+    Audit,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -23,6 +26,10 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             crate::setup::run()?;
             step("bench connect");
             must(cargo().args(["bench", "-p", "lastmiled", "--bench", "connect"]))
+        }
+        Which::Audit => {
+            step("bench audit");
+            must(cargo().args(["bench", "-p", "lastmile-audit", "--bench", "audit"]))
         }
     }
 }

@@ -17,10 +17,15 @@ use lastmile_audit_log::{Checkpoint, CompactTree, Hash, NoteVerifier, leaf_hash}
 
 use crate::{
     checkpoints::{open_note, read_notes},
-    envelope::Envelope,
     log::read_entries,
     segment::{SegmentError, Tail},
 };
+
+/// The part of an envelope the verifier reads; serde skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct Position {
+    seq: u64,
+}
 
 /// One thing wrong with the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +235,7 @@ pub fn verify(
             }
             let mut first_disorder = None;
             for (_, record) in read.records() {
-                match Envelope::parse(&record.payload) {
+                match serde_json::from_slice::<Position>(&record.payload) {
                     Ok(e) if e.seq != record.index && first_disorder.is_none() => {
                         first_disorder = Some(Problem::OutOfOrder {
                             index: record.index,
