@@ -11,4 +11,5 @@ pub mod checkpoints;
 pub mod envelope;
 pub mod log;
 pub mod segment;
+pub mod service;
 pub mod verify;

@@ -173,24 +173,39 @@ impl Log {
         writer: &str,
         now: SystemTime,
     ) -> Result<Range<u64>, LogError> {
+        let mut ranges = self.append_batches(vec![(writer.to_owned(), events)], now)?;
+        Ok(ranges.pop().unwrap_or(self.size()..self.size()))
+    }
+
+    /// Appends several writers' events with one fsync for all (group commit); returns the
+    /// positions of each batch, in order.
+    pub fn append_batches(
+        &mut self,
+        batches: Vec<(String, Vec<Value>)>,
+        now: SystemTime,
+    ) -> Result<Vec<Range<u64>>, LogError> {
         if let Some(why) = &self.failed {
             return Err(LogError::Failed(why.clone()));
         }
-        let start = self.writer.next_index();
         let received = humantime::format_rfc3339_micros(now).to_string();
-        let mut hashes = Vec::with_capacity(events.len());
+        let mut hashes = Vec::new();
+        let mut ranges = Vec::with_capacity(batches.len());
         let result = (|| {
-            for (i, event) in events.into_iter().enumerate() {
-                let seq = start + i as u64;
-                let bytes = Envelope {
-                    event,
-                    received: received.clone(),
-                    seq,
-                    writer: writer.to_owned(),
+            for (writer, events) in batches {
+                let start = self.writer.next_index();
+                for event in events {
+                    let seq = self.writer.next_index();
+                    let envelope = Envelope {
+                        event,
+                        received: received.clone(),
+                        seq,
+                        writer: writer.clone(),
+                    };
+                    let bytes = envelope.to_canonical();
+                    hashes.push(leaf_hash(&bytes));
+                    self.writer.append(&bytes)?;
                 }
-                .to_canonical();
-                hashes.push(leaf_hash(&bytes));
-                self.writer.append(&bytes)?;
+                ranges.push(start..self.writer.next_index());
             }
             self.writer.sync()
         })();
@@ -202,7 +217,7 @@ impl Log {
             self.tree.push(h);
             self.leaves.push(h);
         }
-        Ok(start..self.writer.next_index())
+        Ok(ranges)
     }
 
     pub fn size(&self) -> u64 {

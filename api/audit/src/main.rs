@@ -62,6 +62,12 @@ enum Command {
         #[arg(long)]
         pinned: Option<PathBuf>,
     },
+    /// Serve the log over HTTPS with mutual TLS (see `lastmile_audit::service`).
+    Serve {
+        /// Configuration file (TOML, an `[audit]` table).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the last entries.
     Tail {
         #[arg(long)]
@@ -146,6 +152,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
                 return Ok(std::process::ExitCode::from(1));
             }
+        }
+        Command::Serve { config } => {
+            let config = lastmile_audit::service::ServeConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(lastmile_audit::service::serve(config))?;
         }
         Command::Tail { data_dir, count } => {
             let entries = read_entries(&data_dir)?;

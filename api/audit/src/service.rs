@@ -1,0 +1,543 @@
+//! `lastmile-audit serve`: the log over HTTPS with mutual TLS.
+//!
+//! Every client presents a certificate from the organisation's CA; its identity is the
+//! certificate's first URI SAN (or `CN=<common name>` without one). Writers on the
+//! `writers` list may append; readers on the `readers` list may read entries; anyone
+//! with a valid certificate may fetch checkpoints and proofs. There is no route that
+//! changes or removes an entry.
+//!
+//! One task owns the log: appends queued while it was writing go out together in one
+//! durable batch (group commit), and a checkpoint is signed at least every second while
+//! there are new entries.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use axum::{
+    Extension, Json, Router,
+    extract::{DefaultBodyLimit, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use lastmile_audit_log::{Hash, consistency_proof, inclusion_proof};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+        server::WebPkiClientVerifier,
+    },
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    checkpoints::{self, Publisher},
+    log::{DEFAULT_SEGMENT_BYTES, Log, read_entries},
+};
+
+/// `lastmile-audit serve` configuration (`[audit]` table of a TOML file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The log's data directory (segments, checkpoints, signing key).
+    pub data_dir: PathBuf,
+    /// The log's name in its checkpoints.
+    pub origin: String,
+    /// Where to listen. Default 127.0.0.1:7443.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Write-once copies of every checkpoint (another host, object-lock storage).
+    #[serde(default)]
+    pub witness: Option<PathBuf>,
+    /// This service's certificate chain and key (PEM).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The organisation's CA (PEM): client certificates must chain to it.
+    pub client_ca: PathBuf,
+    /// Identities allowed to append.
+    pub writers: Vec<String>,
+    /// Identities allowed to read entries.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// Most events in one request.
+    #[serde(default = "default_max_events")]
+    pub max_events_per_request: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+
+fn default_max_events() -> usize {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    audit: ServeConfig,
+}
+
+impl ServeConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: ConfigFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid lastmile-audit config", path.display()))?;
+        Ok(file.audit)
+    }
+}
+
+/// A client's identity, from its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity(pub String);
+
+enum Command {
+    Append {
+        events: Vec<Value>,
+        writer: String,
+        reply: oneshot::Sender<Result<Appended, String>>,
+    },
+    Inclusion {
+        index: u64,
+        size: u64,
+        reply: oneshot::Sender<Result<ProofBody, String>>,
+    },
+    Consistency {
+        old: u64,
+        new: u64,
+        reply: oneshot::Sender<Result<ProofBody, String>>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Appended {
+    pub first: u64,
+    pub count: u64,
+    pub tree_size: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProofBody {
+    pub proof: Vec<String>,
+}
+
+struct App {
+    commands: mpsc::Sender<Command>,
+    config: ServeConfig,
+}
+
+/// An error answered with its status and a message that says what to do.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Runs the service until the process is stopped.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let tls = tls_config(&config)?;
+    let (log, recovered) = Log::open(&config.data_dir, DEFAULT_SEGMENT_BYTES)?;
+    let signer = checkpoints::load_signer(&config.data_dir, &config.origin)
+        .context("no signing key: run `lastmile-audit init` first")?;
+    let publisher = Publisher::new(
+        &config.data_dir,
+        &config.origin,
+        signer,
+        config.witness.clone(),
+    )?;
+    if let Some(last) = publisher.last_size()
+        && last > log.size()
+    {
+        anyhow::bail!(
+            "the log holds {} entries but a checkpoint of size {last} was published: acknowledged \
+             entries are missing; run `lastmile-audit verify` and investigate before serving",
+            log.size()
+        );
+    }
+    info!(
+        entries = recovered.entries,
+        torn_bytes_cut = recovered.torn_bytes_cut,
+        "log opened"
+    );
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(own_the_log(log, publisher, rx));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(listen = %listener.local_addr()?, "serving");
+    let app = Arc::new(App {
+        commands: tx,
+        config,
+    });
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return warn!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => return warn!(%peer, "TLS handshake timed out"),
+                };
+            let Some(identity) = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(identity_of)
+            else {
+                return warn!(%peer, "client certificate without a usable identity");
+            };
+            let router = routes(app).layer(Extension(identity));
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                warn!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn routes(app: Arc<App>) -> Router {
+    let limit = app.config.max_events_per_request * 64 * 1024;
+    Router::new()
+        .route("/v1/events", post(append))
+        .route("/v1/entries", get(entries))
+        .route("/v1/checkpoint", get(latest_checkpoint))
+        .route("/v1/proof/inclusion", get(inclusion))
+        .route("/v1/proof/consistency", get(consistency))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn append(
+    State(app): State<Arc<App>>,
+    Extension(Identity(who)): Extension<Identity>,
+    body: axum::body::Bytes,
+) -> Result<Json<Appended>, Refusal> {
+    if !app.config.writers.contains(&who) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            format!("{who} is not on this log's writer list"),
+        ));
+    }
+    let events: Vec<Value> = serde_json::from_slice(&body).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be a JSON array of event objects: {e}"),
+        )
+    })?;
+    if events.is_empty() || events.len() > app.config.max_events_per_request {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "send 1 to {} events per request, not {}",
+                app.config.max_events_per_request,
+                events.len()
+            ),
+        ));
+    }
+    if let Some(i) = events.iter().position(|e| !e.is_object()) {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("event {i} is not a JSON object"),
+        ));
+    }
+    let (reply, answer) = oneshot::channel();
+    // A failed append is the log's trouble (disk full, say), not the writer's.
+    ask(
+        &app,
+        Command::Append {
+            events,
+            writer: who,
+            reply,
+        },
+        answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await
+    .map(Json)
+}
+
+async fn ask<T>(
+    app: &App,
+    command: Command,
+    answer: oneshot::Receiver<Result<T, String>>,
+    on_error: StatusCode,
+) -> Result<T, Refusal> {
+    let unavailable = || {
+        Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log is not accepting requests".into(),
+        )
+    };
+    app.commands
+        .send(command)
+        .await
+        .map_err(|_| unavailable())?;
+    answer
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|e| Refusal(on_error, e))
+}
+
+#[derive(Debug, Deserialize)]
+struct EntriesQuery {
+    start: u64,
+    #[serde(default = "default_count")]
+    count: u64,
+}
+
+fn default_count() -> u64 {
+    100
+}
+
+async fn entries(
+    State(app): State<Arc<App>>,
+    Extension(Identity(who)): Extension<Identity>,
+    Query(q): Query<EntriesQuery>,
+) -> Result<Response, Refusal> {
+    if !app.config.readers.contains(&who) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            format!("{who} is not on this log's reader list"),
+        ));
+    }
+    let data_dir = app.config.data_dir.clone();
+    let count = q.count.min(1000);
+    let lines = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let read = read_entries(&data_dir).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        for (_, r) in read.records().skip(q.start as usize).take(count as usize) {
+            out.push_str(&String::from_utf8_lossy(&r.payload));
+            out.push('\n');
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(([("content-type", "application/x-ndjson")], lines).into_response())
+}
+
+async fn latest_checkpoint(State(app): State<Arc<App>>) -> Result<Response, Refusal> {
+    let notes = checkpoints::read_notes(&checkpoints::checkpoints_dir(&app.config.data_dir))
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match notes.into_iter().last() {
+        Some((_, text)) => {
+            Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
+        }
+        None => Err(Refusal(
+            StatusCode::NOT_FOUND,
+            "no checkpoint yet: the log is empty".into(),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+async fn inclusion(
+    State(app): State<Arc<App>>,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Json<ProofBody>, Refusal> {
+    let (reply, answer) = oneshot::channel();
+    ask(
+        &app,
+        Command::Inclusion {
+            index: q.index,
+            size: q.size,
+            reply,
+        },
+        answer,
+        StatusCode::BAD_REQUEST,
+    )
+    .await
+    .map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsistencyQuery {
+    old: u64,
+    new: u64,
+}
+
+async fn consistency(
+    State(app): State<Arc<App>>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<ProofBody>, Refusal> {
+    let (reply, answer) = oneshot::channel();
+    ask(
+        &app,
+        Command::Consistency {
+            old: q.old,
+            new: q.new,
+            reply,
+        },
+        answer,
+        StatusCode::BAD_REQUEST,
+    )
+    .await
+    .map(Json)
+}
+
+/// The one owner of the log: batches appends, answers proofs, signs checkpoints.
+async fn own_the_log(
+    mut log: Log,
+    mut publisher: Publisher,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_checkpoint = std::time::Instant::now();
+    loop {
+        if last_checkpoint.elapsed() >= Duration::from_secs(1) {
+            checkpoint(&log, &mut publisher);
+            last_checkpoint = std::time::Instant::now();
+        }
+        let first = tokio::select! {
+            c = commands.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = tick.tick() => continue,
+        };
+        let mut queued = vec![first];
+        while let Ok(c) = commands.try_recv() {
+            queued.push(c);
+        }
+        let mut batches = Vec::new();
+        let mut waiting = Vec::new();
+        for c in queued {
+            match c {
+                Command::Append {
+                    events,
+                    writer,
+                    reply,
+                } => {
+                    batches.push((writer, events));
+                    waiting.push(reply);
+                }
+                Command::Inclusion { index, size, reply } => {
+                    let r = prefix(&log, size).and_then(|l| proof_body(inclusion_proof(l, index)));
+                    let _ = reply.send(r);
+                }
+                Command::Consistency { old, new, reply } => {
+                    let r = prefix(&log, new).and_then(|l| proof_body(consistency_proof(l, old)));
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        if batches.is_empty() {
+            continue;
+        }
+        // Group commit: every append queued meanwhile shares one fsync.
+        let result = tokio::task::block_in_place(|| log.append_batches(batches, SystemTime::now()));
+        match result {
+            Ok(ranges) => {
+                for (range, reply) in ranges.into_iter().zip(waiting) {
+                    let appended = Appended {
+                        first: range.start,
+                        count: range.end - range.start,
+                        tree_size: log.size(),
+                    };
+                    let _ = reply.send(Ok(appended));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "append failed; nothing acknowledged");
+                for reply in waiting {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn checkpoint(log: &Log, publisher: &mut Publisher) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match publisher.publish(log.size(), log.root(), now) {
+        Ok(Some(_)) => info!(size = log.size(), "checkpoint signed"),
+        Ok(None) => {}
+        Err(e) => error!(error = %e, "checkpoint not published"),
+    }
+}
+
+fn prefix(log: &Log, size: u64) -> Result<&[Hash], String> {
+    log.leaves()
+        .get(..usize::try_from(size).unwrap_or(usize::MAX))
+        .ok_or_else(|| format!("the log holds {} entries, fewer than {size}", log.size()))
+}
+
+fn proof_body(p: Result<Vec<Hash>, lastmile_audit_log::ProofError>) -> Result<ProofBody, String> {
+    p.map(|hashes| ProofBody {
+        proof: hashes.iter().map(ToString::to_string).collect(),
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn tls_config(config: &ServeConfig) -> anyhow::Result<ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.tls_cert)
+        .with_context(|| format!("reading {}", config.tls_cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "{} is not a PEM certificate chain",
+                config.tls_cert.display()
+            )
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&config.tls_key)
+        .with_context(|| format!("{} is not a PEM private key", config.tls_key.display()))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&config.client_ca)
+        .with_context(|| format!("reading {}", config.client_ca.display()))?
+    {
+        roots.add(ca.with_context(|| format!("{} is not PEM", config.client_ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("building the client certificate verifier")?;
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("the service certificate and key do not match")
+}
+
+/// The identity a certificate names: its first URI SAN, else `CN=<common name>`.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                return Some(Identity((*uri).to_owned()));
+            }
+        }
+    }
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(Identity(format!("CN={cn}")))
+}

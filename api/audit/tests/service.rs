@@ -1,0 +1,438 @@
+//! `lastmile-audit serve` as a process, over real mutual TLS: who may append, what bad
+//! input gets, and that its checkpoints and proofs check out.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lastmile_audit::service::{Appended, ProofBody};
+use lastmile_audit_log::{Hash, NoteVerifier, open, verify_consistency, verify_inclusion};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use tokio_rustls::rustls::{
+    self, ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+};
+
+const ORIGIN: &str = "svc.lastmile/audit";
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate (PEM cert, PEM key) with these SANs.
+    fn leaf(&self, dns: &[&str], uri: Option<&str>) -> (String, String) {
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "leaf");
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().unwrap()));
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+struct Service {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    verifier: NoteVerifier,
+    ca: Ca,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Service {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_lastmile-audit"))
+        .args(["init", "--origin", ORIGIN, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let verifier: NoteVerifier = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let ca = Ca::new("org CA");
+    let (cert, key) = ca.leaf(&["localhost"], None);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert).unwrap();
+    std::fs::write(dir.join("server.key"), key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("audit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\ndata_dir = {data:?}\norigin = \"{ORIGIN}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             witness = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\n\
+             writers = [\"lastmile://gateway/gw-1\"]\nreaders = [\"lastmile://security/sam\"]\n\
+             max_events_per_request = 100\n",
+            dir.join("witness"),
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lastmile-audit"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "lastmile-audit serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Service {
+        child,
+        addr,
+        data,
+        verifier,
+        ca,
+        _tmp: tmp,
+    }
+}
+
+/// An HTTPS client presenting `identity` (PEM cert, PEM key), trusting `ca_pem`.
+fn client(ca_pem: &str, identity: Option<(String, String)>) -> reqwest::Client {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect();
+            builder
+                .with_client_auth_cert(
+                    certs,
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
+}
+
+fn url(s: &Service, path: &str) -> String {
+    format!(
+        "https://localhost:{}{path}",
+        s.addr.rsplit(':').next().unwrap()
+    )
+}
+
+fn hash(hex: &str) -> Hash {
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    Hash(bytes.try_into().unwrap())
+}
+
+async fn latest(s: &Service, c: &reqwest::Client) -> lastmile_audit_log::Checkpoint {
+    let text = c
+        .get(url(s, "/v1/checkpoint"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    open(&text, &s.verifier).unwrap()
+}
+
+async fn wait_checkpoint(
+    s: &Service,
+    c: &reqwest::Client,
+    size: u64,
+) -> lastmile_audit_log::Checkpoint {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = c.get(url(s, "/v1/checkpoint")).send().await.unwrap();
+        if resp.status().is_success() {
+            let cp = open(&resp.text().await.unwrap(), &s.verifier).unwrap();
+            if cp.size >= size {
+                return cp;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of size {size} within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writers_append_and_checkpoints_and_proofs_check_out() {
+    let s = start();
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    for batch in 0..3 {
+        let events: Vec<_> = (0..10)
+            .map(|i| serde_json::json!({ "kind": "query", "n": batch * 10 + i }))
+            .collect();
+        let resp = gw
+            .post(url(&s, "/v1/events"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let appended: Appended = resp.json().await.unwrap();
+        assert_eq!((appended.first, appended.count), (batch * 10, 10));
+    }
+    let first = wait_checkpoint(&s, &gw, 30).await;
+    assert_eq!(first.size, 30);
+
+    // Inclusion of entry 7 in the signed tree.
+    let p: ProofBody = gw
+        .get(url(&s, "/v1/proof/inclusion?index=7&size=30"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = lastmile_audit::log::read_entries(&s.data).unwrap();
+    let leaf = lastmile_audit_log::leaf_hash(&entries.segments[0].1[7].payload);
+    let proof: Vec<Hash> = p.proof.iter().map(|h| hash(h)).collect();
+    verify_inclusion(&leaf, 7, 30, &proof, &first.root).unwrap();
+
+    // More entries, a newer checkpoint, and consistency between the two.
+    let more: Vec<_> = (0..5)
+        .map(|i| serde_json::json!({ "kind": "login", "n": i }))
+        .collect();
+    assert_eq!(
+        gw.post(url(&s, "/v1/events"))
+            .json(&more)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let second = wait_checkpoint(&s, &gw, 35).await;
+    let p: ProofBody = gw
+        .get(url(&s, "/v1/proof/consistency?old=30&new=35"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let proof: Vec<Hash> = p.proof.iter().map(|h| hash(h)).collect();
+    verify_consistency(30, 35, &first.root, &second.root, &proof).unwrap();
+    assert_eq!(latest(&s, &gw).await.size, 35);
+    assert!(
+        s.data
+            .parent()
+            .unwrap()
+            .join("witness")
+            .join("00000000000000000035.note")
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_listed_identities_may_write_or_read_and_nothing_may_rewrite() {
+    let s = start();
+    let event = serde_json::json!([{ "kind": "login" }]);
+    let rogue = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/rogue"))),
+    );
+    let resp = rogue
+        .post(url(&s, "/v1/events"))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("lastmile://gateway/rogue is not on this log's writer list")
+    );
+
+    // A certificate from another CA, or none at all: no TLS session.
+    let other_ca = Ca::new("someone else");
+    let stranger = client(
+        &s.ca.pem(),
+        Some(other_ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    assert!(
+        stranger
+            .post(url(&s, "/v1/events"))
+            .json(&event)
+            .send()
+            .await
+            .is_err()
+    );
+    let anonymous = client(&s.ca.pem(), None);
+    assert!(
+        anonymous
+            .get(url(&s, "/v1/checkpoint"))
+            .send()
+            .await
+            .is_err()
+    );
+
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    assert_eq!(
+        gw.post(url(&s, "/v1/events"))
+            .json(&event)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Writers cannot read entries; readers can.
+    assert_eq!(
+        gw.get(url(&s, "/v1/entries?start=0"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let sam = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://security/sam"))),
+    );
+    let body = sam
+        .get(url(&s, "/v1/entries?start=0"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("\"writer\":\"lastmile://gateway/gw-1\""),
+        "{body}"
+    );
+    // There is no way to change or remove an entry.
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
+        let resp = gw
+            .request(method, url(&s, "/v1/events"))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
+    let s = start();
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    let post = |body: Vec<u8>| {
+        gw.post(url(&s, "/v1/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "JSON array"),
+        (b"{\"kind\":\"login\"}".to_vec(), 400, "JSON array"),
+        (b"[]".to_vec(), 400, "send 1 to 100 events"),
+        (b"[1, 2]".to_vec(), 400, "event 0 is not a JSON object"),
+        (
+            serde_json::to_vec(&vec![serde_json::json!({"k": 1}); 101]).unwrap(),
+            400,
+            "not 101",
+        ),
+        (vec![b' '; 100 * 64 * 1024 + 1], 413, ""),
+    ];
+    for (body, status, says) in cases {
+        let resp = post(body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(says), "{status}: {text}");
+    }
+    let resp = gw
+        .get(url(&s, "/v1/proof/inclusion?index=5&size=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("fewer than 2"));
+    let resp = gw
+        .get(url(&s, "/v1/proof/inclusion?index=abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
