@@ -1,0 +1,437 @@
+//! `lastmile audit …`: the security team's view of the audit log.
+//!
+//! Entries come from a copy of the log's data directory (`--data-dir`) or from the audit
+//! service (`--url`, with a reader certificate). Sealed (host-encrypted) events are shown
+//! as sealed unless `--identity` gives an age identity that opens them.
+
+use std::{
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, bail};
+use lastmile_audit::{checkpoints, log::read_entries, verify::verify};
+use lastmile_audit_log::NoteVerifier;
+use serde_json::Value;
+use tokio_rustls::rustls::{
+    self, ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check the log against its signed checkpoints; exit 1 naming the first failing entry.
+    Verify {
+        /// A copy of the log's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The log's verifier key (`name+id+key`, or a file holding it), pinned by you.
+        #[arg(long)]
+        key: String,
+        /// Directories holding witness copies of checkpoints.
+        #[arg(long)]
+        witness: Vec<PathBuf>,
+        /// A checkpoint note you trusted before: the log must still contain it.
+        #[arg(long)]
+        pinned: Option<PathBuf>,
+    },
+    /// The last entries.
+    Tail {
+        #[command(flatten)]
+        source: Source,
+        #[arg(short = 'n', default_value_t = 20)]
+        count: usize,
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Entries matching every filter given, as JSON lines.
+    Search {
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Every entry (optionally within a time range), as JSON lines.
+    Export {
+        #[command(flatten)]
+        source: Source,
+        /// Only entries received at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries received before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Open sealed events in JSON lines read from standard input (or --input).
+    Decrypt {
+        /// An age identity file (`age-keygen` output).
+        #[arg(long)]
+        identity: PathBuf,
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+}
+
+/// Where entries come from.
+#[derive(Debug, clap::Args)]
+pub struct Source {
+    /// A copy of the log's data directory.
+    #[arg(long, conflicts_with = "url")]
+    data_dir: Option<PathBuf>,
+    /// The audit service, e.g. https://audit.internal:7443.
+    #[arg(long)]
+    url: Option<String>,
+    /// The organisation's CA (PEM), to check the service.
+    #[arg(long, requires = "url")]
+    ca: Option<PathBuf>,
+    /// Your reader certificate and key (PEM).
+    #[arg(long, requires = "url")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "url")]
+    key: Option<PathBuf>,
+}
+
+/// Search filters; each matches a field of the event exactly.
+#[derive(Debug, Default, clap::Args)]
+pub struct Filter {
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    session: Option<String>,
+    #[arg(long)]
+    resource: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    kind: Option<String>,
+    /// Received at or after (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Received before (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Verify {
+            data_dir,
+            key,
+            witness,
+            pinned,
+        } => {
+            let text = if Path::new(&key).is_file() {
+                std::fs::read_to_string(&key)?
+            } else {
+                key
+            };
+            let verifier: NoteVerifier = text
+                .trim()
+                .parse()
+                .context("--key is not a verifier key (name+id+key)")?;
+            let mut dirs = vec![checkpoints::checkpoints_dir(&data_dir)];
+            dirs.extend(witness);
+            let pinned = match pinned {
+                Some(p) => Some((
+                    p.clone(),
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )),
+                None => None,
+            };
+            let report = verify(&data_dir, &dirs, &verifier, pinned);
+            for p in &report.problems {
+                println!("FAIL {p}");
+            }
+            if report.ok() {
+                println!(
+                    "ok: {} entries, {} checkpoints verified",
+                    report.entries, report.checkpoints
+                );
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            match report.first_failing_entry() {
+                Some(i) => println!("first failing entry: {i}"),
+                None => println!("no checkpoint can be trusted"),
+            }
+            Ok(std::process::ExitCode::from(1))
+        }
+        Command::Tail {
+            source,
+            count,
+            identity,
+        } => {
+            let entries = load(&source)?;
+            let skip = entries.len().saturating_sub(count);
+            print_entries(entries.into_iter().skip(skip), identity.as_deref())
+        }
+        Command::Search {
+            source,
+            filter,
+            identity,
+        } => {
+            let (since, until) = (time(&filter.since)?, time(&filter.until)?);
+            let identities = identities(identity.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            for entry in load(&source)? {
+                let entry = open_entry(entry, &identities)?;
+                if matches(&entry, &filter, since, until) {
+                    writeln!(out, "{entry}")?;
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Export {
+            source,
+            since,
+            until,
+            identity,
+        } => {
+            let (since, until) = (time(&since)?, time(&until)?);
+            let filter = Filter::default();
+            let identities = identities(identity.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            for entry in load(&source)? {
+                if matches(&entry, &filter, since, until) {
+                    writeln!(out, "{}", open_entry(entry, &identities)?)?;
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Decrypt { identity, input } => {
+            let identities = lastmile_audit_sink::load_identities(&identity)?;
+            let reader: Box<dyn std::io::BufRead> = match &input {
+                Some(p) => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let mut out = std::io::stdout().lock();
+            let mut failed = 0;
+            for (n, line) in reader.lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: Value = serde_json::from_str(&line)
+                    .with_context(|| format!("line {}: not JSON", n + 1))?;
+                match lastmile_audit_sink::open_all(&value, &identities) {
+                    Ok(v) => writeln!(out, "{v}")?,
+                    Err(e) => {
+                        eprintln!("line {}: {e}", n + 1);
+                        writeln!(out, "{value}")?;
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} sealed events could not be opened with {}",
+                    identity.display()
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn identities(path: Option<&Path>) -> anyhow::Result<Vec<age::x25519::Identity>> {
+    Ok(match path {
+        Some(p) => lastmile_audit_sink::load_identities(p)?,
+        None => Vec::new(),
+    })
+}
+
+/// The entry with its sealed event opened when an identity can; otherwise unchanged.
+fn open_entry(entry: Value, identities: &[age::x25519::Identity]) -> anyhow::Result<Value> {
+    if identities.is_empty() {
+        return Ok(entry);
+    }
+    Ok(lastmile_audit_sink::open_all(&entry, identities).unwrap_or(entry))
+}
+
+fn print_entries(
+    entries: impl Iterator<Item = Value>,
+    identity: Option<&Path>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let identities = identities(identity)?;
+    let mut out = std::io::stdout().lock();
+    for entry in entries {
+        writeln!(out, "{}", open_entry(entry, &identities)?)?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn time(text: &Option<String>) -> anyhow::Result<Option<SystemTime>> {
+    text.as_deref()
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t)
+                .with_context(|| format!("`{t}` is not an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+fn matches(
+    entry: &Value,
+    f: &Filter,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+) -> bool {
+    let event = entry.get("event").unwrap_or(entry);
+    let field_ok = |name: &str, want: &Option<String>| match want {
+        None => true,
+        Some(w) => match event.get(name) {
+            Some(Value::String(s)) => s == w,
+            Some(other) => other.to_string() == *w,
+            None => false,
+        },
+    };
+    if !(field_ok("user", &f.user)
+        && field_ok("session", &f.session)
+        && field_ok("resource", &f.resource)
+        && field_ok("host", &f.host)
+        && field_ok("kind", &f.kind))
+    {
+        return false;
+    }
+    if since.is_none() && until.is_none() {
+        return true;
+    }
+    let Some(received) = entry
+        .get("received")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    else {
+        return false;
+    };
+    since.is_none_or(|s| received >= s) && until.is_none_or(|u| received < u)
+}
+
+/// Every entry of the source, as JSON.
+fn load(source: &Source) -> anyhow::Result<Vec<Value>> {
+    match (&source.data_dir, &source.url) {
+        (Some(dir), None) => {
+            let entries = read_entries(dir)?;
+            entries
+                .records()
+                .map(|(_, r)| {
+                    serde_json::from_slice(&r.payload)
+                        .with_context(|| format!("entry {} is not JSON", r.index))
+                })
+                .collect()
+        }
+        (None, Some(url)) => fetch(source, url),
+        _ => {
+            bail!("say where the log is: --data-dir DIR, or --url URL with --ca, --cert and --key")
+        }
+    }
+}
+
+/// Pages through the service's entries with a reader certificate.
+fn fetch(source: &Source, url: &str) -> anyhow::Result<Vec<Value>> {
+    let (Some(ca), Some(cert), Some(key)) = (&source.ca, &source.cert, &source.key) else {
+        bail!(
+            "--url needs --ca (the organisation's CA), --cert and --key (your reader certificate)"
+        );
+    };
+    let mut roots = RootCertStore::empty();
+    for c in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(c?)?;
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("{} is not a PEM key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut all = Vec::new();
+        loop {
+            let page = format!(
+                "{}/v1/entries?start={}&count=1000",
+                url.trim_end_matches('/'),
+                all.len()
+            );
+            let resp = client
+                .get(&page)
+                .send()
+                .await
+                .with_context(|| format!("GET {page}"))?;
+            if !resp.status().is_success() {
+                bail!(
+                    "{page}: {} {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
+            }
+            let text = resp.text().await?;
+            let before = all.len();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                all.push(serde_json::from_str(line)?);
+            }
+            if all.len() == before {
+                return Ok(all);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filters_match_event_fields_and_the_receive_time() {
+        let entry = json!({"seq": 1, "received": "2026-11-28T10:00:00Z", "writer": "gw",
+                           "event": {"kind": "query", "user": "alice", "session": "s1", "conn": 3}});
+        let f = Filter {
+            user: Some("alice".into()),
+            kind: Some("query".into()),
+            ..Filter::default()
+        };
+        assert!(matches(&entry, &f, None, None));
+        let f = Filter {
+            user: Some("bob".into()),
+            ..Filter::default()
+        };
+        assert!(!matches(&entry, &f, None, None));
+        let at = |t| humantime::parse_rfc3339_weak(t).ok();
+        assert!(matches(
+            &entry,
+            &Filter::default(),
+            at("2026-11-28T09:00:00Z"),
+            at("2026-11-28T11:00:00Z")
+        ));
+        assert!(!matches(
+            &entry,
+            &Filter::default(),
+            at("2026-11-28T10:00:01Z"),
+            None
+        ));
+        assert!(!matches(
+            &entry,
+            &Filter::default(),
+            None,
+            at("2026-11-28T10:00:00Z")
+        ));
+    }
+}
