@@ -288,7 +288,7 @@ fn matches(
         None => true,
         Some(w) => match event.get(name) {
             Some(Value::String(s)) => s == w,
-            Some(other) => other.to_string() == *w,
+            Some(other) => serde_json::from_str::<Value>(w).is_ok_and(|v| v == *other),
             None => false,
         },
     };
