@@ -106,7 +106,7 @@ fn start() -> Service {
             "[audit]\ndata_dir = {data:?}\norigin = \"{ORIGIN}\"\nlisten = \"127.0.0.1:{port}\"\n\
              witness = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\n\
              writers = [\"lastmile://gateway/gw-1\"]\nreaders = [\"lastmile://security/sam\"]\n\
-             max_events_per_request = 100\n",
+             max_events_per_request = 100\ncommit_window_ms = 2\n",
             dir.join("witness"),
             dir.join("server.pem"),
             dir.join("server.key"),
