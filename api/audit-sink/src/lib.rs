@@ -11,6 +11,7 @@
 //! The event schema is versioned: every event carries `"v"`; see `docs/audit-events.md`.
 
 mod policy;
+pub mod schema;
 mod seal;
 
 pub use policy::{Policy, PolicyError, QueryText};

@@ -139,6 +139,11 @@ fn sockets_go_only_to_the_agent_of_the_callers_uid() {
     );
     let e = node.wait_event("direct dial", |e| e["kind"] == "node.refused_direct_dial");
     assert_eq!(e["listener"], listener);
+
+    // Every event the node wrote follows the audit event schema.
+    for event in node.events() {
+        lastmile_audit_sink::schema::check(&event).unwrap_or_else(|e| panic!("{e}: {event}"));
+    }
 }
 
 #[test]
