@@ -13,9 +13,11 @@
 mod policy;
 pub mod schema;
 mod seal;
+mod writer;
 
 pub use policy::{Policy, PolicyError, QueryText};
 pub use seal::{SealError, load_identities, open, open_all, parse_recipients, seal};
+pub use writer::{AuditWriter, Delivery, ServiceTarget, WriteError};
 
 /// Fields an encrypted event keeps in the clear: what searching and joining need.
 pub const CLEAR_FIELDS: &[&str] = &[

@@ -9,7 +9,7 @@
 )]
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -61,6 +61,7 @@ impl Ca {
 
 struct Service {
     child: Child,
+    config: PathBuf,
     addr: String,
     data: PathBuf,
     verifier: NoteVerifier,
@@ -114,28 +115,46 @@ fn start() -> Service {
         ),
     )
     .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let child = spawn(&config, &addr);
+    Service {
+        child,
+        config,
+        addr,
+        data,
+        verifier,
+        ca,
+        _tmp: tmp,
+    }
+}
+
+fn spawn(config: &Path, addr: &str) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_lastmile-audit"))
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
+    while std::net::TcpStream::connect(addr).is_err() {
         assert!(
             Instant::now() < deadline,
             "lastmile-audit serve did not start"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Service {
-        child,
-        addr,
-        data,
-        verifier,
-        ca,
-        _tmp: tmp,
+    child
+}
+
+impl Service {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.config, &self.addr);
     }
 }
 
@@ -435,4 +454,75 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing() {
+    use lastmile_audit_sink::{AuditWriter, Policy, QueryText, ServiceTarget};
+    let mut s = start();
+    let dir = s.data.parent().unwrap().to_owned();
+    let (cert, key) = s.ca.leaf(&[], Some("lastmile://gateway/gw-1"));
+    std::fs::write(dir.join("gw.pem"), cert).unwrap();
+    std::fs::write(dir.join("gw.key"), key).unwrap();
+    let identity = age::x25519::Identity::generate();
+    let policy = Policy {
+        kinds: ["query".to_string(), "login".to_string()].into(),
+        query_text: QueryText::KeyedHash,
+        query_key: Some(b"a key of at least sixteen bytes".to_vec()),
+    };
+    let target = ServiceTarget {
+        url: url(&s, ""),
+        ca: dir.join("ca.pem"),
+        cert: dir.join("gw.pem"),
+        key: dir.join("gw.key"),
+        spool: dir.join("spool/gw-1.jsonl"),
+    };
+    let recipient = vec![identity.to_public().to_string()];
+    let local = dir.join("local/events.jsonl");
+    let writer = AuditWriter::new(policy, &recipient, Some(&local), Some(&target)).unwrap();
+    let query = |n: u64| serde_json::json!({"v": 1, "kind": "query", "session": "s1", "n": n, "query": "select salary"});
+
+    let d = writer.write(query(1)).await.unwrap();
+    assert!(d.service && d.file && d.spooled.is_none(), "{d:?}");
+    let d = writer
+        .write(serde_json::json!({"v": 1, "kind": "node.agent", "uid": 1}))
+        .await
+        .unwrap();
+    assert!(d.filtered && !d.file && !d.service);
+
+    s.stop();
+    for n in 2..=3 {
+        let d = writer.write(query(n)).await.unwrap();
+        assert!(!d.service && d.file, "{d:?}");
+        assert!(
+            d.spooled.as_deref().unwrap().contains("unreachable"),
+            "{d:?}"
+        );
+    }
+    s.restart();
+    let d = writer.write(query(4)).await.unwrap();
+    assert!(d.service && d.spooled.is_none(), "{d:?}");
+    assert!(!target.spool.exists(), "the spool was replayed and emptied");
+
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    wait_checkpoint(&s, &gw, 4).await;
+    let entries = lastmile_audit::log::read_entries(&s.data).unwrap();
+    let mut order = Vec::new();
+    for (_, r) in entries.records() {
+        let text = String::from_utf8(r.payload.clone()).unwrap();
+        assert!(!text.contains("salary"), "sealed on the host: {text}");
+        let envelope: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let opened =
+            lastmile_audit_sink::open(&envelope["event"], std::slice::from_ref(&identity)).unwrap();
+        assert!(
+            opened.get("query").is_none() && opened["query_hmac"].is_string(),
+            "{opened}"
+        );
+        order.push(opened["n"].as_u64().unwrap());
+    }
+    assert_eq!(order, [1, 2, 3, 4], "nothing lost, nothing reordered");
+    assert_eq!(std::fs::read_to_string(&local).unwrap().lines().count(), 4);
 }

@@ -1,0 +1,280 @@
+//! Writing events to their destinations: a local JSON-lines file, the audit service, or
+//! both, after the policy and (optionally) sealing.
+//!
+//! Nothing is lost when the service is down: an event it did not acknowledge goes to a
+//! local spool file (fsynced) and is sent, in order, before the next event once the
+//! service answers again.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use serde_json::Value;
+use tokio_rustls::rustls::{
+    self, ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+};
+
+use crate::{Policy, PolicyError, SealError, seal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit service TLS set-up: {0}")]
+    Tls(String),
+}
+
+/// Where a written event went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Dropped by the policy (its kind is not kept): written nowhere.
+    pub filtered: bool,
+    /// Appended and synced to the local file.
+    pub file: bool,
+    /// Acknowledged by the audit service (durable there).
+    pub service: bool,
+    /// Kept in the local spool because the service did not acknowledge it (why).
+    pub spooled: Option<String>,
+}
+
+/// How to reach the audit service.
+#[derive(Debug, Clone)]
+pub struct ServiceTarget {
+    /// e.g. https://audit.internal:7443
+    pub url: String,
+    /// The organisation's CA, this component's certificate and key (PEM).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where unacknowledged events wait (JSON lines).
+    pub spool: PathBuf,
+}
+
+/// A component's audit writer.
+#[derive(Debug)]
+pub struct AuditWriter {
+    policy: Policy,
+    recipients: Vec<age::x25519::Recipient>,
+    file: Option<(PathBuf, Mutex<File>)>,
+    service: Option<Service>,
+}
+
+#[derive(Debug)]
+struct Service {
+    client: reqwest::Client,
+    url: String,
+    spool: PathBuf,
+    /// Serialises sends, so the spool is replayed before anything newer.
+    order: tokio::sync::Mutex<()>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl AuditWriter {
+    pub fn new(
+        policy: Policy,
+        seal_to: &[String],
+        file: Option<&Path>,
+        service: Option<&ServiceTarget>,
+    ) -> Result<Self, WriteError> {
+        policy.validate()?;
+        let recipients = if seal_to.is_empty() {
+            Vec::new()
+        } else {
+            crate::parse_recipients(seal_to)?
+        };
+        let file = match file {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir).map_err(io(dir))?;
+                }
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(io(p))?;
+                Some((p.to_owned(), Mutex::new(f)))
+            }
+            None => None,
+        };
+        let service = match service {
+            Some(t) => Some(Service {
+                client: tls_client(t)?,
+                url: format!("{}/v1/events", t.url.trim_end_matches('/')),
+                spool: t.spool.clone(),
+                order: tokio::sync::Mutex::new(()),
+            }),
+            None => None,
+        };
+        Ok(Self {
+            policy,
+            recipients,
+            file,
+            service,
+        })
+    }
+
+    /// Applies the policy, seals if configured, and writes to every destination.
+    pub async fn write(&self, event: Value) -> Result<Delivery, WriteError> {
+        let mut delivery = Delivery {
+            filtered: false,
+            file: false,
+            service: false,
+            spooled: None,
+        };
+        let Some(event) = self.policy.apply(event)? else {
+            delivery.filtered = true;
+            return Ok(delivery);
+        };
+        let event = if self.recipients.is_empty() {
+            event
+        } else {
+            seal(&event, &self.recipients)?
+        };
+        let mut line = event.to_string();
+        line.push('\n');
+        if let Some((path, file)) = &self.file {
+            let mut f = file.lock().map_err(|_| WriteError::Io {
+                path: path.clone(),
+                source: std::io::Error::other("a writer panicked"),
+            })?;
+            f.write_all(line.as_bytes())
+                .and_then(|()| f.sync_data())
+                .map_err(io(path))?;
+            delivery.file = true;
+        }
+        if let Some(service) = &self.service {
+            let _order = service.order.lock().await;
+            match service.replay_spool().await {
+                Ok(()) => match service.send(&[event]).await {
+                    Ok(()) => delivery.service = true,
+                    Err(why) => {
+                        service.spool(&line)?;
+                        delivery.spooled = Some(why);
+                    }
+                },
+                Err(why) => {
+                    service.spool(&line)?;
+                    delivery.spooled = Some(why);
+                }
+            }
+        }
+        Ok(delivery)
+    }
+}
+
+impl Service {
+    async fn send(&self, events: &[Value]) -> Result<(), String> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(events).map_err(|e| e.to_string())?)
+            .send()
+            .await
+            .map_err(|e| format!("the audit service is unreachable: {e}"))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the audit service refused: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ))
+        }
+    }
+
+    fn rewrite_spool(&self, rest: &[Value]) -> Result<(), String> {
+        let tmp = self.spool.with_extension("tmp");
+        let mut text = String::new();
+        for e in rest {
+            text.push_str(&e.to_string());
+            text.push('\n');
+        }
+        let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &self.spool).map_err(|e| e.to_string())
+    }
+
+    fn spool(&self, line: &str) -> Result<(), WriteError> {
+        if let Some(dir) = self.spool.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spool)
+            .map_err(io(&self.spool))?;
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io(&self.spool))
+    }
+
+    /// Sends what waits in the spool, oldest first, and empties it once acknowledged.
+    async fn replay_spool(&self) -> Result<(), String> {
+        let Ok(f) = File::open(&self.spool) else {
+            return Ok(());
+        };
+        let events: Vec<Value> = std::io::BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
+        let mut sent = 0;
+        for chunk in events.chunks(100) {
+            self.send(chunk).await?;
+            sent += chunk.len();
+            // Acknowledged events leave the spool at once, so a failure later resends
+            // only what was not acknowledged.
+            if sent < events.len() {
+                self.rewrite_spool(events.get(sent..).unwrap_or_default())?;
+            }
+        }
+        std::fs::remove_file(&self.spool).map_err(|e| e.to_string())
+    }
+}
+
+fn tls_client(t: &ServiceTarget) -> Result<reqwest::Client, WriteError> {
+    let tls = |e: &dyn std::fmt::Display| WriteError::Tls(e.to_string());
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&t.ca).map_err(|e| tls(&e))? {
+        roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .map_err(|e| tls(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| tls(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| tls(&e))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| tls(&e))
+}
