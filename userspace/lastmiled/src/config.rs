@@ -55,8 +55,11 @@ pub struct NodeConfig {
     pub listen_v6: Option<SocketAddr>,
     /// The Unix socket agents register on. Default /run/lastmile/node.sock.
     pub agent_socket: PathBuf,
-    /// JSON-lines file for kernel and node events; absent: standard output.
+    /// JSON-lines file for kernel and node events (appended and synced per event).
+    /// Absent, with no `[node.audit.service]`: standard output.
     pub events: Option<PathBuf>,
+    /// What is logged and where else it goes: the audit service, sealing.
+    pub audit: AuditConfig,
     /// bpffs directory for pinned programs and maps. Default /sys/fs/bpf/lastmile.
     pub pin_dir: PathBuf,
     /// cgroup v2 directory to intercept; absent: the root, i.e. every process on the host.
@@ -77,6 +80,7 @@ impl Default for NodeConfig {
             listen_v6: Some(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 15001))),
             agent_socket: PathBuf::from("/run/lastmile/node.sock"),
             events: Some(PathBuf::from("/var/log/lastmile/node-events.jsonl")),
+            audit: AuditConfig::default(),
             pin_dir: PathBuf::from("/sys/fs/bpf/lastmile"),
             cgroup: None,
             enforce: false,
@@ -84,6 +88,38 @@ impl Default for NodeConfig {
             targets: Vec::new(),
         }
     }
+}
+
+/// `[node.audit]`: this component's logging policy and destinations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Event kinds to keep (see docs/audit-events.md); empty keeps every kind.
+    pub kinds: Vec<String>,
+    /// age X25519 recipients (`age1…`): events are sealed to them before leaving the host.
+    pub seal_to: Vec<String>,
+    /// The audit service, when events should go there too.
+    pub service: Option<AuditServiceConfig>,
+}
+
+/// `[node.audit.service]`: how to reach `lastmile-audit serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditServiceConfig {
+    /// e.g. https://audit.internal:7443
+    pub url: String,
+    /// The organisation's CA, and this node's certificate and key (PEM files).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where events wait while the service is unreachable. Default
+    /// /var/lib/lastmile/audit-spool.jsonl.
+    #[serde(default = "default_spool")]
+    pub spool: PathBuf,
+}
+
+fn default_spool() -> PathBuf {
+    PathBuf::from("/var/lib/lastmile/audit-spool.jsonl")
 }
 
 /// One protected resource as the node sees it.

@@ -5,13 +5,14 @@
 //! `connection_id`), then the session and connection ids once a session exists.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{self, Write as _},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Mutex,
     time::SystemTime,
 };
+
+use lastmile_audit_sink::AuditWriter;
+use serde_json::Value;
 
 use lastmile_ebpf_common::{AF_INET, ConnectRecord, Decision};
 use serde::Serialize;
@@ -226,46 +227,66 @@ fn parse_ppid(stat: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Where events go: a JSON-lines file (appended, one write per line), or standard output.
+/// Where events go: through the node's audit policy to its local file and/or the audit
+/// service (see [`crate::config::AuditConfig`]), or to standard output when neither is
+/// configured. One task writes them, in order; `write` only queues.
 #[derive(Debug)]
 pub struct EventSink {
-    out: Mutex<Option<File>>,
-    path: Option<PathBuf>,
+    queue: tokio::sync::mpsc::UnboundedSender<Value>,
 }
 
 impl EventSink {
-    pub fn open(path: Option<&Path>) -> io::Result<Self> {
-        let file = match path {
-            Some(p) => {
-                if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Some(OpenOptions::new().create(true).append(true).open(p)?)
-            }
-            None => None,
+    /// Starts the writer task (inside a tokio runtime).
+    pub fn start(
+        file: Option<&Path>,
+        audit: &crate::config::AuditConfig,
+    ) -> Result<Self, lastmile_audit_sink::WriteError> {
+        let policy = lastmile_audit_sink::Policy {
+            kinds: audit.kinds.iter().cloned().collect(),
+            ..lastmile_audit_sink::Policy::default()
         };
-        Ok(Self {
-            out: Mutex::new(file),
-            path: path.map(Path::to_owned),
-        })
+        let service = audit
+            .service
+            .as_ref()
+            .map(|s| lastmile_audit_sink::ServiceTarget {
+                url: s.url.clone(),
+                ca: s.ca.clone(),
+                cert: s.cert.clone(),
+                key: s.key.clone(),
+                spool: s.spool.clone(),
+            });
+        let to_stdout = file.is_none() && service.is_none();
+        let writer = AuditWriter::new(policy, &audit.seal_to, file, service.as_ref())?;
+        let (queue, mut events) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if to_stdout {
+                    println!("{event}");
+                    continue;
+                }
+                match writer.write(event).await {
+                    Ok(d) => {
+                        if let Some(why) = d.spooled {
+                            tracing::warn!(%why, "audit service unavailable; event spooled locally");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot write an audit event"),
+                }
+            }
+        });
+        Ok(Self { queue })
     }
 
-    /// Writes one event. A failed write is logged and reported, never fatal to the caller.
-    pub fn write(&self, event: &Event) -> io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
-        line.push(b'\n');
-        let mut guard = self
-            .out
-            .lock()
-            .map_err(|_| io::Error::other("event sink poisoned"))?;
-        let result = match guard.as_mut() {
-            Some(f) => f.write_all(&line),
-            None => io::stdout().lock().write_all(&line),
-        };
-        if let Err(e) = &result {
-            tracing::error!(path = ?self.path, error = %e, "cannot write event");
+    /// Queues one event for writing.
+    pub fn write(&self, event: &Event) {
+        match serde_json::to_value(event) {
+            Ok(v) => {
+                if self.queue.send(v).is_err() {
+                    tracing::error!("the event writer has stopped; event lost");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "event not serializable"),
         }
-        result
     }
 }
 

@@ -63,7 +63,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn event(&self, body: EventBody) {
-        let _ = self.sink.write(&Event::now(body));
+        self.sink.write(&Event::now(body));
     }
 }
 
@@ -122,7 +122,7 @@ async fn serve(config: NodeConfig, config_path: Option<PathBuf>) -> anyhow::Resu
         targets: RwLock::new(targets),
         agents: Agents::default(),
         proc_cache: ProcCache::default(),
-        sink: EventSink::open(config.events.as_deref())
+        sink: EventSink::start(config.events.as_deref(), &config.audit)
             .with_context(|| format!("cannot open the event file {:?}", config.events))?,
     });
     let agent_listener = agents::bind(&config.agent_socket)?;
