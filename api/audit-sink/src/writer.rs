@@ -180,6 +180,20 @@ impl AuditWriter {
     }
 }
 
+impl AuditWriter {
+    /// Sends whatever waits in the spool, if the service answers. Components call this
+    /// now and then, so spooled events do not wait for the next event to go out.
+    pub async fn flush(&self) -> Result<(), String> {
+        match &self.service {
+            Some(service) => {
+                let _order = service.order.lock().await;
+                service.replay_spool().await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Service {
     async fn send(&self, events: &[Value]) -> Result<(), String> {
         let resp = self

@@ -29,7 +29,7 @@ pub enum SegmentError {
     },
     #[error(
         "{}: entry {index} at byte {offset} is damaged ({what}) and entries follow it; \
-         this is not a torn write: run `lastmile-audit verify`",
+         this is not a torn write, and the log will not append past it: verify the log and investigate",
         path.display()
     )]
     Corrupt {

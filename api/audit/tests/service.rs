@@ -500,6 +500,9 @@ async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing(
         );
     }
     s.restart();
+    // A flush sends what waits in the spool without a new event to push it.
+    writer.flush().await.unwrap();
+    assert!(!target.spool.exists(), "the spool was replayed and emptied");
     let d = writer.write(query(4)).await.unwrap();
     assert!(d.service && d.spooled.is_none(), "{d:?}");
     assert!(!target.spool.exists(), "the spool was replayed and emptied");

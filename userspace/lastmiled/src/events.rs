@@ -259,7 +259,22 @@ impl EventSink {
         let writer = AuditWriter::new(policy, &audit.seal_to, file, service.as_ref())?;
         let (queue, mut events) = tokio::sync::mpsc::unbounded_channel::<Value>();
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+            // Spooled events (the service was down) go out within this long of its return,
+            // even when no new event comes to push them.
+            let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => match e {
+                        Some(e) => e,
+                        None => return,
+                    },
+                    _ = retry.tick() => {
+                        if let Err(why) = writer.flush().await {
+                            tracing::debug!(%why, "audit spool not flushed yet");
+                        }
+                        continue;
+                    }
+                };
                 if to_stdout {
                     println!("{event}");
                     continue;
