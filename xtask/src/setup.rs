@@ -34,6 +34,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces for test hosts"),
     ("qemu-system-x86", "VM tests across kernels"),
     ("cpio", "initramfs for VM tests"),
+    ("busybox-static", "the VM tests' userland"),
     ("pkg-config", "C libraries for -sys crates"),
 ];
 
