@@ -176,9 +176,9 @@ export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
-mkdir -p /sys/fs/cgroup /sys/fs/bpf /run/netns
+# The initramfs root is writable memory already; no tmpfs over /tmp or /run, which
+# would hide test binaries copied there (a checkout under /tmp, say).
+mkdir -p /tmp /run/netns /sys/fs/cgroup /sys/fs/bpf
 mount -t cgroup2 none /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 /usr/bin/ip link set lo up
