@@ -10,7 +10,7 @@ use lastmile_ebpf_common::{PORT_PREFIX_BITS, TargetV4, TargetV6};
 
 /// A destination to intercept: one address, or a network given as a prefix, on one port.
 ///
-/// Written `127.0.0.2:5432`, `10.1.0.0/16:5432`, `[::1]:22` or `[fd00::/64]:22`.
+/// Written `127.0.0.2:5432`, `127.1.0.0/16:5432`, `[::1]:22` or `[::ffff:127.0.0.0/104]:22`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProtectedTarget {
     addr: IpAddr,
@@ -219,9 +219,9 @@ mod tests {
     fn parses_and_prints_every_form() {
         for s in [
             "127.0.0.2:5432",
-            "10.1.0.0/16:5432",
+            "127.1.0.0/16:5432",
             "[::1]:22",
-            "[fd00::/64]:22",
+            "[::ffff:127.0.0.0/104]:22",
         ] {
             let t: ProtectedTarget = s.parse().unwrap();
             assert_eq!(t.to_string(), s);
@@ -243,11 +243,11 @@ mod tests {
             Err(TargetParseError::BadPort("70000".into()))
         );
         assert!(matches!(
-            "10.1.2.3/16:5432".parse::<ProtectedTarget>(),
+            "127.1.2.3/16:5432".parse::<ProtectedTarget>(),
             Err(TargetParseError::HostBitsSet { .. })
         ));
         assert!(matches!(
-            "10.0.0.0/33:5432".parse::<ProtectedTarget>(),
+            "127.0.0.0/33:5432".parse::<ProtectedTarget>(),
             Err(TargetParseError::PrefixTooLong { .. })
         ));
         assert!(matches!(
@@ -258,20 +258,20 @@ mod tests {
 
     #[test]
     fn covers_only_its_network_and_port() {
-        let t: ProtectedTarget = "10.1.0.0/16:5432".parse().unwrap();
-        assert!(t.covers("10.1.200.3:5432".parse().unwrap()));
-        assert!(!t.covers("10.2.0.3:5432".parse().unwrap()));
-        assert!(!t.covers("10.1.0.3:5433".parse().unwrap()));
+        let t: ProtectedTarget = "127.1.0.0/16:5432".parse().unwrap();
+        assert!(t.covers("127.1.200.3:5432".parse().unwrap()));
+        assert!(!t.covers("127.2.0.3:5432".parse().unwrap()));
+        assert!(!t.covers("127.1.0.3:5433".parse().unwrap()));
         assert!(!t.covers("[::1]:5432".parse().unwrap()));
     }
 
     #[test]
     fn key_puts_port_before_address() {
-        let t: ProtectedTarget = "10.1.0.0/16:5432".parse().unwrap();
+        let t: ProtectedTarget = "127.1.0.0/16:5432".parse().unwrap();
         let (len, key) = t.key_v4().unwrap();
         assert_eq!(len, 32);
         assert_eq!(key.port, [0x15, 0x38]);
-        assert_eq!(key.addr, [10, 1, 0, 0]);
+        assert_eq!(key.addr, [127, 1, 0, 0]);
         assert!(t.key_v6().is_none());
     }
 }
