@@ -298,19 +298,20 @@ impl Interceptor {
 
     /// Stops intercepting connections to `target`; a target that was not protected is fine.
     pub fn unprotect(&mut self, target: &ProtectedTarget) -> Result<(), InterceptError> {
-        let result = if let Some((len, data)) = target.key_v4() {
-            self.trie_v4()?.remove(&Key::new(len, data))
+        if let Some((len, data)) = target.key_v4() {
+            remove_key(
+                &mut self.trie_v4()?,
+                &Key::new(len, data),
+                names::PROTECTED_V4,
+            )
         } else if let Some((len, data)) = target.key_v6() {
-            self.trie_v6()?.remove(&Key::new(len, data))
+            remove_key(
+                &mut self.trie_v6()?,
+                &Key::new(len, data),
+                names::PROTECTED_V6,
+            )
         } else {
             Ok(())
-        };
-        match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(InterceptError::Map {
-                name: names::PROTECTED_V4,
-                source,
-            }),
         }
     }
 
@@ -323,31 +324,10 @@ impl Interceptor {
         for (t, id) in targets {
             self.protect(t, *id)?;
         }
-        let wanted_v4: Vec<(u32, TargetV4)> =
-            targets.iter().filter_map(|(t, _)| t.key_v4()).collect();
-        let wanted_v6: Vec<(u32, TargetV6)> =
-            targets.iter().filter_map(|(t, _)| t.key_v6()).collect();
-        let stale_v4: Vec<Key<TargetV4>> = {
-            let trie = self.trie_v4()?;
-            trie.keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted_v4.contains(&(k.prefix_len(), k.data())))
-                .collect()
-        };
-        for k in stale_v4 {
-            let _ = self.trie_v4()?.remove(&k);
-        }
-        let stale_v6: Vec<Key<TargetV6>> = {
-            let trie = self.trie_v6()?;
-            trie.keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted_v6.contains(&(k.prefix_len(), k.data())))
-                .collect()
-        };
-        for k in stale_v6 {
-            let _ = self.trie_v6()?.remove(&k);
-        }
-        Ok(())
+        let wanted_v4: Vec<_> = targets.iter().filter_map(|(t, _)| t.key_v4()).collect();
+        let wanted_v6: Vec<_> = targets.iter().filter_map(|(t, _)| t.key_v6()).collect();
+        remove_stale(&mut self.trie_v4()?, &wanted_v4, names::PROTECTED_V4)?;
+        remove_stale(&mut self.trie_v6()?, &wanted_v6, names::PROTECTED_V6)
     }
 
     /// The record of the redirected connection whose client end is `client` (the peer
@@ -425,6 +405,35 @@ impl Interceptor {
         let map = self.map_mut(names::PROTECTED_V6)?;
         LpmTrie::try_from(map).map_err(map_err(names::PROTECTED_V6))
     }
+}
+
+/// Removes `key`; a key that is not there is fine.
+fn remove_key<K: aya::Pod>(
+    trie: &mut LpmTrie<&mut MapData, K, TargetInfo>,
+    key: &Key<K>,
+    name: &'static str,
+) -> Result<(), InterceptError> {
+    match trie.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(InterceptError::Map { name, source }),
+    }
+}
+
+/// Removes every entry of `trie` that is not in `wanted` (prefix length, key data).
+fn remove_stale<K: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<&mut MapData, K, TargetInfo>,
+    wanted: &[(u32, K)],
+    name: &'static str,
+) -> Result<(), InterceptError> {
+    let stale: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for key in &stale {
+        remove_key(trie, key, name)?;
+    }
+    Ok(())
 }
 
 fn take_fd_link<L>(link: L, name: &'static str) -> Result<FdLink, InterceptError>
