@@ -45,25 +45,21 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     let Some(config) = REDIRECT.get(0) else {
         return ALLOW;
     };
-    let orig = v4_mapped(addr4);
-    match decide(
+    let (listener, listener_port) = (config.listener_v4, config.listener_v4_port);
+    let decision = decide(
         &ctx,
         sa,
         config,
         target,
-        orig,
+        v4_mapped(addr4),
         port,
         AF_INET,
-        config.listener_v4_port,
-    ) {
-        Decision::Redirected => {
-            sa.user_ip4 = u32::from_ne_bytes(config.listener_v4);
-            sa.user_port = u32::from(u16::from_ne_bytes(config.listener_v4_port));
-            ALLOW
-        }
-        Decision::Refused => DENY,
-        Decision::Exempt | Decision::PassedThrough => ALLOW,
-    }
+        listener_port,
+    );
+    verdict(decision, || {
+        sa.user_ip4 = u32::from_ne_bytes(listener);
+        sa.user_port = u32::from(u16::from_ne_bytes(listener_port));
+    })
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -75,42 +71,31 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     }
     let port = (sa.user_port as u16).to_ne_bytes();
     let orig = ip6_bytes(sa.user_ip6);
-    let Some(config) = REDIRECT.get(0) else {
-        return ALLOW;
-    };
     // A v4-mapped destination (::ffff:a.b.c.d) from a dual-stack socket is an IPv4
     // connection on the wire: it is protected by the IPv4 targets and goes to the IPv4
     // listener, written back as v4-mapped.
-    if let Some(addr4) = as_v4(&orig) {
-        let Some(target) = lookup_v4(port, addr4) else {
-            count(Stat::Unprotected);
-            return ALLOW;
-        };
-        return match decide(
-            &ctx,
-            sa,
-            config,
-            target,
-            orig,
-            port,
-            AF_INET6,
-            config.listener_v4_port,
-        ) {
-            Decision::Redirected => {
-                sa.user_ip6 = ip6_words(v4_mapped(config.listener_v4));
-                sa.user_port = u32::from(u16::from_ne_bytes(config.listener_v4_port));
-                ALLOW
-            }
-            Decision::Refused => DENY,
-            Decision::Exempt | Decision::PassedThrough => ALLOW,
-        };
-    }
-    let key = Key::new(TargetV6::FULL_PREFIX, TargetV6 { port, addr: orig });
-    let Some(target) = PROTECTED_V6.get(&key).copied() else {
+    let mapped = as_v4(&orig);
+    let target = match mapped {
+        Some(addr4) => lookup_v4(port, addr4),
+        None => PROTECTED_V6
+            .get(&Key::new(
+                TargetV6::FULL_PREFIX,
+                TargetV6 { port, addr: orig },
+            ))
+            .copied(),
+    };
+    let Some(target) = target else {
         count(Stat::Unprotected);
         return ALLOW;
     };
-    match decide(
+    let Some(config) = REDIRECT.get(0) else {
+        return ALLOW;
+    };
+    let (listener, listener_port) = match mapped {
+        Some(_) => (v4_mapped(config.listener_v4), config.listener_v4_port),
+        None => (config.listener_v6, config.listener_v6_port),
+    };
+    let decision = decide(
         &ctx,
         sa,
         config,
@@ -118,11 +103,21 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         orig,
         port,
         AF_INET6,
-        config.listener_v6_port,
-    ) {
+        listener_port,
+    );
+    verdict(decision, || {
+        sa.user_ip6 = ip6_words(listener);
+        sa.user_port = u32::from(u16::from_ne_bytes(listener_port));
+    })
+}
+
+/// The program's return value for `decision`, rewriting the destination to the listener
+/// (with `redirect`) when the connection is redirected.
+#[inline(always)]
+fn verdict(decision: Decision, redirect: impl FnOnce()) -> i32 {
+    match decision {
         Decision::Redirected => {
-            sa.user_ip6 = ip6_words(config.listener_v6);
-            sa.user_port = u32::from(u16::from_ne_bytes(config.listener_v6_port));
+            redirect();
             ALLOW
         }
         Decision::Refused => DENY,
