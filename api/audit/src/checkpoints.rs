@@ -31,6 +31,8 @@ pub enum PublishError {
     Fork { size: u64, path: PathBuf },
     #[error("{}: not a 32-byte Ed25519 signing key", .0.display())]
     BadKey(PathBuf),
+    #[error("no signing key at {}: run `lastmile-audit init` first", .0.display())]
+    NoKey(PathBuf),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
@@ -89,7 +91,13 @@ impl Mode0600 for OpenOptions {
 
 pub fn load_signer(data_dir: &Path, name: &str) -> Result<NoteSigner, PublishError> {
     let path = key_path(data_dir);
-    let bytes = fs::read(&path).map_err(io(&path))?;
+    let bytes = fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => PublishError::NoKey(path.clone()),
+        _ => PublishError::Io {
+            path: path.clone(),
+            source: e,
+        },
+    })?;
     let key: [u8; 32] = bytes
         .try_into()
         .map_err(|_| PublishError::BadKey(path.clone()))?;

@@ -22,8 +22,6 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub enum LogError {
     #[error(transparent)]
     Segment(#[from] SegmentError),
-    #[error("entry {index} is not a log envelope ({why}); run `lastmile-audit verify`")]
-    BadEnvelope { index: u64, why: String },
     #[error(
         "an earlier write failed ({0}); nothing since was acknowledged. Restart lastmile-audit \
          once the cause (disk full?) is fixed: it recovers from what is on disk"

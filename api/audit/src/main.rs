@@ -1,19 +1,15 @@
-//! `lastmile-audit`: the audit log's own process. See `lastmile-audit --help`.
+//! `lastmile-audit`: the audit log's own process (init, append, serve). Reading and
+//! verifying the log is `lastmile audit …`, in the client.
 
 use std::{
     io::{BufRead as _, Write as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use lastmile_audit::{
-    checkpoints::{self, Publisher},
-    log::{DEFAULT_SEGMENT_BYTES, Log, read_entries},
-    verify::verify,
-};
-use lastmile_audit_log::NoteVerifier;
+use lastmile_audit::checkpoints;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "lastmile's tamper-evident audit log")]
@@ -46,34 +42,11 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         batch: usize,
     },
-    /// Check the log against its checkpoints; exits 1 and names the first failing entry
-    /// when anything is wrong.
-    Verify {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The verifier key (`name+id+key`, or a file holding it). Pin it: taking it from
-        /// the log's own directory proves nothing against whoever controls that directory.
-        #[arg(long)]
-        key: String,
-        /// More directories of checkpoint notes (witness copies).
-        #[arg(long)]
-        witness: Vec<PathBuf>,
-        /// A checkpoint note trusted earlier: the log must still contain it.
-        #[arg(long)]
-        pinned: Option<PathBuf>,
-    },
     /// Serve the log over HTTPS with mutual TLS (see `lastmile_audit::service`).
     Serve {
         /// Configuration file (TOML, an `[audit]` table).
         #[arg(long)]
         config: PathBuf,
-    },
-    /// Print the last entries.
-    Tail {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(short = 'n', default_value_t = 10)]
-        count: usize,
     },
 }
 
@@ -109,63 +82,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("{verifier}");
         }
         Command::Append { log, writer, batch } => append(&log, &writer, batch.max(1))?,
-        Command::Verify {
-            data_dir,
-            key,
-            witness,
-            pinned,
-        } => {
-            let key_text = if Path::new(&key).is_file() {
-                std::fs::read_to_string(&key)?
-            } else {
-                key
-            };
-            let verifier: NoteVerifier = key_text.trim().parse().context("not a verifier key")?;
-            let mut dirs = vec![checkpoints::checkpoints_dir(&data_dir)];
-            dirs.extend(witness);
-            let pinned = match pinned {
-                Some(p) => Some((
-                    p.clone(),
-                    std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )),
-                None => None,
-            };
-            let report = verify(&data_dir, &dirs, &verifier, pinned);
-            for p in &report.problems {
-                println!("FAIL {p}");
-            }
-            if report.torn_tail {
-                println!(
-                    "note: the newest segment ends in an unfinished write (never acknowledged)"
-                );
-            }
-            if report.ok() {
-                println!(
-                    "ok: {} entries, {} checkpoints verified",
-                    report.entries, report.checkpoints
-                );
-            } else {
-                match report.first_failing_entry() {
-                    Some(i) => println!("first failing entry: {i}"),
-                    None => println!("the checkpoints themselves are not trustworthy"),
-                }
-                return Ok(std::process::ExitCode::from(1));
-            }
-        }
         Command::Serve { config } => {
             let config = lastmile_audit::service::ServeConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(lastmile_audit::service::serve(config))?;
-        }
-        Command::Tail { data_dir, count } => {
-            let entries = read_entries(&data_dir)?;
-            let total = entries.count() as usize;
-            for (_, r) in entries.records().skip(total.saturating_sub(count)) {
-                println!("{}", String::from_utf8_lossy(&r.payload));
-            }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -179,23 +101,12 @@ fn unix_now() -> u64 {
 }
 
 fn append(args: &LogArgs, writer: &str, batch: usize) -> anyhow::Result<()> {
-    let (mut log, recovered) = Log::open(&args.data_dir, DEFAULT_SEGMENT_BYTES)?;
+    let (mut log, recovered, mut publisher) =
+        lastmile_audit::open_for_writing(&args.data_dir, &args.origin, args.witness.clone())?;
     if recovered.torn_bytes_cut > 0 {
         eprintln!(
             "recovered: cut {} bytes of an unfinished write",
             recovered.torn_bytes_cut
-        );
-    }
-    let signer = checkpoints::load_signer(&args.data_dir, &args.origin)
-        .context("no signing key: run `lastmile-audit init` first")?;
-    let mut publisher = Publisher::new(&args.data_dir, &args.origin, signer, args.witness.clone())?;
-    if let Some(last) = publisher.last_size()
-        && last > log.size()
-    {
-        bail!(
-            "the log holds {} entries but a checkpoint of size {last} was published: acknowledged \
-             entries are missing; run `lastmile-audit verify` before appending",
-            log.size()
         );
     }
     let stdin = std::io::stdin();

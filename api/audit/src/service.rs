@@ -41,7 +41,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     checkpoints::{self, Publisher},
-    log::{DEFAULT_SEGMENT_BYTES, Log, read_entries},
+    log::{Log, read_entries},
 };
 
 /// `lastmile-audit serve` configuration (`[audit]` table of a TOML file).
@@ -154,24 +154,8 @@ impl IntoResponse for Refusal {
 /// Runs the service until the process is stopped.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let tls = tls_config(&config)?;
-    let (log, recovered) = Log::open(&config.data_dir, DEFAULT_SEGMENT_BYTES)?;
-    let signer = checkpoints::load_signer(&config.data_dir, &config.origin)
-        .context("no signing key: run `lastmile-audit init` first")?;
-    let publisher = Publisher::new(
-        &config.data_dir,
-        &config.origin,
-        signer,
-        config.witness.clone(),
-    )?;
-    if let Some(last) = publisher.last_size()
-        && last > log.size()
-    {
-        anyhow::bail!(
-            "the log holds {} entries but a checkpoint of size {last} was published: acknowledged \
-             entries are missing; run `lastmile-audit verify` and investigate before serving",
-            log.size()
-        );
-    }
+    let (log, recovered, publisher) =
+        crate::open_for_writing(&config.data_dir, &config.origin, config.witness.clone())?;
     info!(
         entries = recovered.entries,
         torn_bytes_cut = recovered.torn_bytes_cut,
