@@ -204,6 +204,19 @@ fn hash(hex: &str) -> Hash {
     Hash(bytes.try_into().unwrap())
 }
 
+/// A proof from the service, as hashes.
+async fn fetch_proof(s: &Service, c: &reqwest::Client, path: &str) -> Vec<Hash> {
+    let body: ProofBody = c
+        .get(url(s, path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body.proof.iter().map(|h| hash(h)).collect()
+}
+
 async fn latest(s: &Service, c: &reqwest::Client) -> lastmile_audit_log::Checkpoint {
     let text = c
         .get(url(s, "/v1/checkpoint"))
@@ -263,17 +276,9 @@ async fn writers_append_and_checkpoints_and_proofs_check_out() {
     assert_eq!(first.size, 30);
 
     // Inclusion of entry 7 in the signed tree.
-    let p: ProofBody = gw
-        .get(url(&s, "/v1/proof/inclusion?index=7&size=30"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let entries = lastmile_audit::log::read_entries(&s.data).unwrap();
     let leaf = lastmile_audit_log::leaf_hash(&entries.segments[0].1[7].payload);
-    let proof: Vec<Hash> = p.proof.iter().map(|h| hash(h)).collect();
+    let proof = fetch_proof(&s, &gw, "/v1/proof/inclusion?index=7&size=30").await;
     verify_inclusion(&leaf, 7, 30, &proof, &first.root).unwrap();
 
     // More entries, a newer checkpoint, and consistency between the two.
@@ -290,15 +295,7 @@ async fn writers_append_and_checkpoints_and_proofs_check_out() {
         200
     );
     let second = wait_checkpoint(&s, &gw, 35).await;
-    let p: ProofBody = gw
-        .get(url(&s, "/v1/proof/consistency?old=30&new=35"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let proof: Vec<Hash> = p.proof.iter().map(|h| hash(h)).collect();
+    let proof = fetch_proof(&s, &gw, "/v1/proof/consistency?old=30&new=35").await;
     verify_consistency(30, 35, &first.root, &second.root, &proof).unwrap();
     assert_eq!(latest(&s, &gw).await.size, 35);
     assert!(

@@ -31,6 +31,24 @@ fn lastmile(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `lastmile audit decrypt --identity ID` with `input` on standard input.
+fn decrypt(identity: &Path, input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
+        .args(["audit", "decrypt", "--identity", identity.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -104,19 +122,7 @@ fn verify_search_export_and_decrypt() {
     assert_eq!(exported.lines().count(), 6);
     assert!(!exported.contains("payroll"));
     // …and `decrypt` with the identity reads it back exactly.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
-        .args(["audit", "decrypt", "--identity", id_file.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exported.as_bytes())
-        .unwrap();
-    let opened = child.wait_with_output().unwrap();
+    let opened = decrypt(&id_file, &exported);
     assert!(opened.status.success());
     let opened = stdout(&opened);
     let query: serde_json::Value = serde_json::from_str(opened.lines().nth(3).unwrap()).unwrap();
@@ -135,20 +141,7 @@ fn verify_search_export_and_decrypt() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
-        .args(["audit", "decrypt", "--identity", stranger.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exported.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = decrypt(&stranger, &exported);
     assert!(!out.status.success());
     assert!(!stdout(&out).contains("payroll"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not be opened"));
