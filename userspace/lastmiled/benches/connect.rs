@@ -35,7 +35,7 @@ fn main() {
         eprintln!("bench connect needs root (eBPF, cgroups): run `sudo cargo xtask bench connect`");
         std::process::exit(2);
     }
-    let root = lastmiled::cgroup::cgroup2_root().unwrap();
+    let root = lastmiled::mounts::cgroup2_root().unwrap();
     let original = own_cgroup(&root);
     let plain = Cgroup::new(&root, "plain");
     let hooked = Cgroup::new(&root, "hooked");

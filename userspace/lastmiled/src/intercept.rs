@@ -467,6 +467,17 @@ fn read_counters(
     Ok(c)
 }
 
+/// A kernel event from the ring buffer, or None when it is too short to be one.
+pub fn record_from_event(bytes: &[u8]) -> Option<ConnectRecord> {
+    if bytes.len() < std::mem::size_of::<ConnectRecord>() {
+        return None;
+    }
+    // SAFETY: at least size_of::<ConnectRecord>() bytes, and any bit pattern is a valid
+    // ConnectRecord (integers and byte arrays only); unaligned, because the ring buffer
+    // promises only 8-byte alignment of the item, not of this slice's start.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
 /// The record key for a client address: IPv4 as `::ffff:a.b.c.d`, port in network order.
 pub fn client_key(client: SocketAddr) -> ClientKey {
     let addr = match client.ip() {

@@ -2,10 +2,10 @@
 //! cgroup v2, keep the protected-target map current, and hand each redirected connection
 //! to the agent of the user who made it.
 
-pub mod cgroup;
 pub mod config;
 pub mod events;
 pub mod intercept;
+pub mod mounts;
 pub mod node;
 pub mod refusal;
 pub mod target;

@@ -13,16 +13,15 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use lastmile_ebpf_common::ConnectRecord;
 use lastmile_handoff::TargetRef;
 use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    cgroup::cgroup2_root,
     config::{NodeConfig, TargetConfig},
     events::{Event, EventBody, EventSink, ProcCache, kernel_connect},
-    intercept::{Interceptor, RedirectPolicy, TargetId},
+    intercept::{Interceptor, RedirectPolicy, TargetId, record_from_event},
+    mounts::{cgroup2_root, on_bpffs},
     target::ProtectedTarget,
 };
 
@@ -236,39 +235,27 @@ async fn read_kernel_events(events: RingBuf<MapData>, shared: Arc<Shared>) {
 }
 
 fn drain_events(ring: &mut RingBuf<MapData>, shared: &Shared) {
-    {
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<ConnectRecord>() {
-                warn!(len = item.len(), "short kernel event ignored");
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole ConnectRecord (size checked); it is read
-            // unaligned because the ring buffer only promises 8-byte alignment.
-            let record: ConnectRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let target = shared
-                .targets
-                .read()
-                .ok()
-                .and_then(|t| t.get(record.target_id))
-                .map(|t| t.name);
-            let proc_info = shared.proc_cache.take_or_read(&record);
-            shared.event(EventBody::KernelConnect(kernel_connect(
-                &record, target, proc_info,
-            )));
-        }
+    while let Some(item) = ring.next() {
+        let Some(record) = record_from_event(&item) else {
+            warn!(len = item.len(), "short kernel event ignored");
+            continue;
+        };
+        let target = shared
+            .targets
+            .read()
+            .ok()
+            .and_then(|t| t.get(record.target_id))
+            .map(|t| t.name);
+        let proc_info = shared.proc_cache.take_or_read(&record);
+        shared.event(EventBody::KernelConnect(kernel_connect(
+            &record, target, proc_info,
+        )));
     }
 }
 
 /// Mounts bpffs at /sys/fs/bpf when the pin directory lives there and nothing is mounted.
 fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    let covered = mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let (_dev, dir, fstype) = (f.next(), f.next(), f.next());
-        fstype == Some("bpf") && dir.is_some_and(|d| pin_dir.starts_with(d))
-    });
-    if covered {
+    if on_bpffs(pin_dir).context("reading /proc/self/mounts")? {
         return Ok(());
     }
     let root = Path::new("/sys/fs/bpf");

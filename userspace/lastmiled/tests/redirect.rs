@@ -24,7 +24,7 @@ use std::{
 use lastmile_ebpf_common::ConnectRecord;
 use lastmiled::{
     events::{comm, decision_name, orig_dst},
-    intercept::{Interceptor, RedirectPolicy, TargetId},
+    intercept::{Interceptor, RedirectPolicy, TargetId, record_from_event},
     target::ProtectedTarget,
 };
 use support::{TestCgroup, TestNetns, cgroup_id, have_root, lastmiled};
@@ -107,8 +107,7 @@ fn drain_events(i: &mut Interceptor) -> Vec<ConnectRecord> {
     let mut ring = i.take_events().expect("events");
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        assert!(item.len() >= std::mem::size_of::<ConnectRecord>());
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        out.push(record_from_event(&item).expect("a whole record"));
     }
     out
 }

@@ -35,7 +35,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn new(name: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let root = lastmiled::cgroup::cgroup2_root().expect("cgroup2 mounted");
+        let root = lastmiled::mounts::cgroup2_root().expect("cgroup2 mounted");
         let path = root.join(format!(
             "lastmile-test-{name}-{}-{}",
             std::process::id(),
