@@ -249,8 +249,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_connection_travels_with_its_socket() {
+    /// lastmiled's end and a registered agent's end of one connected socket pair.
+    fn linked_pair() -> (OwnedFd, AgentLink) {
         let (node, agent) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -258,13 +258,21 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
+        (
+            node,
+            AgentLink {
+                fd: agent,
+                uid: 1000,
+            },
+        )
+    }
+
+    #[test]
+    fn a_connection_travels_with_its_socket() {
+        let (node, link) = linked_pair();
         let (mut ours, theirs) = UnixStream::pair().unwrap();
         send_connection(node.as_raw_fd(), &handoff(), theirs.as_raw_fd()).unwrap();
         drop(theirs);
-        let link = AgentLink {
-            fd: agent,
-            uid: 1000,
-        };
         let (got, fd) = link.next().unwrap();
         assert_eq!(got, handoff());
         // The received descriptor is the same socket: bytes written on it reach us.
@@ -277,36 +285,16 @@ mod tests {
 
     #[test]
     fn a_connection_message_without_a_socket_is_an_error() {
-        let (node, agent) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (node, link) = linked_pair();
         let bytes = serde_json::to_vec(&NodeMessage::Connection(handoff())).unwrap();
         send(node.as_raw_fd(), &bytes, None).unwrap();
-        let link = AgentLink {
-            fd: agent,
-            uid: 1000,
-        };
         assert!(matches!(link.next(), Err(HandoffError::MissingSocket)));
     }
 
     #[test]
     fn malformed_and_closed_are_told_apart() {
-        let (node, agent) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (node, link) = linked_pair();
         send(node.as_raw_fd(), b"{not json", None).unwrap();
-        let link = AgentLink {
-            fd: agent,
-            uid: 1000,
-        };
         assert!(matches!(link.next(), Err(HandoffError::Malformed(_))));
         drop(node);
         assert!(matches!(link.next(), Err(HandoffError::Closed)));
