@@ -10,11 +10,13 @@
 //!
 //! The event schema is versioned: every event carries `"v"`; see `docs/audit-events.md`.
 
+mod config;
 mod policy;
 pub mod schema;
 mod seal;
 mod writer;
 
+pub use config::{ServiceConfig, SinkConfig};
 pub use policy::{Policy, PolicyError, QueryText};
 pub use seal::{SealError, load_identities, open, open_all, parse_recipients, seal};
 pub use writer::{AuditWriter, Delivery, ServiceTarget, WriteError};

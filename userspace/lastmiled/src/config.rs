@@ -91,36 +91,7 @@ impl Default for NodeConfig {
 }
 
 /// `[node.audit]`: this component's logging policy and destinations.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// Event kinds to keep (see docs/audit-events.md); empty keeps every kind.
-    pub kinds: Vec<String>,
-    /// age X25519 recipients (`age1…`): events are sealed to them before leaving the host.
-    pub seal_to: Vec<String>,
-    /// The audit service, when events should go there too.
-    pub service: Option<AuditServiceConfig>,
-}
-
-/// `[node.audit.service]`: how to reach `lastmile-audit serve`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditServiceConfig {
-    /// e.g. https://audit.internal:7443
-    pub url: String,
-    /// The organisation's CA, and this node's certificate and key (PEM files).
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Where events wait while the service is unreachable. Default
-    /// /var/lib/lastmile/audit-spool.jsonl.
-    #[serde(default = "default_spool")]
-    pub spool: PathBuf,
-}
-
-fn default_spool() -> PathBuf {
-    PathBuf::from("/var/lib/lastmile/audit-spool.jsonl")
-}
+pub type AuditConfig = lastmile_audit_sink::SinkConfig;
 
 /// One protected resource as the node sees it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::{
     time::SystemTime,
 };
 
-use lastmile_audit_sink::AuditWriter;
 use serde_json::Value;
 
 use lastmile_ebpf_common::{AF_INET, ConnectRecord, Decision};
@@ -241,22 +240,8 @@ impl EventSink {
         file: Option<&Path>,
         audit: &crate::config::AuditConfig,
     ) -> Result<Self, lastmile_audit_sink::WriteError> {
-        let policy = lastmile_audit_sink::Policy {
-            kinds: audit.kinds.iter().cloned().collect(),
-            ..lastmile_audit_sink::Policy::default()
-        };
-        let service = audit
-            .service
-            .as_ref()
-            .map(|s| lastmile_audit_sink::ServiceTarget {
-                url: s.url.clone(),
-                ca: s.ca.clone(),
-                cert: s.cert.clone(),
-                key: s.key.clone(),
-                spool: s.spool.clone(),
-            });
-        let to_stdout = file.is_none() && service.is_none();
-        let writer = AuditWriter::new(policy, &audit.seal_to, file, service.as_ref())?;
+        let to_stdout = file.is_none() && audit.service.is_none();
+        let writer = audit.writer(file)?;
         let (queue, mut events) = tokio::sync::mpsc::unbounded_channel::<Value>();
         tokio::spawn(async move {
             // Spooled events (the service was down) go out within this long of its return,

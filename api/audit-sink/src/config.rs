@@ -1,0 +1,57 @@
+//! The `[audit]` section every component's configuration shares.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{AuditWriter, Policy, ServiceTarget, WriteError};
+
+/// A component's audit section: its logging policy and destinations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Event kinds to keep (see docs/audit-events.md); empty keeps every kind.
+    pub kinds: Vec<String>,
+    /// age X25519 recipients (`age1…`): events are sealed to them before leaving the host.
+    pub seal_to: Vec<String>,
+    /// The audit service, when events should go there too.
+    pub service: Option<ServiceConfig>,
+}
+
+/// `[….audit.service]`: how to reach `lastmile-audit serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// e.g. https://audit.internal:7443
+    pub url: String,
+    /// The organisation's CA, and this component's certificate and key (PEM files).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where events wait while the service is unreachable. Default
+    /// /var/lib/lastmile/audit-spool.jsonl.
+    #[serde(default = "default_spool")]
+    pub spool: PathBuf,
+}
+
+fn default_spool() -> PathBuf {
+    PathBuf::from("/var/lib/lastmile/audit-spool.jsonl")
+}
+
+impl SinkConfig {
+    /// The writer this section describes, also appending to `file` when given.
+    pub fn writer(&self, file: Option<&Path>) -> Result<AuditWriter, WriteError> {
+        let policy = Policy {
+            kinds: self.kinds.iter().cloned().collect(),
+            ..Policy::default()
+        };
+        let service = self.service.as_ref().map(|s| ServiceTarget {
+            url: s.url.clone(),
+            ca: s.ca.clone(),
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+            spool: s.spool.clone(),
+        });
+        AuditWriter::new(policy, &self.seal_to, file, service.as_ref())
+    }
+}
