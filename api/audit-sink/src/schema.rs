@@ -56,6 +56,26 @@ pub const KINDS: &[Kind] = &[
         required: &["actor", "change"],
     },
     Kind {
+        name: "user.change",
+        what: "a user was created, disabled, enabled, deleted, changed groups, password or TOTP",
+        required: &["actor", "user", "change"],
+    },
+    Kind {
+        name: "resource.change",
+        what: "a resource was created, changed or deleted",
+        required: &["actor", "resource", "change"],
+    },
+    Kind {
+        name: "device.change",
+        what: "an admin approved or revoked a device",
+        required: &["actor", "user", "device", "change"],
+    },
+    Kind {
+        name: "gateway.change",
+        what: "a gateway token was made, or a gateway enrolled, renewed or was revoked",
+        required: &["actor", "gateway", "change"],
+    },
+    Kind {
         name: "credential.decrypt",
         what: "a credential was decrypted for a gateway",
         required: &["resource", "session", "gateway", "connection"],

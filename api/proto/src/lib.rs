@@ -1,0 +1,5 @@
+//! What lastmile's components say to the API.
+
+pub mod device;
+pub mod httpsig;
+pub mod wire;

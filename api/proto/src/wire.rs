@@ -1,0 +1,373 @@
+//! The JSON bodies of the API, shared by the server, the CLIs and the agent.
+//!
+//! Times are Unix seconds (UTC). Keys are Ed25519, 32 raw bytes, in standard base64.
+//! Names of users, groups, resources and gateways follow [`valid_name`].
+
+use serde::{Deserialize, Serialize};
+
+/// Every error the API returns: a stable code to match on and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// Whether `name` is usable as a user, group, resource or gateway name: 1–64 of
+/// `a-z 0-9 . _ -`, starting with a letter or digit. Names appear in certificate URIs and
+/// audit events, so they are kept plain.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+}
+
+/// `POST /v1/login/challenge`: the first step of a login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRequest {
+    pub user: String,
+    /// The device's public key.
+    pub device_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Challenge {
+    /// 32 random bytes, base64; single use, expires at `expires_at`.
+    pub challenge: String,
+    pub expires_at: i64,
+}
+
+/// The device a login comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceProof {
+    pub public_key: String,
+    /// [`crate::device::fingerprint`] of the machine.
+    pub fingerprint: String,
+    /// A name for people ("alice's laptop"); the hostname by default.
+    pub name: String,
+    /// The device key's signature over [`login_proof_message`], base64.
+    pub signature: String,
+}
+
+/// `POST /v1/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    /// The current TOTP code, when the user has TOTP.
+    #[serde(default)]
+    pub totp: Option<String>,
+    /// Required when the password is a one-time password: the password to set.
+    #[serde(default)]
+    pub new_password: Option<String>,
+    pub challenge: String,
+    /// The new session's public key, made by the client for this session only.
+    pub session_key: String,
+    pub device: DeviceProof,
+}
+
+/// What the device key signs at login: it binds the challenge, the user, the session key
+/// and the machine fingerprint together, so a proof cannot be moved to another session,
+/// user or machine. Length-prefixed (u32 big-endian) fields after a domain tag.
+pub fn login_proof_message(
+    user: &str,
+    challenge: &str,
+    session_key: &str,
+    fingerprint: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    for field in [
+        "lastmile-login-v1",
+        user,
+        challenge,
+        session_key,
+        fingerprint,
+    ] {
+        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+/// A session: what login and refresh return.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub user: String,
+    /// The key id of the device signature on every later call.
+    pub device: String,
+    /// The key id of the session signature on every later call.
+    pub session: String,
+    pub session_expires_at: i64,
+    /// The session's client certificate (PEM), for mutual TLS to gateways.
+    pub certificate: String,
+    pub certificate_expires_at: i64,
+    /// The organisation's CA (PEM): it signs gateway, client and API certificates.
+    pub ca: String,
+}
+
+/// `POST /v1/session/refresh`: a new certificate for the same session key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refreshed {
+    pub certificate: String,
+    pub certificate_expires_at: i64,
+}
+
+/// `GET /v1/me`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    pub user: String,
+    pub admin: bool,
+    pub device: String,
+    pub session: String,
+    pub session_expires_at: i64,
+}
+
+/// `GET /v1/ca`: what clients and gateways pin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaBundle {
+    pub organisation: String,
+    /// PEM.
+    pub x509: String,
+    /// OpenSSH public key lines.
+    pub ssh_user_ca: String,
+    pub ssh_host_ca: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Postgres,
+    Ssh,
+    Tcp,
+}
+
+/// How the gateway reaches the target: libpq's `sslmode` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    Disable,
+    #[default]
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    pub name: String,
+    pub kind: ResourceKind,
+    /// Where the gateway connects.
+    pub host: String,
+    pub port: u16,
+    /// What nodes redirect: `ADDR:PORT`, `[ADDR6]:PORT` or `PREFIX/LEN:PORT`.
+    #[serde(default)]
+    pub protect: Vec<String>,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
+    /// Which stored credential the gateway logs in with (the vault's name for it).
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subject {
+    User(String),
+    Group(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGrant {
+    pub resource: String,
+    pub subject: Subject,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub resource: String,
+    pub subject: Subject,
+    pub expires_at: Option<i64>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub admin: bool,
+    pub disabled: bool,
+    pub totp: bool,
+    pub groups: Vec<String>,
+    pub created_at: i64,
+}
+
+/// A new user, or a reset password: shown once, never stored in the clear.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OneTimePassword {
+    pub user: String,
+    pub one_time_password: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Trusted,
+    Pending,
+    Revoked,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub fingerprint: String,
+    pub status: DeviceStatus,
+    pub created_at: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user: String,
+    pub device: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoke_reason: Option<String>,
+}
+
+/// One event on `GET /v1/revocations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Increasing; resume a stream with `?since=<seq>` or `Last-Event-ID`.
+    pub seq: i64,
+    pub session: String,
+    pub user: String,
+    pub device: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// How an organisation treats a device it has not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DevicePolicy {
+    /// Trusted on first use.
+    Tofu,
+    /// Pending until an admin approves it.
+    Approval,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGatewayToken {
+    pub name: String,
+    /// DNS names and IP addresses the gateway serves on (its certificate's SANs).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Seconds the token stays usable; 1 hour by default.
+    #[serde(default)]
+    pub ttl: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayToken {
+    pub name: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// `POST /v1/gateways/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    pub token: String,
+    /// PKCS#10, PEM; only its public key is used.
+    pub csr: String,
+}
+
+/// `POST /v1/gateways/renew`, over mutual TLS with the current certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    pub csr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayCertificate {
+    pub name: String,
+    pub certificate: String,
+    pub ca: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gateway {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub certificate_expires_at: i64,
+    pub enrolled_at: i64,
+}
+
+/// Certificate SAN URIs: who a certificate speaks for.
+pub mod uri {
+    pub fn user(name: &str) -> String {
+        format!("urn:lastmile:user:{name}")
+    }
+    pub fn session(id: &str) -> String {
+        format!("urn:lastmile:session:{id}")
+    }
+    pub fn device(id: &str) -> String {
+        format!("urn:lastmile:device:{id}")
+    }
+    pub fn gateway(name: &str) -> String {
+        format!("urn:lastmile:gateway:{name}")
+    }
+    /// The gateway name in a gateway URI.
+    pub fn gateway_name(uri: &str) -> Option<&str> {
+        uri.strip_prefix("urn:lastmile:gateway:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["alice", "db-1", "a.b_c", "0"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["", "Alice", "-x", "a b", "a/b", "é", &"a".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_login_proof_cannot_shift_bytes_between_fields() {
+        assert_ne!(
+            login_proof_message("ab", "c", "k", "f"),
+            login_proof_message("a", "bc", "k", "f")
+        );
+    }
+}

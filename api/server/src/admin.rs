@@ -1,0 +1,756 @@
+//! Administrative changes: users and groups, resources, grants, devices, sessions, the
+//! organisation's device policy, gateway enrollment tokens. The HTTP handlers and the
+//! local `lastmile-api` CLI both call these, so both are checked and audited alike.
+//! Each change and its audit event commit together: no event, no change.
+
+use lastmile_proto::wire::{
+    self, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser, OneTimePassword, Resource,
+    ResourceKind, Session, Subject, UpstreamTls, User, valid_name,
+};
+use serde_json::json;
+use sqlx::Row as _;
+
+use crate::{
+    app::App,
+    auth::{revoke_session, status_name},
+    db::now,
+    error::ApiError,
+    pki::random,
+    secret,
+};
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_name",
+            format!(
+                "`{name}` is not a valid {what} name: use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || secret::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+// ---- the organisation ----
+
+/// Records the organisation in a fresh database (once) with its first admin, whose
+/// one-time password is returned to be shown once.
+pub async fn bootstrap(app: &App, admin: &str) -> Result<OneTimePassword, ApiError> {
+    check_name("user", admin)?;
+    // An earlier init that failed after the org row but before its admin may be finished.
+    let exists = sqlx::query("SELECT COUNT(*) AS n FROM users")
+        .fetch_one(&app.db.pool)
+        .await?
+        .try_get::<i64, _>("n")?;
+    if exists != 0 {
+        return Err(ApiError::conflict(
+            "already_initialised",
+            "this database already holds an organisation",
+        ));
+    }
+    sqlx::query("INSERT INTO org (id, name, device_policy, created_at) VALUES (1, $1, 'tofu', $2) ON CONFLICT DO NOTHING")
+        .bind(&app.pki.organisation)
+        .bind(now())
+        .execute(&app.db.pool)
+        .await?;
+    add_user(
+        app,
+        "init",
+        NewUser {
+            name: admin.to_owned(),
+            admin: true,
+            groups: Vec::new(),
+        },
+    )
+    .await
+}
+
+pub async fn set_device_policy(
+    app: &App,
+    actor: &str,
+    policy: DevicePolicy,
+) -> Result<(), ApiError> {
+    let name = match policy {
+        DevicePolicy::Tofu => "tofu",
+        DevicePolicy::Approval => "approval",
+    };
+    let mut tx = app.db.pool.begin().await?;
+    sqlx::query("UPDATE org SET device_policy = $1 WHERE id = 1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    app.audit(
+        "permission.change",
+        json!({"actor": actor, "change": format!("device_policy={name}")}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---- users and groups ----
+
+async fn user_groups(app: &App, user: &str) -> Result<Vec<String>, ApiError> {
+    Ok(
+        sqlx::query(
+            "SELECT group_name FROM group_members WHERE user_name = $1 ORDER BY group_name",
+        )
+        .bind(user)
+        .fetch_all(&app.db.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("group_name"))
+        .collect::<Result<_, _>>()?,
+    )
+}
+
+pub async fn list_users(app: &App) -> Result<Vec<User>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT name, admin, disabled, totp_secret, created_at FROM users ORDER BY name",
+    )
+    .fetch_all(&app.db.pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let name: String = r.try_get("name")?;
+        out.push(User {
+            groups: user_groups(app, &name).await?,
+            name,
+            admin: r.try_get::<i64, _>("admin")? != 0,
+            disabled: r.try_get::<i64, _>("disabled")? != 0,
+            totp: r.try_get::<Option<String>, _>("totp_secret")?.is_some(),
+            created_at: r.try_get("created_at")?,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn add_user(app: &App, actor: &str, new: NewUser) -> Result<OneTimePassword, ApiError> {
+    check_name("user", &new.name)?;
+    for g in &new.groups {
+        check_name("group", g)?;
+    }
+    let otp = secret::one_time_password().map_err(ApiError::internal)?;
+    let h = hash(otp.clone()).await?;
+    let mut tx = app.db.pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO users (name, password_hash, password_one_time, admin, created_at) VALUES ($1, $2, 1, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(&new.name)
+    .bind(h)
+    .bind(i64::from(new.admin))
+    .bind(now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted != 1 {
+        return Err(ApiError::conflict(
+            "user_exists",
+            format!("user `{}` already exists", new.name),
+        ));
+    }
+    for g in &new.groups {
+        sqlx::query("INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(g)
+            .bind(&new.name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    app.audit(
+        "user.change",
+        json!({"actor": actor, "user": new.name, "change": "create", "admin": new.admin, "groups": new.groups}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(OneTimePassword {
+        user: new.name,
+        one_time_password: otp,
+    })
+}
+
+/// What can be changed about a user.
+#[derive(Debug, Clone)]
+pub enum UserChange {
+    Disable,
+    Enable,
+    Admin(bool),
+    JoinGroup(String),
+    LeaveGroup(String),
+    Delete,
+}
+
+pub async fn change_user(
+    app: &App,
+    actor: &str,
+    user: &str,
+    change: UserChange,
+) -> Result<(), ApiError> {
+    let mut tx = app.db.pool.begin().await?;
+    let (sql, arg, what): (&str, Option<String>, String) = match &change {
+        UserChange::Disable => (
+            "UPDATE users SET disabled = 1 WHERE name = $1",
+            None,
+            "disable".into(),
+        ),
+        UserChange::Enable => (
+            "UPDATE users SET disabled = 0, failed_logins = 0, locked_until = 0 WHERE name = $1",
+            None,
+            "enable".into(),
+        ),
+        UserChange::Admin(true) => (
+            "UPDATE users SET admin = 1 WHERE name = $1",
+            None,
+            "admin=true".into(),
+        ),
+        UserChange::Admin(false) => (
+            "UPDATE users SET admin = 0 WHERE name = $1",
+            None,
+            "admin=false".into(),
+        ),
+        UserChange::Delete => ("DELETE FROM users WHERE name = $1", None, "delete".into()),
+        UserChange::JoinGroup(g) => {
+            check_name("group", g)?;
+            (
+                "INSERT INTO group_members (group_name, user_name) SELECT $2, name FROM users WHERE name = $1 ON CONFLICT DO NOTHING",
+                Some(g.clone()),
+                format!("join group {g}"),
+            )
+        }
+        UserChange::LeaveGroup(g) => (
+            "DELETE FROM group_members WHERE user_name = $1 AND group_name = $2",
+            Some(g.clone()),
+            format!("leave group {g}"),
+        ),
+    };
+    let exists = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE name = $1")
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
+    if exists == 0 {
+        return Err(ApiError::not_found(
+            "no_such_user",
+            format!("there is no user `{user}`"),
+        ));
+    }
+    let mut q = sqlx::query(sql).bind(user);
+    if let Some(a) = arg {
+        q = q.bind(a);
+    }
+    q.execute(&mut *tx).await?;
+    let kind = if matches!(change, UserChange::Admin(_)) {
+        "permission.change"
+    } else {
+        "user.change"
+    };
+    app.audit(kind, json!({"actor": actor, "user": user, "change": what}))
+        .await?;
+    tx.commit().await?;
+    // A disabled or deleted user's sessions end now.
+    if matches!(change, UserChange::Disable | UserChange::Delete) {
+        for s in live_sessions(app, Some(user), None).await? {
+            revoke_session(app, &s, &format!("user {what}d by {actor}"), actor).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn reset_password(
+    app: &App,
+    actor: &str,
+    user: &str,
+) -> Result<OneTimePassword, ApiError> {
+    let otp = secret::one_time_password().map_err(ApiError::internal)?;
+    let h = hash(otp.clone()).await?;
+    let mut tx = app.db.pool.begin().await?;
+    let n = sqlx::query("UPDATE users SET password_hash = $1, password_one_time = 1, failed_logins = 0, locked_until = 0 WHERE name = $2")
+        .bind(h)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n != 1 {
+        return Err(ApiError::not_found(
+            "no_such_user",
+            format!("there is no user `{user}`"),
+        ));
+    }
+    app.audit(
+        "user.change",
+        json!({"actor": actor, "user": user, "change": "reset password"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(OneTimePassword {
+        user: user.to_owned(),
+        one_time_password: otp,
+    })
+}
+
+/// Turns TOTP on (a new secret; the `otpauth://` URI to show once) or off (`None`).
+pub async fn set_totp(
+    app: &App,
+    actor: &str,
+    user: &str,
+    on: bool,
+) -> Result<Option<String>, ApiError> {
+    let secret = if on {
+        Some(secret::new_totp_secret().map_err(ApiError::internal)?)
+    } else {
+        None
+    };
+    let mut tx = app.db.pool.begin().await?;
+    let n = sqlx::query("UPDATE users SET totp_secret = $1, totp_last_step = 0 WHERE name = $2")
+        .bind(&secret)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n != 1 {
+        return Err(ApiError::not_found(
+            "no_such_user",
+            format!("there is no user `{user}`"),
+        ));
+    }
+    app.audit(
+        "user.change",
+        json!({"actor": actor, "user": user, "change": if on { "totp on" } else { "totp off" }}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(secret.map(|s| secret::totp_uri(&app.pki.organisation, user, &s)))
+}
+
+// ---- resources ----
+
+fn kind_name(k: ResourceKind) -> &'static str {
+    match k {
+        ResourceKind::Postgres => "postgres",
+        ResourceKind::Ssh => "ssh",
+        ResourceKind::Tcp => "tcp",
+    }
+}
+
+fn tls_name(t: UpstreamTls) -> &'static str {
+    match t {
+        UpstreamTls::Disable => "disable",
+        UpstreamTls::Require => "require",
+        UpstreamTls::VerifyFull => "verify-full",
+    }
+}
+
+/// Checks one `protect` entry: `ADDR:PORT`, `[ADDR6]:PORT` or `PREFIX/LEN:PORT` (the
+/// node's syntax).
+fn check_protect(spec: &str) -> Result<(), String> {
+    let (addr, port) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{spec}` has no :PORT"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{spec}`: `{port}` is not a port (1-65535)"))?;
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    let (ip, len) = match addr.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (addr, None),
+    };
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("`{spec}`: `{ip}` is not an IP address"))?;
+    if let Some(len) = len {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        len.parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("`{spec}`: prefix length must be 0-{max}"))?;
+    }
+    Ok(())
+}
+
+pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), ApiError> {
+    check_name("resource", &r.name)?;
+    if r.host.is_empty() || r.host.len() > 253 || r.host.contains(char::is_whitespace) {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "host must be a DNS name or an IP address",
+        ));
+    }
+    if r.port == 0 {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "port must be 1-65535",
+        ));
+    }
+    if r.protect.len() > 64 {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "at most 64 protect entries",
+        ));
+    }
+    for p in &r.protect {
+        check_protect(p).map_err(|why| ApiError::bad_request("bad_resource", why))?;
+    }
+    if let Some(c) = &r.credential {
+        check_name("credential", c)?;
+    }
+    let t = now();
+    let protect = serde_json::to_string(&r.protect).map_err(ApiError::internal)?;
+    let mut tx = app.db.pool.begin().await?;
+    let existed = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE name = $1")
+        .bind(&r.name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?
+        != 0;
+    sqlx::query(
+        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, updated_at = $8",
+    )
+    .bind(&r.name)
+    .bind(kind_name(r.kind))
+    .bind(&r.host)
+    .bind(i64::from(r.port))
+    .bind(protect)
+    .bind(tls_name(r.upstream_tls))
+    .bind(&r.credential)
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    app.audit(
+        "resource.change",
+        json!({"actor": actor, "resource": r.name, "change": if existed { "update" } else { "create" }, "definition": r}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A stored enum, by its serde name.
+fn stored<T: serde::de::DeserializeOwned>(field: &str, v: String) -> Result<T, ApiError> {
+    serde_json::from_value(json!(v))
+        .map_err(|e| ApiError::internal(format!("stored {field} `{v}`: {e}")))
+}
+
+fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, ApiError> {
+    let protect: String = r.try_get("protect")?;
+    Ok(Resource {
+        name: r.try_get("name")?,
+        kind: stored("kind", r.try_get("kind")?)?,
+        host: r.try_get("host")?,
+        port: u16::try_from(r.try_get::<i64, _>("port")?).map_err(ApiError::internal)?,
+        protect: serde_json::from_str(&protect).map_err(ApiError::internal)?,
+        upstream_tls: stored("upstream_tls", r.try_get("upstream_tls")?)?,
+        credential: r.try_get("credential")?,
+    })
+}
+
+const RESOURCE_COLUMNS: &str =
+    "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential";
+
+pub async fn list_resources(app: &App) -> Result<Vec<Resource>, ApiError> {
+    sqlx::query(&format!(
+        "SELECT {RESOURCE_COLUMNS} FROM resources r ORDER BY r.name"
+    ))
+    .fetch_all(&app.db.pool)
+    .await?
+    .iter()
+    .map(resource_row)
+    .collect()
+}
+
+/// The resources `user` may reach now: granted to them or to one of their groups, and
+/// not expired.
+pub async fn resources_for(app: &App, user: &str) -> Result<Vec<Resource>, ApiError> {
+    sqlx::query(&format!(
+        "SELECT DISTINCT {RESOURCE_COLUMNS} FROM resources r JOIN grants g ON g.resource = r.name \
+         WHERE (g.expires_at IS NULL OR g.expires_at > $2) AND \
+         ((g.subject_kind = 'user' AND g.subject = $1) OR \
+          (g.subject_kind = 'group' AND g.subject IN (SELECT group_name FROM group_members WHERE user_name = $1))) \
+         ORDER BY r.name"
+    ))
+    .bind(user)
+    .bind(now())
+    .fetch_all(&app.db.pool)
+    .await?
+    .iter()
+    .map(resource_row)
+    .collect()
+}
+
+pub async fn delete_resource(app: &App, actor: &str, name: &str) -> Result<(), ApiError> {
+    let mut tx = app.db.pool.begin().await?;
+    let n = sqlx::query("DELETE FROM resources WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n != 1 {
+        return Err(ApiError::not_found(
+            "no_such_resource",
+            format!("there is no resource `{name}`"),
+        ));
+    }
+    app.audit(
+        "resource.change",
+        json!({"actor": actor, "resource": name, "change": "delete"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---- grants ----
+
+pub async fn add_grant(app: &App, actor: &str, g: NewGrant) -> Result<Grant, ApiError> {
+    let (kind, subject) = match &g.subject {
+        Subject::User(u) => ("user", u),
+        Subject::Group(g) => ("group", g),
+    };
+    check_name(kind, subject)?;
+    let t = now();
+    if g.expires_at.is_some_and(|e| e <= t) {
+        return Err(ApiError::bad_request(
+            "bad_grant",
+            "expires_at is in the past",
+        ));
+    }
+    let mut tx = app.db.pool.begin().await?;
+    let resource = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE name = $1")
+        .bind(&g.resource)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
+    if resource == 0 {
+        return Err(ApiError::not_found(
+            "no_such_resource",
+            format!("there is no resource `{}`", g.resource),
+        ));
+    }
+    if kind == "user" {
+        let n = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE name = $1")
+            .bind(subject)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>("n")?;
+        if n == 0 {
+            return Err(ApiError::not_found(
+                "no_such_user",
+                format!("there is no user `{subject}`"),
+            ));
+        }
+    }
+    let id = format!("grt_{}", hex(&random::<8>().map_err(ApiError::internal)?));
+    sqlx::query(
+        "INSERT INTO grants (id, resource, subject_kind, subject, expires_at, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&id)
+    .bind(&g.resource)
+    .bind(kind)
+    .bind(subject)
+    .bind(g.expires_at)
+    .bind(actor)
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    app.audit(
+        "grant.change",
+        json!({"actor": actor, "resource": g.resource, "change": "grant", "grant": id, "subject": g.subject, "expires_at": g.expires_at}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Grant {
+        id,
+        resource: g.resource,
+        subject: g.subject,
+        expires_at: g.expires_at,
+        created_by: actor.to_owned(),
+        created_at: t,
+    })
+}
+
+pub async fn list_grants(app: &App) -> Result<Vec<Grant>, ApiError> {
+    let rows = sqlx::query("SELECT id, resource, subject_kind, subject, expires_at, created_by, created_at FROM grants ORDER BY resource, id")
+        .fetch_all(&app.db.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let subject: String = r.try_get("subject")?;
+            Ok(Grant {
+                id: r.try_get("id")?,
+                resource: r.try_get("resource")?,
+                subject: if r.try_get::<String, _>("subject_kind")? == "group" {
+                    Subject::Group(subject)
+                } else {
+                    Subject::User(subject)
+                },
+                expires_at: r.try_get("expires_at")?,
+                created_by: r.try_get("created_by")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn revoke_grant(app: &App, actor: &str, id: &str) -> Result<(), ApiError> {
+    let mut tx = app.db.pool.begin().await?;
+    let row = sqlx::query("DELETE FROM grants WHERE id = $1 RETURNING resource")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no_such_grant", format!("there is no grant `{id}`")))?;
+    let resource: String = row.try_get("resource")?;
+    app.audit(
+        "grant.change",
+        json!({"actor": actor, "resource": resource, "change": "revoke", "grant": id}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---- devices and sessions ----
+
+pub async fn list_devices(app: &App, user: Option<&str>) -> Result<Vec<Device>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT id, user_name, name, fingerprint, status, created_at, last_seen FROM devices \
+         WHERE ($1 IS NULL OR user_name = $1) ORDER BY user_name, created_at",
+    )
+    .bind(user)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Device {
+                id: r.try_get("id")?,
+                user: r.try_get("user_name")?,
+                name: r.try_get("name")?,
+                fingerprint: r.try_get("fingerprint")?,
+                status: match r.try_get::<String, _>("status")?.as_str() {
+                    "trusted" => DeviceStatus::Trusted,
+                    "pending" => DeviceStatus::Pending,
+                    _ => DeviceStatus::Revoked,
+                },
+                created_at: r.try_get("created_at")?,
+                last_seen: r.try_get("last_seen")?,
+            })
+        })
+        .collect()
+}
+
+/// Approves a pending device, or revokes a device (and ends its sessions).
+pub async fn set_device_status(
+    app: &App,
+    actor: &str,
+    id: &str,
+    status: DeviceStatus,
+) -> Result<(), ApiError> {
+    let mut tx = app.db.pool.begin().await?;
+    let row = sqlx::query("SELECT user_name, status FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("no_such_device", format!("there is no device `{id}`"))
+        })?;
+    let user: String = row.try_get("user_name")?;
+    let before: String = row.try_get("status")?;
+    if before == "revoked" && status != DeviceStatus::Revoked {
+        return Err(ApiError::conflict(
+            "device_revoked",
+            "a revoked device stays revoked; the user makes a new device key",
+        ));
+    }
+    sqlx::query("UPDATE devices SET status = $1 WHERE id = $2")
+        .bind(status_name(status))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    app.audit(
+        "device.change",
+        json!({"actor": actor, "user": user, "device": id, "change": format!("{before} -> {}", status_name(status))}),
+    )
+    .await?;
+    tx.commit().await?;
+    if status == DeviceStatus::Revoked {
+        for s in live_sessions(app, None, Some(id)).await? {
+            revoke_session(app, &s, &format!("device revoked by {actor}"), actor).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn live_sessions(
+    app: &App,
+    user: Option<&str>,
+    device: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    Ok(sqlx::query(
+        "SELECT id FROM sessions WHERE revoked_at IS NULL AND expires_at > $1 \
+         AND ($2 IS NULL OR user_name = $2) AND ($3 IS NULL OR device_id = $3)",
+    )
+    .bind(now())
+    .bind(user)
+    .bind(device)
+    .fetch_all(&app.db.pool)
+    .await?
+    .iter()
+    .map(|r| r.try_get("id"))
+    .collect::<Result<_, _>>()?)
+}
+
+pub async fn list_sessions(app: &App, all: bool) -> Result<Vec<Session>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT id, user_name, device_id, created_at, expires_at, revoked_at, revoke_reason FROM sessions \
+         WHERE $1 = 1 OR (revoked_at IS NULL AND expires_at > $2) ORDER BY created_at DESC LIMIT 1000",
+    )
+    .bind(i64::from(all))
+    .bind(now())
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Session {
+                id: r.try_get("id")?,
+                user: r.try_get("user_name")?,
+                device: r.try_get("device_id")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+                revoke_reason: r.try_get("revoke_reason")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn revoke(
+    app: &App,
+    actor: &str,
+    session: &str,
+    reason: Option<&str>,
+) -> Result<wire::Revocation, ApiError> {
+    let reason = format!(
+        "revoked by {actor}{}",
+        reason.map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    revoke_session(app, session, &reason, actor)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no_such_session",
+                format!("there is no live session `{session}`"),
+            )
+        })
+}

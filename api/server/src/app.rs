@@ -1,0 +1,68 @@
+//! The running API's shared state, and the audit trail of everything it decides.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::{config::ApiConfig, db::Db, error::ApiError, pki::Pki, revocation::Revocations};
+
+#[derive(Debug)]
+pub struct App {
+    pub db: Db,
+    pub pki: Pki,
+    pub config: ApiConfig,
+    pub audit: lastmile_audit_sink::AuditWriter,
+    pub revocations: Arc<Revocations>,
+}
+
+impl App {
+    /// Opens the organisation in `config.data_dir` and its database.
+    pub async fn open(config: ApiConfig) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context as _;
+        let pki = Pki::load(&config.keys_dir())?;
+        let db = Db::open(&config.database_url()).await?;
+        let audit = config
+            .audit
+            .writer(Some(&config.audit_file()))
+            .context("opening the audit sink")?;
+        let revocations = Arc::new(Revocations::new(&db).await?);
+        Ok(Arc::new(Self {
+            db,
+            pki,
+            config,
+            audit,
+            revocations,
+        }))
+    }
+
+    /// The task that feeds the revocation stream (see [`Revocations::tail`]).
+    pub fn revocations_tail(&self) -> impl Future<Output = ()> + use<> {
+        self.revocations.clone().tail(self.db.clone())
+    }
+
+    /// Records an audit event; an error means it was not recorded, and the caller must
+    /// not go on with what it records (fail closed).
+    pub async fn audit(&self, kind: &str, mut fields: Value) -> Result<(), ApiError> {
+        if let Value::Object(m) = &mut fields {
+            m.insert("v".into(), json!(lastmile_audit_sink::schema::VERSION));
+            m.insert("kind".into(), json!(kind));
+            m.insert(
+                "time".into(),
+                json!(humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()),
+            );
+            m.insert("component".into(), json!("api"));
+        }
+        debug_assert!(
+            lastmile_audit_sink::schema::check(&fields).is_ok(),
+            "{fields}"
+        );
+        self.audit.write(fields).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, kind, "audit write failed");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log cannot be written, so nothing was changed; try again when it is back",
+            )
+        })
+    }
+}

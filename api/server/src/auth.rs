@@ -1,0 +1,789 @@
+//! Login, sessions, and the check every signed call goes through.
+//!
+//! A login proves three things at once: the password (argon2id), the TOTP code when the
+//! user has one, and possession of the device key (its signature over a fresh single-use
+//! challenge, the user, the new session key and the machine fingerprint). The session
+//! key is made by the client; the API binds it to user and device and certifies it.
+//!
+//! Every later call carries two RFC 9421 signatures, by the device key and by the session
+//! key, over the method, the target URI and the RFC 9530 content digest, with a created
+//! time and a nonce. [`authenticate`] refuses each failure with its own code.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use ed25519_dalek::{Signature, VerifyingKey};
+use lastmile_proto::{
+    httpsig,
+    wire::{self, DevicePolicy, DeviceStatus, LoginRequest, LoginResponse},
+};
+use serde_json::json;
+use sha2::Digest as _;
+use sqlx::Row as _;
+
+use crate::{app::App, config::secs, db::now, error::ApiError, pki::random, secret};
+
+/// Who made a signed call.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub admin: bool,
+    pub session: String,
+    pub device: String,
+    pub session_expires_at: i64,
+}
+
+fn key32(text: &str, what: &str) -> Result<[u8; 32], ApiError> {
+    B64.decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_key",
+                format!("{what} must be a 32-byte Ed25519 public key in standard base64"),
+            )
+        })
+}
+
+fn verifying_key(raw: [u8; 32], what: &str) -> Result<VerifyingKey, ApiError> {
+    VerifyingKey::from_bytes(&raw).map_err(|_| {
+        ApiError::bad_request("bad_key", format!("{what} is not a valid Ed25519 point"))
+    })
+}
+
+/// A device's id: derived from its key, so the same key always names the same device.
+pub fn device_id(public_key: &[u8; 32]) -> String {
+    let h = sha2::Sha256::digest(public_key);
+    let hex: String = h.iter().take(10).map(|b| format!("{b:02x}")).collect();
+    format!("dev_{hex}")
+}
+
+fn new_id(prefix: &str) -> Result<String, ApiError> {
+    let r = random::<16>().map_err(ApiError::internal)?;
+    Ok(format!(
+        "{prefix}_{}",
+        r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+/// `POST /v1/login/challenge`. A challenge is issued for any well-formed request, so
+/// its answer says nothing about which user names exist.
+pub async fn challenge(
+    app: &App,
+    req: wire::ChallengeRequest,
+) -> Result<wire::Challenge, ApiError> {
+    if !wire::valid_name(&req.user) {
+        return Err(ApiError::bad_request(
+            "bad_user",
+            "user names are 1-64 of a-z 0-9 . _ - starting with a letter or digit",
+        ));
+    }
+    key32(&req.device_key, "device_key")?;
+    let t = now();
+    let challenge = B64.encode(random::<32>().map_err(ApiError::internal)?);
+    let expires_at = t + 60;
+    sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
+        .bind(t)
+        .execute(&app.db.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO challenges (challenge, user_name, device_key, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&challenge)
+    .bind(&req.user)
+    .bind(&req.device_key)
+    .bind(expires_at)
+    .execute(&app.db.pool)
+    .await?;
+    Ok(wire::Challenge {
+        challenge,
+        expires_at,
+    })
+}
+
+struct UserRow {
+    password_hash: String,
+    one_time: bool,
+    totp_secret: Option<String>,
+    totp_last_step: i64,
+    admin: bool,
+    disabled: bool,
+    failed: i64,
+    locked_until: i64,
+}
+
+async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
+    let row = sqlx::query(
+        "SELECT password_hash, password_one_time, totp_secret, totp_last_step, admin, disabled, \
+         failed_logins, locked_until FROM users WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(UserRow {
+        password_hash: r.try_get("password_hash")?,
+        one_time: r.try_get::<i64, _>("password_one_time")? != 0,
+        totp_secret: r.try_get("totp_secret")?,
+        totp_last_step: r.try_get("totp_last_step")?,
+        admin: r.try_get::<i64, _>("admin")? != 0,
+        disabled: r.try_get::<i64, _>("disabled")? != 0,
+        failed: r.try_get("failed_logins")?,
+        locked_until: r.try_get("locked_until")?,
+    }))
+}
+
+/// A refused login, audited (and counted against the user when it is a wrong secret).
+async fn refuse_login(app: &App, user: &str, counted: bool, err: ApiError) -> ApiError {
+    if counted {
+        let t = now();
+        let lock_at = app.config.max_failed_logins;
+        let lock_until = t + secs(app.config.lockout);
+        let r = sqlx::query(
+            "UPDATE users SET failed_logins = failed_logins + 1, \
+             locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END \
+             WHERE name = $3",
+        )
+        .bind(lock_at)
+        .bind(lock_until)
+        .bind(user)
+        .execute(&app.db.pool)
+        .await;
+        if let Err(e) = r {
+            return ApiError::from(e);
+        }
+    }
+    if let Err(e) = app
+        .audit("login.failed", json!({"user": user, "reason": err.code}))
+        .await
+    {
+        return e;
+    }
+    err
+}
+
+async fn argon2_verify(password: String, hash: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || secret::verify_password(&password, &hash))
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// A hash no password matches, verified when the user does not exist so that a wrong user
+/// name takes as long as a wrong password.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$bGFzdG1pbGVsYXN0bWlsZQ$Lr0z5R7n4Vx0c7n9m0Q8u3kH1m2b7J0vQ2x9cA1k3nE";
+
+/// `POST /v1/login`.
+pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiError> {
+    let t = now();
+    // The challenge is single use: consumed before anything else is checked.
+    let consumed = sqlx::query(
+        "DELETE FROM challenges WHERE challenge = $1 AND user_name = $2 AND device_key = $3 AND expires_at >= $4",
+    )
+    .bind(&req.challenge)
+    .bind(&req.user)
+    .bind(&req.device.public_key)
+    .bind(t)
+    .execute(&app.db.pool)
+    .await?
+    .rows_affected();
+    if consumed != 1 {
+        return Err(ApiError::unauthorized(
+            "bad_challenge",
+            "the login challenge is unknown, expired, already used, or was issued for another user or device key: ask for a new one",
+        ));
+    }
+    let wrong = || ApiError::unauthorized("bad_credentials", "wrong user name or password");
+    let Some(user) = user_row(app, &req.user).await? else {
+        argon2_verify(req.password.clone(), DUMMY_HASH.into()).await?;
+        return Err(refuse_login(app, &req.user, false, wrong()).await);
+    };
+    if user.disabled {
+        return Err(refuse_login(
+            app,
+            &req.user,
+            false,
+            ApiError::forbidden("user_disabled", "this user is disabled; ask an admin"),
+        )
+        .await);
+    }
+    if user.locked_until > t {
+        return Err(refuse_login(
+            app,
+            &req.user,
+            false,
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "user_locked",
+                format!(
+                    "too many failed logins; this user is locked for {} more seconds",
+                    user.locked_until - t
+                ),
+            ),
+        )
+        .await);
+    }
+    if !argon2_verify(req.password.clone(), user.password_hash.clone()).await? {
+        return Err(refuse_login(app, &req.user, true, wrong()).await);
+    }
+    let mut totp_step = None;
+    if let Some(secret) = &user.totp_secret {
+        let Some(code) = &req.totp else {
+            return Err(refuse_login(
+                app,
+                &req.user,
+                false,
+                ApiError::unauthorized(
+                    "totp_required",
+                    "this user has TOTP: send the current code as `totp`",
+                ),
+            )
+            .await);
+        };
+        match secret::totp_step_matching(secret, code, t) {
+            None => {
+                return Err(refuse_login(
+                    app,
+                    &req.user,
+                    true,
+                    ApiError::unauthorized(
+                        "totp_invalid",
+                        "the TOTP code is wrong (check the device's clock)",
+                    ),
+                )
+                .await);
+            }
+            Some(step) if step <= user.totp_last_step => {
+                return Err(refuse_login(
+                    app,
+                    &req.user,
+                    true,
+                    ApiError::unauthorized(
+                        "totp_replayed",
+                        "this TOTP code was already used: wait for the next one",
+                    ),
+                )
+                .await);
+            }
+            Some(step) => totp_step = Some(step),
+        }
+    }
+    let new_hash = if user.one_time {
+        let Some(new) = &req.new_password else {
+            return Err(ApiError::forbidden(
+                "password_change_required",
+                "this is a one-time password: log in again with `new_password` set to the password you choose",
+            ));
+        };
+        secret::acceptable_password(new)
+            .map_err(|why| ApiError::bad_request("weak_password", why))?;
+        if *new == req.password {
+            return Err(ApiError::bad_request(
+                "weak_password",
+                "the new password must differ from the one-time password",
+            ));
+        }
+        let new = new.clone();
+        Some(
+            tokio::task::spawn_blocking(move || secret::hash_password(&new))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?,
+        )
+    } else {
+        None
+    };
+
+    // The device proof.
+    let device_raw = key32(&req.device.public_key, "device.public_key")?;
+    let device_key = verifying_key(device_raw, "device.public_key")?;
+    let session_raw = key32(&req.session_key, "session_key")?;
+    verifying_key(session_raw, "session_key")?;
+    if session_raw == device_raw {
+        return Err(ApiError::bad_request(
+            "bad_key",
+            "the session key must be a new key, not the device key",
+        ));
+    }
+    if req.device.fingerprint.len() != 64
+        || !req
+            .device
+            .fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(ApiError::bad_request(
+            "bad_fingerprint",
+            "device.fingerprint must be 64 hex digits (SHA-256)",
+        ));
+    }
+    let signature = B64
+        .decode(&req.device.signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b));
+    let message = wire::login_proof_message(
+        &req.user,
+        &req.challenge,
+        &req.session_key,
+        &req.device.fingerprint,
+    );
+    if !signature.is_some_and(|s| device_key.verify_strict(&message, &s).is_ok()) {
+        return Err(refuse_login(
+            app,
+            &req.user,
+            false,
+            ApiError::unauthorized(
+                "bad_device_proof",
+                "the device signature over the login challenge does not verify with device.public_key",
+            ),
+        )
+        .await);
+    }
+
+    let device = device_id(&device_raw);
+    let name = if req.device.name.trim().is_empty() || req.device.name.len() > 128 {
+        device.clone()
+    } else {
+        req.device.name.trim().to_owned()
+    };
+    let known = sqlx::query("SELECT user_name, fingerprint, status FROM devices WHERE id = $1")
+        .bind(&device)
+        .fetch_optional(&app.db.pool)
+        .await?;
+    let mut tx = app.db.pool.begin().await?;
+    match known {
+        Some(row) => {
+            let owner: String = row.try_get("user_name")?;
+            let fingerprint: String = row.try_get("fingerprint")?;
+            let status: String = row.try_get("status")?;
+            if owner != req.user {
+                return Err(refuse_login(
+                    app,
+                    &req.user,
+                    false,
+                    ApiError::forbidden(
+                        "device_other_user",
+                        "this device key is registered to another user; each user makes their own",
+                    ),
+                )
+                .await);
+            }
+            if fingerprint != req.device.fingerprint {
+                return Err(refuse_login(app, &req.user, false, ApiError::forbidden(
+                    "device_fingerprint_mismatch",
+                    "this device key was registered on another machine: a copied device key is refused. Make a new device key on this machine",
+                )).await);
+            }
+            match status.as_str() {
+                "trusted" => {}
+                "pending" => {
+                    return Err(ApiError::forbidden(
+                        "device_pending",
+                        format!(
+                            "device {device} is waiting for an admin's approval (`lastmile-api devices approve {device}`)"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(refuse_login(
+                        app,
+                        &req.user,
+                        false,
+                        ApiError::forbidden(
+                            "device_revoked",
+                            format!("device {device} was revoked; ask an admin"),
+                        ),
+                    )
+                    .await);
+                }
+            }
+            sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+                .bind(t)
+                .bind(&device)
+                .execute(&mut *tx)
+                .await?;
+        }
+        None => {
+            let policy: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("device_policy")?;
+            let status = if policy == "approval" {
+                "pending"
+            } else {
+                "trusted"
+            };
+            sqlx::query(
+                "INSERT INTO devices (id, user_name, public_key, fingerprint, name, status, created_at, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(&device)
+            .bind(&req.user)
+            .bind(&req.device.public_key)
+            .bind(&req.device.fingerprint)
+            .bind(&name)
+            .bind(status)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+            app.audit(
+                "device.register",
+                json!({"user": req.user, "device": device, "fingerprint": req.device.fingerprint, "name": name, "status": status}),
+            )
+            .await?;
+            if status == "pending" {
+                tx.commit().await?;
+                return Err(ApiError::forbidden(
+                    "device_pending",
+                    format!(
+                        "device {device} is registered and waits for an admin's approval (`lastmile-api devices approve {device}`); log in again once approved"
+                    ),
+                ));
+            }
+        }
+    }
+    let session = new_id("ses")?;
+    let session_expires_at = t + secs(app.config.session_ttl);
+    let certificate_expires_at = (t + secs(app.config.certificate_ttl)).min(session_expires_at);
+    let certificate = app
+        .pki
+        .session_certificate(
+            &req.user,
+            &session,
+            &device,
+            session_raw,
+            certificate_expires_at,
+        )
+        .map_err(ApiError::internal)?;
+    sqlx::query(
+        "INSERT INTO sessions (id, user_name, device_id, public_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&session)
+    .bind(&req.user)
+    .bind(&device)
+    .bind(&req.session_key)
+    .bind(t)
+    .bind(session_expires_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE users SET failed_logins = 0, locked_until = 0, \
+         totp_last_step = CASE WHEN $1 > totp_last_step THEN $1 ELSE totp_last_step END, \
+         password_hash = COALESCE($2, password_hash), \
+         password_one_time = CASE WHEN $2 IS NULL THEN password_one_time ELSE 0 END \
+         WHERE name = $3",
+    )
+    .bind(totp_step.unwrap_or(0))
+    .bind(new_hash)
+    .bind(&req.user)
+    .execute(&mut *tx)
+    .await?;
+    app.audit(
+        "login",
+        json!({"user": req.user, "device": device, "session": session, "totp": totp_step.is_some(), "password_changed": user.one_time}),
+    )
+    .await?;
+    app.audit(
+        "session.create",
+        json!({"user": req.user, "device": device, "session": session, "expires_at": session_expires_at}),
+    )
+    .await?;
+    tx.commit().await?;
+    let _ = user.failed;
+    let _ = user.admin;
+    Ok(LoginResponse {
+        user: req.user,
+        device,
+        session,
+        session_expires_at,
+        certificate,
+        certificate_expires_at,
+        ca: app.pki.ca_pem().to_owned(),
+    })
+}
+
+/// Revokes a session (once: a second call finds nothing to do), records why, and wakes
+/// the revocation stream. Returns the revocation, or `None` if it was already revoked or
+/// does not exist.
+pub async fn revoke_session(
+    app: &App,
+    session: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<Option<wire::Revocation>, ApiError> {
+    let t = now();
+    let mut tx = app.db.pool.begin().await?;
+    let row = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL \
+         RETURNING user_name, device_id",
+    )
+    .bind(t)
+    .bind(reason)
+    .bind(session)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let user: String = row.try_get("user_name")?;
+    let device: String = row.try_get("device_id")?;
+    let seq: i64 = sqlx::query(
+        "INSERT INTO revocations (session_id, user_name, device_id, reason, at) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+    )
+    .bind(session)
+    .bind(&user)
+    .bind(&device)
+    .bind(reason)
+    .bind(t)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("seq")?;
+    app.audit(
+        "session.revoke",
+        json!({"session": session, "user": user, "device": device, "reason": reason, "actor": actor}),
+    )
+    .await?;
+    tx.commit().await?;
+    app.revocations.nudge();
+    tracing::info!(session, reason, actor, "session revoked");
+    Ok(Some(wire::Revocation {
+        seq,
+        session: session.to_owned(),
+        user,
+        device,
+        reason: reason.to_owned(),
+        at: t,
+    }))
+}
+
+fn sig_error(e: httpsig::SigError) -> ApiError {
+    let code = match &e {
+        httpsig::SigError::MissingHeader(_) => "signature_missing",
+        httpsig::SigError::DigestMismatch => "body_changed",
+        httpsig::SigError::BadSignature { .. } => "bad_signature",
+        _ => "bad_signature_format",
+    };
+    ApiError::unauthorized(code, e.to_string())
+}
+
+/// Checks a signed call and says who made it.
+pub async fn authenticate(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Caller, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host").ok_or_else(|| {
+        ApiError::bad_request(
+            "no_host",
+            "the request has no Host header, so its target URI cannot be checked",
+        )
+    })?;
+    let target = format!(
+        "https://{host}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let signatures = httpsig::parse(&httpsig::Request {
+        method: method.as_str(),
+        target_uri: &target,
+        body,
+        content_digest: header("content-digest"),
+        signature_input: header("signature-input"),
+        signature: header("signature"),
+    })
+    .map_err(sig_error)?;
+    let find = |label: &str| {
+        signatures.iter().find(|s| s.label == label).ok_or_else(|| {
+            ApiError::unauthorized(
+                "signature_missing",
+                format!(
+                    "the call needs two signatures, `device` and `session`; `{label}` is missing"
+                ),
+            )
+        })
+    };
+    let device_sig = find(httpsig::LABEL_DEVICE)?;
+    let session_sig = find(httpsig::LABEL_SESSION)?;
+    if device_sig.created != session_sig.created || device_sig.nonce != session_sig.nonce {
+        return Err(ApiError::unauthorized(
+            "bad_signature_format",
+            "the device and session signatures must carry the same created time and nonce",
+        ));
+    }
+    let t = now();
+    let window = secs(app.config.signature_window);
+    if (session_sig.created - t).abs() > window {
+        return Err(ApiError::unauthorized(
+            "stale_signature",
+            format!(
+                "the signature was created at {} but the server's clock says {t}: more than {window}s apart. Check this machine's clock",
+                session_sig.created
+            ),
+        ));
+    }
+    if session_sig.nonce.len() < 16 || session_sig.nonce.len() > 128 {
+        return Err(ApiError::unauthorized(
+            "bad_signature_format",
+            "the nonce must be 16-128 characters",
+        ));
+    }
+
+    let row = sqlx::query(
+        "SELECT s.user_name, s.device_id, s.public_key, s.expires_at, s.revoked_at, s.revoke_reason, \
+         u.admin, u.disabled FROM sessions s JOIN users u ON u.name = s.user_name WHERE s.id = $1",
+    )
+    .bind(&session_sig.keyid)
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let Some(row) = row else {
+        return Err(ApiError::unauthorized(
+            "unknown_session",
+            "no such session: run `lastmile login`",
+        ));
+    };
+    let user: String = row.try_get("user_name")?;
+    let bound_device: String = row.try_get("device_id")?;
+    let session_key: String = row.try_get("public_key")?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+    let reason: Option<String> = row.try_get("revoke_reason")?;
+    if revoked_at.is_some() {
+        return Err(ApiError::unauthorized(
+            "session_revoked",
+            format!(
+                "this session was revoked ({}): run `lastmile login`",
+                reason.unwrap_or_default()
+            ),
+        ));
+    }
+    if expires_at <= t {
+        return Err(ApiError::unauthorized(
+            "session_expired",
+            "this session has expired: run `lastmile login`",
+        ));
+    }
+    let key = verifying_key(key32(&session_key, "session key")?, "session key")?;
+    session_sig.verify(&key).map_err(sig_error)?;
+    if device_sig.keyid != bound_device {
+        // The session key is in use on a device it was not issued to: treat it as
+        // stolen.
+        revoke_session(
+            app,
+            &session_sig.keyid,
+            &format!("presented from another device ({})", device_sig.keyid),
+            "api",
+        )
+        .await?;
+        return Err(ApiError::unauthorized(
+            "session_device_mismatch",
+            "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
+        ));
+    }
+    let device = sqlx::query("SELECT public_key, status FROM devices WHERE id = $1")
+        .bind(&bound_device)
+        .fetch_optional(&app.db.pool)
+        .await?
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "unknown_device",
+                "the session's device no longer exists: run `lastmile login`",
+            )
+        })?;
+    let status: String = device.try_get("status")?;
+    if status != "trusted" {
+        return Err(ApiError::forbidden(
+            "device_not_trusted",
+            format!("device {bound_device} is {status}"),
+        ));
+    }
+    let dkey: String = device.try_get("public_key")?;
+    device_sig
+        .verify(&verifying_key(key32(&dkey, "device key")?, "device key")?)
+        .map_err(sig_error)?;
+    if row.try_get::<i64, _>("disabled")? != 0 {
+        return Err(ApiError::forbidden(
+            "user_disabled",
+            "this user is disabled; ask an admin",
+        ));
+    }
+    // Last, so that only a fully valid call spends its nonce. A nonce is kept until its
+    // signature could no longer pass the time check.
+    let fresh = sqlx::query(
+        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(&session_sig.keyid)
+    .bind(&session_sig.nonce)
+    .bind(session_sig.created + window + 1)
+    .execute(&app.db.pool)
+    .await?
+    .rows_affected();
+    if fresh != 1 {
+        return Err(ApiError::unauthorized(
+            "replayed_nonce",
+            "this nonce was already used: the request is a replay (sign every request with a new nonce)",
+        ));
+    }
+    Ok(Caller {
+        admin: row.try_get::<i64, _>("admin")? != 0,
+        user,
+        session: session_sig.keyid.clone(),
+        device: bound_device,
+        session_expires_at: expires_at,
+    })
+}
+
+/// Forgets nonces that can no longer pass the time check, every minute.
+pub async fn prune_nonces(app: Arc<App>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
+            .bind(now())
+            .execute(&app.db.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "pruning nonces failed");
+        }
+    }
+}
+
+/// `POST /v1/session/refresh`: a new certificate for the caller's session key.
+pub async fn refresh(app: &App, caller: &Caller) -> Result<wire::Refreshed, ApiError> {
+    let key: String = sqlx::query("SELECT public_key FROM sessions WHERE id = $1")
+        .bind(&caller.session)
+        .fetch_one(&app.db.pool)
+        .await?
+        .try_get("public_key")?;
+    let raw = key32(&key, "session key")?;
+    let expires = (now() + secs(app.config.certificate_ttl)).min(caller.session_expires_at);
+    let certificate = app
+        .pki
+        .session_certificate(&caller.user, &caller.session, &caller.device, raw, expires)
+        .map_err(ApiError::internal)?;
+    Ok(wire::Refreshed {
+        certificate,
+        certificate_expires_at: expires,
+    })
+}
+
+/// Whether an organisation has been set up in this database.
+pub async fn device_policy(app: &App) -> Result<DevicePolicy, ApiError> {
+    let p: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
+        .fetch_one(&app.db.pool)
+        .await?
+        .try_get("device_policy")?;
+    Ok(if p == "approval" {
+        DevicePolicy::Approval
+    } else {
+        DevicePolicy::Tofu
+    })
+}
+
+pub fn status_name(s: DeviceStatus) -> &'static str {
+    match s {
+        DeviceStatus::Trusted => "trusted",
+        DeviceStatus::Pending => "pending",
+        DeviceStatus::Revoked => "revoked",
+    }
+}

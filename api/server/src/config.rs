@@ -1,0 +1,145 @@
+//! `lastmile-api`'s configuration file (TOML, one `[api]` table). Every field has a
+//! default, so `lastmile-api init` and `serve` work with no file at all.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    api: ApiConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTPS listener. Default 127.0.0.1:8443.
+    pub listen: SocketAddr,
+    /// Keys, the SQLite database and the audit file. Default /var/lib/lastmile-api.
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH` or `postgres://…`. Default: `sqlite:<data_dir>/api.db`.
+    pub database: Option<String>,
+    /// Names and addresses the API's TLS certificate covers (used at init).
+    pub names: Vec<String>,
+    /// How long a login lasts. Default 12h.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// How long a session's client certificate lasts; refresh before it ends. Default 1h.
+    #[serde(with = "humantime_serde")]
+    pub certificate_ttl: Duration,
+    /// How long a gateway certificate lasts; the gateway renews it. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub gateway_certificate_ttl: Duration,
+    /// How far a signature's `created` may be from the server's clock. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub signature_window: Duration,
+    /// Largest request body accepted. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// Failed logins before a user is locked for `lockout`. Default 10.
+    pub max_failed_logins: i64,
+    /// Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub lockout: Duration,
+    /// Audit events (admin changes, logins, sessions, devices). JSON lines appended to
+    /// `<data_dir>/audit.jsonl`, and wherever this section adds.
+    pub audit: lastmile_audit_sink::SinkConfig,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("/var/lib/lastmile-api"),
+            database: None,
+            names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            session_ttl: Duration::from_secs(12 * 3600),
+            certificate_ttl: Duration::from_secs(3600),
+            gateway_certificate_ttl: Duration::from_secs(24 * 3600),
+            signature_window: Duration::from_secs(30),
+            max_body_bytes: 64 * 1024,
+            max_failed_logins: 10,
+            lockout: Duration::from_secs(300),
+            audit: lastmile_audit_sink::SinkConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid lastmile-api config: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+}
+
+impl ApiConfig {
+    /// Reads `path`, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let c = file.api;
+        let invalid = |why: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            why: why.to_owned(),
+        };
+        if c.certificate_ttl > c.session_ttl {
+            return Err(invalid("certificate_ttl must not exceed session_ttl"));
+        }
+        if c.signature_window < Duration::from_secs(1)
+            || c.signature_window > Duration::from_secs(600)
+        {
+            return Err(invalid("signature_window must be between 1s and 10m"));
+        }
+        if c.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes must be at least 1024"));
+        }
+        Ok(c)
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("api.db").display()
+            )
+        })
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    pub fn audit_file(&self) -> PathBuf {
+        self.data_dir.join("audit.jsonl")
+    }
+}
+
+/// Seconds in `d`, as the store keeps times.
+pub fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,228 @@
+//! Gateway identities: an admin makes a one-time enrollment token; the gateway makes its
+//! own key, sends a CSR with the token, and gets a short-lived certificate; before it
+//! ends, the gateway renews over mutual TLS with the certificate it still holds.
+
+use lastmile_proto::wire::{Gateway, GatewayCertificate, GatewayToken, NewGatewayToken};
+use serde_json::json;
+use sha2::Digest as _;
+use sqlx::Row as _;
+
+use crate::{app::App, config::secs, db::now, error::ApiError, pki::random};
+
+fn token_hash(token: &str) -> String {
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Makes a one-time enrollment token. Only its hash is stored.
+pub async fn new_token(
+    app: &App,
+    actor: &str,
+    req: NewGatewayToken,
+) -> Result<GatewayToken, ApiError> {
+    if !lastmile_proto::wire::valid_name(&req.name) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "gateway names are 1-64 of a-z 0-9 . _ - starting with a letter or digit",
+        ));
+    }
+    for a in &req.addresses {
+        let ok = a.parse::<std::net::IpAddr>().is_ok()
+            || (!a.is_empty()
+                && a.len() <= 253
+                && a.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !ok {
+            return Err(ApiError::bad_request(
+                "bad_address",
+                format!("`{a}` is neither a DNS name nor an IP address"),
+            ));
+        }
+    }
+    let ttl = req.ttl.unwrap_or(3600);
+    if !(60..=7 * 86_400).contains(&ttl) {
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            "ttl must be between 60 seconds and 7 days",
+        ));
+    }
+    let token = format!(
+        "lmgw_{}",
+        random::<24>()
+            .map_err(ApiError::internal)?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let expires_at = now() + ttl;
+    let mut tx = app.db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO gateway_tokens (token_hash, name, addresses, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token_hash(&token))
+    .bind(&req.name)
+    .bind(serde_json::to_string(&req.addresses).map_err(ApiError::internal)?)
+    .bind(expires_at)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    app.audit(
+        "gateway.change",
+        json!({"actor": actor, "gateway": req.name, "change": "enrollment token", "addresses": req.addresses, "expires_at": expires_at}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(GatewayToken {
+        name: req.name,
+        token,
+        expires_at,
+    })
+}
+
+async fn issue(
+    app: &App,
+    name: &str,
+    addresses: &[String],
+    csr: &str,
+) -> Result<GatewayCertificate, ApiError> {
+    let expires_at = now() + secs(app.config.gateway_certificate_ttl);
+    let certificate = app
+        .pki
+        .gateway_certificate(name, addresses, csr, expires_at)
+        .map_err(|e| match e {
+            crate::pki::PkiError::BadCsr(why) => ApiError::bad_request("bad_csr", why),
+            e => ApiError::internal(e),
+        })?;
+    Ok(GatewayCertificate {
+        name: name.to_owned(),
+        certificate,
+        ca: app.pki.ca_pem().to_owned(),
+        expires_at,
+    })
+}
+
+/// `POST /v1/gateways/enroll`: spends the token (once) and certifies the CSR's key.
+pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertificate, ApiError> {
+    let t = now();
+    let mut tx = app.db.pool.begin().await?;
+    let row = sqlx::query(
+        "UPDATE gateway_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+         RETURNING name, addresses",
+    )
+    .bind(t)
+    .bind(token_hash(token))
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| {
+        ApiError::unauthorized("bad_token", "this enrollment token is unknown, expired or already used: ask an admin for a new one (`lastmile-api gateways token NAME`)")
+    })?;
+    let name: String = row.try_get("name")?;
+    let addresses: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("addresses")?)
+        .map_err(ApiError::internal)?;
+    let cert = issue(app, &name, &addresses, csr).await?;
+    sqlx::query(
+        "INSERT INTO gateways (name, addresses, cert_expires_at, enrolled_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET addresses = $2, cert_expires_at = $3, enrolled_at = $4, revoked_at = NULL",
+    )
+    .bind(&name)
+    .bind(serde_json::to_string(&addresses).map_err(ApiError::internal)?)
+    .bind(cert.expires_at)
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    app.audit("gateway.change", json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "enroll", "expires_at": cert.expires_at}))
+        .await?;
+    tx.commit().await?;
+    Ok(cert)
+}
+
+/// `POST /v1/gateways/renew`: the caller proved (mutual TLS) it holds a valid
+/// certificate for `name`.
+pub async fn renew(app: &App, name: &str, csr: &str) -> Result<GatewayCertificate, ApiError> {
+    let mut tx = app.db.pool.begin().await?;
+    let row = sqlx::query("SELECT addresses, revoked_at FROM gateways WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "unknown_gateway",
+                format!("gateway `{name}` is not enrolled"),
+            )
+        })?;
+    if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+        return Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!("gateway `{name}` was revoked; enroll it again with a new token"),
+        ));
+    }
+    let addresses: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("addresses")?)
+        .map_err(ApiError::internal)?;
+    let cert = issue(app, name, &addresses, csr).await?;
+    sqlx::query("UPDATE gateways SET cert_expires_at = $1 WHERE name = $2")
+        .bind(cert.expires_at)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    app.audit("gateway.change", json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "renew", "expires_at": cert.expires_at}))
+        .await?;
+    tx.commit().await?;
+    Ok(cert)
+}
+
+/// Whether `name` is an enrolled, unrevoked gateway.
+pub async fn is_active(app: &App, name: &str) -> Result<bool, ApiError> {
+    Ok(
+        sqlx::query("SELECT COUNT(*) AS n FROM gateways WHERE name = $1 AND revoked_at IS NULL")
+            .bind(name)
+            .fetch_one(&app.db.pool)
+            .await?
+            .try_get::<i64, _>("n")?
+            == 1,
+    )
+}
+
+pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> {
+    let mut tx = app.db.pool.begin().await?;
+    let n =
+        sqlx::query("UPDATE gateways SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
+            .bind(now())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    if n != 1 {
+        return Err(ApiError::not_found(
+            "no_such_gateway",
+            format!("there is no active gateway `{name}`"),
+        ));
+    }
+    app.audit(
+        "gateway.change",
+        json!({"actor": actor, "gateway": name, "change": "revoke"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn list(app: &App) -> Result<Vec<Gateway>, ApiError> {
+    sqlx::query("SELECT name, addresses, cert_expires_at, enrolled_at FROM gateways WHERE revoked_at IS NULL ORDER BY name")
+        .fetch_all(&app.db.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Gateway {
+                name: r.try_get("name")?,
+                addresses: serde_json::from_str(&r.try_get::<String, _>("addresses")?).map_err(ApiError::internal)?,
+                certificate_expires_at: r.try_get("cert_expires_at")?,
+                enrolled_at: r.try_get("enrolled_at")?,
+            })
+        })
+        .collect()
+}

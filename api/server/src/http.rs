@@ -1,0 +1,562 @@
+//! The HTTPS front: TLS 1.3 with an optional client certificate (gateways present theirs;
+//! users sign their calls instead), the routes, and the revocation stream.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Extension, Json, Router,
+    body::Bytes,
+    extract::{FromRequest, Path, Query, Request, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{delete, get, post, put},
+};
+use lastmile_proto::wire::{
+    self, DevicePolicy, DeviceStatus, Me, NewGatewayToken, NewGrant, NewUser, Resource, uri,
+};
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::WebPkiClientVerifier,
+};
+use serde::Deserialize;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::{
+    admin::{self, UserChange},
+    app::App,
+    auth::{self, Caller},
+    error::{ApiError, json},
+    gateways,
+    revocation::Feed,
+};
+
+/// Every route, as the OpenAPI document must list it (a test checks both ways).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/openapi.json"),
+    ("get", "/v1/health"),
+    ("get", "/v1/ca"),
+    ("post", "/v1/login/challenge"),
+    ("post", "/v1/login"),
+    ("post", "/v1/session/refresh"),
+    ("post", "/v1/logout"),
+    ("get", "/v1/me"),
+    ("get", "/v1/resources"),
+    ("get", "/v1/revocations"),
+    ("post", "/v1/gateways/enroll"),
+    ("post", "/v1/gateways/renew"),
+    ("get", "/v1/admin/users"),
+    ("post", "/v1/admin/users"),
+    ("delete", "/v1/admin/users/{name}"),
+    ("post", "/v1/admin/users/{name}/{action}"),
+    ("get", "/v1/admin/resources"),
+    ("put", "/v1/admin/resources/{name}"),
+    ("delete", "/v1/admin/resources/{name}"),
+    ("get", "/v1/admin/grants"),
+    ("post", "/v1/admin/grants"),
+    ("delete", "/v1/admin/grants/{id}"),
+    ("get", "/v1/admin/devices"),
+    ("post", "/v1/admin/devices/{id}/{action}"),
+    ("get", "/v1/admin/sessions"),
+    ("post", "/v1/admin/sessions/{id}/revoke"),
+    ("get", "/v1/admin/gateways"),
+    ("post", "/v1/admin/gateways/tokens"),
+    ("delete", "/v1/admin/gateways/{name}"),
+    ("put", "/v1/admin/org/device-policy"),
+];
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The gateway a connection's client certificate names, if it presented one.
+#[derive(Debug, Clone)]
+pub struct Peer(pub Option<String>);
+
+/// A signed call's caller and body.
+#[derive(Debug)]
+pub struct Signed {
+    pub caller: Caller,
+    pub body: Bytes,
+}
+
+async fn read_body(
+    req: Request,
+    limit: usize,
+) -> Result<(axum::http::request::Parts, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than this API accepts ({limit} bytes)"),
+        )
+    })?;
+    Ok((parts, bytes))
+}
+
+impl FromRequest<Arc<App>> for Signed {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let (parts, body) = read_body(req, app.config.max_body_bytes).await?;
+        let caller =
+            auth::authenticate(app, &parts.method, &parts.uri, &parts.headers, &body).await?;
+        Ok(Self { caller, body })
+    }
+}
+
+/// An unsigned call's body, size-limited, with a JSON error when it is too large.
+#[derive(Debug)]
+pub struct Body(pub Bytes);
+
+impl FromRequest<Arc<App>> for Body {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        Ok(Self(read_body(req, app.config.max_body_bytes).await?.1))
+    }
+}
+
+fn admin_only(c: &Caller) -> Result<String, ApiError> {
+    if c.admin {
+        Ok(format!("user:{}", c.user))
+    } else {
+        Err(ApiError::forbidden("not_admin", "this call needs an admin"))
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn ok<T: serde::Serialize>(v: T) -> Reply {
+    Ok(Json(v).into_response())
+}
+
+fn done() -> Reply {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub fn routes(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/v1/ca", get(ca))
+        .route("/v1/login/challenge", post(login_challenge))
+        .route("/v1/login", post(login))
+        .route("/v1/session/refresh", post(refresh))
+        .route("/v1/logout", post(logout))
+        .route("/v1/me", get(me))
+        .route("/v1/resources", get(my_resources))
+        .route("/v1/revocations", get(revocations))
+        .route("/v1/gateways/enroll", post(enroll))
+        .route("/v1/gateways/renew", post(renew))
+        .route("/v1/admin/users", get(users).post(add_user))
+        .route("/v1/admin/users/{name}", delete(delete_user))
+        .route("/v1/admin/users/{name}/{action}", post(user_action))
+        .route("/v1/admin/resources", get(resources))
+        .route(
+            "/v1/admin/resources/{name}",
+            put(put_resource).delete(delete_resource),
+        )
+        .route("/v1/admin/grants", get(grants).post(add_grant))
+        .route("/v1/admin/grants/{id}", delete(revoke_grant))
+        .route("/v1/admin/devices", get(devices))
+        .route("/v1/admin/devices/{id}/{action}", post(device_action))
+        .route("/v1/admin/sessions", get(sessions))
+        .route("/v1/admin/sessions/{id}/revoke", post(revoke_session))
+        .route("/v1/admin/gateways", get(list_gateways))
+        .route("/v1/admin/gateways/tokens", post(gateway_token))
+        .route("/v1/admin/gateways/{name}", delete(revoke_gateway))
+        .route("/v1/admin/org/device-policy", put(device_policy))
+        .fallback(|| async {
+            ApiError::not_found(
+                "no_such_endpoint",
+                "no such endpoint; the API is described at /openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /openapi.json",
+            )
+        })
+        .with_state(app)
+}
+
+async fn ca(State(app): State<Arc<App>>) -> Json<wire::CaBundle> {
+    Json(app.pki.bundle())
+}
+
+async fn login_challenge(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
+    ok(auth::challenge(&app, json(&b)?).await?)
+}
+
+async fn login(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
+    ok(auth::login(&app, json(&b)?).await?)
+}
+
+async fn refresh(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    ok(auth::refresh(&app, &s.caller).await?)
+}
+
+async fn logout(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    auth::revoke_session(
+        &app,
+        &s.caller.session,
+        "logout",
+        &format!("user:{}", s.caller.user),
+    )
+    .await?;
+    done()
+}
+
+async fn me(s: Signed) -> Reply {
+    let c = s.caller;
+    ok(Me {
+        user: c.user,
+        admin: c.admin,
+        device: c.device,
+        session: c.session,
+        session_expires_at: c.session_expires_at,
+    })
+}
+
+async fn my_resources(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    ok(admin::resources_for(&app, &s.caller.user).await?)
+}
+
+#[derive(Debug, Deserialize)]
+struct Since {
+    since: Option<i64>,
+}
+
+/// `GET /v1/revocations`: server-sent events, one `revoke` event per revocation, its id
+/// the revocation's `seq`. A gateway (client certificate) sees every revocation; a user's
+/// agent (signed call) sees its own user's; an admin sees all.
+async fn revocations(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Since>,
+    req: Request,
+) -> Reply {
+    let visible: Box<dyn Fn(&wire::Revocation) -> bool + Send + Sync> = match &peer.0 {
+        Some(gw) if gateways::is_active(&app, gw).await? => Box::new(|_| true),
+        _ => {
+            let s = Signed::from_request(req, &app).await?;
+            if s.caller.admin {
+                Box::new(|_| true)
+            } else {
+                let user = s.caller.user;
+                Box::new(move |r| r.user == user)
+            }
+        }
+    };
+    let since = q.since.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    });
+    let feed = Feed::start(app.db.clone(), &app.revocations, since, visible).await?;
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let r = feed.next().await?;
+        let event = Event::default()
+            .event("revoke")
+            .id(r.seq.to_string())
+            .json_data(&r)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable revocation"));
+        Some((Ok::<_, Infallible>(event), feed))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn enroll(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
+    let e: wire::Enroll = json(&b)?;
+    ok(gateways::enroll(&app, &e.token, &e.csr).await?)
+}
+
+async fn renew(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Body(b): Body,
+) -> Reply {
+    let Some(name) = peer.0 else {
+        return Err(ApiError::unauthorized(
+            "gateway_certificate_required",
+            "renewal needs the gateway's current certificate as the TLS client certificate",
+        ));
+    };
+    let r: wire::Renew = json(&b)?;
+    ok(gateways::renew(&app, &name, &r.csr).await?)
+}
+
+async fn users(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(admin::list_users(&app).await?)
+}
+
+async fn add_user(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let u: NewUser = json(&s.body)?;
+    ok(admin::add_user(&app, &actor, u).await?)
+}
+
+async fn delete_user(State(app): State<Arc<App>>, Path(name): Path<String>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    admin::change_user(&app, &actor, &name, UserChange::Delete).await?;
+    done()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GroupBody {
+    group: String,
+}
+
+async fn user_action(
+    State(app): State<Arc<App>>,
+    Path((name, action)): Path<(String, String)>,
+    s: Signed,
+) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let change = match action.as_str() {
+        "disable" => UserChange::Disable,
+        "enable" => UserChange::Enable,
+        "make-admin" => UserChange::Admin(true),
+        "drop-admin" => UserChange::Admin(false),
+        "join" => UserChange::JoinGroup(json::<GroupBody>(&s.body)?.group),
+        "leave" => UserChange::LeaveGroup(json::<GroupBody>(&s.body)?.group),
+        "reset-password" => return ok(admin::reset_password(&app, &actor, &name).await?),
+        "totp-on" => {
+            return ok(
+                serde_json::json!({"otpauth": admin::set_totp(&app, &actor, &name, true).await?}),
+            );
+        }
+        "totp-off" => {
+            admin::set_totp(&app, &actor, &name, false).await?;
+            return done();
+        }
+        other => {
+            return Err(ApiError::not_found(
+                "no_such_action",
+                format!(
+                    "`{other}` is not a user action: disable, enable, make-admin, drop-admin, join, leave, reset-password, totp-on, totp-off"
+                ),
+            ));
+        }
+    };
+    admin::change_user(&app, &actor, &name, change).await?;
+    done()
+}
+
+async fn resources(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(admin::list_resources(&app).await?)
+}
+
+async fn put_resource(State(app): State<Arc<App>>, Path(name): Path<String>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let r: Resource = json(&s.body)?;
+    if r.name != name {
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            format!("the body names `{}` but the path names `{name}`", r.name),
+        ));
+    }
+    admin::put_resource(&app, &actor, r).await?;
+    done()
+}
+
+async fn delete_resource(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    s: Signed,
+) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    admin::delete_resource(&app, &actor, &name).await?;
+    done()
+}
+
+async fn grants(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(admin::list_grants(&app).await?)
+}
+
+async fn add_grant(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let g: NewGrant = json(&s.body)?;
+    ok(admin::add_grant(&app, &actor, g).await?)
+}
+
+async fn revoke_grant(State(app): State<Arc<App>>, Path(id): Path<String>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    admin::revoke_grant(&app, &actor, &id).await?;
+    done()
+}
+
+async fn devices(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(admin::list_devices(&app, None).await?)
+}
+
+async fn device_action(
+    State(app): State<Arc<App>>,
+    Path((id, action)): Path<(String, String)>,
+    s: Signed,
+) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let status = match action.as_str() {
+        "approve" => DeviceStatus::Trusted,
+        "revoke" => DeviceStatus::Revoked,
+        other => {
+            return Err(ApiError::not_found(
+                "no_such_action",
+                format!("`{other}` is not a device action: approve, revoke"),
+            ));
+        }
+    };
+    admin::set_device_status(&app, &actor, &id, status).await?;
+    done()
+}
+
+async fn sessions(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(admin::list_sessions(&app, false).await?)
+}
+
+async fn revoke_session(State(app): State<Arc<App>>, Path(id): Path<String>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    ok(admin::revoke(&app, &actor, &id, None).await?)
+}
+
+async fn list_gateways(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(gateways::list(&app).await?)
+}
+
+async fn gateway_token(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let t: NewGatewayToken = json(&s.body)?;
+    ok(gateways::new_token(&app, &actor, t).await?)
+}
+
+async fn revoke_gateway(State(app): State<Arc<App>>, Path(name): Path<String>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    gateways::revoke(&app, &actor, &name).await?;
+    done()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    device_policy: DevicePolicy,
+}
+
+async fn device_policy(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    let actor = admin_only(&s.caller)?;
+    let p: PolicyBody = json(&s.body)?;
+    admin::set_device_policy(&app, &actor, p.device_policy).await?;
+    done()
+}
+
+fn tls_config(app: &App) -> anyhow::Result<ServerConfig> {
+    use anyhow::Context as _;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(app.pki.tls_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("the API's TLS certificate is not PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(app.pki.tls_key_pem.as_bytes())
+        .context("the API's TLS key is not PEM")?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(app.pki.ca_pem().as_bytes()) {
+        roots.add(ca.context("the organisation CA is not PEM")?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Users authenticate by signing each call; gateways by their certificate. So a client
+    // certificate is optional, and when one is presented it must chain to the
+    // organisation's CA and be in date, or the handshake fails.
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .context("building the client certificate verifier")?;
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("the API's TLS certificate and key do not match")
+}
+
+/// The gateway named by a verified client certificate's URI SAN.
+fn gateway_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => uri::gateway_name(u).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// Serves until the process ends.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&app)?));
+    tokio::spawn(app.revocations_tail());
+    tokio::spawn(auth::prune_nonces(app.clone()));
+    info!(listen = %listener.local_addr()?, "serving");
+    let mut conn_id: u64 = 0;
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        conn_id += 1;
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let span = info_span!("conn", id = conn_id, %addr);
+        tokio::spawn(
+            async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return warn!(error = %e, "TLS handshake refused"),
+                    Err(_) => return warn!("TLS handshake timed out"),
+                };
+                let peer = Peer(
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(gateway_of),
+                );
+                let service = hyper_util::service::TowerToHyperService::new(
+                    routes(app).layer(Extension(peer)),
+                );
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await
+                {
+                    warn!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,652 @@
+//! `lastmile-api`: set up an organisation, serve the API, and administer it locally.
+//!
+//! The administrative commands work on the configured database directly (as the service
+//! user, on the API's host), through the same checked and audited code as the HTTP admin
+//! endpoints; a running API sees their effects at once, revocations included.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use lastmile_api::{
+    ApiConfig, App,
+    admin::{self, UserChange},
+    gateways,
+};
+use lastmile_proto::wire::{
+    DevicePolicy, DeviceStatus, NewGatewayToken, NewGrant, NewUser, Resource, ResourceKind,
+    Subject, UpstreamTls,
+};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "lastmile-api", version, about = "lastmile's control plane")]
+struct Cli {
+    /// Configuration file (TOML, an [api] table); without one, the defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the organisation: CAs, the API's TLS certificate, the database, and the
+    /// first admin, whose one-time password is printed once.
+    Init {
+        /// The organisation's name.
+        #[arg(long, default_value = "lastmile")]
+        org: String,
+        /// The first admin's user name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// Serve the API.
+    Serve,
+    /// Users and groups.
+    #[command(subcommand)]
+    Users(Users),
+    /// What users can reach.
+    #[command(subcommand)]
+    Resources(Resources),
+    /// Who may reach what.
+    #[command(subcommand)]
+    Grants(Grants),
+    /// Users' devices.
+    #[command(subcommand)]
+    Devices(Devices),
+    /// Login sessions.
+    #[command(subcommand)]
+    Sessions(Sessions),
+    /// Gateways and their enrollment tokens.
+    #[command(subcommand)]
+    Gateways(Gateways),
+    /// Organisation settings.
+    #[command(subcommand)]
+    Org(Org),
+}
+
+#[derive(Debug, Subcommand)]
+enum Users {
+    List,
+    /// Add a user; prints a one-time password they change at first login.
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    MakeAdmin {
+        name: String,
+    },
+    DropAdmin {
+        name: String,
+    },
+    Join {
+        name: String,
+        group: String,
+    },
+    Leave {
+        name: String,
+        group: String,
+    },
+    /// A new one-time password.
+    ResetPassword {
+        name: String,
+    },
+    /// Turn TOTP on (prints the otpauth:// URI once) or off.
+    Totp {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Postgres,
+    Ssh,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Tls {
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Subcommand)]
+enum Resources {
+    List,
+    /// Create or replace a resource.
+    Put {
+        name: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        port: u16,
+        /// Addresses nodes redirect: ADDR:PORT, [ADDR6]:PORT, PREFIX/LEN:PORT.
+        #[arg(long)]
+        protect: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Tls::Require)]
+        upstream_tls: Tls,
+        #[arg(long)]
+        credential: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Grants {
+    List,
+    Add {
+        resource: String,
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        user: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// How long the grant lasts (e.g. 8h, 30d); forever without.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Devices {
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    Approve {
+        id: String,
+    },
+    /// Revoke a device and end its sessions.
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Sessions {
+    List {
+        /// Include ended sessions.
+        #[arg(long)]
+        all: bool,
+    },
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Gateways {
+    List,
+    /// A one-time enrollment token for a gateway.
+    Token {
+        name: String,
+        /// DNS names and addresses the gateway serves on.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        ttl: Duration,
+    },
+    Revoke {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Org {
+    /// How unknown devices are treated: trusted on first use, or pending approval.
+    DevicePolicy {
+        #[arg(value_parser = ["tofu", "approval"])]
+        policy: String,
+    },
+}
+
+fn print<T: Serialize>(
+    output: Output,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Text => {
+            let t = text(value);
+            if !t.is_empty() {
+                println!("{t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn when(t: i64) -> String {
+    u64::try_from(t)
+        .ok()
+        .map(|s| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+                .to_string()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn actor() -> String {
+    let uid = nix_uid();
+    let name = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_default();
+    format!("cli:{name}(uid={uid})")
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = ApiConfig::load(cli.config.as_deref())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli, config))
+}
+
+async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
+    let out = cli.output;
+    if let Command::Init { org, admin } = &cli.command {
+        return init(config, org, admin, out).await;
+    }
+    let app = App::open(config)
+        .await
+        .context("opening the organisation")?;
+    let who = actor();
+    match cli.command {
+        Command::Init { .. } => unreachable_init(),
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(app.config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", app.config.listen))?;
+            lastmile_api::http::serve(app, listener).await
+        }
+        Command::Users(u) => {
+            let change = match u {
+                Users::List => {
+                    return print(out, &admin::list_users(&app).await?, |us| {
+                        us.iter()
+                            .map(|u| {
+                                format!(
+                                    "{:<20} {}{}{}{}",
+                                    u.name,
+                                    if u.admin { "admin " } else { "" },
+                                    if u.disabled { "disabled " } else { "" },
+                                    if u.totp { "totp " } else { "" },
+                                    if u.groups.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!("groups={}", u.groups.join(","))
+                                    }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+                Users::Add {
+                    name,
+                    admin: a,
+                    groups,
+                } => {
+                    let otp = admin::add_user(
+                        &app,
+                        &who,
+                        NewUser {
+                            name,
+                            admin: a,
+                            groups,
+                        },
+                    )
+                    .await?;
+                    return print(out, &otp, |o| {
+                        format!(
+                            "user {} created; one-time password (shown once): {}",
+                            o.user, o.one_time_password
+                        )
+                    });
+                }
+                Users::ResetPassword { name } => {
+                    let otp = admin::reset_password(&app, &who, &name).await?;
+                    return print(out, &otp, |o| {
+                        format!(
+                            "one-time password for {} (shown once): {}",
+                            o.user, o.one_time_password
+                        )
+                    });
+                }
+                Users::Totp { name, state } => {
+                    let uri = admin::set_totp(&app, &who, &name, state == "on").await?;
+                    return print(
+                        out,
+                        &serde_json::json!({"user": name, "otpauth": uri}),
+                        |_| match &uri {
+                            Some(u) => format!(
+                                "TOTP on for {name}; add this to an authenticator (shown once):\n{u}"
+                            ),
+                            None => format!("TOTP off for {name}"),
+                        },
+                    );
+                }
+                Users::Disable { name } => (name, UserChange::Disable),
+                Users::Enable { name } => (name, UserChange::Enable),
+                Users::Delete { name } => (name, UserChange::Delete),
+                Users::MakeAdmin { name } => (name, UserChange::Admin(true)),
+                Users::DropAdmin { name } => (name, UserChange::Admin(false)),
+                Users::Join { name, group } => (name, UserChange::JoinGroup(group)),
+                Users::Leave { name, group } => (name, UserChange::LeaveGroup(group)),
+            };
+            admin::change_user(&app, &who, &change.0, change.1).await?;
+            print(out, &serde_json::json!({"ok": true}), |_| String::new())
+        }
+        Command::Resources(r) => match r {
+            Resources::List => print(out, &admin::list_resources(&app).await?, |rs| {
+                rs.iter()
+                    .map(|r| {
+                        format!(
+                            "{:<20} {:?} {}:{} protect=[{}]",
+                            r.name,
+                            r.kind,
+                            r.host,
+                            r.port,
+                            r.protect.join(", ")
+                        )
+                        .to_lowercase()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            Resources::Put {
+                name,
+                kind,
+                host,
+                port,
+                protect,
+                upstream_tls,
+                credential,
+            } => {
+                let r = Resource {
+                    name,
+                    kind: match kind {
+                        Kind::Postgres => ResourceKind::Postgres,
+                        Kind::Ssh => ResourceKind::Ssh,
+                        Kind::Tcp => ResourceKind::Tcp,
+                    },
+                    host,
+                    port,
+                    protect,
+                    upstream_tls: match upstream_tls {
+                        Tls::Disable => UpstreamTls::Disable,
+                        Tls::Require => UpstreamTls::Require,
+                        Tls::VerifyFull => UpstreamTls::VerifyFull,
+                    },
+                    credential,
+                };
+                admin::put_resource(&app, &who, r.clone()).await?;
+                print(out, &r, |r| format!("resource {} saved", r.name))
+            }
+            Resources::Delete { name } => {
+                admin::delete_resource(&app, &who, &name).await?;
+                print(out, &serde_json::json!({"ok": true}), |_| {
+                    format!("resource {name} deleted")
+                })
+            }
+        },
+        Command::Grants(g) => match g {
+            Grants::List => print(out, &admin::list_grants(&app).await?, |gs| {
+                gs.iter()
+                    .map(|g| {
+                        format!(
+                            "{} {:<20} {:?}{}",
+                            g.id,
+                            g.resource,
+                            g.subject,
+                            g.expires_at
+                                .map(|e| format!(" until {}", when(e)))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            Grants::Add {
+                resource,
+                user,
+                group,
+                expires_in,
+            } => {
+                let subject = match (user, group) {
+                    (Some(u), None) => Subject::User(u),
+                    (None, Some(g)) => Subject::Group(g),
+                    _ => bail!("give exactly one of --user or --group"),
+                };
+                let expires_at =
+                    expires_in.map(|d| lastmile_api::db::now() + lastmile_api::config::secs(d));
+                let g = admin::add_grant(
+                    &app,
+                    &who,
+                    NewGrant {
+                        resource,
+                        subject,
+                        expires_at,
+                    },
+                )
+                .await?;
+                print(out, &g, |g| format!("grant {} created", g.id))
+            }
+            Grants::Revoke { id } => {
+                admin::revoke_grant(&app, &who, &id).await?;
+                print(out, &serde_json::json!({"ok": true}), |_| {
+                    format!("grant {id} revoked")
+                })
+            }
+        },
+        Command::Devices(d) => match d {
+            Devices::List { user } => print(
+                out,
+                &admin::list_devices(&app, user.as_deref()).await?,
+                |ds| {
+                    ds.iter()
+                        .map(|d| {
+                            format!(
+                                "{} {:<16} {:?} {:<24} last seen {}",
+                                d.id,
+                                d.user,
+                                d.status,
+                                d.name,
+                                when(d.last_seen)
+                            )
+                            .to_lowercase()
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            ),
+            Devices::Approve { id } => {
+                admin::set_device_status(&app, &who, &id, DeviceStatus::Trusted).await?;
+                print(out, &serde_json::json!({"ok": true}), |_| {
+                    format!("device {id} approved")
+                })
+            }
+            Devices::Revoke { id } => {
+                admin::set_device_status(&app, &who, &id, DeviceStatus::Revoked).await?;
+                print(out, &serde_json::json!({"ok": true}), |_| {
+                    format!("device {id} revoked; its sessions ended")
+                })
+            }
+        },
+        Command::Sessions(s) => match s {
+            Sessions::List { all } => print(out, &admin::list_sessions(&app, all).await?, |ss| {
+                ss.iter()
+                    .map(|s| {
+                        format!(
+                            "{} {:<16} {} until {}{}",
+                            s.id,
+                            s.user,
+                            s.device,
+                            when(s.expires_at),
+                            s.revoke_reason
+                                .as_ref()
+                                .map(|r| format!(" REVOKED: {r}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            Sessions::Revoke { id, reason } => {
+                let r = admin::revoke(&app, &who, &id, reason.as_deref()).await?;
+                print(out, &r, |r| format!("session {} revoked", r.session))
+            }
+        },
+        Command::Gateways(g) => match g {
+            Gateways::List => print(out, &gateways::list(&app).await?, |gs| {
+                gs.iter()
+                    .map(|g| {
+                        format!(
+                            "{:<20} [{}] certificate until {}",
+                            g.name,
+                            g.addresses.join(", "),
+                            when(g.certificate_expires_at)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            Gateways::Token {
+                name,
+                addresses,
+                ttl,
+            } => {
+                let t = gateways::new_token(
+                    &app,
+                    &who,
+                    NewGatewayToken {
+                        name,
+                        addresses,
+                        ttl: Some(lastmile_api::config::secs(ttl)),
+                    },
+                )
+                .await?;
+                print(out, &t, |t| {
+                    format!(
+                        "enrollment token for gateway {} (one use, until {}):\n{}",
+                        t.name,
+                        when(t.expires_at),
+                        t.token
+                    )
+                })
+            }
+            Gateways::Revoke { name } => {
+                gateways::revoke(&app, &who, &name).await?;
+                print(out, &serde_json::json!({"ok": true}), |_| {
+                    format!("gateway {name} revoked")
+                })
+            }
+        },
+        Command::Org(Org::DevicePolicy { policy }) => {
+            let p = if policy == "approval" {
+                DevicePolicy::Approval
+            } else {
+                DevicePolicy::Tofu
+            };
+            admin::set_device_policy(&app, &who, p).await?;
+            print(out, &serde_json::json!({"device_policy": p}), |_| {
+                format!("device policy: {policy}")
+            })
+        }
+    }
+}
+
+fn unreachable_init() -> anyhow::Result<()> {
+    bail!("init is handled before the organisation is opened")
+}
+
+async fn init(config: ApiConfig, org: &str, admin_name: &str, out: Output) -> anyhow::Result<()> {
+    if !lastmile_proto::wire::valid_name(org) {
+        bail!(
+            "`{org}` is not a valid organisation name: use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
+        );
+    }
+    let keys = config.keys_dir();
+    lastmile_api::pki::Pki::create(&keys, org, &config.names)
+        .with_context(|| format!("creating the organisation's keys in {}", keys.display()))?;
+    let done = async {
+        let app = App::open(config).await?;
+        let otp = admin::bootstrap(&app, admin_name).await?;
+        anyhow::Ok((app, otp))
+    }
+    .await;
+    let (app, otp) = match done {
+        Ok(v) => v,
+        Err(e) => {
+            // Leave nothing half made: the keys were new, so they go.
+            let _ = std::fs::remove_dir_all(&keys);
+            return Err(e.context("creating the organisation failed; its new keys were removed"));
+        }
+    };
+    print(
+        out,
+        &serde_json::json!({
+            "organisation": org,
+            "keys": keys,
+            "database": lastmile_api::db::redact(&app.config.database_url()),
+            "admin": otp.user,
+            "one_time_password": otp.one_time_password,
+        }),
+        |_| {
+            format!(
+                "organisation {org} created\n  keys:     {}\n  database: {}\n  admin:    {}\n  one-time password (shown once, changed at first login): {}",
+                keys.display(),
+                lastmile_api::db::redact(&app.config.database_url()),
+                otp.user,
+                otp.one_time_password
+            )
+        },
+    )
+}

@@ -1,0 +1,320 @@
+//! The organisation's keys: an X.509 CA for client, gateway and API identities, an SSH
+//! user CA and an SSH host CA, and the API's own TLS certificate.
+//!
+//! Private keys live in `<data_dir>/keys`, a 0700 directory, in 0600 files (certificates
+//! 0644) owned by the user the API runs as; they are written once, atomically, and never overwritten.
+//! (Putting them under KMS is the vault's job.)
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    SignatureAlgorithm,
+};
+use ssh_key::{LineEnding, PrivateKey, private::Ed25519Keypair};
+use time::OffsetDateTime;
+
+use lastmile_proto::wire::{CaBundle, uri};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} already exists: this data directory already holds an organisation; refusing to overwrite its keys"
+    )]
+    Exists(PathBuf),
+    #[error(
+        "{path} is missing or unreadable ({source}): run `lastmile-api init` first, or point --config at the right data_dir"
+    )]
+    Missing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid {what}: {why}")]
+    Invalid {
+        path: PathBuf,
+        what: &'static str,
+        why: String,
+    },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("the certificate signing request is not usable: {0}")]
+    BadCsr(String),
+    #[error("random number generator failed: {0}")]
+    Random(String),
+}
+
+/// The organisation's loaded keys.
+#[derive(Debug)]
+pub struct Pki {
+    pub organisation: String,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    ssh_user_ca: PrivateKey,
+    ssh_host_ca: PrivateKey,
+    pub tls_cert_pem: String,
+    pub tls_key_pem: String,
+}
+
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const TLS_CERT: &str = "api-tls.crt";
+const TLS_KEY: &str = "api-tls.key";
+const SSH_USER_CA: &str = "ssh_user_ca";
+const SSH_HOST_CA: &str = "ssh_host_ca";
+const ORG_NAME: &str = "organisation";
+
+/// An Ed25519 public key as rcgen wants it (a session key never leaves the client).
+struct Ed25519Public([u8; 32]);
+
+impl rcgen::PublicKeyData for Ed25519Public {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+pub fn random<const N: usize>() -> Result<[u8; N], PkiError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| PkiError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+fn time(unix: i64) -> Result<OffsetDateTime, PkiError> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .map_err(|e| PkiError::BadCsr(format!("time out of range: {e}")))
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `contents` to a new file (never replacing one), synced.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                PkiError::Exists(path.to_owned())
+            } else {
+                io(path)(e)
+            }
+        })?;
+    f.write_all(contents).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn read(dir: &Path, name: &str) -> Result<String, PkiError> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).map_err(|source| PkiError::Missing { path, source })
+}
+
+fn validity(params: &mut CertificateParams, not_after: i64) -> Result<(), PkiError> {
+    params.not_before = time(crate::db::now() - 60)?;
+    params.not_after = time(not_after)?;
+    params.serial_number = Some(SerialNumber::from_slice(&random::<16>()?));
+    Ok(())
+}
+
+fn ssh_ca(comment: String) -> Result<PrivateKey, PkiError> {
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&random::<32>()?));
+    key.set_comment(comment);
+    Ok(key)
+}
+
+impl Pki {
+    /// Makes a new organisation's keys in `dir` (created 0700). `api_names` are the DNS
+    /// names and addresses the API's TLS certificate covers.
+    pub fn create(dir: &Path, organisation: &str, api_names: &[String]) -> Result<Self, PkiError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        if dir.join(CA_KEY).exists() {
+            return Err(PkiError::Exists(dir.join(CA_KEY)));
+        }
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("lastmile CA {organisation}"));
+        ca.distinguished_name
+            .push(DnType::OrganizationName, organisation);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut ca, crate::db::now() + 10 * 365 * 86_400)?;
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+
+        let tls_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut tls = CertificateParams::new(api_names.to_vec())?;
+        tls.distinguished_name
+            .push(DnType::CommonName, "lastmile API");
+        tls.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut tls, crate::db::now() + 2 * 365 * 86_400)?;
+        let tls_cert = tls.signed_by(&tls_key, &issuer)?;
+
+        let user_ca = ssh_ca(format!("lastmile ssh user CA {organisation}"))?;
+        let host_ca = ssh_ca(format!("lastmile ssh host CA {organisation}"))?;
+
+        let ssh_text = |k: &PrivateKey, path: &Path| {
+            k.to_openssh(LineEnding::LF).map_err(|e| PkiError::Invalid {
+                path: path.to_owned(),
+                what: "OpenSSH key",
+                why: e.to_string(),
+            })
+        };
+        // The CA key is written first: its presence marks an initialised directory.
+        write_new(
+            &dir.join(CA_KEY),
+            issuer.key().serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        write_new(&dir.join(CA_CERT), ca_cert.pem().as_bytes(), 0o644)?;
+        write_new(
+            &dir.join(TLS_KEY),
+            tls_key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        write_new(&dir.join(TLS_CERT), tls_cert.pem().as_bytes(), 0o644)?;
+        let p = dir.join(SSH_USER_CA);
+        write_new(&p, ssh_text(&user_ca, &p)?.as_bytes(), 0o600)?;
+        let p = dir.join(SSH_HOST_CA);
+        write_new(&p, ssh_text(&host_ca, &p)?.as_bytes(), 0o600)?;
+        write_new(&dir.join(ORG_NAME), organisation.as_bytes(), 0o644)?;
+        Self::load(dir)
+    }
+
+    /// Loads the keys `create` wrote.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let invalid = |name: &str, what: &'static str| {
+            let path = dir.join(name);
+            move |e: &dyn std::fmt::Display| PkiError::Invalid {
+                path,
+                what,
+                why: e.to_string(),
+            }
+        };
+        let ca_pem = read(dir, CA_CERT)?;
+        let ca_key = KeyPair::from_pem(&read(dir, CA_KEY)?)
+            .map_err(|e| invalid(CA_KEY, "PEM private key")(&e))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+            .map_err(|e| invalid(CA_CERT, "PEM CA certificate")(&e))?;
+        let ssh = |name: &str| {
+            PrivateKey::from_openssh(read(dir, name)?)
+                .map_err(|e| invalid(name, "OpenSSH private key")(&e))
+        };
+        Ok(Self {
+            organisation: read(dir, ORG_NAME)?.trim().to_owned(),
+            ca_pem,
+            issuer,
+            ssh_user_ca: ssh(SSH_USER_CA)?,
+            ssh_host_ca: ssh(SSH_HOST_CA)?,
+            tls_cert_pem: read(dir, TLS_CERT)?,
+            tls_key_pem: read(dir, TLS_KEY)?,
+        })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn bundle(&self) -> CaBundle {
+        CaBundle {
+            organisation: self.organisation.clone(),
+            x509: self.ca_pem.clone(),
+            ssh_user_ca: self
+                .ssh_user_ca
+                .public_key()
+                .to_openssh()
+                .unwrap_or_default(),
+            ssh_host_ca: self
+                .ssh_host_ca
+                .public_key()
+                .to_openssh()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A client certificate for a session key: SAN URIs name the user, the session and the
+    /// device; good for client authentication only.
+    pub fn session_certificate(
+        &self,
+        user: &str,
+        session: &str,
+        device: &str,
+        session_key: [u8; 32],
+        not_after: i64,
+    ) -> Result<String, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, user);
+        params.subject_alt_names = [uri::user(user), uri::session(session), uri::device(device)]
+            .into_iter()
+            .map(|u| Ok(SanType::URI(u.try_into()?)))
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, not_after)?;
+        Ok(params
+            .signed_by(&Ed25519Public(session_key), &self.issuer)?
+            .pem())
+    }
+
+    /// A gateway's certificate for the key in `csr` (whose signature is checked; nothing
+    /// else in it is trusted): a URI naming the gateway, plus the DNS names and
+    /// addresses the admin gave when making its enrollment token.
+    pub fn gateway_certificate(
+        &self,
+        name: &str,
+        addresses: &[String],
+        csr_pem: &str,
+        not_after: i64,
+    ) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadCsr(format!(
+                "{e} (send a PEM PKCS#10 request signed by the gateway's new key)"
+            ))
+        })?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let mut sans = vec![SanType::URI(uri::gateway(name).try_into()?)];
+        for a in addresses {
+            sans.push(match a.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(a.clone().try_into()?),
+            });
+        }
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, not_after)?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+}
