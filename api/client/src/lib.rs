@@ -1,0 +1,360 @@
+//! A client of `lastmile-api`.
+//!
+//! TLS is pinned to the organisation's CA (never the system roots). Login proves the
+//! device key; the client makes a fresh session key per login; every later call is
+//! signed by both keys ([`lastmile_proto::httpsig`]) with a new random nonce.
+
+use std::{sync::Arc, time::SystemTime};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use ed25519_dalek::{Signer as _, SigningKey};
+use lastmile_proto::{
+    httpsig::{self, SignedHeaders, Signer},
+    wire::{self, ErrorBody, LoginResponse},
+};
+use reqwest::Method;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use serde::{Serialize, de::DeserializeOwned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the API refused: {status} {}: {}", body.error, body.message)]
+    Api { status: u16, body: ErrorBody },
+    #[error("cannot reach the API: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("signing the request: {0}")]
+    Sign(#[from] httpsig::SigError),
+    #[error("the API answered {status} with a body that is not what was expected: {body}")]
+    Unexpected { status: u16, body: String },
+    #[error("random number generator: {0}")]
+    Random(String),
+}
+
+impl ClientError {
+    /// The API's error code, when it refused.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { body, .. } => Some(&body.error),
+            _ => None,
+        }
+    }
+}
+
+/// 32 random bytes.
+pub fn random32() -> Result<[u8; 32], ClientError> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).map_err(|e| ClientError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// A new Ed25519 key (device or session).
+pub fn new_key() -> Result<SigningKey, ClientError> {
+    Ok(SigningKey::from_bytes(&random32()?))
+}
+
+pub fn public_b64(key: &SigningKey) -> String {
+    B64.encode(key.verifying_key().as_bytes())
+}
+
+/// A logged-in session: what every signed call needs.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub device_key: SigningKey,
+    pub session_key: SigningKey,
+    pub login: LoginResponse,
+}
+
+/// What login needs besides the password.
+#[derive(Debug, Clone)]
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+    pub totp: Option<&'a str>,
+    pub new_password: Option<&'a str>,
+    pub device_key: &'a SigningKey,
+    pub fingerprint: &'a str,
+    pub device_name: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    host: String,
+    http: reqwest::Client,
+}
+
+/// A raw answer, for callers that inspect refusals.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        if !(200..300).contains(&self.status) {
+            return Err(match serde_json::from_str::<ErrorBody>(&self.body) {
+                Ok(body) => ClientError::Api {
+                    status: self.status,
+                    body,
+                },
+                Err(_) => ClientError::Unexpected {
+                    status: self.status,
+                    body: self.body.clone(),
+                },
+            });
+        }
+        let body = if self.body.is_empty() {
+            "null"
+        } else {
+            &self.body
+        };
+        serde_json::from_str(body).map_err(|_| ClientError::Unexpected {
+            status: self.status,
+            body: self.body.clone(),
+        })
+    }
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A fresh nonce: 24 random bytes, hex.
+pub fn nonce() -> Result<String, ClientError> {
+    Ok(random32()?
+        .iter()
+        .take(24)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+impl ApiClient {
+    /// `base` is `https://host:port`; `ca_pem` the organisation's CA; `identity` a
+    /// client certificate chain and key (PEM), for gateways.
+    pub fn new(
+        base: &str,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<Self, ClientError> {
+        let tls = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls(&e))?
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => {
+                let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| tls(&e))?;
+                let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| tls(&e))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| tls(&e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let base = base.trim_end_matches('/').to_owned();
+        let host = base
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::Tls(format!("`{base}` is not an https:// URL")))?
+            .to_owned();
+        Ok(Self { base, host, http })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn answer(r: reqwest::Response) -> Result<Answer, ClientError> {
+        let status = r.status().as_u16();
+        let body = r.text().await?;
+        Ok(Answer { status, body })
+    }
+
+    /// An unsigned call.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, ClientError> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        Self::answer(req.send().await?).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(Method::GET, path, None).await?.json()
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(
+            Method::POST,
+            path,
+            Some(serde_json::to_vec(body).map_err(|e| ClientError::Tls(e.to_string()))?),
+        )
+        .await?
+        .json()
+    }
+
+    /// Logs in: asks for a challenge, proves the device key over it, binds a new session key.
+    pub async fn login(&self, l: &Login<'_>) -> Result<Session, ClientError> {
+        let device_public = public_b64(l.device_key);
+        let challenge: wire::Challenge = self
+            .post(
+                "/v1/login/challenge",
+                &wire::ChallengeRequest {
+                    user: l.user.to_owned(),
+                    device_key: device_public.clone(),
+                },
+            )
+            .await?;
+        let session_key = new_key()?;
+        let session_public = public_b64(&session_key);
+        let message =
+            wire::login_proof_message(l.user, &challenge.challenge, &session_public, l.fingerprint);
+        let signature = B64.encode(l.device_key.sign(&message).to_bytes());
+        let login: LoginResponse = self
+            .post(
+                "/v1/login",
+                &wire::LoginRequest {
+                    user: l.user.to_owned(),
+                    password: l.password.to_owned(),
+                    totp: l.totp.map(str::to_owned),
+                    new_password: l.new_password.map(str::to_owned),
+                    challenge: challenge.challenge,
+                    session_key: session_public,
+                    device: wire::DeviceProof {
+                        public_key: device_public,
+                        fingerprint: l.fingerprint.to_owned(),
+                        name: l.device_name.to_owned(),
+                        signature,
+                    },
+                },
+            )
+            .await?;
+        Ok(Session {
+            device_key: l.device_key.clone(),
+            session_key,
+            login,
+        })
+    }
+
+    /// The three signature headers for a call, by `session`'s keys.
+    pub fn sign(
+        &self,
+        session: &Session,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+        created: i64,
+        nonce: &str,
+    ) -> Result<SignedHeaders, ClientError> {
+        let target = format!("https://{}{path}", self.host);
+        Ok(httpsig::sign(
+            method.as_str(),
+            &target,
+            body,
+            created,
+            nonce,
+            &[
+                Signer {
+                    label: httpsig::LABEL_DEVICE,
+                    keyid: &session.login.device,
+                    key: &session.device_key,
+                },
+                Signer {
+                    label: httpsig::LABEL_SESSION,
+                    keyid: &session.login.session,
+                    key: &session.session_key,
+                },
+            ],
+        )?)
+    }
+
+    /// Sends a call with the given signature headers and body, as they are (tests use
+    /// this to send changed or replayed requests).
+    pub async fn send_signed(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &SignedHeaders,
+        body: Vec<u8>,
+    ) -> Result<Answer, ClientError> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header(httpsig::HEADER_CONTENT_DIGEST, &headers.content_digest)
+            .header(httpsig::HEADER_SIGNATURE_INPUT, &headers.signature_input)
+            .header(httpsig::HEADER_SIGNATURE, &headers.signature);
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        Self::answer(req.body(body).send().await?).await
+    }
+
+    /// A signed call, freshly signed now.
+    pub async fn call(
+        &self,
+        session: &Session,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, ClientError> {
+        let body = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Tls(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let headers = self.sign(session, &method, path, &body, now(), &nonce()?)?;
+        self.send_signed(method, path, &headers, body).await
+    }
+
+    /// A signed streaming GET (the revocation stream).
+    pub async fn stream(
+        &self,
+        session: &Session,
+        path: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let headers = self.sign(session, &Method::GET, path, b"", now(), &nonce()?)?;
+        Ok(self
+            .http
+            .get(self.url(path))
+            .header(httpsig::HEADER_CONTENT_DIGEST, &headers.content_digest)
+            .header(httpsig::HEADER_SIGNATURE_INPUT, &headers.signature_input)
+            .header(httpsig::HEADER_SIGNATURE, &headers.signature)
+            .timeout(std::time::Duration::from_secs(3600))
+            .send()
+            .await?)
+    }
+
+    /// An unsigned streaming GET (a gateway's, authenticated by its certificate).
+    pub async fn stream_unsigned(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        Ok(self
+            .http
+            .get(self.url(path))
+            .timeout(std::time::Duration::from_secs(3600))
+            .send()
+            .await?)
+    }
+}

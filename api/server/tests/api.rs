@@ -1,0 +1,704 @@
+//! The control plane end to end, over real TLS, on SQLite and on PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use lastmile_api_client::{ApiClient, Session, new_key, nonce, now};
+use lastmile_proto::wire::{self, LoginResponse, Me, Resource, Revocation};
+use reqwest::Method;
+use serde_json::json;
+use support::{Device, PASSWORD, Store, start};
+
+fn san_uris(pem: &str) -> Vec<String> {
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+use rustls::pki_types::pem::PemObject as _;
+
+async fn code(
+    client: &ApiClient,
+    s: &Session,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let a = client.call(s, method, path, body.as_ref()).await.unwrap();
+    let code = serde_json::from_str::<wire::ErrorBody>(&a.body)
+        .map(|e| e.error)
+        .unwrap_or_default();
+    (a.status, code)
+}
+
+async fn enrollment_and_login(store: Store) {
+    let api = start(store, |_| {}).await;
+    // The one-time password works once, and only to set a new one.
+    let device = Device::new();
+    let first = api
+        .login("admin", "wrong password!!", None, &device)
+        .await
+        .unwrap_err();
+    assert_eq!(first.code(), Some("bad_credentials"));
+    let admin = api.admin().await;
+    let me: Me = api
+        .client
+        .call(&admin, Method::GET, "/v1/me", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(me.admin);
+    assert_eq!(me.session, admin.login.session);
+
+    // An admin sets up a user, a resource and a grant through the API.
+    let otp: wire::OneTimePassword = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/admin/users",
+            Some(&json!({"name": "alice", "groups": ["dba"]})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let db = Resource {
+        name: "orders-db".into(),
+        kind: wire::ResourceKind::Postgres,
+        host: "127.0.0.1".into(),
+        port: 5432,
+        protect: vec!["127.0.0.2:5432".into()],
+        upstream_tls: wire::UpstreamTls::Disable,
+        credential: None,
+    };
+    let put = api
+        .client
+        .call(
+            &admin,
+            Method::PUT,
+            "/v1/admin/resources/orders-db",
+            Some(&serde_json::to_value(&db).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.status, 204, "{}", put.body);
+    let other = json!({"name": "other", "kind": "tcp", "host": "127.0.0.1", "port": 9});
+    api.client
+        .call(
+            &admin,
+            Method::PUT,
+            "/v1/admin/resources/other",
+            Some(&other),
+        )
+        .await
+        .unwrap();
+    let grant: wire::Grant = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/admin/grants",
+            Some(&json!({"resource": "orders-db", "subject": {"group": "dba"}})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+
+    // Alice's first login: device key registered (trust on first use), password changed.
+    let laptop = Device::new();
+    let e = api
+        .login("alice", &otp.one_time_password, None, &laptop)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("password_change_required"));
+    let e = api
+        .login("alice", &otp.one_time_password, Some("short"), &laptop)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("weak_password"));
+    let alice = api
+        .login("alice", &otp.one_time_password, Some(PASSWORD), &laptop)
+        .await
+        .unwrap();
+    let e = api
+        .login("alice", &otp.one_time_password, None, &laptop)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some("bad_credentials"),
+        "the one-time password is spent"
+    );
+    let l: &LoginResponse = &alice.login;
+    assert_eq!(
+        san_uris(&l.certificate),
+        vec![
+            wire::uri::user("alice"),
+            wire::uri::session(&l.session),
+            wire::uri::device(&l.device)
+        ]
+    );
+    assert!(l.certificate_expires_at <= now() + 3600 && l.certificate_expires_at > now());
+    assert!(l.session_expires_at >= l.certificate_expires_at);
+
+    // What alice may reach: the granted resource only.
+    let mine: Vec<Resource> = api
+        .client
+        .call(&alice, Method::GET, "/v1/resources", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(mine, vec![db]);
+    assert_eq!(
+        code(&api.client, &alice, Method::GET, "/v1/admin/users", None).await,
+        (403, "not_admin".into())
+    );
+
+    // Refresh gives a new certificate for the same session key.
+    let r: wire::Refreshed = api
+        .client
+        .call(&alice, Method::POST, "/v1/session/refresh", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_ne!(r.certificate, l.certificate);
+    assert_eq!(san_uris(&r.certificate), san_uris(&l.certificate));
+
+    // Revoking the grant takes the resource away.
+    api.client
+        .call(
+            &admin,
+            Method::DELETE,
+            &format!("/v1/admin/grants/{}", grant.id),
+            None,
+        )
+        .await
+        .unwrap();
+    let mine: Vec<Resource> = api
+        .client
+        .call(&alice, Method::GET, "/v1/resources", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(mine.is_empty());
+
+    // Logout ends the session.
+    assert_eq!(
+        api.client
+            .call(&alice, Method::POST, "/v1/logout", None)
+            .await
+            .unwrap()
+            .status,
+        204
+    );
+    assert_eq!(
+        code(&api.client, &alice, Method::GET, "/v1/me", None).await,
+        (401, "session_revoked".into())
+    );
+
+    // Everything above is in the audit trail, checked against the schema.
+    for e in api.audit() {
+        lastmile_audit_sink::schema::check(&e).unwrap();
+    }
+    for kind in [
+        "login",
+        "login.failed",
+        "device.register",
+        "session.create",
+        "session.revoke",
+        "user.change",
+        "resource.change",
+        "grant.change",
+    ] {
+        assert!(!api.audited(kind).is_empty(), "no {kind} event");
+    }
+    assert_eq!(api.audited("grant.change").len(), 2);
+    assert_eq!(api.audited("login.failed")[0]["reason"], "bad_credentials");
+}
+both_stores!(enrollment_and_login_flow, enrollment_and_login);
+
+async fn signed_call_refusals(store: Store) {
+    let api = start(store, |_| {}).await;
+    let (alice, _) = api.user("alice").await;
+    let c = &api.client;
+    let body = serde_json::to_vec(&json!({"name": "x"})).unwrap();
+    let get = |headers: lastmile_proto::httpsig::SignedHeaders| async move {
+        c.send_signed(Method::GET, "/v1/me", &headers, Vec::new())
+            .await
+    };
+    let err = |a: lastmile_api_client::Answer| {
+        (
+            a.status,
+            a.json::<serde_json::Value>()
+                .unwrap_err()
+                .code()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+
+    // A good call works once; the same signed request again is a replay.
+    let h = c
+        .sign(
+            &alice,
+            &Method::GET,
+            "/v1/me",
+            b"",
+            now(),
+            &nonce().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(get(h.clone()).await.unwrap().status, 200);
+    assert_eq!(
+        err(get(h.clone()).await.unwrap()),
+        (401, "replayed_nonce".into())
+    );
+
+    // A body changed after signing.
+    let h = c
+        .sign(
+            &alice,
+            &Method::POST,
+            "/v1/session/refresh",
+            &body,
+            now(),
+            &nonce().unwrap(),
+        )
+        .unwrap();
+    let mut changed = body.clone();
+    changed[10] ^= 1;
+    assert_eq!(
+        err(c
+            .send_signed(Method::POST, "/v1/session/refresh", &h, changed)
+            .await
+            .unwrap()),
+        (401, "body_changed".into())
+    );
+
+    // Signed for another path or method.
+    let h = c
+        .sign(
+            &alice,
+            &Method::GET,
+            "/v1/resources",
+            b"",
+            now(),
+            &nonce().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        err(get(h.clone()).await.unwrap()),
+        (401, "bad_signature".into())
+    );
+
+    // Too old, and too far in the future.
+    for t in [now() - 120, now() + 120] {
+        let h = c
+            .sign(&alice, &Method::GET, "/v1/me", b"", t, &nonce().unwrap())
+            .unwrap();
+        assert_eq!(
+            err(get(h.clone()).await.unwrap()),
+            (401, "stale_signature".into())
+        );
+    }
+
+    // No signature at all.
+    let a = c.send(Method::GET, "/v1/me", None).await.unwrap();
+    assert_eq!(err(a), (401, "signature_missing".into()));
+
+    // A session key that is not the session's.
+    let forged = Session {
+        session_key: new_key().unwrap(),
+        ..alice.clone()
+    };
+    let h = c
+        .sign(
+            &forged,
+            &Method::GET,
+            "/v1/me",
+            b"",
+            now(),
+            &nonce().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        err(get(h.clone()).await.unwrap()),
+        (401, "bad_signature".into())
+    );
+    // ... and a device key that is not the device's (same device id).
+    let forged = Session {
+        device_key: new_key().unwrap(),
+        ..alice.clone()
+    };
+    let h = c
+        .sign(
+            &forged,
+            &Method::GET,
+            "/v1/me",
+            b"",
+            now(),
+            &nonce().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        err(get(h.clone()).await.unwrap()),
+        (401, "bad_signature".into())
+    );
+
+    // An unknown session.
+    let mut unknown = alice.clone();
+    unknown.login.session = "ses_00000000000000000000000000000000".into();
+    let h = c
+        .sign(
+            &unknown,
+            &Method::GET,
+            "/v1/me",
+            b"",
+            now(),
+            &nonce().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        err(get(h.clone()).await.unwrap()),
+        (401, "unknown_session".into())
+    );
+
+    // None of that harmed the real session.
+    assert_eq!(
+        c.call(&alice, Method::GET, "/v1/me", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+both_stores!(
+    signed_call_refusals_each_with_its_own_error,
+    signed_call_refusals
+);
+
+/// Reads server-sent events until a `revoke` one arrives.
+async fn next_revocation(resp: &mut reqwest::Response, buf: &mut String) -> Revocation {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                if event.contains("event: revoke") {
+                    return serde_json::from_str(data).unwrap();
+                }
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("no revocation within 10 s")
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+async fn session_from_another_device(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (alice, _) = api.user("alice").await;
+    // Alice's second machine: a device of her own, registered by logging in there.
+    let desktop = Device::new();
+    let on_desktop = api.login("alice", PASSWORD, None, &desktop).await.unwrap();
+
+    let mut stream = api.client.stream(&admin, "/v1/revocations").await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut own = api
+        .client
+        .stream(&on_desktop, "/v1/revocations")
+        .await
+        .unwrap();
+    // Let the subscriptions settle before the revocation.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The laptop session, presented with the desktop's device signature.
+    let stolen = Session {
+        device_key: desktop.key.clone(),
+        login: LoginResponse {
+            device: on_desktop.login.device.clone(),
+            ..alice.login.clone()
+        },
+        ..alice.clone()
+    };
+    let a = api
+        .client
+        .call(&stolen, Method::GET, "/v1/me", None)
+        .await
+        .unwrap();
+    let decided = Instant::now();
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some("session_device_mismatch")
+    );
+
+    let mut buf = String::new();
+    let r = next_revocation(&mut stream, &mut buf).await;
+    eprintln!(
+        "revocation reached the subscriber {:?} after the refusal",
+        decided.elapsed()
+    );
+    assert_eq!(r.session, alice.login.session);
+    assert!(r.reason.contains("another device"), "{}", r.reason);
+    let mut buf2 = String::new();
+    assert_eq!(
+        next_revocation(&mut own, &mut buf2).await.session,
+        alice.login.session
+    );
+
+    // The session is dead on its own device too: log in again.
+    let a = api
+        .client
+        .call(&alice, Method::GET, "/v1/me", None)
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("session_revoked"));
+    // The desktop's own session is untouched.
+    assert_eq!(
+        api.client
+            .call(&on_desktop, Method::GET, "/v1/me", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // A subscriber that reconnects with `since` gets what it missed; an admin CLI-style
+    // revocation (written straight to the database) reaches the stream too.
+    lastmile_api::admin::revoke(&api.app, "test", &on_desktop.login.session, Some("test"))
+        .await
+        .unwrap();
+    let mut late = api
+        .client
+        .stream(&admin, &format!("/v1/revocations?since={}", r.seq - 1))
+        .await
+        .unwrap();
+    let mut buf3 = String::new();
+    assert_eq!(next_revocation(&mut late, &mut buf3).await.seq, r.seq);
+    assert_eq!(
+        next_revocation(&mut late, &mut buf3).await.session,
+        on_desktop.login.session
+    );
+    assert_eq!(
+        next_revocation(&mut stream, &mut buf).await.session,
+        on_desktop.login.session
+    );
+    assert_eq!(api.audited("session.revoke").len(), 2);
+}
+both_stores!(
+    a_session_from_another_device_is_revoked_and_published,
+    session_from_another_device
+);
+
+async fn expiry(store: Store) {
+    let api = start(store, |c| {
+        c.session_ttl = Duration::from_secs(2);
+        c.certificate_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let (alice, _) = api.user("alice").await;
+    assert!(alice.login.session_expires_at <= now() + 2);
+    assert_eq!(
+        api.client
+            .call(&alice, Method::GET, "/v1/me", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let a = api
+        .client
+        .call(&alice, Method::GET, "/v1/me", None)
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("session_expired"));
+}
+both_stores!(an_expired_session_is_refused, expiry);
+
+async fn totp_and_devices(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (_, laptop) = api.user("alice").await;
+
+    // A device key copied to another machine (another fingerprint) is refused, and so is
+    // another user's device key.
+    let copied = Device {
+        key: laptop.key.clone(),
+        fingerprint: Device::new().fingerprint,
+    };
+    let e = api
+        .login("alice", PASSWORD, None, &copied)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("device_fingerprint_mismatch"));
+    let (_, bobs) = api.user("bob").await;
+    let e = api.login("alice", PASSWORD, None, &bobs).await.unwrap_err();
+    assert_eq!(e.code(), Some("device_other_user"));
+
+    // TOTP: required once on, each code good once.
+    let t: serde_json::Value = api
+        .client
+        .call(&admin, Method::POST, "/v1/admin/users/alice/totp-on", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let uri = t["otpauth"].as_str().unwrap();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let e = api
+        .login("alice", PASSWORD, None, &laptop)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("totp_required"));
+    let with_code = |code: String| {
+        let (api, laptop) = (&api, &laptop);
+        async move {
+            let l = lastmile_api_client::Login {
+                user: "alice",
+                password: PASSWORD,
+                totp: Some(&code),
+                new_password: None,
+                device_key: &laptop.key,
+                fingerprint: &laptop.fingerprint,
+                device_name: "laptop",
+            };
+            api.client.login(&l).await
+        }
+    };
+    let current = lastmile_api::secret::totp_now(&secret, now()).unwrap();
+    let wrong = format!(
+        "{:06}",
+        (current.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    );
+    assert_eq!(
+        with_code(wrong).await.unwrap_err().code(),
+        Some("totp_invalid")
+    );
+    let current = lastmile_api::secret::totp_now(&secret, now()).unwrap();
+    with_code(current.clone()).await.unwrap();
+    assert_eq!(
+        with_code(current).await.unwrap_err().code(),
+        Some("totp_replayed")
+    );
+
+    // With the approval policy a new device waits for an admin.
+    let a = api
+        .client
+        .call(
+            &admin,
+            Method::PUT,
+            "/v1/admin/org/device-policy",
+            Some(&json!({"device_policy": "approval"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    let otp = lastmile_api::admin::add_user(
+        &api.app,
+        "test",
+        wire::NewUser {
+            name: "carol".into(),
+            admin: false,
+            groups: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let phone = Device::new();
+    let e = api
+        .login("carol", &otp.one_time_password, Some(PASSWORD), &phone)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("device_pending"));
+    let e = api
+        .login("carol", &otp.one_time_password, Some(PASSWORD), &phone)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("device_pending"));
+    let devices: Vec<wire::Device> = api
+        .client
+        .call(&admin, Method::GET, "/v1/admin/devices", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let pending = devices.iter().find(|d| d.user == "carol").unwrap();
+    assert_eq!(pending.status, wire::DeviceStatus::Pending);
+    let a = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/v1/admin/devices/{}/approve", pending.id),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    let carol = api
+        .login("carol", &otp.one_time_password, Some(PASSWORD), &phone)
+        .await
+        .unwrap();
+
+    // Revoking the device ends its sessions and its logins.
+    let a = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/v1/admin/devices/{}/revoke", pending.id),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    let a = api
+        .client
+        .call(&carol, Method::GET, "/v1/me", None)
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("session_revoked"));
+    let e = api
+        .login("carol", PASSWORD, None, &phone)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("device_revoked"));
+    assert!(!api.audited("device.change").is_empty());
+}
+both_stores!(
+    totp_copied_device_keys_and_device_approval,
+    totp_and_devices
+);

@@ -1,0 +1,201 @@
+//! A real API on loopback for each test: a fresh organisation, served over TLS in-process,
+//! on SQLite or on a throwaway PostgreSQL.
+#![allow(dead_code, missing_debug_implementations)]
+
+use std::sync::{Arc, Mutex, Weak};
+
+use ed25519_dalek::SigningKey;
+use lastmile_api::{ApiConfig, App, admin};
+use lastmile_api_client::{ApiClient, Login, Session, new_key, random32};
+use lastmile_pg_testkit::PgServer;
+use lastmile_proto::wire::NewUser;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// One PostgreSQL server shared by the tests running at the same time; each test gets its
+/// own database. It stops when the last test using it ends.
+fn postgres() -> Arc<PgServer> {
+    static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
+    let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pg) = g.upgrade() {
+        return pg;
+    }
+    let pg = Arc::new(PgServer::start().expect("starting PostgreSQL (run `cargo xtask setup`)"));
+    *g = Arc::downgrade(&pg);
+    pg
+}
+
+pub const PASSWORD: &str = "a long enough password";
+
+pub struct Api {
+    pub dir: tempfile::TempDir,
+    pub app: Arc<App>,
+    pub client: ApiClient,
+    pub base: String,
+    pub ca: String,
+    admin_otp: String,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _pg: Option<Arc<PgServer>>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub struct Device {
+    pub key: SigningKey,
+    pub fingerprint: String,
+}
+
+impl Device {
+    pub fn new() -> Self {
+        Self {
+            key: new_key().unwrap(),
+            fingerprint: random32()
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        }
+    }
+}
+
+pub async fn start(store: Store, tweak: impl FnOnce(&mut ApiConfig)) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, database) = match store {
+        Store::Sqlite => (None, None),
+        Store::Postgres => {
+            let pg = postgres();
+            let name = format!(
+                "t{}",
+                random32()
+                    .unwrap()
+                    .iter()
+                    .take(6)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            let url = pg.create_database(&name).unwrap();
+            (Some(pg), Some(url))
+        }
+    };
+    let mut config = ApiConfig {
+        data_dir: dir.path().to_owned(),
+        database,
+        ..ApiConfig::default()
+    };
+    tweak(&mut config);
+    lastmile_api::pki::Pki::create(&config.keys_dir(), "acme", &config.names).unwrap();
+    let app = App::open(config).await.unwrap();
+    let otp = admin::bootstrap(&app, "admin").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(lastmile_api::http::serve(app.clone(), listener));
+    let ca = app.pki.ca_pem().to_owned();
+    let base = format!("https://localhost:{port}");
+    Api {
+        client: ApiClient::new(&base, &ca, None).unwrap(),
+        base,
+        ca,
+        admin_otp: otp.one_time_password,
+        app,
+        dir,
+        server,
+        _pg: pg,
+    }
+}
+
+impl Api {
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        new_password: Option<&str>,
+        device: &Device,
+    ) -> Result<Session, lastmile_api_client::ClientError> {
+        self.client
+            .login(&Login {
+                user,
+                password,
+                totp: None,
+                new_password,
+                device_key: &device.key,
+                fingerprint: &device.fingerprint,
+                device_name: "test machine",
+            })
+            .await
+    }
+
+    /// The first admin, logged in (changing the one-time password).
+    pub async fn admin(&self) -> Session {
+        self.login(
+            "admin",
+            &self.admin_otp.clone(),
+            Some(PASSWORD),
+            &Device::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A new user, logged in on a new device.
+    pub async fn user(&self, name: &str) -> (Session, Device) {
+        let otp = admin::add_user(
+            &self.app,
+            "test",
+            NewUser {
+                name: name.into(),
+                admin: false,
+                groups: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let device = Device::new();
+        let s = self
+            .login(name, &otp.one_time_password, Some(PASSWORD), &device)
+            .await
+            .unwrap();
+        (s, device)
+    }
+
+    /// The audit events written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.app.config.audit_file())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn audited(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.audit()
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+}
+
+/// Runs a test body against both stores.
+#[macro_export]
+macro_rules! both_stores {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body(support::Store::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $body(support::Store::Postgres).await;
+            }
+        }
+    };
+}
