@@ -82,19 +82,47 @@ pub struct Signed {
     pub body: Bytes,
 }
 
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than this API accepts ({limit} bytes)"),
+    )
+}
+
 async fn read_body(
     req: Request,
     limit: usize,
 ) -> Result<(axum::http::request::Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than this API accepts ({limit} bytes)"),
-        )
-    })?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit))?;
     Ok((parts, bytes))
+}
+
+/// Refuses a declared oversized body before any handler runs (and closes the
+/// connection, since the body will not be read).
+async fn limit_declared_body(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = app.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        let mut r = too_large(limit).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
+    next.run(req).await
 }
 
 impl FromRequest<Arc<App>> for Signed {
@@ -187,6 +215,10 @@ pub fn routes(app: Arc<App>) -> Router {
                 "this endpoint does not take that method; see /openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limit_declared_body,
+        ))
         .with_state(app)
 }
 
