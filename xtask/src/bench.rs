@@ -13,6 +13,9 @@ pub enum Which {
     /// Durable appends per second and the time to verify a million events, next to raw
     /// SHA-256 and fsync rates.
     Audit,
+    /// Signed-call checks per second and login latency (SQLite and PostgreSQL) next to one
+    /// Ed25519 verification and one argon2id hash; revocation-to-subscriber latency.
+    Api,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -26,6 +29,10 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             crate::setup::run()?;
             step("bench connect");
             must(cargo().args(["bench", "-p", "lastmiled", "--bench", "connect"]))
+        }
+        Which::Api => {
+            step("bench api");
+            must(cargo().args(["bench", "-p", "lastmile-api", "--bench", "api"]))
         }
         Which::Audit => {
             step("bench audit");

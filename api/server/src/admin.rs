@@ -197,6 +197,18 @@ pub async fn change_user(
     user: &str,
     change: UserChange,
 ) -> Result<(), ApiError> {
+    // A disabled or deleted user's sessions end first (and are published): should this
+    // fail, the user is left with fewer sessions, never with more.
+    if matches!(change, UserChange::Disable | UserChange::Delete) {
+        let what = if matches!(change, UserChange::Delete) {
+            "deleted"
+        } else {
+            "disabled"
+        };
+        for s in live_sessions(app, Some(user), None).await? {
+            revoke_session(app, &s, &format!("user {what} by {actor}"), actor).await?;
+        }
+    }
     let mut tx = app.db.pool.begin().await?;
     let (sql, arg, what): (&str, Option<String>, String) = match &change {
         UserChange::Disable => (
@@ -228,11 +240,14 @@ pub async fn change_user(
                 format!("join group {g}"),
             )
         }
-        UserChange::LeaveGroup(g) => (
-            "DELETE FROM group_members WHERE user_name = $1 AND group_name = $2",
-            Some(g.clone()),
-            format!("leave group {g}"),
-        ),
+        UserChange::LeaveGroup(g) => {
+            check_name("group", g)?;
+            (
+                "DELETE FROM group_members WHERE user_name = $1 AND group_name = $2",
+                Some(g.clone()),
+                format!("leave group {g}"),
+            )
+        }
     };
     let exists = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE name = $1")
         .bind(user)
@@ -244,6 +259,13 @@ pub async fn change_user(
             "no_such_user",
             format!("there is no user `{user}`"),
         ));
+    }
+    if matches!(change, UserChange::Delete) {
+        // A name can be reused; what was granted to the old user must not pass to a new one.
+        sqlx::query("DELETE FROM grants WHERE subject_kind = 'user' AND subject = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
     }
     let mut q = sqlx::query(sql).bind(user);
     if let Some(a) = arg {
@@ -258,12 +280,6 @@ pub async fn change_user(
     app.audit(kind, json!({"actor": actor, "user": user, "change": what}))
         .await?;
     tx.commit().await?;
-    // A disabled or deleted user's sessions end now.
-    if matches!(change, UserChange::Disable | UserChange::Delete) {
-        for s in live_sessions(app, Some(user), None).await? {
-            revoke_session(app, &s, &format!("user {what}d by {actor}"), actor).await?;
-        }
-    }
     Ok(())
 }
 
@@ -657,6 +673,12 @@ pub async fn set_device_status(
     id: &str,
     status: DeviceStatus,
 ) -> Result<(), ApiError> {
+    if status == DeviceStatus::Revoked {
+        // Sessions end first: a failure leaves fewer sessions, never more.
+        for s in live_sessions(app, None, Some(id)).await? {
+            revoke_session(app, &s, &format!("device revoked by {actor}"), actor).await?;
+        }
+    }
     let mut tx = app.db.pool.begin().await?;
     let row = sqlx::query("SELECT user_name, status FROM devices WHERE id = $1")
         .bind(id)
@@ -684,11 +706,6 @@ pub async fn set_device_status(
     )
     .await?;
     tx.commit().await?;
-    if status == DeviceStatus::Revoked {
-        for s in live_sessions(app, None, Some(id)).await? {
-            revoke_session(app, &s, &format!("device revoked by {actor}"), actor).await?;
-        }
-    }
     Ok(())
 }
 

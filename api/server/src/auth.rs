@@ -328,7 +328,7 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
         &req.session_key,
         &req.device.fingerprint,
     );
-    if !signature.is_some_and(|s| device_key.verify_strict(&message, &s).is_ok()) {
+    if signature.is_none_or(|s| device_key.verify_strict(&message, &s).is_err()) {
         return Err(refuse_login(
             app,
             &req.user,
@@ -622,6 +622,18 @@ pub async fn authenticate(
             ),
         ));
     }
+    if let Some(expires) = session_sig
+        .expires
+        .into_iter()
+        .chain(device_sig.expires)
+        .min()
+        && expires <= t
+    {
+        return Err(ApiError::unauthorized(
+            "stale_signature",
+            format!("the signature expired at {expires} (server time {t})"),
+        ));
+    }
     if session_sig.nonce.len() < 16 || session_sig.nonce.len() > 128 {
         return Err(ApiError::unauthorized(
             "bad_signature_format",
@@ -631,7 +643,9 @@ pub async fn authenticate(
 
     let row = sqlx::query(
         "SELECT s.user_name, s.device_id, s.public_key, s.expires_at, s.revoked_at, s.revoke_reason, \
-         u.admin, u.disabled FROM sessions s JOIN users u ON u.name = s.user_name WHERE s.id = $1",
+         u.admin, u.disabled, d.public_key AS device_key, d.status AS device_status \
+         FROM sessions s JOIN users u ON u.name = s.user_name JOIN devices d ON d.id = s.device_id \
+         WHERE s.id = $1",
     )
     .bind(&session_sig.keyid)
     .fetch_optional(&app.db.pool)
@@ -680,24 +694,14 @@ pub async fn authenticate(
             "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
         ));
     }
-    let device = sqlx::query("SELECT public_key, status FROM devices WHERE id = $1")
-        .bind(&bound_device)
-        .fetch_optional(&app.db.pool)
-        .await?
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "unknown_device",
-                "the session's device no longer exists: run `lastmile login`",
-            )
-        })?;
-    let status: String = device.try_get("status")?;
+    let status: String = row.try_get("device_status")?;
     if status != "trusted" {
         return Err(ApiError::forbidden(
             "device_not_trusted",
             format!("device {bound_device} is {status}"),
         ));
     }
-    let dkey: String = device.try_get("public_key")?;
+    let dkey: String = row.try_get("device_key")?;
     device_sig
         .verify(&verifying_key(key32(&dkey, "device key")?, "device key")?)
         .map_err(sig_error)?;

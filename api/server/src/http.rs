@@ -266,7 +266,7 @@ async fn my_resources(State(app): State<Arc<App>>, s: Signed) -> Reply {
 
 #[derive(Debug, Deserialize)]
 struct Since {
-    since: Option<i64>,
+    since: Option<String>,
 }
 
 /// `GET /v1/revocations`: server-sent events, one `revoke` event per revocation, its id
@@ -281,7 +281,15 @@ async fn revocations(
 ) -> Reply {
     let visible: Box<dyn Fn(&wire::Revocation) -> bool + Send + Sync> = match &peer.0 {
         Some(gw) if gateways::is_active(&app, gw).await? => Box::new(|_| true),
-        _ => {
+        Some(gw) => {
+            return Err(ApiError::forbidden(
+                "gateway_revoked",
+                format!(
+                    "gateway `{gw}` was revoked or is not enrolled; enroll it again with a new token"
+                ),
+            ));
+        }
+        None => {
             let s = Signed::from_request(req, &app).await?;
             if s.caller.admin {
                 Box::new(|_| true)
@@ -291,12 +299,19 @@ async fn revocations(
             }
         }
     };
-    let since = q.since.or_else(|| {
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    });
+    let since = match q
+        .since
+        .as_deref()
+        .or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()))
+    {
+        None => None,
+        Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_since",
+                format!("`{v}` is not a revocation sequence number (an integer)"),
+            )
+        })?),
+    };
     let feed = Feed::start(app.db.clone(), &app.revocations, since, visible).await?;
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let r = feed.next().await?;

@@ -402,10 +402,10 @@ async fn next_revocation(resp: &mut reqwest::Response, buf: &mut String) -> Revo
     loop {
         if let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                if event.contains("event: revoke") {
-                    return serde_json::from_str(data).unwrap();
-                }
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                && event.contains("event: revoke")
+            {
+                return serde_json::from_str(data).unwrap();
             }
             continue;
         }
@@ -701,4 +701,50 @@ async fn totp_and_devices(store: Store) {
 both_stores!(
     totp_copied_device_keys_and_device_approval,
     totp_and_devices
+);
+
+async fn deleting_a_user(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (alice, _) = api.user("alice").await;
+    let db = json!({"name": "db", "kind": "tcp", "host": "127.0.0.1", "port": 9});
+    api.client
+        .call(&admin, Method::PUT, "/v1/admin/resources/db", Some(&db))
+        .await
+        .unwrap();
+    api.client
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/admin/grants",
+            Some(&json!({"resource": "db", "subject": {"user": "alice"}})),
+        )
+        .await
+        .unwrap();
+    let mut stream = api.client.stream(&admin, "/v1/revocations").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = api
+        .client
+        .call(&admin, Method::DELETE, "/v1/admin/users/alice", None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    let mut buf = String::new();
+    let r = next_revocation(&mut stream, &mut buf).await;
+    assert_eq!(r.session, alice.login.session);
+    assert!(r.reason.contains("deleted"), "{}", r.reason);
+    // A new alice does not inherit the old one's grant.
+    let (alice2, _) = api.user("alice").await;
+    let mine: Vec<Resource> = api
+        .client
+        .call(&alice2, Method::GET, "/v1/resources", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(mine.is_empty(), "{mine:?}");
+}
+both_stores!(
+    deleting_a_user_ends_and_publishes_their_sessions_and_drops_their_grants,
+    deleting_a_user
 );

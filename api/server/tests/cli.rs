@@ -1,0 +1,161 @@
+//! The `lastmile-api` binary: init prints the one-time admin password once, the admin
+//! commands change the database with `--output json`, and a bad config says what is wrong.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+
+fn api(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn init_and_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("api.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\ndata_dir = \"{}\"\n", dir.path().display()),
+    )
+    .unwrap();
+
+    let (ok, out, err) = api(
+        &config,
+        &[
+            "--output", "json", "init", "--org", "acme", "--admin", "root",
+        ],
+    );
+    assert!(ok, "{err}");
+    let init: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(init["admin"], "root");
+    assert_eq!(init["one_time_password"].as_str().unwrap().len(), 20);
+    let key = dir.path().join("keys/ca.key");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    // Never twice.
+    let (ok, _, err) = api(&config, &["init", "--org", "acme"]);
+    assert!(!ok);
+    assert!(err.contains("already"), "{err}");
+
+    let (ok, out, err) = api(
+        &config,
+        &[
+            "--output", "json", "users", "add", "alice", "--group", "dba",
+        ],
+    );
+    assert!(ok, "{err}");
+    let otp: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(otp["user"], "alice");
+    let (ok, _, err) = api(
+        &config,
+        &[
+            "resources",
+            "put",
+            "orders",
+            "--kind",
+            "postgres",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "5432",
+            "--protect",
+            "127.0.0.2:5432",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = api(
+        &config,
+        &[
+            "resources",
+            "put",
+            "bad",
+            "--kind",
+            "tcp",
+            "--host",
+            "h",
+            "--port",
+            "1",
+            "--protect",
+            "127.0.0.2",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("has no :PORT"), "{err}");
+    let (ok, out, err) = api(
+        &config,
+        &[
+            "--output",
+            "json",
+            "grants",
+            "add",
+            "orders",
+            "--group",
+            "dba",
+            "--expires-in",
+            "8h",
+        ],
+    );
+    assert!(ok, "{err}");
+    let grant: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(grant["expires_at"].as_i64().unwrap() > 0);
+    let (ok, out, _) = api(&config, &["--output", "json", "users", "list"]);
+    assert!(ok);
+    let users: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 2);
+    assert_eq!(users[0]["groups"][0], "dba");
+    let (ok, out, _) = api(
+        &config,
+        &["gateways", "token", "gw1", "--address", "gw1.internal"],
+    );
+    assert!(ok);
+    assert!(out.contains("lmgw_"), "{out}");
+    let (ok, _, err) = api(&config, &["users", "disable", "nobody"]);
+    assert!(!ok);
+    assert!(err.contains("there is no user `nobody`"), "{err}");
+
+    // Every change is in the audit trail, and names its actor.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let kinds: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .inspect(|e| assert!(e["actor"].as_str().is_some_and(|a| !a.is_empty())))
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "user.change",
+            "user.change",
+            "resource.change",
+            "grant.change",
+            "gateway.change"
+        ]
+    );
+
+    // A config with a typo is refused with the file and the field named.
+    std::fs::write(&config, "[api]\nsesion_ttl = \"1h\"\n").unwrap();
+    let (ok, _, err) = api(&config, &["users", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains("sesion_ttl") && err.contains("api.toml"),
+        "{err}"
+    );
+}
