@@ -36,6 +36,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("cpio", "initramfs for VM tests"),
     ("busybox-static", "the VM tests' userland"),
     ("pkg-config", "C libraries for -sys crates"),
+    ("curl", "the demo's raw HTTPS calls to the API"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

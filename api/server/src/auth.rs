@@ -169,9 +169,17 @@ async fn argon2_verify(password: String, hash: String) -> Result<bool, ApiError>
         .map_err(ApiError::internal)
 }
 
-/// A hash no password matches, verified when the user does not exist so that a wrong user
-/// name takes as long as a wrong password.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$bGFzdG1pbGVsYXN0bWlsZQ$Lr0z5R7n4Vx0c7n9m0Q8u3kH1m2b7J0vQ2x9cA1k3nE";
+/// A real argon2id hash of a random password, verified when the user does not exist so
+/// that a wrong user name takes as long as a wrong password.
+fn dummy_hash() -> String {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let random = random::<16>().map(|r| B64.encode(r)).unwrap_or_default();
+            secret::hash_password(&random).unwrap_or_default()
+        })
+        .clone()
+}
 
 /// `POST /v1/login`.
 pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiError> {
@@ -195,7 +203,7 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
     }
     let wrong = || ApiError::unauthorized("bad_credentials", "wrong user name or password");
     let Some(user) = user_row(app, &req.user).await? else {
-        argon2_verify(req.password.clone(), DUMMY_HASH.into()).await?;
+        argon2_verify(req.password.clone(), dummy_hash()).await?;
         return Err(refuse_login(app, &req.user, false, wrong()).await);
     };
     if user.disabled {

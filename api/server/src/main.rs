@@ -265,7 +265,11 @@ fn actor() -> String {
     let name = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_default();
-    format!("cli:{name}(uid={uid})")
+    if name.is_empty() {
+        format!("cli:uid={uid}")
+    } else {
+        format!("cli:{name}(uid={uid})")
+    }
 }
 
 fn nix_uid() -> u32 {

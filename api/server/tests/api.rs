@@ -748,3 +748,96 @@ both_stores!(
     deleting_a_user_ends_and_publishes_their_sessions_and_drops_their_grants,
     deleting_a_user
 );
+
+async fn two_instances(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (alice, _) = api.user("alice").await;
+    let (other, server) = api.another_instance().await;
+    // A session made on one instance works on the other, and a revocation decided on the
+    // first reaches a subscriber of the second.
+    assert_eq!(
+        other
+            .call(&alice, Method::GET, "/v1/me", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let mut stream = other.stream(&admin, "/v1/revocations").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.client
+        .call(&alice, Method::POST, "/v1/logout", None)
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let r = next_revocation(&mut stream, &mut buf).await;
+    assert_eq!(
+        (r.session.as_str(), r.reason.as_str()),
+        (alice.login.session.as_str(), "logout")
+    );
+    // A nonce spent on one instance is spent on both. (Each instance here has its own
+    // port, so its own target URI: behind a load balancer they share one.)
+    let n = nonce().unwrap();
+    let h = api
+        .client
+        .sign(&admin, &Method::GET, "/v1/me", b"", now(), &n)
+        .unwrap();
+    assert_eq!(
+        api.client
+            .send_signed(Method::GET, "/v1/me", &h, Vec::new())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let h = other
+        .sign(&admin, &Method::GET, "/v1/me", b"", now(), &n)
+        .unwrap();
+    let a = other
+        .send_signed(Method::GET, "/v1/me", &h, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("replayed_nonce"));
+    server.abort();
+}
+both_stores!(
+    two_instances_share_sessions_nonces_and_revocations,
+    two_instances
+);
+
+async fn lockout(store: Store) {
+    let api = start(store, |c| c.max_failed_logins = 3).await;
+    let (_, laptop) = api.user("alice").await;
+    for _ in 0..3 {
+        let e = api
+            .login("alice", "not the password", None, &laptop)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("bad_credentials"));
+    }
+    let e = api
+        .login("alice", PASSWORD, None, &laptop)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("user_locked"));
+    lastmile_api::admin::change_user(
+        &api.app,
+        "test",
+        "alice",
+        lastmile_api::admin::UserChange::Enable,
+    )
+    .await
+    .unwrap();
+    api.login("alice", PASSWORD, None, &laptop).await.unwrap();
+    // An unknown user gets the same answer as a wrong password.
+    let e = api
+        .login("mallory", PASSWORD, None, &laptop)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_credentials"));
+}
+both_stores!(
+    failed_logins_lock_the_user_until_an_admin_enables_them,
+    lockout
+);

@@ -112,6 +112,20 @@ pub async fn start(store: Store, tweak: impl FnOnce(&mut ApiConfig)) -> Api {
 }
 
 impl Api {
+    /// A second API instance on the same keys and database (as behind a load balancer).
+    pub async fn another_instance(
+        &self,
+    ) -> (ApiClient, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let app = App::open(self.app.config.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(lastmile_api::http::serve(app, listener));
+        (
+            ApiClient::new(&format!("https://localhost:{port}"), &self.ca, None).unwrap(),
+            server,
+        )
+    }
+
     pub async fn login(
         &self,
         user: &str,
