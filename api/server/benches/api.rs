@@ -21,8 +21,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use ed25519_dalek::Signer as _;
 use lastmile_api::{ApiConfig, App, admin, auth};
 use lastmile_api_client::{ApiClient, Login, Session, new_key, nonce, now, random32};
-use lastmile_pg_testkit::PgServer;
 use lastmile_proto::wire::NewUser;
+use lastmile_testkit::PgServer;
 
 const PASSWORD: &str = "a long enough password";
 

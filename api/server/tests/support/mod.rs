@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, Weak};
 use ed25519_dalek::SigningKey;
 use lastmile_api::{ApiConfig, App, admin};
 use lastmile_api_client::{ApiClient, Login, Session, new_key, random32};
-use lastmile_pg_testkit::PgServer;
 use lastmile_proto::wire::NewUser;
+use lastmile_testkit::PgServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {

@@ -1,4 +1,4 @@
-//! A throwaway PostgreSQL server on loopback, for tests and benchmarks.
+//! A throwaway PostgreSQL server on loopback.
 //!
 //! [`PgServer::start`] runs `initdb` into a fresh temp dir, starts the cluster with
 //! `pg_ctl -w` listening on `127.0.0.1` only (at a free port, unix socket inside the temp
@@ -360,7 +360,7 @@ impl Cluster {
     fn configure(&self) -> Result<(), PgError> {
         let conf = self.data.join("postgresql.conf");
         let settings = format!(
-            "\n# lastmile-pg-testkit: a throwaway server on loopback\n\
+            "\n# lastmile-testkit: a throwaway server on loopback\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
              fsync = off\n\
@@ -485,7 +485,7 @@ impl Cluster {
         if keep_requested() {
             let kept = dir.keep();
             eprintln!(
-                "lastmile-pg-testkit: {KEEP_ENV} is set: kept {}",
+                "lastmile-testkit: {KEEP_ENV} is set: kept {}",
                 kept.display()
             );
         } else if dir.close().is_err() {

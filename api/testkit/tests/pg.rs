@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use lastmile_pg_testkit::PgServer;
+use lastmile_testkit::PgServer;
 
 fn start() -> PgServer {
     let begun = Instant::now();

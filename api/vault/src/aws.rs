@@ -1,0 +1,213 @@
+//! AWS KMS, or any server that speaks its API (moto in tests), through `aws-sdk-kms`.
+//!
+//! The client is built from explicit settings rather than `aws-config`'s provider chain:
+//! the endpoint, region and key come from lastmile's config, credentials from it or
+//! from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`. (That keeps
+//! the dependency tree small; instance roles would need `aws-config`.) HTTPS is rustls
+//! with ring, like the rest of lastmile.
+
+use aws_sdk_kms::{
+    Client,
+    config::{BehaviorVersion, Credentials, Region},
+    error::{DisplayErrorContext, ProvideErrorMetadata},
+    primitives::Blob,
+    types::DataKeySpec,
+};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::{Context, DataKey, KmsError};
+
+/// `[api.kms]` with `kind = "aws"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// e.g. `https://kms.eu-west-1.amazonaws.com`, or a KMS-compatible server. Default:
+    /// the region's AWS endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// The master key: key id, ARN, or `alias/…`.
+    pub key_id: String,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsKms {
+    client: Client,
+    key_id: String,
+}
+
+fn failure<E>(e: aws_sdk_kms::error::SdkError<E>) -> KmsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match e.code() {
+        Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsError::Refused,
+        Some("NotFoundException" | "DisabledException" | "KMSInvalidStateException") => {
+            KmsError::NoSuchKey(e.message().unwrap_or("unknown key").to_owned())
+        }
+        Some("AccessDeniedException") => {
+            KmsError::Denied(e.message().unwrap_or("AccessDeniedException").to_owned())
+        }
+        _ => KmsError::Unavailable(DisplayErrorContext(&e).to_string()),
+    }
+}
+
+/// The part of a key reference that names the key: `arn:…:key/ID` and `ID` compare equal.
+fn key_tail(k: &str) -> &str {
+    k.rsplit_once("key/").map_or(k, |(_, id)| id)
+}
+
+impl AwsKms {
+    pub fn new(c: &AwsConfig) -> Result<Self, KmsError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let access = c.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID"));
+        let secret = c
+            .secret_access_key
+            .clone()
+            .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+        let (Some(access), Some(secret)) = (access, secret) else {
+            return Err(KmsError::Config(
+                "no AWS credentials: set access_key_id and secret_access_key in [api.kms], or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+            ));
+        };
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut b = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(c.region.clone()))
+            .credentials_provider(Credentials::new(
+                access,
+                secret,
+                env("AWS_SESSION_TOKEN"),
+                None,
+                "lastmile-config",
+            ))
+            .http_client(http);
+        if let Some(e) = &c.endpoint {
+            b = b.endpoint_url(e);
+        }
+        Ok(Self {
+            client: Client::from_conf(b.build()),
+            key_id: c.key_id.clone(),
+        })
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Makes a new symmetric master key (for tests and first setup); returns its id.
+    pub async fn create_key(&self, description: &str) -> Result<String, KmsError> {
+        let out = self
+            .client
+            .create_key()
+            .description(description)
+            .send()
+            .await
+            .map_err(failure)?;
+        out.key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| KmsError::Unavailable("CreateKey returned no key".into()))
+    }
+
+    /// The same KMS with another master key.
+    pub fn with_key(&self, key_id: &str) -> Self {
+        Self {
+            client: self.client.clone(),
+            key_id: key_id.to_owned(),
+        }
+    }
+
+    pub async fn generate_data_key(&self, context: &Context) -> Result<DataKey, KmsError> {
+        let out = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(context.to_map()))
+            .send()
+            .await
+            .map_err(failure)?;
+        let plain = out
+            .plaintext()
+            .ok_or_else(|| KmsError::Unavailable("GenerateDataKey returned no plaintext".into()))?;
+        let plaintext: [u8; 32] = plain.as_ref().try_into().map_err(|_| {
+            KmsError::Unavailable("GenerateDataKey returned a key that is not 32 bytes".into())
+        })?;
+        let wrapped = out
+            .ciphertext_blob()
+            .ok_or_else(|| KmsError::Unavailable("GenerateDataKey returned no ciphertext".into()))?
+            .as_ref()
+            .to_vec();
+        Ok(DataKey {
+            plaintext: Zeroizing::new(plaintext),
+            wrapped,
+            key_id: out
+                .key_id()
+                .map_or_else(|| self.key_id.clone(), str::to_owned),
+        })
+    }
+
+    pub async fn decrypt(
+        &self,
+        wrapped: &[u8],
+        key_id: &str,
+        context: &Context,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let out = self
+            .client
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped))
+            .key_id(key_id)
+            .set_encryption_context(Some(context.to_map()))
+            .send()
+            .await
+            .map_err(failure)?;
+        // AWS refuses a KeyId that is not the ciphertext's (IncorrectKeyException); check
+        // it here too, so a KMS-compatible server that ignores KeyId cannot unwrap under
+        // another key than the one recorded.
+        if let Some(used) = out.key_id()
+            && !key_id.starts_with("alias/")
+            && key_tail(used) != key_tail(key_id)
+        {
+            return Err(KmsError::Refused);
+        }
+        let plain = out
+            .plaintext()
+            .ok_or_else(|| KmsError::Unavailable("Decrypt returned no plaintext".into()))?;
+        Ok(Zeroizing::new(plain.as_ref().to_vec()))
+    }
+
+    pub async fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        from: &str,
+        to: &str,
+        context: &Context,
+    ) -> Result<Vec<u8>, KmsError> {
+        let out = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(wrapped))
+            .source_key_id(from)
+            .destination_key_id(to)
+            .set_source_encryption_context(Some(context.to_map()))
+            .set_destination_encryption_context(Some(context.to_map()))
+            .send()
+            .await
+            .map_err(failure)?;
+        Ok(out
+            .ciphertext_blob()
+            .ok_or_else(|| KmsError::Unavailable("ReEncrypt returned no ciphertext".into()))?
+            .as_ref()
+            .to_vec())
+    }
+}
