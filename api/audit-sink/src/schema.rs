@@ -76,6 +76,11 @@ pub const KINDS: &[Kind] = &[
         required: &["actor", "gateway", "change"],
     },
     Kind {
+        name: "credential.change",
+        what: "a credential was stored, or its data key re-wrapped under another KMS key",
+        required: &["actor", "resource", "change", "version"],
+    },
+    Kind {
         name: "credential.decrypt",
         what: "a credential was decrypted for a gateway",
         required: &["resource", "session", "gateway", "connection"],

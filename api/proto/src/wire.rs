@@ -167,9 +167,104 @@ pub struct Resource {
     pub protect: Vec<String>,
     #[serde(default)]
     pub upstream_tls: UpstreamTls,
-    /// Which stored credential the gateway logs in with (the vault's name for it).
+    /// How the gateway logs in: a stored `password` or `ssh-key` (set with
+    /// `lastmile-api credentials set`), or an `ssh-certificate` signed per connection.
     #[serde(default)]
-    pub credential: Option<String>,
+    pub credential: Option<CredentialKind>,
+    /// For `ssh-certificate`: the principals (upstream user names) certificates name.
+    #[serde(default)]
+    pub ssh_principals: Vec<String>,
+}
+
+/// What the gateway logs in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    /// A PostgreSQL (or other) password, stored in the vault.
+    Password,
+    /// An OpenSSH private key, stored in the vault.
+    SshKey,
+    /// Nothing stored: the API signs a short-lived OpenSSH user certificate for the
+    /// gateway's per-connection key, with the resource's principals.
+    SshCertificate,
+}
+
+/// A stored credential, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    pub resource: String,
+    pub kind: CredentialKind,
+    pub version: i64,
+    /// The KMS master key its data key is wrapped under.
+    pub key_id: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+/// A user's consent to one connection: made by the agent, signed with the session key,
+/// carried by the gateway to `POST /v1/credentials/unlock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockAuthorization {
+    pub session: String,
+    pub device: String,
+    pub resource: String,
+    pub gateway: String,
+    /// The connection's id, unique per connection.
+    pub connection: String,
+    pub created: i64,
+    pub nonce: String,
+}
+
+/// What the session key signs: every field, length-prefixed after a domain tag.
+pub fn unlock_authorization_message(a: &UnlockAuthorization) -> Vec<u8> {
+    let created = a.created.to_string();
+    let mut out = Vec::with_capacity(256);
+    for field in [
+        "lastmile-unlock-v1",
+        &a.session,
+        &a.device,
+        &a.resource,
+        &a.gateway,
+        &a.connection,
+        &created,
+        &a.nonce,
+    ] {
+        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+/// `POST /v1/credentials/unlock`, by a gateway (client certificate, and the request
+/// signed with its key, label `gateway`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockRequest {
+    pub resource: String,
+    #[serde(default)]
+    pub authorization: Option<UnlockAuthorization>,
+    /// The session key's signature over [`unlock_authorization_message`], base64.
+    #[serde(default)]
+    pub authorization_signature: Option<String>,
+    /// An age X25519 recipient (`age1…`), fresh per unlock: the secret is sealed to it.
+    pub recipient: String,
+    /// For `ssh-certificate`: the gateway's per-connection OpenSSH public key.
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unlocked {
+    pub resource: String,
+    pub kind: CredentialKind,
+    pub version: i64,
+    /// The secret, age-encrypted to the request's recipient, base64 (stored kinds).
+    #[serde(default)]
+    pub sealed: Option<String>,
+    /// The OpenSSH user certificate (`ssh-certificate`).
+    #[serde(default)]
+    pub ssh_certificate: Option<String>,
 }
 
 /// Who a grant is for.

@@ -4,8 +4,8 @@
 //! Each change and its audit event commit together: no event, no change.
 
 use lastmile_proto::wire::{
-    self, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser, OneTimePassword, Resource,
-    ResourceKind, Session, Subject, UpstreamTls, User, valid_name,
+    self, CredentialKind, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser,
+    OneTimePassword, Resource, ResourceKind, Session, Subject, UpstreamTls, User, valid_name,
 };
 use serde_json::json;
 use sqlx::Row as _;
@@ -359,6 +359,14 @@ fn kind_name(k: ResourceKind) -> &'static str {
     }
 }
 
+pub fn credential_name(k: CredentialKind) -> &'static str {
+    match k {
+        CredentialKind::Password => "password",
+        CredentialKind::SshKey => "ssh-key",
+        CredentialKind::SshCertificate => "ssh-certificate",
+    }
+}
+
 fn tls_name(t: UpstreamTls) -> &'static str {
     match t {
         UpstreamTls::Disable => "disable",
@@ -418,8 +426,24 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     for p in &r.protect {
         check_protect(p).map_err(|why| ApiError::bad_request("bad_resource", why))?;
     }
-    if let Some(c) = &r.credential {
-        check_name("credential", c)?;
+    for p in &r.ssh_principals {
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ApiError::bad_request(
+                "bad_resource",
+                format!("`{p}` is not a usable SSH principal (1-64 of A-Z a-z 0-9 . _ -)"),
+            ));
+        }
+    }
+    if r.credential == Some(CredentialKind::SshCertificate) && r.ssh_principals.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "an ssh-certificate resource needs ssh_principals: the upstream users its certificates may log in as",
+        ));
     }
     let t = now();
     let protect = serde_json::to_string(&r.protect).map_err(ApiError::internal)?;
@@ -431,9 +455,9 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
         .try_get::<i64, _>("n")?
         != 0;
     sqlx::query(
-        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
-         ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, updated_at = $8",
+        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, ssh_principals, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8) \
+         ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, ssh_principals = $9, updated_at = $8",
     )
     .bind(&r.name)
     .bind(kind_name(r.kind))
@@ -441,8 +465,9 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     .bind(i64::from(r.port))
     .bind(protect)
     .bind(tls_name(r.upstream_tls))
-    .bind(&r.credential)
+    .bind(r.credential.map(credential_name))
     .bind(t)
+    .bind(serde_json::to_string(&r.ssh_principals).map_err(ApiError::internal)?)
     .execute(&mut *tx)
     .await?;
     app.audit(
@@ -469,12 +494,17 @@ fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, ApiError> {
         port: u16::try_from(r.try_get::<i64, _>("port")?).map_err(ApiError::internal)?,
         protect: serde_json::from_str(&protect).map_err(ApiError::internal)?,
         upstream_tls: stored("upstream_tls", r.try_get("upstream_tls")?)?,
-        credential: r.try_get("credential")?,
+        credential: r
+            .try_get::<Option<String>, _>("credential")?
+            .map(|c| stored("credential", c))
+            .transpose()?,
+        ssh_principals: serde_json::from_str(&r.try_get::<String, _>("ssh_principals")?)
+            .map_err(ApiError::internal)?,
     })
 }
 
 const RESOURCE_COLUMNS: &str =
-    "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential";
+    "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential, r.ssh_principals";
 
 pub async fn list_resources(app: &App) -> Result<Vec<Resource>, ApiError> {
     sqlx::query(&format!(

@@ -13,6 +13,7 @@ pub struct App {
     pub config: ApiConfig,
     pub audit: lastmile_audit_sink::AuditWriter,
     pub revocations: Arc<Revocations>,
+    pub kms: lastmile_vault::Kms,
 }
 
 impl App {
@@ -26,12 +27,16 @@ impl App {
             .writer(Some(&config.audit_file()))
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
+        let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+            .await
+            .context("opening the KMS")?;
         Ok(Arc::new(Self {
             db,
             pki,
             config,
             audit,
             revocations,
+            kms,
         }))
     }
 

@@ -563,7 +563,7 @@ pub async fn revoke_session(
     }))
 }
 
-fn sig_error(e: httpsig::SigError) -> ApiError {
+pub fn sig_error(e: httpsig::SigError) -> ApiError {
     let code = match &e {
         httpsig::SigError::MissingHeader(_) => "signature_missing",
         httpsig::SigError::DigestMismatch => "body_changed",
@@ -649,13 +649,124 @@ pub async fn authenticate(
         ));
     }
 
+    let session = live_session(app, &session_sig.keyid).await?;
+    session_sig
+        .verify(&session.session_key()?)
+        .map_err(sig_error)?;
+    session.check_device(app, &device_sig.keyid).await?;
+    device_sig
+        .verify(&session.device_key()?)
+        .map_err(sig_error)?;
+    // Last, so that only a fully valid call spends its nonce.
+    if !spend_nonce(
+        app,
+        &session_sig.keyid,
+        &session_sig.nonce,
+        session_sig.created,
+    )
+    .await?
+    {
+        return Err(ApiError::unauthorized(
+            "replayed_nonce",
+            "this nonce was already used: the request is a replay (sign every request with a new nonce)",
+        ));
+    }
+    Ok(Caller {
+        admin: session.admin,
+        user: session.user,
+        session: session_sig.keyid.clone(),
+        device: session.device,
+        session_expires_at: session.expires_at,
+    })
+}
+
+/// Records `nonce` for `key_id`; false when it was already used. A nonce is kept until a
+/// signature created at `created` could no longer pass the time check.
+pub async fn spend_nonce(
+    app: &App,
+    key_id: &str,
+    nonce: &str,
+    created: i64,
+) -> Result<bool, ApiError> {
+    let window = secs(app.config.signature_window);
+    Ok(sqlx::query(
+        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(key_id)
+    .bind(nonce)
+    .bind(created + window + 1)
+    .execute(&app.db.pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A session that exists, is not revoked and has not expired, with its user and device.
+#[derive(Debug)]
+pub struct LiveSession {
+    pub id: String,
+    pub user: String,
+    pub device: String,
+    pub admin: bool,
+    pub expires_at: i64,
+    session_key: String,
+    device_key: String,
+    device_status: String,
+    user_disabled: bool,
+}
+
+impl LiveSession {
+    pub fn session_key(&self) -> Result<VerifyingKey, ApiError> {
+        verifying_key(key32(&self.session_key, "session key")?, "session key")
+    }
+
+    pub fn device_key(&self) -> Result<VerifyingKey, ApiError> {
+        verifying_key(key32(&self.device_key, "device key")?, "device key")
+    }
+
+    /// Call only once the session key's signature has verified. A session presented
+    /// from a device other than its own is treated as stolen: it is revoked (and the
+    /// revocation published) before the refusal. Then the device must be trusted and
+    /// the user enabled.
+    pub async fn check_device(&self, app: &App, presented: &str) -> Result<(), ApiError> {
+        if presented != self.device {
+            revoke_session(
+                app,
+                &self.id,
+                &format!("presented from another device ({presented})"),
+                "api",
+            )
+            .await?;
+            return Err(ApiError::unauthorized(
+                "session_device_mismatch",
+                "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
+            ));
+        }
+        if self.device_status != "trusted" {
+            return Err(ApiError::forbidden(
+                "device_not_trusted",
+                format!("device {} is {}", self.device, self.device_status),
+            ));
+        }
+        if self.user_disabled {
+            return Err(ApiError::forbidden(
+                "user_disabled",
+                "this user is disabled; ask an admin",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loads a session, refusing one that is unknown, revoked or expired.
+pub async fn live_session(app: &App, id: &str) -> Result<LiveSession, ApiError> {
     let row = sqlx::query(
         "SELECT s.user_name, s.device_id, s.public_key, s.expires_at, s.revoked_at, s.revoke_reason, \
          u.admin, u.disabled, d.public_key AS device_key, d.status AS device_status \
          FROM sessions s JOIN users u ON u.name = s.user_name JOIN devices d ON d.id = s.device_id \
          WHERE s.id = $1",
     )
-    .bind(&session_sig.keyid)
+    .bind(id)
     .fetch_optional(&app.db.pool)
     .await?;
     let Some(row) = row else {
@@ -664,13 +775,8 @@ pub async fn authenticate(
             "no such session: run `lastmile login`",
         ));
     };
-    let user: String = row.try_get("user_name")?;
-    let bound_device: String = row.try_get("device_id")?;
-    let session_key: String = row.try_get("public_key")?;
-    let expires_at: i64 = row.try_get("expires_at")?;
-    let revoked_at: Option<i64> = row.try_get("revoked_at")?;
-    let reason: Option<String> = row.try_get("revoke_reason")?;
-    if revoked_at.is_some() {
+    if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+        let reason: Option<String> = row.try_get("revoke_reason")?;
         return Err(ApiError::unauthorized(
             "session_revoked",
             format!(
@@ -679,69 +785,23 @@ pub async fn authenticate(
             ),
         ));
     }
-    if expires_at <= t {
+    let expires_at: i64 = row.try_get("expires_at")?;
+    if expires_at <= now() {
         return Err(ApiError::unauthorized(
             "session_expired",
             "this session has expired: run `lastmile login`",
         ));
     }
-    let key = verifying_key(key32(&session_key, "session key")?, "session key")?;
-    session_sig.verify(&key).map_err(sig_error)?;
-    if device_sig.keyid != bound_device {
-        // The session key is in use on a device it was not issued to: treat it as
-        // stolen.
-        revoke_session(
-            app,
-            &session_sig.keyid,
-            &format!("presented from another device ({})", device_sig.keyid),
-            "api",
-        )
-        .await?;
-        return Err(ApiError::unauthorized(
-            "session_device_mismatch",
-            "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
-        ));
-    }
-    let status: String = row.try_get("device_status")?;
-    if status != "trusted" {
-        return Err(ApiError::forbidden(
-            "device_not_trusted",
-            format!("device {bound_device} is {status}"),
-        ));
-    }
-    let dkey: String = row.try_get("device_key")?;
-    device_sig
-        .verify(&verifying_key(key32(&dkey, "device key")?, "device key")?)
-        .map_err(sig_error)?;
-    if row.try_get::<i64, _>("disabled")? != 0 {
-        return Err(ApiError::forbidden(
-            "user_disabled",
-            "this user is disabled; ask an admin",
-        ));
-    }
-    // Last, so that only a fully valid call spends its nonce. A nonce is kept until its
-    // signature could no longer pass the time check.
-    let fresh = sqlx::query(
-        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(&session_sig.keyid)
-    .bind(&session_sig.nonce)
-    .bind(session_sig.created + window + 1)
-    .execute(&app.db.pool)
-    .await?
-    .rows_affected();
-    if fresh != 1 {
-        return Err(ApiError::unauthorized(
-            "replayed_nonce",
-            "this nonce was already used: the request is a replay (sign every request with a new nonce)",
-        ));
-    }
-    Ok(Caller {
+    Ok(LiveSession {
+        id: id.to_owned(),
+        user: row.try_get("user_name")?,
+        device: row.try_get("device_id")?,
         admin: row.try_get::<i64, _>("admin")? != 0,
-        user,
-        session: session_sig.keyid.clone(),
-        device: bound_device,
-        session_expires_at: expires_at,
+        expires_at,
+        session_key: row.try_get("public_key")?,
+        device_key: row.try_get("device_key")?,
+        device_status: row.try_get("device_status")?,
+        user_disabled: row.try_get::<i64, _>("disabled")? != 0,
     })
 }
 

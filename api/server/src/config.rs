@@ -46,9 +46,18 @@ pub struct ApiConfig {
     /// Default 5m.
     #[serde(with = "humantime_serde")]
     pub lockout: Duration,
-    /// Audit events (admin changes, logins, sessions, devices). JSON lines appended to
-    /// `<data_dir>/audit.jsonl`, and wherever this section adds.
+    /// Where audit events are appended as JSON lines. Default `<data_dir>/audit.jsonl`.
+    pub audit_file: Option<PathBuf>,
+    /// Audit events (admin changes, logins, sessions, devices, decryptions): to
+    /// `audit_file`, and wherever this section adds.
     pub audit: lastmile_audit_sink::SinkConfig,
+    /// Where the vault's (and the CAs') master keys live: `kind = "local"` (the default:
+    /// `<data_dir>/kms`) or `kind = "aws"` with `region`, `key_id`, and optionally
+    /// `endpoint`, `access_key_id`, `secret_access_key`.
+    pub kms: lastmile_vault::KmsConfig,
+    /// How long an unlock's SSH user certificate lasts. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub ssh_certificate_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -65,7 +74,10 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_failed_logins: 10,
             lockout: Duration::from_secs(300),
+            audit_file: None,
             audit: lastmile_audit_sink::SinkConfig::default(),
+            kms: lastmile_vault::KmsConfig::default(),
+            ssh_certificate_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -134,8 +146,14 @@ impl ApiConfig {
         self.data_dir.join("keys")
     }
 
+    pub fn kms_dir(&self) -> PathBuf {
+        self.data_dir.join("kms")
+    }
+
     pub fn audit_file(&self) -> PathBuf {
-        self.data_dir.join("audit.jsonl")
+        self.audit_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit.jsonl"))
     }
 }
 

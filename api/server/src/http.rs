@@ -49,6 +49,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/revocations"),
     ("post", "/v1/gateways/enroll"),
     ("post", "/v1/gateways/renew"),
+    ("post", "/v1/credentials/unlock"),
+    ("get", "/v1/admin/credentials"),
     ("get", "/v1/admin/users"),
     ("post", "/v1/admin/users"),
     ("delete", "/v1/admin/users/{name}"),
@@ -73,7 +75,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The gateway a connection's client certificate names, if it presented one.
 #[derive(Debug, Clone)]
-pub struct Peer(pub Option<String>);
+pub struct Peer(pub Option<crate::vault::GatewayPeer>);
 
 /// A signed call's caller and body.
 #[derive(Debug)]
@@ -184,6 +186,8 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/revocations", get(revocations))
         .route("/v1/gateways/enroll", post(enroll))
         .route("/v1/gateways/renew", post(renew))
+        .route("/v1/credentials/unlock", post(unlock))
+        .route("/v1/admin/credentials", get(credentials))
         .route("/v1/admin/users", get(users).post(add_user))
         .route("/v1/admin/users/{name}", delete(delete_user))
         .route("/v1/admin/users/{name}/{action}", post(user_action))
@@ -280,12 +284,13 @@ async fn revocations(
     req: Request,
 ) -> Reply {
     let visible: Box<dyn Fn(&wire::Revocation) -> bool + Send + Sync> = match &peer.0 {
-        Some(gw) if gateways::is_active(&app, gw).await? => Box::new(|_| true),
+        Some(gw) if gateways::is_active(&app, &gw.name).await? => Box::new(|_| true),
         Some(gw) => {
             return Err(ApiError::forbidden(
                 "gateway_revoked",
                 format!(
-                    "gateway `{gw}` was revoked or is not enrolled; enroll it again with a new token"
+                    "gateway `{}` was revoked or is not enrolled; enroll it again with a new token",
+                    gw.name
                 ),
             ));
         }
@@ -337,7 +342,7 @@ async fn renew(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let Some(name) = peer.0 else {
+    let Some(crate::vault::GatewayPeer { name, .. }) = peer.0 else {
         return Err(ApiError::unauthorized(
             "gateway_certificate_required",
             "renewal needs the gateway's current certificate as the TLS client certificate",
@@ -345,6 +350,22 @@ async fn renew(
     };
     let r: wire::Renew = json(&b)?;
     ok(gateways::renew(&app, &name, &r.csr).await?)
+}
+
+async fn unlock(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Body(b): Body,
+) -> Reply {
+    ok(crate::vault::unlock(&app, peer.0.as_ref(), &method, &uri, &headers, &b).await?)
+}
+
+async fn credentials(State(app): State<Arc<App>>, s: Signed) -> Reply {
+    admin_only(&s.caller)?;
+    ok(crate::vault::list_credentials(&app).await?)
 }
 
 async fn users(State(app): State<Arc<App>>, s: Signed) -> Reply {
@@ -544,14 +565,20 @@ fn tls_config(app: &App) -> anyhow::Result<ServerConfig> {
         .context("the API's TLS certificate and key do not match")
 }
 
-/// The gateway named by a verified client certificate's URI SAN.
-fn gateway_of(cert: &CertificateDer<'_>) -> Option<String> {
+/// The gateway named by a verified client certificate's URI SAN, and its Ed25519 key.
+fn gateway_of(cert: &CertificateDer<'_>) -> Option<crate::vault::GatewayPeer> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
+    let name = san.value.general_names.iter().find_map(|n| match n {
         x509_parser::extensions::GeneralName::URI(u) => uri::gateway_name(u).map(str::to_owned),
         _ => None,
-    })
+    })?;
+    let spki = parsed.public_key();
+    // RFC 8410 §3: id-Ed25519 is 1.3.101.112; the key is the raw 32 bytes.
+    let key = (spki.algorithm.algorithm.to_id_string() == "1.3.101.112")
+        .then(|| <[u8; 32]>::try_from(spki.subject_public_key.data.as_ref()).ok())
+        .flatten();
+    Some(crate::vault::GatewayPeer { name, key })
 }
 
 /// Serves until the process ends.

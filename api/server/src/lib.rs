@@ -4,7 +4,7 @@
 //! Layout: [`db`] (SQLite or PostgreSQL through sqlx), [`pki`] (X.509 and SSH CAs),
 //! [`secret`] (argon2id, TOTP), [`auth`] (login and the signed-call check),
 //! [`revocation`] (the stream), [`admin`] and [`gateways`] (changes, each audited),
-//! [`http`] (TLS and routes).
+//! [`vault`] (stored credentials and their unlock), [`http`] (TLS and routes).
 
 pub mod admin;
 pub mod app;
@@ -17,6 +17,7 @@ pub mod http;
 pub mod pki;
 pub mod revocation;
 pub mod secret;
+pub mod vault;
 
 pub use app::App;
 pub use config::ApiConfig;

@@ -14,8 +14,8 @@ use lastmile_api::{
     gateways,
 };
 use lastmile_proto::wire::{
-    DevicePolicy, DeviceStatus, NewGatewayToken, NewGrant, NewUser, Resource, ResourceKind,
-    Subject, UpstreamTls,
+    CredentialKind, DevicePolicy, DeviceStatus, NewGatewayToken, NewGrant, NewUser, Resource,
+    ResourceKind, Subject, UpstreamTls,
 };
 use serde::Serialize;
 
@@ -73,6 +73,9 @@ enum Command {
     /// Organisation settings.
     #[command(subcommand)]
     Org(Org),
+    /// The credential vault.
+    #[command(subcommand)]
+    Credentials(Credentials),
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +138,45 @@ enum Tls {
     VerifyFull,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Cred {
+    Password,
+    SshKey,
+    SshCertificate,
+}
+
+impl From<Cred> for CredentialKind {
+    fn from(c: Cred) -> Self {
+        match c {
+            Cred::Password => Self::Password,
+            Cred::SshKey => Self::SshKey,
+            Cred::SshCertificate => Self::SshCertificate,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Credentials {
+    /// Store a new version of a resource's credential, read from standard input (or
+    /// --file), never from the command line.
+    Set {
+        resource: String,
+        #[arg(long, value_enum, default_value_t = Cred::Password)]
+        kind: Cred,
+        /// Read the secret from this file instead of standard input.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Stored credentials (never their secrets).
+    List,
+    /// Re-wrap every stored data key under another KMS master key (the local KMS makes
+    /// a new one when --to is not given).
+    Rotate {
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Resources {
     List,
@@ -152,8 +194,13 @@ enum Resources {
         protect: Vec<String>,
         #[arg(long, value_enum, default_value_t = Tls::Require)]
         upstream_tls: Tls,
-        #[arg(long)]
-        credential: Option<String>,
+        /// How the gateway logs in: a stored password or ssh-key, or an ssh-certificate
+        /// signed per connection.
+        #[arg(long, value_enum)]
+        credential: Option<Cred>,
+        /// For ssh-certificate: an upstream user the certificates may log in as.
+        #[arg(long = "ssh-principal")]
+        ssh_principals: Vec<String>,
     },
     Delete {
         name: String,
@@ -413,6 +460,7 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 protect,
                 upstream_tls,
                 credential,
+                ssh_principals,
             } => {
                 let r = Resource {
                     name,
@@ -429,7 +477,8 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                         Tls::Require => UpstreamTls::Require,
                         Tls::VerifyFull => UpstreamTls::VerifyFull,
                     },
-                    credential,
+                    credential: credential.map(CredentialKind::from),
+                    ssh_principals,
                 };
                 admin::put_resource(&app, &who, r.clone()).await?;
                 print(out, &r, |r| format!("resource {} saved", r.name))
@@ -593,6 +642,7 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 })
             }
         },
+        Command::Credentials(c) => credentials(&app, &who, out, c).await,
         Command::Org(Org::DevicePolicy { policy }) => {
             let p = if policy == "approval" {
                 DevicePolicy::Approval
@@ -603,6 +653,85 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
             print(out, &serde_json::json!({"device_policy": p}), |_| {
                 format!("device policy: {policy}")
             })
+        }
+    }
+}
+
+async fn credentials(app: &App, who: &str, out: Output, c: Credentials) -> anyhow::Result<()> {
+    match c {
+        Credentials::Set {
+            resource,
+            kind,
+            file,
+        } => {
+            let mut secret = zeroize::Zeroizing::new(Vec::new());
+            match &file {
+                Some(f) => std::io::Read::read_to_end(
+                    &mut std::fs::File::open(f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                    &mut secret,
+                )?,
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("secret for {resource} (then Ctrl-D):");
+                    }
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut secret)?
+                }
+            };
+            // One trailing newline is the shell's, not the secret's.
+            if kind == Cred::Password && secret.last() == Some(&b'\n') {
+                secret.pop();
+                if secret.last() == Some(&b'\r') {
+                    secret.pop();
+                }
+            }
+            let info =
+                lastmile_api::vault::set_credential(app, who, &resource, kind.into(), secret)
+                    .await?;
+            print(out, &info, |i| {
+                format!(
+                    "credential for {} stored: version {}, data key wrapped by KMS key {}",
+                    i.resource, i.version, i.key_id
+                )
+            })
+        }
+        Credentials::List => print(
+            out,
+            &lastmile_api::vault::list_credentials(app).await?,
+            |cs| {
+                cs.iter()
+                    .map(|c| {
+                        format!(
+                            "{:<20} v{:<3} {:?} kms key {} by {} at {}",
+                            c.resource,
+                            c.version,
+                            c.kind,
+                            c.key_id,
+                            c.created_by,
+                            when(c.created_at)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        ),
+        Credentials::Rotate { to } => {
+            let to = match (to, &app.kms) {
+                (Some(k), _) => k,
+                (None, lastmile_vault::Kms::Local(_)) => {
+                    let mut local = lastmile_vault::LocalKms::open(&app.config.kms_dir())?;
+                    local.new_key()?
+                }
+                (None, lastmile_vault::Kms::Aws(_)) => {
+                    bail!("with AWS KMS, name the new key: --to KEY_ID")
+                }
+            };
+            let n = lastmile_api::vault::rotate(app, who, &to).await?;
+            print(
+                out,
+                &serde_json::json!({"rewrapped": n, "kms_key": to}),
+                |_| format!("{n} data keys re-wrapped under {to}"),
+            )
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("the certificate signing request is not usable: {0}")]
     BadCsr(String),
+    #[error("SSH certificate: {0}")]
+    Ssh(String),
     #[error("random number generator failed: {0}")]
     Random(String),
 }
@@ -299,6 +301,12 @@ impl Pki {
                 "{e} (send a PEM PKCS#10 request signed by the gateway's new key)"
             ))
         })?;
+        if csr.public_key.algorithm() != &rcgen::PKCS_ED25519 {
+            return Err(PkiError::BadCsr(
+                "the gateway's key must be Ed25519: it also signs the gateway's API requests"
+                    .into(),
+            ));
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, name);
         let mut sans = vec![SanType::URI(uri::gateway(name).try_into()?)];
@@ -316,5 +324,42 @@ impl Pki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, not_after)?;
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
+    /// A short-lived OpenSSH user certificate for `key` (a gateway's per-connection key),
+    /// valid for exactly `principals`, signed by the SSH user CA. Only `permit-pty`: no
+    /// agent, port or X11 forwarding.
+    pub fn ssh_user_certificate(
+        &self,
+        key: &ssh_key::PublicKey,
+        principals: &[String],
+        key_id: &str,
+        valid_before: i64,
+    ) -> Result<String, PkiError> {
+        let ssh = |e: ssh_key::Error| PkiError::Ssh(e.to_string());
+        let after = u64::try_from(crate::db::now() - 60).unwrap_or(0);
+        let before = u64::try_from(valid_before).unwrap_or(0);
+        let mut b = ssh_key::certificate::Builder::new(
+            random::<16>()?.to_vec(),
+            key.key_data().clone(),
+            after,
+            before,
+        )
+        .map_err(ssh)?;
+        b.serial(u64::from_be_bytes(random::<8>()?)).map_err(ssh)?;
+        b.cert_type(ssh_key::certificate::CertType::User)
+            .map_err(ssh)?;
+        b.key_id(key_id).map_err(ssh)?;
+        if principals.is_empty() {
+            return Err(PkiError::Ssh(
+                "no principals: refusing to sign a certificate valid for every user".into(),
+            ));
+        }
+        for p in principals {
+            b.valid_principal(p.clone()).map_err(ssh)?;
+        }
+        b.extension("permit-pty", "").map_err(ssh)?;
+        let cert = b.sign(&self.ssh_user_ca).map_err(ssh)?;
+        cert.to_openssh().map_err(ssh)
     }
 }

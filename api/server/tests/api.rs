@@ -86,6 +86,7 @@ async fn enrollment_and_login(store: Store) {
         protect: vec!["127.0.0.2:5432".into()],
         upstream_tls: wire::UpstreamTls::Disable,
         credential: None,
+        ssh_principals: vec![],
     };
     let put = api
         .client

@@ -57,7 +57,7 @@ async fn gateway_lifecycle(store: Store) {
         .unwrap();
 
     // Enrollment: the key is the gateway's own; the names are the admin's.
-    let key = KeyPair::generate().unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let cert: GatewayCertificate = api
         .client
         .post(
@@ -120,6 +120,22 @@ async fn gateway_lifecycle(store: Store) {
         .unwrap_err();
     assert_eq!(e.code(), Some("bad_csr"));
 
+    // A gateway key must be Ed25519 (it signs the gateway's requests too).
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let e = api
+        .client
+        .post::<_, GatewayCertificate>(
+            "/v1/gateways/enroll",
+            &Enroll {
+                token: t2.token.clone(),
+                csr: csr(&p256),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_csr"));
+    assert!(e.to_string().contains("Ed25519"), "{e}");
+
     // Renewal over mutual TLS with the current certificate, for a new key.
     let gw = ApiClient::new(
         &api.base,
@@ -127,7 +143,7 @@ async fn gateway_lifecycle(store: Store) {
         Some((&cert.certificate, &key.serialize_pem())),
     )
     .unwrap();
-    let key2 = KeyPair::generate().unwrap();
+    let key2 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let renewed: GatewayCertificate = gw
         .post("/v1/gateways/renew", &Renew { csr: csr(&key2) })
         .await
@@ -188,7 +204,7 @@ async fn gateway_lifecycle(store: Store) {
     )
     .unwrap();
     let issuer = Issuer::from_ca_cert_pem(&api.ca, ca_key).unwrap();
-    let old_key = KeyPair::generate().unwrap();
+    let old_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let mut p = CertificateParams::default();
     p.subject_alt_names = vec![SanType::URI(wire::uri::gateway("gw1").try_into().unwrap())];
     p.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -209,13 +225,13 @@ async fn gateway_lifecycle(store: Store) {
         "{e}"
     );
 
-    let other_ca_key = KeyPair::generate().unwrap();
+    let other_ca_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let mut ca = CertificateParams::default();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let other = Issuer::new(ca, other_ca_key);
     let mut p = CertificateParams::default();
     p.subject_alt_names = vec![SanType::URI(wire::uri::gateway("gw1").try_into().unwrap())];
-    let foreign_key = KeyPair::generate().unwrap();
+    let foreign_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let foreign = p.signed_by(&foreign_key, &other).unwrap();
     let with_foreign = ApiClient::new(
         &api.base,

@@ -196,6 +196,122 @@ impl Api {
     }
 }
 
+/// An enrolled gateway: its Ed25519 key, certificate, and a client presenting it.
+pub struct Gateway {
+    pub name: String,
+    pub key: SigningKey,
+    pub client: ApiClient,
+}
+
+/// PKCS#8 v1 (RFC 8410 §7) of an Ed25519 seed, as rcgen and rustls take it.
+pub fn ed25519_pkcs8(key: &SigningKey) -> Vec<u8> {
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(key.as_bytes());
+    der
+}
+
+impl Gateway {
+    pub async fn enroll(api: &Api, admin: &Session, name: &str) -> Self {
+        let token: lastmile_proto::wire::GatewayToken = api
+            .client
+            .call(
+                admin,
+                reqwest::Method::POST,
+                "/v1/admin/gateways/tokens",
+                Some(&serde_json::json!({"name": name})),
+            )
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+        let key = new_key().unwrap();
+        let pair = rcgen::KeyPair::try_from(ed25519_pkcs8(&key).as_slice()).unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&pair)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let cert: lastmile_proto::wire::GatewayCertificate = api
+            .client
+            .post(
+                "/v1/gateways/enroll",
+                &lastmile_proto::wire::Enroll {
+                    token: token.token,
+                    csr,
+                },
+            )
+            .await
+            .unwrap();
+        let client = ApiClient::new(
+            &api.base,
+            &api.ca,
+            Some((&cert.certificate, &pair.serialize_pem())),
+        )
+        .unwrap();
+        Self {
+            name: name.to_owned(),
+            key,
+            client,
+        }
+    }
+
+    /// Sends an unlock request, signed with the gateway's key.
+    pub async fn unlock(&self, req: &serde_json::Value) -> lastmile_api_client::Answer {
+        let body = serde_json::to_vec(req).unwrap();
+        let host = self
+            .client
+            .url("")
+            .trim_start_matches("https://")
+            .to_owned();
+        let h = lastmile_proto::httpsig::sign(
+            "POST",
+            &format!("https://{host}/v1/credentials/unlock"),
+            &body,
+            lastmile_api_client::now(),
+            &lastmile_api_client::nonce().unwrap(),
+            &[lastmile_proto::httpsig::Signer {
+                label: "gateway",
+                keyid: &self.name,
+                key: &self.key,
+            }],
+        )
+        .unwrap();
+        self.client
+            .send_signed(reqwest::Method::POST, "/v1/credentials/unlock", &h, body)
+            .await
+            .unwrap()
+    }
+}
+
+/// The agent's side: a per-connection authorization signed by the session key.
+pub fn authorize(
+    session: &Session,
+    resource: &str,
+    gateway: &str,
+) -> (lastmile_proto::wire::UnlockAuthorization, String) {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let a = lastmile_proto::wire::UnlockAuthorization {
+        session: session.login.session.clone(),
+        device: session.login.device.clone(),
+        resource: resource.to_owned(),
+        gateway: gateway.to_owned(),
+        connection: format!("conn-{}", lastmile_api_client::nonce().unwrap()),
+        created: lastmile_api_client::now(),
+        nonce: lastmile_api_client::nonce().unwrap(),
+    };
+    let sig = session
+        .session_key
+        .sign(&lastmile_proto::wire::unlock_authorization_message(&a));
+    (
+        a,
+        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
+    )
+}
+
 /// Runs a test body against both stores.
 #[macro_export]
 macro_rules! both_stores {

@@ -1,0 +1,529 @@
+//! Stored credentials and their unlock.
+//!
+//! A credential is sealed with a data key from the KMS under the encryption context
+//! (organisation, resource, version); only the wrapped data key is stored beside it.
+//! It is unlocked only for a gateway with a valid identity (client certificate, and the
+//! request signed with that certificate's key) that carries a fresh, unused authorization
+//! signed by a live user session, bound to its device, whose user holds an unexpired
+//! grant for the resource: neither alone suffices. The decryption is recorded in the
+//! audit log before anything is released, and the secret leaves only sealed (age X25519)
+//! to the recipient the gateway named for this one unlock.
+
+use std::io::Write as _;
+
+use axum::http::{HeaderMap, Method, Uri};
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use ed25519_dalek::{Signature, VerifyingKey};
+use lastmile_proto::{
+    httpsig,
+    wire::{CredentialInfo, CredentialKind, UnlockRequest, Unlocked, unlock_authorization_message},
+};
+use lastmile_vault::{Context, KmsError, Sealed, envelope};
+use serde_json::json;
+use sqlx::Row as _;
+use zeroize::Zeroizing;
+
+use crate::{
+    admin::credential_name,
+    app::App,
+    auth::{live_session, sig_error, spend_nonce},
+    config::secs,
+    db::now,
+    error::ApiError,
+};
+
+fn kms_error(e: KmsError) -> ApiError {
+    match e {
+        KmsError::Refused => ApiError::internal(
+            "the KMS refused to unwrap a stored credential (wrong key or context, or the stored ciphertext was changed)",
+        ),
+        e => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "kms_unavailable",
+            format!("the KMS could not be used, so nothing was released: {e}"),
+        ),
+    }
+}
+
+fn kind_of(s: &str) -> Result<CredentialKind, ApiError> {
+    serde_json::from_value(json!(s))
+        .map_err(|e| ApiError::internal(format!("stored kind `{s}`: {e}")))
+}
+
+/// Stores a new version of `resource`'s credential. The secret is checked for its kind
+/// (an SSH key must parse) and never logged.
+pub async fn set_credential(
+    app: &App,
+    actor: &str,
+    resource: &str,
+    kind: CredentialKind,
+    secret: Zeroizing<Vec<u8>>,
+) -> Result<CredentialInfo, ApiError> {
+    match kind {
+        CredentialKind::SshCertificate => {
+            return Err(ApiError::bad_request(
+                "nothing_to_store",
+                "an ssh-certificate resource stores no secret: the API signs a certificate per connection",
+            ));
+        }
+        CredentialKind::SshKey => {
+            let text = std::str::from_utf8(&secret).map_err(|_| {
+                ApiError::bad_request(
+                    "bad_secret",
+                    "an SSH key must be an OpenSSH private key (text)",
+                )
+            })?;
+            let key = ssh_key::PrivateKey::from_openssh(text.trim()).map_err(|_| {
+                ApiError::bad_request(
+                    "bad_secret",
+                    "this is not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----)",
+                )
+            })?;
+            if key.is_encrypted() {
+                return Err(ApiError::bad_request(
+                    "bad_secret",
+                    "the SSH key is passphrase-protected; store it decrypted (the vault encrypts it)",
+                ));
+            }
+        }
+        CredentialKind::Password => {}
+    }
+    if secret.is_empty() || secret.len() > 16 * 1024 {
+        return Err(ApiError::bad_request(
+            "bad_secret",
+            "a secret must be 1 byte to 16 KiB",
+        ));
+    }
+    let mut tx = app.db.pool.begin().await?;
+    let exists = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE name = $1")
+        .bind(resource)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
+    if exists == 0 {
+        return Err(ApiError::not_found(
+            "no_such_resource",
+            format!("there is no resource `{resource}`"),
+        ));
+    }
+    let version =
+        sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM credentials WHERE resource = $1")
+            .bind(resource)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>("v")?
+            + 1;
+    let context = Context::credential(&app.pki.organisation, resource, version);
+    let sealed = envelope::seal(&app.kms, &context, &secret)
+        .await
+        .map_err(kms_error)?;
+    let t = now();
+    sqlx::query(
+        "INSERT INTO credentials (resource, version, kind, key_id, wrapped_key, nonce, ciphertext, created_at, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(resource)
+    .bind(version)
+    .bind(credential_name(kind))
+    .bind(&sealed.key_id)
+    .bind(B64.encode(&sealed.wrapped_key))
+    .bind(B64.encode(sealed.nonce))
+    .bind(B64.encode(&sealed.ciphertext))
+    .bind(t)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    app.audit(
+        "credential.change",
+        json!({"actor": actor, "resource": resource, "change": "set", "version": version, "kind": credential_name(kind), "kms_key": sealed.key_id}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(CredentialInfo {
+        resource: resource.to_owned(),
+        kind,
+        version,
+        key_id: sealed.key_id,
+        created_at: t,
+        created_by: actor.to_owned(),
+    })
+}
+
+/// Every stored version, newest first per resource. No secrets.
+pub async fn list_credentials(app: &App) -> Result<Vec<CredentialInfo>, ApiError> {
+    sqlx::query("SELECT resource, version, kind, key_id, created_at, created_by FROM credentials ORDER BY resource, version DESC")
+        .fetch_all(&app.db.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(CredentialInfo {
+                resource: r.try_get("resource")?,
+                kind: kind_of(&r.try_get::<String, _>("kind")?)?,
+                version: r.try_get("version")?,
+                key_id: r.try_get("key_id")?,
+                created_at: r.try_get("created_at")?,
+                created_by: r.try_get("created_by")?,
+            })
+        })
+        .collect()
+}
+
+fn sealed_of(r: &sqlx::any::AnyRow) -> Result<Sealed, ApiError> {
+    let b = |f: &str| -> Result<Vec<u8>, ApiError> {
+        B64.decode(r.try_get::<String, _>(f)?)
+            .map_err(|e| ApiError::internal(format!("stored {f}: {e}")))
+    };
+    Ok(Sealed {
+        key_id: r.try_get("key_id")?,
+        wrapped_key: b("wrapped_key")?,
+        nonce: b("nonce")?
+            .try_into()
+            .map_err(|_| ApiError::internal("stored nonce is not 12 bytes"))?,
+        ciphertext: b("ciphertext")?,
+    })
+}
+
+/// Re-wraps every stored data key under master key `to` (the secrets are never
+/// decrypted). Each row is changed and audited on its own, so a failure part-way leaves
+/// every row readable (under its old key or its new one); run it again to finish.
+/// Returns how many were re-wrapped.
+pub async fn rotate(app: &App, actor: &str, to: &str) -> Result<usize, ApiError> {
+    let rows = sqlx::query("SELECT resource, version, key_id, wrapped_key, nonce, ciphertext FROM credentials WHERE key_id <> $1")
+        .bind(to)
+        .fetch_all(&app.db.pool)
+        .await?;
+    let mut done = 0;
+    for r in rows {
+        let resource: String = r.try_get("resource")?;
+        let version: i64 = r.try_get("version")?;
+        let sealed = sealed_of(&r)?;
+        let context = Context::credential(&app.pki.organisation, &resource, version);
+        let moved = envelope::rewrap(&app.kms, &context, &sealed, to)
+            .await
+            .map_err(kms_error)?;
+        let mut tx = app.db.pool.begin().await?;
+        sqlx::query("UPDATE credentials SET key_id = $1, wrapped_key = $2 WHERE resource = $3 AND version = $4 AND key_id = $5")
+            .bind(&moved.key_id)
+            .bind(B64.encode(&moved.wrapped_key))
+            .bind(&resource)
+            .bind(version)
+            .bind(&sealed.key_id)
+            .execute(&mut *tx)
+            .await?;
+        app.audit(
+            "credential.change",
+            json!({"actor": actor, "resource": resource, "change": "rewrap", "version": version, "from_key": sealed.key_id, "kms_key": to}),
+        )
+        .await?;
+        tx.commit().await?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// The gateway a connection's client certificate proved, and its key.
+#[derive(Debug, Clone)]
+pub struct GatewayPeer {
+    pub name: String,
+    /// The certificate's Ed25519 key; `None` for another algorithm.
+    pub key: Option<[u8; 32]>,
+}
+
+/// `POST /v1/credentials/unlock`.
+pub async fn unlock(
+    app: &App,
+    peer: Option<&GatewayPeer>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Unlocked, ApiError> {
+    // 1. The gateway: a valid certificate (checked at the handshake), still enrolled,
+    //    and the request signed with that certificate's key.
+    let Some(gw) = peer else {
+        return Err(ApiError::unauthorized(
+            "gateway_certificate_required",
+            "only a gateway can unlock a credential: present the gateway's certificate (a user session alone never suffices)",
+        ));
+    };
+    if !crate::gateways::is_active(app, &gw.name).await? {
+        return Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!("gateway `{}` was revoked or is not enrolled", gw.name),
+        ));
+    }
+    let key = gw
+        .key
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "gateway_key_unsupported",
+                "the gateway's certificate key is not Ed25519; enroll it again with an Ed25519 key",
+            )
+        })?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host")
+        .ok_or_else(|| ApiError::bad_request("no_host", "the request has no Host header"))?;
+    let target = format!(
+        "https://{host}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let sigs = httpsig::parse(&httpsig::Request {
+        method: method.as_str(),
+        target_uri: &target,
+        body,
+        content_digest: header("content-digest"),
+        signature_input: header("signature-input"),
+        signature: header("signature"),
+    })
+    .map_err(sig_error)?;
+    let sig = sigs.iter().find(|s| s.label == "gateway").ok_or_else(|| {
+        ApiError::unauthorized(
+            "signature_missing",
+            "an unlock must be signed by the gateway's key with the label `gateway`",
+        )
+    })?;
+    if sig.keyid != gw.name {
+        return Err(ApiError::unauthorized(
+            "bad_signature",
+            "the gateway signature's keyid is not the certificate's gateway",
+        ));
+    }
+    sig.verify(&key).map_err(sig_error)?;
+    let t = now();
+    let window = secs(app.config.signature_window);
+    if (sig.created - t).abs() > window {
+        return Err(ApiError::unauthorized(
+            "stale_signature",
+            format!("the gateway's signature is more than {window}s from the server's clock"),
+        ));
+    }
+    if !spend_nonce(
+        app,
+        &format!("gateway:{}", gw.name),
+        &sig.nonce,
+        sig.created,
+    )
+    .await?
+    {
+        return Err(ApiError::unauthorized(
+            "replayed_nonce",
+            "this gateway request was already made (its nonce is spent)",
+        ));
+    }
+
+    // 2. The user's authorization for this connection.
+    let req: UnlockRequest = crate::error::json(body)?;
+    let (Some(authz), Some(authz_sig)) = (&req.authorization, &req.authorization_signature) else {
+        return Err(ApiError::unauthorized(
+            "authorization_missing",
+            "an unlock needs the user's per-connection authorization, signed by their session key: a gateway alone never suffices",
+        ));
+    };
+    if authz.gateway != gw.name {
+        return Err(ApiError::forbidden(
+            "authorization_other_gateway",
+            format!(
+                "the authorization is for gateway `{}`, not `{}`",
+                authz.gateway, gw.name
+            ),
+        ));
+    }
+    if authz.resource != req.resource {
+        return Err(ApiError::forbidden(
+            "authorization_other_resource",
+            format!(
+                "the authorization is for resource `{}`, not `{}`",
+                authz.resource, req.resource
+            ),
+        ));
+    }
+    if (authz.created - t).abs() > window {
+        return Err(ApiError::unauthorized(
+            "stale_authorization",
+            format!(
+                "the authorization was made at {} and the server's clock says {t}: more than {window}s apart",
+                authz.created
+            ),
+        ));
+    }
+    if authz.nonce.len() < 16
+        || authz.nonce.len() > 128
+        || authz.connection.is_empty()
+        || authz.connection.len() > 128
+    {
+        return Err(ApiError::bad_request(
+            "bad_authorization",
+            "the authorization's nonce must be 16-128 characters and its connection 1-128",
+        ));
+    }
+    let session = live_session(app, &authz.session).await?;
+    let signature = B64
+        .decode(authz_sig)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b));
+    let signed = signature.is_some_and(|s| {
+        session.session_key().is_ok_and(|k| {
+            k.verify_strict(&unlock_authorization_message(authz), &s)
+                .is_ok()
+        })
+    });
+    if !signed {
+        return Err(ApiError::unauthorized(
+            "bad_authorization_signature",
+            "the authorization is not signed by the session's key",
+        ));
+    }
+    session.check_device(app, &authz.device).await?;
+    if !spend_nonce(
+        app,
+        &format!("authz:{}", session.id),
+        &authz.nonce,
+        authz.created,
+    )
+    .await?
+    {
+        return Err(ApiError::unauthorized(
+            "replayed_authorization",
+            "this authorization was already used: each connection needs its own",
+        ));
+    }
+
+    // 3. The grant.
+    let grants = sqlx::query(
+        "SELECT g.expires_at FROM grants g WHERE g.resource = $1 AND \
+         ((g.subject_kind = 'user' AND g.subject = $2) OR \
+          (g.subject_kind = 'group' AND g.subject IN (SELECT group_name FROM group_members WHERE user_name = $2)))",
+    )
+    .bind(&req.resource)
+    .bind(&session.user)
+    .fetch_all(&app.db.pool)
+    .await?;
+    let expiries: Vec<Option<i64>> = grants
+        .iter()
+        .map(|r| r.try_get("expires_at"))
+        .collect::<Result<_, _>>()?;
+    if !expiries.iter().any(|e| e.is_none_or(|e| e > t)) {
+        return Err(if expiries.is_empty() {
+            ApiError::forbidden(
+                "no_grant",
+                format!(
+                    "user `{}` has no grant for `{}`",
+                    session.user, req.resource
+                ),
+            )
+        } else {
+            ApiError::forbidden(
+                "grant_expired",
+                format!(
+                    "user `{}`'s grant for `{}` has expired",
+                    session.user, req.resource
+                ),
+            )
+        });
+    }
+
+    // 4. The credential.
+    let resource = sqlx::query("SELECT credential, ssh_principals FROM resources WHERE name = $1")
+        .bind(&req.resource)
+        .fetch_optional(&app.db.pool)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no_such_resource",
+                format!("there is no resource `{}`", req.resource),
+            )
+        })?;
+    let recipient: age::x25519::Recipient = req.recipient.parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_recipient",
+            "recipient must be an age X25519 recipient (age1…)",
+        )
+    })?;
+    let event = |version: i64, kind: CredentialKind| {
+        json!({
+            "resource": req.resource, "session": session.id, "user": session.user, "device": session.device,
+            "gateway": gw.name, "connection": authz.connection, "version": version, "kind": credential_name(kind),
+        })
+    };
+    if resource
+        .try_get::<Option<String>, _>("credential")?
+        .as_deref()
+        == Some("ssh-certificate")
+    {
+        let principals: Vec<String> =
+            serde_json::from_str(&resource.try_get::<String, _>("ssh_principals")?)
+                .map_err(ApiError::internal)?;
+        let key_text = req.ssh_public_key.as_deref().ok_or_else(|| {
+            ApiError::bad_request(
+                "ssh_public_key_missing",
+                "an ssh-certificate resource needs the gateway's per-connection ssh_public_key",
+            )
+        })?;
+        let key = ssh_key::PublicKey::from_openssh(key_text).map_err(|_| {
+            ApiError::bad_request(
+                "bad_ssh_public_key",
+                "ssh_public_key is not an OpenSSH public key line",
+            )
+        })?;
+        let certificate = app
+            .pki
+            .ssh_user_certificate(
+                &key,
+                &principals,
+                &format!("{}@{}/{}", session.user, req.resource, authz.connection),
+                now() + secs(app.config.ssh_certificate_ttl),
+            )
+            .map_err(ApiError::internal)?;
+        app.audit(
+            "credential.decrypt",
+            event(0, CredentialKind::SshCertificate),
+        )
+        .await?;
+        return Ok(Unlocked {
+            resource: req.resource,
+            kind: CredentialKind::SshCertificate,
+            version: 0,
+            sealed: None,
+            ssh_certificate: Some(certificate),
+        });
+    }
+    let row = sqlx::query(
+        "SELECT version, kind, key_id, wrapped_key, nonce, ciphertext FROM credentials WHERE resource = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(&req.resource)
+    .fetch_optional(&app.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no_credential", format!("no credential is stored for `{}` (`lastmile-api credentials set {}`)", req.resource, req.resource)))?;
+    let version: i64 = row.try_get("version")?;
+    let kind = kind_of(&row.try_get::<String, _>("kind")?)?;
+    let context = Context::credential(&app.pki.organisation, &req.resource, version);
+    let secret = envelope::open(&app.kms, &context, &sealed_of(&row)?)
+        .await
+        .map_err(kms_error)?;
+    let sealed = seal_to(&recipient, &secret)?;
+    drop(secret);
+    // Recorded before anything is released; no record, no release.
+    app.audit("credential.decrypt", event(version, kind))
+        .await?;
+    Ok(Unlocked {
+        resource: req.resource,
+        kind,
+        version,
+        sealed: Some(B64.encode(sealed)),
+        ssh_certificate: None,
+    })
+}
+
+fn seal_to(recipient: &age::x25519::Recipient, secret: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let fail = |e: &dyn std::fmt::Display| ApiError::internal(format!("age: {e}"));
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
+            .map_err(|e| fail(&e))?;
+    let mut out = Vec::with_capacity(secret.len() + 256);
+    let mut w = encryptor.wrap_output(&mut out).map_err(|e| fail(&e))?;
+    w.write_all(secret).map_err(|e| fail(&e))?;
+    w.finish().map_err(|e| fail(&e))?;
+    Ok(out)
+}
