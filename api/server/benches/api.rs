@@ -50,7 +50,12 @@ async fn start(database: Option<String>) -> Running {
         database,
         ..ApiConfig::default()
     };
-    lastmile_api::pki::Pki::create(&config.keys_dir(), "bench", &config.names).unwrap();
+    let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+        .await
+        .unwrap();
+    lastmile_api::pki::Pki::create(&config.keys_dir(), "bench", &config.names, &kms)
+        .await
+        .unwrap();
     let app = App::open(config).await.unwrap();
     admin::bootstrap(&app, "admin").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

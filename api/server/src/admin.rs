@@ -538,6 +538,11 @@ pub async fn resources_for(app: &App, user: &str) -> Result<Vec<Resource>, ApiEr
 
 pub async fn delete_resource(app: &App, actor: &str, name: &str) -> Result<(), ApiError> {
     let mut tx = app.db.pool.begin().await?;
+    let credentials = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE resource = $1")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
     let n = sqlx::query("DELETE FROM resources WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)
@@ -551,7 +556,7 @@ pub async fn delete_resource(app: &App, actor: &str, name: &str) -> Result<(), A
     }
     app.audit(
         "resource.change",
-        json!({"actor": actor, "resource": name, "change": "delete"}),
+        json!({"actor": actor, "resource": name, "change": "delete", "credentials_deleted": credentials}),
     )
     .await?;
     tx.commit().await?;

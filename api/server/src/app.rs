@@ -20,16 +20,16 @@ impl App {
     /// Opens the organisation in `config.data_dir` and its database.
     pub async fn open(config: ApiConfig) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context as _;
-        let pki = Pki::load(&config.keys_dir())?;
+        let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+            .await
+            .context("opening the KMS")?;
+        let pki = Pki::load(&config.keys_dir(), &kms).await?;
         let db = Db::open(&config.database_url()).await?;
         let audit = config
             .audit
             .writer(Some(&config.audit_file()))
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
-        let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
-            .await
-            .context("opening the KMS")?;
         Ok(Arc::new(Self {
             db,
             pki,

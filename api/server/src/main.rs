@@ -716,21 +716,30 @@ async fn credentials(app: &App, who: &str, out: Output, c: Credentials) -> anyho
             },
         ),
         Credentials::Rotate { to } => {
-            let to = match (to, &app.kms) {
-                (Some(k), _) => k,
+            let (to, fresh) = match (to, &app.kms) {
+                (Some(k), _) => (k, None),
                 (None, lastmile_vault::Kms::Local(_)) => {
                     let mut local = lastmile_vault::LocalKms::open(&app.config.kms_dir())?;
-                    local.new_key()?
+                    let id = local.new_key()?;
+                    (id, Some(lastmile_vault::Kms::Local(local)))
                 }
                 (None, lastmile_vault::Kms::Aws(_)) => {
                     bail!("with AWS KMS, name the new key: --to KEY_ID")
                 }
             };
-            let n = lastmile_api::vault::rotate(app, who, &to).await?;
+            let kms = fresh.as_ref().unwrap_or(&app.kms);
+            let n = lastmile_api::vault::rotate(app, kms, who, &to).await?;
+            // The organisation's own private keys move too.
+            let keys =
+                lastmile_api::pki::Pki::rewrap_keys(&app.config.keys_dir(), kms, &to).await?;
             print(
                 out,
-                &serde_json::json!({"rewrapped": n, "kms_key": to}),
-                |_| format!("{n} data keys re-wrapped under {to}"),
+                &serde_json::json!({"rewrapped": n, "organisation_keys": keys, "kms_key": to}),
+                |_| {
+                    format!(
+                        "{n} credential data keys and {keys} organisation keys re-wrapped under {to}"
+                    )
+                },
             )
         }
     }
@@ -747,7 +756,11 @@ async fn init(config: ApiConfig, org: &str, admin_name: &str, out: Output) -> an
         );
     }
     let keys = config.keys_dir();
-    lastmile_api::pki::Pki::create(&keys, org, &config.names)
+    let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+        .await
+        .context("opening the KMS")?;
+    lastmile_api::pki::Pki::create(&keys, org, &config.names, &kms)
+        .await
         .with_context(|| format!("creating the organisation's keys in {}", keys.display()))?;
     let done = async {
         let app = App::open(config).await?;

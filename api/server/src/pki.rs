@@ -2,8 +2,9 @@
 //! user CA and an SSH host CA, and the API's own TLS certificate.
 //!
 //! Private keys live in `<data_dir>/keys`, a 0700 directory, in 0600 files (certificates
-//! 0644) owned by the user the API runs as; they are written once, atomically, and never overwritten.
-//! (Putting them under KMS is the vault's job.)
+//! 0644) owned by the user the API runs as, written once and never overwritten; and each
+//! is sealed under the KMS (envelope encryption, context: organisation and key name), so
+//! the files alone give nothing: the KMS must agree to each start of the API.
 
 use std::{
     io::Write as _,
@@ -52,6 +53,12 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("the certificate signing request is not usable: {0}")]
     BadCsr(String),
+    #[error("the KMS would not open {path}: {source}")]
+    Kms {
+        path: PathBuf,
+        #[source]
+        source: lastmile_vault::KmsError,
+    },
     #[error("SSH certificate: {0}")]
     Ssh(String),
     #[error("random number generator failed: {0}")]
@@ -71,11 +78,11 @@ pub struct Pki {
 }
 
 const CA_CERT: &str = "ca.crt";
-const CA_KEY: &str = "ca.key";
+const CA_KEY: &str = "ca.key.sealed";
 const TLS_CERT: &str = "api-tls.crt";
-const TLS_KEY: &str = "api-tls.key";
-const SSH_USER_CA: &str = "ssh_user_ca";
-const SSH_HOST_CA: &str = "ssh_host_ca";
+const TLS_KEY: &str = "api-tls.key.sealed";
+const SSH_USER_CA: &str = "ssh_user_ca.sealed";
+const SSH_HOST_CA: &str = "ssh_host_ca.sealed";
 const ORG_NAME: &str = "organisation";
 
 /// An Ed25519 public key as rcgen wants it (a session key never leaves the client).
@@ -131,6 +138,64 @@ fn read(dir: &Path, name: &str) -> Result<String, PkiError> {
     std::fs::read_to_string(&path).map_err(|source| PkiError::Missing { path, source })
 }
 
+/// The encryption context of one of the organisation's private keys.
+fn key_context(organisation: &str, name: &str) -> lastmile_vault::Context {
+    lastmile_vault::Context::new([("lastmile:org", organisation), ("lastmile:key", name)])
+}
+
+async fn seal_key(
+    kms: &lastmile_vault::Kms,
+    organisation: &str,
+    name: &str,
+    pem: &[u8],
+) -> Result<Vec<u8>, PkiError> {
+    let path = PathBuf::from(name);
+    let sealed = lastmile_vault::envelope::seal(kms, &key_context(organisation, name), pem)
+        .await
+        .map_err(|source| PkiError::Kms {
+            path: path.clone(),
+            source,
+        })?;
+    serde_json::to_vec(&sealed).map_err(|e| PkiError::Invalid {
+        path,
+        what: "sealed key",
+        why: e.to_string(),
+    })
+}
+
+fn sealed_file(dir: &Path, name: &str) -> Result<lastmile_vault::Sealed, PkiError> {
+    let path = dir.join(name);
+    serde_json::from_str(&read(dir, name)?).map_err(|e| PkiError::Invalid {
+        path,
+        what: "sealed key (JSON)",
+        why: e.to_string(),
+    })
+}
+
+/// One of the organisation's private keys (PEM or OpenSSH text), opened by the KMS.
+pub async fn open_key(
+    dir: &Path,
+    name: &str,
+    kms: &lastmile_vault::Kms,
+    organisation: &str,
+) -> Result<zeroize::Zeroizing<String>, PkiError> {
+    let path = dir.join(name);
+    let sealed = sealed_file(dir, name)?;
+    let plain = lastmile_vault::envelope::open(kms, &key_context(organisation, name), &sealed)
+        .await
+        .map_err(|source| PkiError::Kms {
+            path: path.clone(),
+            source,
+        })?;
+    String::from_utf8(plain.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| PkiError::Invalid {
+            path,
+            what: "sealed key",
+            why: "not text".into(),
+        })
+}
+
 fn validity(params: &mut CertificateParams, not_after: i64) -> Result<(), PkiError> {
     params.not_before = time(crate::db::now() - 60)?;
     params.not_after = time(not_after)?;
@@ -147,7 +212,12 @@ fn ssh_ca(comment: String) -> Result<PrivateKey, PkiError> {
 impl Pki {
     /// Makes a new organisation's keys in `dir` (created 0700). `api_names` are the DNS
     /// names and addresses the API's TLS certificate covers.
-    pub fn create(dir: &Path, organisation: &str, api_names: &[String]) -> Result<Self, PkiError> {
+    pub async fn create(
+        dir: &Path,
+        organisation: &str,
+        api_names: &[String],
+        kms: &lastmile_vault::Kms,
+    ) -> Result<Self, PkiError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -190,29 +260,98 @@ impl Pki {
                 why: e.to_string(),
             })
         };
+        let user_text = ssh_text(&user_ca, &dir.join(SSH_USER_CA))?;
+        let host_text = ssh_text(&host_ca, &dir.join(SSH_HOST_CA))?;
+        let sealed = [
+            (
+                CA_KEY,
+                seal_key(
+                    kms,
+                    organisation,
+                    CA_KEY,
+                    issuer.key().serialize_pem().as_bytes(),
+                )
+                .await?,
+            ),
+            (
+                TLS_KEY,
+                seal_key(
+                    kms,
+                    organisation,
+                    TLS_KEY,
+                    tls_key.serialize_pem().as_bytes(),
+                )
+                .await?,
+            ),
+            (
+                SSH_USER_CA,
+                seal_key(kms, organisation, SSH_USER_CA, user_text.as_bytes()).await?,
+            ),
+            (
+                SSH_HOST_CA,
+                seal_key(kms, organisation, SSH_HOST_CA, host_text.as_bytes()).await?,
+            ),
+        ];
         // The CA key is written first: its presence marks an initialised directory.
-        write_new(
-            &dir.join(CA_KEY),
-            issuer.key().serialize_pem().as_bytes(),
-            0o600,
-        )?;
+        for (name, bytes) in &sealed {
+            write_new(&dir.join(name), bytes, 0o600)?;
+        }
         write_new(&dir.join(CA_CERT), ca_cert.pem().as_bytes(), 0o644)?;
-        write_new(
-            &dir.join(TLS_KEY),
-            tls_key.serialize_pem().as_bytes(),
-            0o600,
-        )?;
         write_new(&dir.join(TLS_CERT), tls_cert.pem().as_bytes(), 0o644)?;
-        let p = dir.join(SSH_USER_CA);
-        write_new(&p, ssh_text(&user_ca, &p)?.as_bytes(), 0o600)?;
-        let p = dir.join(SSH_HOST_CA);
-        write_new(&p, ssh_text(&host_ca, &p)?.as_bytes(), 0o600)?;
         write_new(&dir.join(ORG_NAME), organisation.as_bytes(), 0o644)?;
-        Self::load(dir)
+        Self::load(dir, kms).await
     }
 
-    /// Loads the keys `create` wrote.
-    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+    /// Re-wraps the sealed private keys' data keys under master key `to` (the keys
+    /// themselves are not decrypted). Each file is replaced atomically.
+    pub async fn rewrap_keys(
+        dir: &Path,
+        kms: &lastmile_vault::Kms,
+        to: &str,
+    ) -> Result<usize, PkiError> {
+        let organisation = read(dir, ORG_NAME)?.trim().to_owned();
+        let mut n = 0;
+        for name in [CA_KEY, TLS_KEY, SSH_USER_CA, SSH_HOST_CA] {
+            let path = dir.join(name);
+            let sealed = sealed_file(dir, name)?;
+            if sealed.key_id == to {
+                continue;
+            }
+            let moved = lastmile_vault::envelope::rewrap(
+                kms,
+                &key_context(&organisation, name),
+                &sealed,
+                to,
+            )
+            .await
+            .map_err(|source| PkiError::Kms {
+                path: path.clone(),
+                source,
+            })?;
+            let bytes = serde_json::to_vec(&moved).map_err(|e| PkiError::Invalid {
+                path: path.clone(),
+                what: "sealed key",
+                why: e.to_string(),
+            })?;
+            let tmp = path.with_extension("sealed.new");
+            let _ = std::fs::remove_file(&tmp);
+            write_new(&tmp, &bytes, 0o600)?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            n += 1;
+        }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(n)
+    }
+
+    /// Loads the keys `create` wrote, each opened by the KMS.
+    pub async fn load(dir: &Path, kms: &lastmile_vault::Kms) -> Result<Self, PkiError> {
+        let organisation = read(dir, ORG_NAME)?.trim().to_owned();
+        let ca_key_pem = open_key(dir, CA_KEY, kms, &organisation).await?;
+        let tls_key_pem = open_key(dir, TLS_KEY, kms, &organisation).await?;
+        let user_pem = open_key(dir, SSH_USER_CA, kms, &organisation).await?;
+        let host_pem = open_key(dir, SSH_HOST_CA, kms, &organisation).await?;
         let invalid = |name: &str, what: &'static str| {
             let path = dir.join(name);
             move |e: &dyn std::fmt::Display| PkiError::Invalid {
@@ -222,22 +361,21 @@ impl Pki {
             }
         };
         let ca_pem = read(dir, CA_CERT)?;
-        let ca_key = KeyPair::from_pem(&read(dir, CA_KEY)?)
-            .map_err(|e| invalid(CA_KEY, "PEM private key")(&e))?;
+        let ca_key =
+            KeyPair::from_pem(&ca_key_pem).map_err(|e| invalid(CA_KEY, "PEM private key")(&e))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
             .map_err(|e| invalid(CA_CERT, "PEM CA certificate")(&e))?;
-        let ssh = |name: &str| {
-            PrivateKey::from_openssh(read(dir, name)?)
-                .map_err(|e| invalid(name, "OpenSSH private key")(&e))
+        let ssh = |name: &str, text: &str| {
+            PrivateKey::from_openssh(text).map_err(|e| invalid(name, "OpenSSH private key")(&e))
         };
         Ok(Self {
-            organisation: read(dir, ORG_NAME)?.trim().to_owned(),
+            organisation,
             ca_pem,
             issuer,
-            ssh_user_ca: ssh(SSH_USER_CA)?,
-            ssh_host_ca: ssh(SSH_HOST_CA)?,
+            ssh_user_ca: ssh(SSH_USER_CA, &user_pem)?,
+            ssh_host_ca: ssh(SSH_HOST_CA, &host_pem)?,
             tls_cert_pem: read(dir, TLS_CERT)?,
-            tls_key_pem: read(dir, TLS_KEY)?,
+            tls_key_pem: tls_key_pem.to_string(),
         })
     }
 

@@ -186,8 +186,14 @@ fn sealed_of(r: &sqlx::any::AnyRow) -> Result<Sealed, ApiError> {
 /// Re-wraps every stored data key under master key `to` (the secrets are never
 /// decrypted). Each row is changed and audited on its own, so a failure part-way leaves
 /// every row readable (under its old key or its new one); run it again to finish.
-/// Returns how many were re-wrapped.
-pub async fn rotate(app: &App, actor: &str, to: &str) -> Result<usize, ApiError> {
+/// Returns how many were re-wrapped. `kms` is the KMS that knows `to` (after a new
+/// local key, a freshly opened one).
+pub async fn rotate(
+    app: &App,
+    kms: &lastmile_vault::Kms,
+    actor: &str,
+    to: &str,
+) -> Result<usize, ApiError> {
     let rows = sqlx::query("SELECT resource, version, key_id, wrapped_key, nonce, ciphertext FROM credentials WHERE key_id <> $1")
         .bind(to)
         .fetch_all(&app.db.pool)
@@ -198,7 +204,7 @@ pub async fn rotate(app: &App, actor: &str, to: &str) -> Result<usize, ApiError>
         let version: i64 = r.try_get("version")?;
         let sealed = sealed_of(&r)?;
         let context = Context::credential(&app.pki.organisation, &resource, version);
-        let moved = envelope::rewrap(&app.kms, &context, &sealed, to)
+        let moved = envelope::rewrap(kms, &context, &sealed, to)
             .await
             .map_err(kms_error)?;
         let mut tx = app.db.pool.begin().await?;
@@ -314,6 +320,12 @@ pub async fn unlock(
 
     // 2. The user's authorization for this connection.
     let req: UnlockRequest = crate::error::json(body)?;
+    if !lastmile_proto::wire::valid_name(&req.resource) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "`resource` is not a resource name",
+        ));
+    }
     let (Some(authz), Some(authz_sig)) = (&req.authorization, &req.authorization_signature) else {
         return Err(ApiError::unauthorized(
             "authorization_missing",
@@ -447,11 +459,17 @@ pub async fn unlock(
             "gateway": gw.name, "connection": authz.connection, "version": version, "kind": credential_name(kind),
         })
     };
-    if resource
-        .try_get::<Option<String>, _>("credential")?
-        .as_deref()
-        == Some("ssh-certificate")
-    {
+    let declared: Option<String> = resource.try_get("credential")?;
+    let Some(declared) = declared else {
+        return Err(ApiError::not_found(
+            "no_credential",
+            format!(
+                "resource `{}` declares no credential (set `credential` on the resource)",
+                req.resource
+            ),
+        ));
+    };
+    if declared == "ssh-certificate" {
         let principals: Vec<String> =
             serde_json::from_str(&resource.try_get::<String, _>("ssh_principals")?)
                 .map_err(ApiError::internal)?;
@@ -498,6 +516,16 @@ pub async fn unlock(
     .ok_or_else(|| ApiError::not_found("no_credential", format!("no credential is stored for `{}` (`lastmile-api credentials set {}`)", req.resource, req.resource)))?;
     let version: i64 = row.try_get("version")?;
     let kind = kind_of(&row.try_get::<String, _>("kind")?)?;
+    if credential_name(kind) != declared {
+        return Err(ApiError::conflict(
+            "credential_kind_mismatch",
+            format!(
+                "resource `{}` declares a {declared} but the stored credential is a {}: store one of the declared kind",
+                req.resource,
+                credential_name(kind)
+            ),
+        ));
+    }
     let context = Context::credential(&app.pki.organisation, &req.resource, version);
     let secret = envelope::open(&app.kms, &context, &sealed_of(&row)?)
         .await

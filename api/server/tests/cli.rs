@@ -10,13 +10,28 @@
 use std::process::Command;
 
 fn api(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
+    api_stdin(config, args, "")
+}
+
+fn api_stdin(config: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
         .arg("--config")
         .arg(config)
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -44,7 +59,7 @@ fn init_and_admin_commands() {
     let init: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(init["admin"], "root");
     assert_eq!(init["one_time_password"].as_str().unwrap().len(), 20);
-    let key = dir.path().join("keys/ca.key");
+    let key = dir.path().join("keys/ca.key.sealed");
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions())
             & 0o777,
@@ -131,6 +146,65 @@ fn init_and_admin_commands() {
     assert!(!ok);
     assert!(err.contains("there is no user `nobody`"), "{err}");
 
+    // The organisation's private keys are not on disk in the clear: each is sealed by the KMS.
+    for f in std::fs::read_dir(dir.path().join("keys")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+    // A credential from standard input, listed without its secret, then every data key
+    // (and the organisation's keys) re-wrapped under a new master key.
+    let (ok, _, err) = api(
+        &config,
+        &[
+            "resources",
+            "put",
+            "orders",
+            "--kind",
+            "postgres",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "5432",
+            "--credential",
+            "password",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = api_stdin(
+        &config,
+        &["--output", "json", "credentials", "set", "orders"],
+        "pg-secret-cli\n",
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains("pg-secret-cli"));
+    let (ok, _, err) = api_stdin(
+        &config,
+        &["credentials", "set", "orders", "--kind", "ssh-key"],
+        "not a key",
+    );
+    assert!(!ok);
+    assert!(err.contains("not an OpenSSH private key"), "{err}");
+    let (ok, out, err) = api(&config, &["--output", "json", "credentials", "rotate"]);
+    assert!(ok, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            rotated["rewrapped"].as_u64(),
+            rotated["organisation_keys"].as_u64()
+        ),
+        (Some(1), Some(4))
+    );
+    let (ok, out, _) = api(&config, &["--output", "json", "credentials", "list"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        list[0]["kms_key"].as_str().or(list[0]["key_id"].as_str()),
+        rotated["kms_key"].as_str()
+    );
+    // Everything still opens under the new key.
+    let (ok, _, err) = api(&config, &["users", "list"]);
+    assert!(ok, "{err}");
+
     // Every change is in the audit trail, and names its actor.
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     let kinds: Vec<String> = audit
@@ -146,7 +220,10 @@ fn init_and_admin_commands() {
             "user.change",
             "resource.change",
             "grant.change",
-            "gateway.change"
+            "gateway.change",
+            "resource.change",
+            "credential.change",
+            "credential.change"
         ]
     );
 

@@ -199,10 +199,15 @@ async fn gateway_lifecycle(store: Store) {
     assert_eq!(a.status, 401);
 
     // Certificates the API must refuse at the handshake: expired, and from another CA.
-    let ca_key = KeyPair::from_pem(
-        &std::fs::read_to_string(api.app.config.keys_dir().join("ca.key")).unwrap(),
+    let ca_pem = lastmile_api::pki::open_key(
+        &api.app.config.keys_dir(),
+        "ca.key.sealed",
+        &api.app.kms,
+        "acme",
     )
+    .await
     .unwrap();
+    let ca_key = KeyPair::from_pem(&ca_pem).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&api.ca, ca_key).unwrap();
     let old_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let mut p = CertificateParams::default();

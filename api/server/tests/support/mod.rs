@@ -91,7 +91,12 @@ pub async fn start(store: Store, tweak: impl FnOnce(&mut ApiConfig)) -> Api {
         ..ApiConfig::default()
     };
     tweak(&mut config);
-    lastmile_api::pki::Pki::create(&config.keys_dir(), "acme", &config.names).unwrap();
+    let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+        .await
+        .unwrap();
+    lastmile_api::pki::Pki::create(&config.keys_dir(), "acme", &config.names, &kms)
+        .await
+        .unwrap();
     let app = App::open(config).await.unwrap();
     let otp = admin::bootstrap(&app, "admin").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
