@@ -16,6 +16,9 @@ pub enum Which {
     /// Signed-call checks per second and login latency (SQLite and PostgreSQL) next to one
     /// Ed25519 verification and one argon2id hash; revocation-to-subscriber latency.
     Api,
+    /// Credential unlocks per second and their latency with the local KMS and with moto,
+    /// next to one AES-256-GCM open and one Ed25519 verification.
+    Unlock,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -33,6 +36,10 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Api => {
             step("bench api");
             must(cargo().args(["bench", "-p", "lastmile-api", "--bench", "api"]))
+        }
+        Which::Unlock => {
+            step("bench unlock");
+            must(cargo().args(["bench", "-p", "lastmile-api", "--bench", "unlock"]))
         }
         Which::Audit => {
             step("bench audit");

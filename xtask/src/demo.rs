@@ -28,7 +28,7 @@ const USER: u32 = 65534;
 const NOT_BUILT_YET: &[&str] = &[
     "the agent's tunnel to a gateway (client and tunnel): today the example agent only echoes",
     "`lastmile login` and the agent (client and tunnel): the API below is driven by its admin CLI and curl",
-    "credentials under KMS, unlocked per connection (vault)",
+    "a gateway that unlocks the vault's credentials and logs in upstream (gateway protocols)",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
     "logging in to PostgreSQL and sshd on the last mile (gateway protocols)",
 ];
@@ -246,7 +246,27 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "5432",
         "--protect",
         POSTGRES,
+        "--credential",
+        "password",
     ]))?;
+    step(
+        "the vault: a password from standard input, sealed under the local KMS; listed without it",
+    );
+    {
+        use std::io::Write as _;
+        let mut child = api(&["credentials", "set", "orders-db"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(b"demo-password\n")?;
+        if !child.wait()?.success() {
+            bail!("lastmile-api credentials set failed");
+        }
+    }
+    must(&mut api(&["credentials", "list"]))?;
     must(&mut api(&[
         "grants",
         "add",
