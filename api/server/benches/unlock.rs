@@ -19,11 +19,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::Signer as _;
-use lastmile_proto::wire::CredentialKind;
-use reqwest::Method;
 use serde_json::json;
-use support::{Gateway, Store, authorize, start};
-use zeroize::Zeroizing;
+use support::{Store, authorize, start};
 
 const N: usize = 300;
 
@@ -44,37 +41,7 @@ async fn run(label: &str, kms: Option<lastmile_vault::KmsConfig>, aes_us: f64, e
         }
     })
     .await;
-    let admin = api.admin().await;
-    let db = json!({"name": "orders-db", "kind": "postgres", "host": "127.0.0.1", "port": 5432, "credential": "password"});
-    api.client
-        .call(
-            &admin,
-            Method::PUT,
-            "/v1/admin/resources/orders-db",
-            Some(&db),
-        )
-        .await
-        .unwrap();
-    lastmile_api::vault::set_credential(
-        &api.app,
-        "bench",
-        "orders-db",
-        CredentialKind::Password,
-        Zeroizing::new(b"bench-secret".to_vec()),
-    )
-    .await
-    .unwrap();
-    let (alice, _) = api.user("alice").await;
-    api.client
-        .call(
-            &admin,
-            Method::POST,
-            "/v1/admin/grants",
-            Some(&json!({"resource": "orders-db", "subject": {"user": "alice"}})),
-        )
-        .await
-        .unwrap();
-    let gw = Gateway::enroll(&api, &admin, "gw1").await;
+    let (_, alice, gw) = support::vault_fixture(&api, "bench-secret").await;
     let recipient = age::x25519::Identity::generate().to_public().to_string();
     let bodies: Vec<_> = (0..N)
         .map(|_| {

@@ -573,14 +573,14 @@ pub fn sig_error(e: httpsig::SigError) -> ApiError {
     ApiError::unauthorized(code, e.to_string())
 }
 
-/// Checks a signed call and says who made it.
-pub async fn authenticate(
-    app: &App,
+/// Parses a request's RFC 9421 signatures (checking its Content-Digest), its target URI
+/// being `https://` + Host + path and query as the client addressed it.
+pub fn parse_signatures(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Caller, ApiError> {
+) -> Result<Vec<httpsig::Signature>, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = header("host").ok_or_else(|| {
         ApiError::bad_request(
@@ -592,7 +592,7 @@ pub async fn authenticate(
         "https://{host}{}",
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
     );
-    let signatures = httpsig::parse(&httpsig::Request {
+    httpsig::parse(&httpsig::Request {
         method: method.as_str(),
         target_uri: &target,
         body,
@@ -600,7 +600,18 @@ pub async fn authenticate(
         signature_input: header("signature-input"),
         signature: header("signature"),
     })
-    .map_err(sig_error)?;
+    .map_err(sig_error)
+}
+
+/// Checks a signed call and says who made it.
+pub async fn authenticate(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Caller, ApiError> {
+    let signatures = parse_signatures(method, uri, headers, body)?;
     let find = |label: &str| {
         signatures.iter().find(|s| s.label == label).ok_or_else(|| {
             ApiError::unauthorized(

@@ -14,9 +14,8 @@ use std::io::Write as _;
 use axum::http::{HeaderMap, Method, Uri};
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ed25519_dalek::{Signature, VerifyingKey};
-use lastmile_proto::{
-    httpsig,
-    wire::{CredentialInfo, CredentialKind, UnlockRequest, Unlocked, unlock_authorization_message},
+use lastmile_proto::wire::{
+    CredentialInfo, CredentialKind, UnlockRequest, Unlocked, unlock_authorization_message,
 };
 use lastmile_vault::{Context, KmsError, Sealed, envelope};
 use serde_json::json;
@@ -26,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::{
     admin::credential_name,
     app::App,
-    auth::{live_session, sig_error, spend_nonce},
+    auth::{live_session, parse_signatures, sig_error, spend_nonce},
     config::secs,
     db::now,
     error::ApiError,
@@ -267,22 +266,7 @@ pub async fn unlock(
                 "the gateway's certificate key is not Ed25519; enroll it again with an Ed25519 key",
             )
         })?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = header("host")
-        .ok_or_else(|| ApiError::bad_request("no_host", "the request has no Host header"))?;
-    let target = format!(
-        "https://{host}{}",
-        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-    );
-    let sigs = httpsig::parse(&httpsig::Request {
-        method: method.as_str(),
-        target_uri: &target,
-        body,
-        content_digest: header("content-digest"),
-        signature_input: header("signature-input"),
-        signature: header("signature"),
-    })
-    .map_err(sig_error)?;
+    let sigs = parse_signatures(method, uri, headers, body)?;
     let sig = sigs.iter().find(|s| s.label == "gateway").ok_or_else(|| {
         ApiError::unauthorized(
             "signature_missing",

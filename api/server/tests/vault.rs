@@ -75,42 +75,7 @@ async fn setup(
     lastmile_api_client::Session,
     Gateway,
 ) {
-    let admin = api.admin().await;
-    let db = json!({"name": "orders-db", "kind": "postgres", "host": "127.0.0.1", "port": 5432, "credential": "password"});
-    assert_eq!(
-        api.client
-            .call(
-                &admin,
-                Method::PUT,
-                "/v1/admin/resources/orders-db",
-                Some(&db)
-            )
-            .await
-            .unwrap()
-            .status,
-        204
-    );
-    lastmile_api::vault::set_credential(
-        &api.app,
-        "test",
-        "orders-db",
-        CredentialKind::Password,
-        Zeroizing::new(SECRET.as_bytes().to_vec()),
-    )
-    .await
-    .unwrap();
-    let (alice, _) = api.user("alice").await;
-    api.client
-        .call(
-            &admin,
-            Method::POST,
-            "/v1/admin/grants",
-            Some(&json!({"resource": "orders-db", "subject": {"user": "alice"}})),
-        )
-        .await
-        .unwrap();
-    let gw = Gateway::enroll(api, &admin, "gw1").await;
-    (admin, alice, gw)
+    support::vault_fixture(api, SECRET).await
 }
 
 fn unlock_body(

@@ -317,6 +317,43 @@ pub fn authorize(
     )
 }
 
+/// An admin; resource `orders-db` (postgres, a stored password `secret`); user alice,
+/// logged in, granted it; gateway `gw1`, enrolled.
+pub async fn vault_fixture(api: &Api, secret: &str) -> (Session, Session, Gateway) {
+    use reqwest::Method;
+    use serde_json::json;
+    let admin = api.admin().await;
+    let db = json!({"name": "orders-db", "kind": "postgres", "host": "127.0.0.1", "port": 5432, "credential": "password"});
+    let a = api
+        .client
+        .call(
+            &admin,
+            Method::PUT,
+            "/v1/admin/resources/orders-db",
+            Some(&db),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    lastmile_api::vault::set_credential(
+        &api.app,
+        "test",
+        "orders-db",
+        lastmile_proto::wire::CredentialKind::Password,
+        zeroize::Zeroizing::new(secret.as_bytes().to_vec()),
+    )
+    .await
+    .unwrap();
+    let (alice, _) = api.user("alice").await;
+    let grant = json!({"resource": "orders-db", "subject": {"user": "alice"}});
+    api.client
+        .call(&admin, Method::POST, "/v1/admin/grants", Some(&grant))
+        .await
+        .unwrap();
+    let gw = Gateway::enroll(api, &admin, "gw1").await;
+    (admin, alice, gw)
+}
+
 /// Runs a test body against both stores.
 #[macro_export]
 macro_rules! both_stores {
