@@ -27,7 +27,7 @@ const USER: u32 = 65534;
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
     "the agent's tunnel to a gateway (client and tunnel): today the example agent only echoes",
-    "`lastmile login` and the agent (client and tunnel): the API below is driven by its admin CLI and curl",
+    "the agent (client and tunnel): `lastmile login` gives alice a session, but nothing carries her connections over it yet",
     "a gateway that unlocks the vault's credentials and logs in upstream (gateway protocols)",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
     "logging in to PostgreSQL and sshd on the last mile (gateway protocols)",
@@ -233,7 +233,18 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     step(
         "admin CLI: a user in group dba, a resource, an 8-hour grant to dba, a gateway enrollment token",
     );
-    must(&mut api(&["users", "add", "alice", "--group", "dba"]))?;
+    let added = api(&[
+        "--output", "json", "users", "add", "alice", "--group", "dba",
+    ])
+    .output()?;
+    if !added.status.success() {
+        bail!(
+            "lastmile-api users add failed: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+    }
+    let alice_otp = one_time_password(&String::from_utf8_lossy(&added.stdout))?;
+    eprintln!("    alice's one-time password (shown once): {alice_otp}");
     must(&mut api(&[
         "resources",
         "put",
@@ -285,6 +296,34 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     ]))?;
     must(&mut api(&["--output", "json", "resources", "list"]))?;
     step(
+        "alice: `lastmile login` (one-time password, then her own; a device key made here), `status`, `resources`, `logout`",
+    );
+    let home = dir.join("alice-home");
+    let user = |args: &[&str]| {
+        let mut c = Command::new(bin.join("lastmile"));
+        c.env("LASTMILE_HOME", &home).args(args);
+        c
+    };
+    {
+        use std::io::Write as _;
+        let mut child = user(&["login", "--api", "https://localhost:18443", "--ca"])
+            .arg(&ca)
+            .args(["--user", "alice", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(format!("{alice_otp}\nalice's own passphrase\n").as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("lastmile login failed");
+        }
+    }
+    must(&mut user(&["status"]))?;
+    must(&mut user(&["resources"]))?;
+    must(&mut user(&["logout"]))?;
+    step(
         "an unsigned call to a signed endpoint, and a malformed login: each refused with its reason",
     );
     must(&mut curl("/v1/me"))?;
@@ -297,6 +336,16 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         eprintln!("    {line}");
     }
     Ok(())
+}
+
+/// The one-time password in `lastmile-api --output json users add`'s answer.
+fn one_time_password(json: &str) -> anyhow::Result<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).context("users add did not answer JSON")?;
+    v.get("one_time_password")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .context("users add gave no one-time password")
 }
 
 fn demo(lastmiled: &Path, agent: &Path, config: &Path, events: &Path) -> anyhow::Result<()> {

@@ -1,0 +1,381 @@
+//! `lastmile login | logout | status | resources`: the user's identity on this machine.
+//!
+//! State lives in `$LASTMILE_HOME` (default `$XDG_CONFIG_HOME/lastmile`, else
+//! `~/.config/lastmile`), a 0700 directory:
+//! - `device.key`: the device key's seed (Ed25519), 0600, made on first use and never
+//!   sent anywhere; only its signatures leave the machine.
+//! - `ca.pem`: the organisation's CA, pinned at the first login (`--ca`).
+//! - `session.json`: the current session (its key seed, ids, certificate), 0600.
+
+use std::{
+    io::{BufRead as _, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use clap::{Args, ValueEnum};
+use ed25519_dalek::SigningKey;
+use lastmile_api_client::{ApiClient, ClientError, Login, Session};
+use lastmile_proto::wire::{LoginResponse, Me, Resource};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The API, e.g. https://lastmile.example.org:8443 (remembered after the first login).
+    #[arg(long)]
+    api: Option<String>,
+    /// The organisation's CA certificate (PEM), from your admin: pinned at the first login.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Your user name (default: the last one, else $USER).
+    #[arg(long)]
+    user: Option<String>,
+    /// Read the password (and, if the API asks for one, a new password on the next line)
+    /// from standard input instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The current TOTP code, if your user has TOTP (else you are asked when needed).
+    #[arg(long)]
+    totp: Option<String>,
+}
+
+/// The session as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    api: String,
+    session_key: String,
+    login: LoginResponse,
+}
+
+pub fn home() -> anyhow::Result<PathBuf> {
+    if let Some(h) = std::env::var_os("LASTMILE_HOME") {
+        return Ok(PathBuf::from(h));
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
+        return Ok(PathBuf::from(x).join("lastmile"));
+    }
+    let home = std::env::var_os("HOME")
+        .context("neither LASTMILE_HOME, XDG_CONFIG_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".config/lastmile"))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn ensure_home(home: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .with_context(|| format!("creating {}", home.display()))
+}
+
+/// The device key: loaded, or made on first use.
+fn device_key(home: &Path) -> anyhow::Result<SigningKey> {
+    let path = home.join("device.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let seed = Zeroizing::new(
+                B64.decode(text.trim())
+                    .with_context(|| format!("{} is damaged", path.display()))?,
+            );
+            let seed: [u8; 32] = seed
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} is damaged", path.display()))?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = lastmile_api_client::new_key()?;
+            write_private(&path, B64.encode(key.to_bytes()).as_bytes())?;
+            eprintln!("made this machine's device key: {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn load(home: &Path) -> anyhow::Result<Option<(ApiClient, Session)>> {
+    let text = match std::fs::read_to_string(home.join("session.json")) {
+        Ok(t) => Zeroizing::new(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("reading the session"),
+    };
+    let saved: Saved = serde_json::from_str(&text)
+        .context("the saved session is damaged: run `lastmile login`")?;
+    let ca = std::fs::read_to_string(home.join("ca.pem"))
+        .context("the pinned CA is missing: run `lastmile login --ca …`")?;
+    let seed = Zeroizing::new(
+        B64.decode(&saved.session_key)
+            .context("the saved session is damaged")?,
+    );
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the saved session is damaged"))?;
+    let client = ApiClient::new(&saved.api, &ca, None)?;
+    Ok(Some((
+        client,
+        Session {
+            device_key: device_key(home)?,
+            session_key: SigningKey::from_bytes(&seed),
+            login: saved.login,
+        },
+    )))
+}
+
+fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
+    if from_stdin {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(Zeroizing::new(
+            line.trim_end_matches(['\n', '\r']).to_owned(),
+        ));
+    }
+    Ok(Zeroizing::new(
+        rpassword::prompt_password(prompt).context("reading the password from the terminal")?,
+    ))
+}
+
+pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
+    let home = home()?;
+    ensure_home(&home)?;
+    let previous: Option<Saved> = std::fs::read_to_string(home.join("session.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let api = a
+        .api
+        .or_else(|| previous.as_ref().map(|p| p.api.clone()))
+        .context("which API? pass --api https://…")?;
+    let ca_path = home.join("ca.pem");
+    if let Some(ca) = &a.ca {
+        let pem =
+            std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+        if !pem.contains("BEGIN CERTIFICATE") {
+            bail!("{} is not a PEM certificate", ca.display());
+        }
+        write_private(&ca_path, pem.as_bytes())?;
+    }
+    let ca = std::fs::read_to_string(&ca_path).context(
+        "no pinned CA: pass --ca with the organisation's CA certificate (ask your admin)",
+    )?;
+    let user = a
+        .user
+        .or_else(|| previous.as_ref().map(|p| p.login.user.clone()))
+        .or_else(|| std::env::var("USER").ok())
+        .context("which user? pass --user")?;
+    let device = device_key(&home)?;
+    let facts = lastmile_proto::device::MachineFacts::collect();
+    let fingerprint = lastmile_proto::device::fingerprint(&facts)?;
+    let name = facts
+        .hostname
+        .clone()
+        .unwrap_or_else(|| "unnamed machine".into());
+    let client = ApiClient::new(&api, &ca, None)?;
+    let password = read_secret(&format!("password for {user}: "), a.password_stdin)?;
+    let mut totp = a.totp.clone();
+    let mut new_password: Option<Zeroizing<String>> = None;
+    let session = loop {
+        let attempt = client
+            .login(&Login {
+                user: &user,
+                password: &password,
+                totp: totp.as_deref(),
+                new_password: new_password.as_ref().map(|p| p.as_str()),
+                device_key: &device,
+                fingerprint: &fingerprint,
+                device_name: &name,
+            })
+            .await;
+        match attempt {
+            Ok(s) => break s,
+            Err(e) if e.code() == Some("password_change_required") && new_password.is_none() => {
+                eprintln!("this is a one-time password: choose your own (at least 12 characters)");
+                let first = read_secret("new password: ", a.password_stdin)?;
+                if !a.password_stdin && *read_secret("again: ", false)? != *first {
+                    bail!("the two passwords differ; nothing was changed");
+                }
+                new_password = Some(first);
+            }
+            Err(e) if e.code() == Some("totp_required") && totp.is_none() && !a.password_stdin => {
+                let mut code = String::new();
+                eprint!("TOTP code: ");
+                std::io::stdin().lock().read_line(&mut code)?;
+                totp = Some(code.trim().to_owned());
+            }
+            Err(e) => return Err(explain(e)),
+        }
+    };
+    let saved = Saved {
+        api,
+        session_key: B64.encode(session.session_key.to_bytes()),
+        login: session.login.clone(),
+    };
+    write_private(
+        &home.join("session.json"),
+        Zeroizing::new(serde_json::to_vec(&saved)?).as_slice(),
+    )?;
+    let l = &session.login;
+    match out {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"user": l.user, "device": l.device, "session": l.session, "session_expires_at": l.session_expires_at})
+            )?
+        ),
+        Output::Text => println!(
+            "logged in as {} on device {} until {}",
+            l.user,
+            l.device,
+            when(l.session_expires_at)
+        ),
+    }
+    Ok(())
+}
+
+fn when(t: i64) -> String {
+    u64::try_from(t)
+        .map(|s| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// A refusal, with what to do.
+fn explain(e: ClientError) -> anyhow::Error {
+    match e.code() {
+        Some(
+            "session_revoked" | "session_expired" | "unknown_session" | "session_device_mismatch",
+        ) => {
+            anyhow::anyhow!("{e}\nrun `lastmile login`")
+        }
+        _ => anyhow::anyhow!(e),
+    }
+}
+
+pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
+    let Some((client, session)) = load(&home()?)? else {
+        match out {
+            Output::Json => println!("{}", serde_json::json!({"logged_in": false})),
+            Output::Text => println!("not logged in: run `lastmile login`"),
+        }
+        return Ok(std::process::ExitCode::from(1));
+    };
+    let answer = client.call(&session, Method::GET, "/v1/me", None).await?;
+    let l = &session.login;
+    match answer.json::<Me>() {
+        Ok(me) => {
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "logged_in": true, "user": me.user, "admin": me.admin, "device": me.device, "session": me.session,
+                        "session_expires_at": me.session_expires_at, "certificate_expires_at": l.certificate_expires_at,
+                    }))?
+                ),
+                Output::Text => {
+                    println!(
+                        "user:        {}{}",
+                        me.user,
+                        if me.admin { " (admin)" } else { "" }
+                    );
+                    println!("device:      {}", me.device);
+                    println!(
+                        "session:     {} until {}",
+                        me.session,
+                        when(me.session_expires_at)
+                    );
+                    println!("certificate: until {}", when(l.certificate_expires_at));
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"logged_in": false, "user": l.user, "session": l.session, "error": e.code(), "message": e.to_string()})
+                ),
+                Output::Text => println!(
+                    "session {} of {} is no longer valid ({e}): run `lastmile login`",
+                    l.session, l.user
+                ),
+            }
+            Ok(std::process::ExitCode::from(1))
+        }
+    }
+}
+
+pub async fn resources(out: Output) -> anyhow::Result<()> {
+    let (client, session) = load(&home()?)?.context("not logged in: run `lastmile login`")?;
+    let list: Vec<Resource> = client
+        .call(&session, Method::GET, "/v1/resources", None)
+        .await?
+        .json()
+        .map_err(explain)?;
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        Output::Text => {
+            if list.is_empty() {
+                println!("no resources granted to you");
+            }
+            for r in list {
+                println!(
+                    "{:<24} {:<9} {}:{}  protect: {}",
+                    r.name,
+                    format!("{:?}", r.kind).to_lowercase(),
+                    r.host,
+                    r.port,
+                    r.protect.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn logout() -> anyhow::Result<()> {
+    let home = home()?;
+    let Some((client, session)) = load(&home)? else {
+        println!("not logged in");
+        return Ok(());
+    };
+    // Forget the session locally whatever the API says: a dead session is gone anyway.
+    let answer = client
+        .call(&session, Method::POST, "/v1/logout", None)
+        .await;
+    std::fs::remove_file(home.join("session.json")).context("removing the session")?;
+    match answer {
+        Ok(a) if a.status == 204 => {
+            println!("logged out; session {} revoked", session.login.session)
+        }
+        Ok(a) => println!("logged out here; the API said: {}", a.body),
+        Err(e) => println!("logged out here; the API could not be told ({e})"),
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! `lastmile login | status | resources | logout` against a real API on loopback (TLS,
+//! SQLite, local KMS), as a user would run them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::{path::Path, process::Command};
+
+use lastmile_api::{ApiConfig, App, admin};
+use lastmile_proto::wire::{NewGrant, NewUser, Resource, ResourceKind, Subject, UpstreamTls};
+
+fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
+        .args(args)
+        .env("LASTMILE_HOME", home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_status_resources_logout() {
+    if lastmile_proto::device::fingerprint(&lastmile_proto::device::MachineFacts::collect())
+        .is_err()
+    {
+        panic!("this machine has no /etc/machine-id: the device fingerprint needs one");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = ApiConfig {
+        data_dir: dir.path().join("api"),
+        ..ApiConfig::default()
+    };
+    let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+        .await
+        .unwrap();
+    lastmile_api::pki::Pki::create(&config.keys_dir(), "acme", &config.names, &kms)
+        .await
+        .unwrap();
+    let app = App::open(config).await.unwrap();
+    admin::bootstrap(&app, "root").await.unwrap();
+    let otp = admin::add_user(
+        &app,
+        "test",
+        NewUser {
+            name: "alice".into(),
+            admin: false,
+            groups: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let db = Resource {
+        name: "orders-db".into(),
+        kind: ResourceKind::Postgres,
+        host: "127.0.0.1".into(),
+        port: 5432,
+        protect: vec!["127.0.0.2:5432".into()],
+        upstream_tls: UpstreamTls::Disable,
+        credential: None,
+        ssh_principals: vec![],
+    };
+    admin::put_resource(&app, "test", db).await.unwrap();
+    admin::add_grant(
+        &app,
+        "test",
+        NewGrant {
+            resource: "orders-db".into(),
+            subject: Subject::User("alice".into()),
+            expires_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let server = tokio::spawn(lastmile_api::http::serve(app.clone(), listener));
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, app.pki.ca_pem()).unwrap();
+    let home = dir.path().join("home");
+
+    let run = |args: Vec<String>, stdin: String| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lastmile(&home, &args, &stdin)
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+
+    // Not logged in yet.
+    let (code, out, _) = run(s(&["status"]), String::new()).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("not logged in"), "{out}");
+    // No CA pinned: refused with what to do.
+    let (code, _, err) = run(
+        s(&[
+            "login",
+            "--api",
+            &api,
+            "--user",
+            "alice",
+            "--password-stdin",
+        ]),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("--ca"), "{err}");
+    // A wrong password.
+    let (code, _, err) = run(
+        s(&[
+            "login",
+            "--api",
+            &api,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--password-stdin",
+        ]),
+        "wrong\n".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("wrong user name or password"), "{err}");
+    // The one-time password, then a new one.
+    let stdin = format!("{}\na long enough password\n", otp.one_time_password);
+    let (code, out, err) = run(
+        s(&[
+            "--output",
+            "json",
+            "login",
+            "--api",
+            &api,
+            "--user",
+            "alice",
+            "--password-stdin",
+        ]),
+        stdin,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let login: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(login["user"], "alice");
+    let device = login["device"].as_str().unwrap().to_owned();
+    for f in ["device.key", "session.json"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(home.join(f)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+
+    let (code, out, _) = run(s(&["--output", "json", "status"]), String::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (status["user"].as_str(), status["device"].as_str()),
+        (Some("alice"), Some(device.as_str()))
+    );
+    let (code, out, _) = run(s(&["--output", "json", "resources"]), String::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let list: Vec<Resource> = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].protect, ["127.0.0.2:5432"]);
+
+    // Logging in again uses the same device key (remembered API, user and CA).
+    let (code, out, err) = run(
+        s(&["--output", "json", "login", "--password-stdin"]),
+        "a long enough password\n".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["device"], device.as_str());
+    assert_ne!(again["session"], login["session"]);
+
+    // An admin revokes the session: status says so and what to do.
+    admin::revoke(
+        &app,
+        "test",
+        again["session"].as_str().unwrap(),
+        Some("test"),
+    )
+    .await
+    .unwrap();
+    let (code, out, _) = run(s(&["status"]), String::new()).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no longer valid") && out.contains("lastmile login"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(
+        s(&["login", "--password-stdin"]),
+        "a long enough password\n".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(s(&["logout"]), String::new()).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("revoked"), "{out}");
+    assert!(!home.join("session.json").exists());
+    server.abort();
+}
