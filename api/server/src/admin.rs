@@ -43,6 +43,35 @@ async fn hash(password: String) -> Result<String, ApiError> {
         .map_err(ApiError::internal)
 }
 
+/// Refuses with 404 unless user `name` exists.
+pub(crate) async fn require_user(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("SELECT name FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found("no_such_user", format!("there is no user `{name}`")))
+}
+
+/// The credential kind resource `name` declares (by its stored name), refusing with 404
+/// when there is no such resource.
+pub(crate) async fn require_resource(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    let row = sqlx::query("SELECT credential FROM resources WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("no_such_resource", format!("there is no resource `{name}`"))
+        })?;
+    Ok(row.try_get("credential")?)
+}
+
 // ---- the organisation ----
 
 /// Records the organisation in a fresh database (once) with its first admin, whose
@@ -249,17 +278,7 @@ pub async fn change_user(
             )
         }
     };
-    let exists = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE name = $1")
-        .bind(user)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get::<i64, _>("n")?;
-    if exists == 0 {
-        return Err(ApiError::not_found(
-            "no_such_user",
-            format!("there is no user `{user}`"),
-        ));
-    }
+    require_user(&mut tx, user).await?;
     if matches!(change, UserChange::Delete) {
         // A name can be reused; what was granted to the old user must not pass to a new one.
         sqlx::query("DELETE FROM grants WHERE subject_kind = 'user' AND subject = $1")
@@ -579,29 +598,9 @@ pub async fn add_grant(app: &App, actor: &str, g: NewGrant) -> Result<Grant, Api
         ));
     }
     let mut tx = app.db.pool.begin().await?;
-    let resource = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE name = $1")
-        .bind(&g.resource)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get::<i64, _>("n")?;
-    if resource == 0 {
-        return Err(ApiError::not_found(
-            "no_such_resource",
-            format!("there is no resource `{}`", g.resource),
-        ));
-    }
+    require_resource(&mut tx, &g.resource).await?;
     if kind == "user" {
-        let n = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE name = $1")
-            .bind(subject)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get::<i64, _>("n")?;
-        if n == 0 {
-            return Err(ApiError::not_found(
-                "no_such_user",
-                format!("there is no user `{subject}`"),
-            ));
-        }
+        require_user(&mut tx, subject).await?;
     }
     let id = format!("grt_{}", hex(&random::<8>().map_err(ApiError::internal)?));
     sqlx::query(

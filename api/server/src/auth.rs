@@ -603,6 +603,40 @@ pub fn parse_signatures(
     .map_err(sig_error)
 }
 
+/// Refuses a signature created too far from the server's clock, past its `expires`, or
+/// with a nonce too short to be unique or too long to store.
+pub fn check_fresh(app: &App, sig: &httpsig::Signature) -> Result<(), ApiError> {
+    let t = now();
+    let window = secs(app.config.signature_window);
+    if (sig.created - t).abs() > window {
+        return Err(ApiError::unauthorized(
+            "stale_signature",
+            format!(
+                "the `{}` signature was created at {} but the server's clock says {t}: more than {window}s apart. Check this machine's clock",
+                sig.label, sig.created
+            ),
+        ));
+    }
+    if let Some(expires) = sig.expires
+        && expires <= t
+    {
+        return Err(ApiError::unauthorized(
+            "stale_signature",
+            format!(
+                "the `{}` signature expired at {expires} (server time {t})",
+                sig.label
+            ),
+        ));
+    }
+    if sig.nonce.len() < 16 || sig.nonce.len() > 128 {
+        return Err(ApiError::unauthorized(
+            "bad_signature_format",
+            "the nonce must be 16-128 characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a signed call and says who made it.
 pub async fn authenticate(
     app: &App,
@@ -630,35 +664,8 @@ pub async fn authenticate(
             "the device and session signatures must carry the same created time and nonce",
         ));
     }
-    let t = now();
-    let window = secs(app.config.signature_window);
-    if (session_sig.created - t).abs() > window {
-        return Err(ApiError::unauthorized(
-            "stale_signature",
-            format!(
-                "the signature was created at {} but the server's clock says {t}: more than {window}s apart. Check this machine's clock",
-                session_sig.created
-            ),
-        ));
-    }
-    if let Some(expires) = session_sig
-        .expires
-        .into_iter()
-        .chain(device_sig.expires)
-        .min()
-        && expires <= t
-    {
-        return Err(ApiError::unauthorized(
-            "stale_signature",
-            format!("the signature expired at {expires} (server time {t})"),
-        ));
-    }
-    if session_sig.nonce.len() < 16 || session_sig.nonce.len() > 128 {
-        return Err(ApiError::unauthorized(
-            "bad_signature_format",
-            "the nonce must be 16-128 characters",
-        ));
-    }
+    check_fresh(app, session_sig)?;
+    check_fresh(app, device_sig)?;
 
     let session = live_session(app, &session_sig.keyid).await?;
     session_sig

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::{
     admin::credential_name,
     app::App,
-    auth::{live_session, parse_signatures, sig_error, spend_nonce},
+    auth::{check_fresh, live_session, parse_signatures, sig_error, spend_nonce},
     config::secs,
     db::now,
     error::ApiError,
@@ -94,15 +94,15 @@ pub async fn set_credential(
         ));
     }
     let mut tx = app.db.pool.begin().await?;
-    let exists = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE name = $1")
-        .bind(resource)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get::<i64, _>("n")?;
-    if exists == 0 {
-        return Err(ApiError::not_found(
-            "no_such_resource",
-            format!("there is no resource `{resource}`"),
+    let declared = crate::admin::require_resource(&mut tx, resource).await?;
+    if declared.as_deref() != Some(credential_name(kind)) {
+        return Err(ApiError::bad_request(
+            "credential_kind_mismatch",
+            format!(
+                "resource `{resource}` declares credential {}, not {}: store that kind, or change the resource's `credential` first",
+                declared.as_deref().unwrap_or("(none)"),
+                credential_name(kind)
+            ),
         ));
     }
     let version =
@@ -280,14 +280,9 @@ pub async fn unlock(
         ));
     }
     sig.verify(&key).map_err(sig_error)?;
+    check_fresh(app, sig)?;
     let t = now();
     let window = secs(app.config.signature_window);
-    if (sig.created - t).abs() > window {
-        return Err(ApiError::unauthorized(
-            "stale_signature",
-            format!("the gateway's signature is more than {window}s from the server's clock"),
-        ));
-    }
     if !spend_nonce(
         app,
         &format!("gateway:{}", gw.name),

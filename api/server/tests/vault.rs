@@ -310,6 +310,17 @@ async fn ssh_certificates(store: Store) {
     .await
     .unwrap_err();
     assert_eq!(e.code, "nothing_to_store");
+    // Nor a password, which the resource does not declare.
+    let e = lastmile_api::vault::set_credential(
+        &api.app,
+        "t",
+        "web-1",
+        CredentialKind::Password,
+        Zeroizing::new(b"x".to_vec()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, "credential_kind_mismatch", "{e}");
 }
 both_stores!(
     ssh_certificate_resources_get_short_lived_certificates_with_their_principals,
