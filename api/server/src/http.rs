@@ -584,6 +584,7 @@ fn gateway_of(cert: &CertificateDer<'_>) -> Option<crate::vault::GatewayPeer> {
 /// Serves until the process ends.
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&app)?));
+    let router = routes(app.clone());
     tokio::spawn(app.revocations_tail());
     tokio::spawn(auth::prune_nonces(app.clone()));
     info!(listen = %listener.local_addr()?, "serving");
@@ -600,7 +601,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::
         };
         conn_id += 1;
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let router = router.clone();
         let span = info_span!("conn", id = conn_id, %addr);
         tokio::spawn(
             async move {
@@ -618,8 +619,12 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::
                         .and_then(|c| c.first())
                         .and_then(gateway_of),
                 );
-                let service = hyper_util::service::TowerToHyperService::new(
-                    routes(app).layer(Extension(peer)),
+                // The router is built once; each request gets this connection's peer.
+                let service = hyper::service::service_fn(
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(peer.clone());
+                        tower::ServiceExt::oneshot(router.clone(), req)
+                    },
                 );
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
