@@ -5,19 +5,12 @@
 
 use lastmile_proto::wire::{
     self, CredentialKind, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser,
-    OneTimePassword, Resource, ResourceKind, Session, Subject, UpstreamTls, User, valid_name,
+    OneTimePassword, Resource, Session, Subject, User, valid_name,
 };
 use serde_json::json;
 use sqlx::Row as _;
 
-use crate::{
-    app::App,
-    auth::{revoke_session, status_name},
-    db::now,
-    error::ApiError,
-    pki::random,
-    secret,
-};
+use crate::{app::App, auth::revoke_session, db::now, error::ApiError, pki::random, secret};
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if valid_name(name) {
@@ -370,27 +363,12 @@ pub async fn set_totp(
 
 // ---- resources ----
 
-fn kind_name(k: ResourceKind) -> &'static str {
-    match k {
-        ResourceKind::Postgres => "postgres",
-        ResourceKind::Ssh => "ssh",
-        ResourceKind::Tcp => "tcp",
-    }
-}
-
-pub fn credential_name(k: CredentialKind) -> &'static str {
-    match k {
-        CredentialKind::Password => "password",
-        CredentialKind::SshKey => "ssh-key",
-        CredentialKind::SshCertificate => "ssh-certificate",
-    }
-}
-
-fn tls_name(t: UpstreamTls) -> &'static str {
-    match t {
-        UpstreamTls::Disable => "disable",
-        UpstreamTls::Require => "require",
-        UpstreamTls::VerifyFull => "verify-full",
+/// An enum as it is stored and sent: its serde name (`ssh-key`, `verify-full`, …), so the
+/// database and the wire spell every value one way.
+pub fn stored_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
     }
 }
 
@@ -479,12 +457,12 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
          ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, ssh_principals = $9, updated_at = $8",
     )
     .bind(&r.name)
-    .bind(kind_name(r.kind))
+    .bind(stored_name(&r.kind))
     .bind(&r.host)
     .bind(i64::from(r.port))
     .bind(protect)
-    .bind(tls_name(r.upstream_tls))
-    .bind(r.credential.map(credential_name))
+    .bind(stored_name(&r.upstream_tls))
+    .bind(r.credential.map(|c| stored_name(&c)))
     .bind(t)
     .bind(serde_json::to_string(&r.ssh_principals).map_err(ApiError::internal)?)
     .execute(&mut *tx)
@@ -498,8 +476,8 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     Ok(())
 }
 
-/// A stored enum, by its serde name.
-fn stored<T: serde::de::DeserializeOwned>(field: &str, v: String) -> Result<T, ApiError> {
+/// A stored enum, from its serde name.
+pub fn stored<T: serde::de::DeserializeOwned>(field: &str, v: String) -> Result<T, ApiError> {
     serde_json::from_value(json!(v))
         .map_err(|e| ApiError::internal(format!("stored {field} `{v}`: {e}")))
 }
@@ -730,13 +708,13 @@ pub async fn set_device_status(
         ));
     }
     sqlx::query("UPDATE devices SET status = $1 WHERE id = $2")
-        .bind(status_name(status))
+        .bind(stored_name(&status))
         .bind(id)
         .execute(&mut *tx)
         .await?;
     app.audit(
         "device.change",
-        json!({"actor": actor, "user": user, "device": id, "change": format!("{before} -> {}", status_name(status))}),
+        json!({"actor": actor, "user": user, "device": id, "change": format!("{before} -> {}", stored_name(&status))}),
     )
     .await?;
     tx.commit().await?;

@@ -16,7 +16,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ed25519_dalek::{Signature, VerifyingKey};
 use lastmile_proto::{
     httpsig,
-    wire::{self, DevicePolicy, DeviceStatus, LoginRequest, LoginResponse},
+    wire::{self, LoginRequest, LoginResponse},
 };
 use serde_json::json;
 use sha2::Digest as _;
@@ -107,16 +107,14 @@ struct UserRow {
     one_time: bool,
     totp_secret: Option<String>,
     totp_last_step: i64,
-    admin: bool,
     disabled: bool,
-    failed: i64,
     locked_until: i64,
 }
 
 async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
     let row = sqlx::query(
-        "SELECT password_hash, password_one_time, totp_secret, totp_last_step, admin, disabled, \
-         failed_logins, locked_until FROM users WHERE name = $1",
+        "SELECT password_hash, password_one_time, totp_secret, totp_last_step, disabled, \
+         locked_until FROM users WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&app.db.pool)
@@ -127,9 +125,7 @@ async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
         one_time: r.try_get::<i64, _>("password_one_time")? != 0,
         totp_secret: r.try_get("totp_secret")?,
         totp_last_step: r.try_get("totp_last_step")?,
-        admin: r.try_get::<i64, _>("admin")? != 0,
         disabled: r.try_get::<i64, _>("disabled")? != 0,
-        failed: r.try_get("failed_logins")?,
         locked_until: r.try_get("locked_until")?,
     }))
 }
@@ -502,8 +498,6 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
     )
     .await?;
     tx.commit().await?;
-    let _ = user.failed;
-    let _ = user.admin;
     Ok(LoginResponse {
         user: req.user,
         device,
@@ -859,25 +853,4 @@ pub async fn refresh(app: &App, caller: &Caller) -> Result<wire::Refreshed, ApiE
         certificate,
         certificate_expires_at: expires,
     })
-}
-
-/// Whether an organisation has been set up in this database.
-pub async fn device_policy(app: &App) -> Result<DevicePolicy, ApiError> {
-    let p: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
-        .fetch_one(&app.db.pool)
-        .await?
-        .try_get("device_policy")?;
-    Ok(if p == "approval" {
-        DevicePolicy::Approval
-    } else {
-        DevicePolicy::Tofu
-    })
-}
-
-pub fn status_name(s: DeviceStatus) -> &'static str {
-    match s {
-        DeviceStatus::Trusted => "trusted",
-        DeviceStatus::Pending => "pending",
-        DeviceStatus::Revoked => "revoked",
-    }
 }

@@ -23,7 +23,7 @@ use sqlx::Row as _;
 use zeroize::Zeroizing;
 
 use crate::{
-    admin::credential_name,
+    admin::{stored, stored_name},
     app::App,
     auth::{check_fresh, live_session, parse_signatures, sig_error, spend_nonce},
     config::secs,
@@ -42,11 +42,6 @@ fn kms_error(e: KmsError) -> ApiError {
             format!("the KMS could not be used, so nothing was released: {e}"),
         ),
     }
-}
-
-fn kind_of(s: &str) -> Result<CredentialKind, ApiError> {
-    serde_json::from_value(json!(s))
-        .map_err(|e| ApiError::internal(format!("stored kind `{s}`: {e}")))
 }
 
 /// Stores a new version of `resource`'s credential. The secret is checked for its kind
@@ -95,13 +90,13 @@ pub async fn set_credential(
     }
     let mut tx = app.db.pool.begin().await?;
     let declared = crate::admin::require_resource(&mut tx, resource).await?;
-    if declared.as_deref() != Some(credential_name(kind)) {
+    if declared.as_deref() != Some(stored_name(&kind).as_str()) {
         return Err(ApiError::bad_request(
             "credential_kind_mismatch",
             format!(
                 "resource `{resource}` declares credential {}, not {}: store that kind, or change the resource's `credential` first",
                 declared.as_deref().unwrap_or("(none)"),
-                credential_name(kind)
+                stored_name(&kind)
             ),
         ));
     }
@@ -123,7 +118,7 @@ pub async fn set_credential(
     )
     .bind(resource)
     .bind(version)
-    .bind(credential_name(kind))
+    .bind(stored_name(&kind))
     .bind(&sealed.key_id)
     .bind(B64.encode(&sealed.wrapped_key))
     .bind(B64.encode(sealed.nonce))
@@ -134,7 +129,7 @@ pub async fn set_credential(
     .await?;
     app.audit(
         "credential.change",
-        json!({"actor": actor, "resource": resource, "change": "set", "version": version, "kind": credential_name(kind), "kms_key": sealed.key_id}),
+        json!({"actor": actor, "resource": resource, "change": "set", "version": version, "kind": stored_name(&kind), "kms_key": sealed.key_id}),
     )
     .await?;
     tx.commit().await?;
@@ -157,7 +152,7 @@ pub async fn list_credentials(app: &App) -> Result<Vec<CredentialInfo>, ApiError
         .map(|r| {
             Ok(CredentialInfo {
                 resource: r.try_get("resource")?,
-                kind: kind_of(&r.try_get::<String, _>("kind")?)?,
+                kind: stored("kind", r.try_get("kind")?)?,
                 version: r.try_get("version")?,
                 key_id: r.try_get("key_id")?,
                 created_at: r.try_get("created_at")?,
@@ -435,7 +430,7 @@ pub async fn unlock(
     let event = |version: i64, kind: CredentialKind| {
         json!({
             "resource": req.resource, "session": session.id, "user": session.user, "device": session.device,
-            "gateway": gw.name, "connection": authz.connection, "version": version, "kind": credential_name(kind),
+            "gateway": gw.name, "connection": authz.connection, "version": version, "kind": stored_name(&kind),
         })
     };
     let declared: Option<String> = resource.try_get("credential")?;
@@ -494,14 +489,14 @@ pub async fn unlock(
     .await?
     .ok_or_else(|| ApiError::not_found("no_credential", format!("no credential is stored for `{}` (`lastmile-api credentials set {}`)", req.resource, req.resource)))?;
     let version: i64 = row.try_get("version")?;
-    let kind = kind_of(&row.try_get::<String, _>("kind")?)?;
-    if credential_name(kind) != declared {
+    let kind = stored("kind", row.try_get("kind")?)?;
+    if stored_name(&kind) != declared {
         return Err(ApiError::conflict(
             "credential_kind_mismatch",
             format!(
                 "resource `{}` declares a {declared} but the stored credential is a {}: store one of the declared kind",
                 req.resource,
-                credential_name(kind)
+                stored_name(&kind)
             ),
         ));
     }
