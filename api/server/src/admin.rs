@@ -104,13 +104,10 @@ pub async fn set_device_policy(
     actor: &str,
     policy: DevicePolicy,
 ) -> Result<(), ApiError> {
-    let name = match policy {
-        DevicePolicy::Tofu => "tofu",
-        DevicePolicy::Approval => "approval",
-    };
+    let name = stored_name(&policy);
     let mut tx = app.db.pool.begin().await?;
     sqlx::query("UPDATE org SET device_policy = $1 WHERE id = 1")
-        .bind(name)
+        .bind(&name)
         .execute(&mut *tx)
         .await?;
     app.audit(

@@ -124,35 +124,10 @@ enum Users {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Kind {
-    Postgres,
-    Ssh,
-    Tcp,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Tls {
-    Disable,
-    Require,
-    VerifyFull,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Cred {
-    Password,
-    SshKey,
-    SshCertificate,
-}
-
-impl From<Cred> for CredentialKind {
-    fn from(c: Cred) -> Self {
-        match c {
-            Cred::Password => Self::Password,
-            Cred::SshKey => Self::SshKey,
-            Cred::SshCertificate => Self::SshCertificate,
-        }
-    }
+/// A wire enum from its serde name, as the API and the database spell it.
+fn wire<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("`{text}` is not one of the values listed in --help"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,8 +136,9 @@ enum Credentials {
     /// --file), never from the command line.
     Set {
         resource: String,
-        #[arg(long, value_enum, default_value_t = Cred::Password)]
-        kind: Cred,
+        /// password | ssh-key
+        #[arg(long, value_parser = wire::<CredentialKind>, default_value = "password")]
+        kind: CredentialKind,
         /// Read the secret from this file instead of standard input.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -183,8 +159,9 @@ enum Resources {
     /// Create or replace a resource.
     Put {
         name: String,
-        #[arg(long, value_enum)]
-        kind: Kind,
+        /// postgres | ssh | tcp
+        #[arg(long, value_parser = wire::<ResourceKind>)]
+        kind: ResourceKind,
         #[arg(long)]
         host: String,
         #[arg(long)]
@@ -192,12 +169,13 @@ enum Resources {
         /// Addresses nodes redirect: ADDR:PORT, [ADDR6]:PORT, PREFIX/LEN:PORT.
         #[arg(long)]
         protect: Vec<String>,
-        #[arg(long, value_enum, default_value_t = Tls::Require)]
-        upstream_tls: Tls,
+        /// disable | require | verify-full
+        #[arg(long, value_parser = wire::<UpstreamTls>, default_value = "require")]
+        upstream_tls: UpstreamTls,
         /// How the gateway logs in: a stored password or ssh-key, or an ssh-certificate
-        /// signed per connection.
-        #[arg(long, value_enum)]
-        credential: Option<Cred>,
+        /// signed per connection (password | ssh-key | ssh-certificate).
+        #[arg(long, value_parser = wire::<CredentialKind>)]
+        credential: Option<CredentialKind>,
         /// For ssh-certificate: an upstream user the certificates may log in as.
         #[arg(long = "ssh-principal")]
         ssh_principals: Vec<String>,
@@ -275,8 +253,9 @@ enum Gateways {
 enum Org {
     /// How unknown devices are treated: trusted on first use, or pending approval.
     DevicePolicy {
-        #[arg(value_parser = ["tofu", "approval"])]
-        policy: String,
+        /// tofu | approval
+        #[arg(value_parser = wire::<DevicePolicy>)]
+        policy: DevicePolicy,
     },
 }
 
@@ -464,20 +443,12 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
             } => {
                 let r = Resource {
                     name,
-                    kind: match kind {
-                        Kind::Postgres => ResourceKind::Postgres,
-                        Kind::Ssh => ResourceKind::Ssh,
-                        Kind::Tcp => ResourceKind::Tcp,
-                    },
+                    kind,
                     host,
                     port,
                     protect,
-                    upstream_tls: match upstream_tls {
-                        Tls::Disable => UpstreamTls::Disable,
-                        Tls::Require => UpstreamTls::Require,
-                        Tls::VerifyFull => UpstreamTls::VerifyFull,
-                    },
-                    credential: credential.map(CredentialKind::from),
+                    upstream_tls,
+                    credential,
                     ssh_principals,
                 };
                 admin::put_resource(&app, &who, r.clone()).await?;
@@ -644,14 +615,9 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
         },
         Command::Credentials(c) => credentials(&app, &who, out, c).await,
         Command::Org(Org::DevicePolicy { policy }) => {
-            let p = if policy == "approval" {
-                DevicePolicy::Approval
-            } else {
-                DevicePolicy::Tofu
-            };
-            admin::set_device_policy(&app, &who, p).await?;
-            print(out, &serde_json::json!({"device_policy": p}), |_| {
-                format!("device policy: {policy}")
+            admin::set_device_policy(&app, &who, policy).await?;
+            print(out, &serde_json::json!({"device_policy": policy}), |_| {
+                format!("device policy: {}", admin::stored_name(&policy))
             })
         }
     }
@@ -679,15 +645,14 @@ async fn credentials(app: &App, who: &str, out: Output, c: Credentials) -> anyho
                 }
             };
             // One trailing newline is the shell's, not the secret's.
-            if kind == Cred::Password && secret.last() == Some(&b'\n') {
+            if kind == CredentialKind::Password && secret.last() == Some(&b'\n') {
                 secret.pop();
                 if secret.last() == Some(&b'\r') {
                     secret.pop();
                 }
             }
             let info =
-                lastmile_api::vault::set_credential(app, who, &resource, kind.into(), secret)
-                    .await?;
+                lastmile_api::vault::set_credential(app, who, &resource, kind, secret).await?;
             print(out, &info, |i| {
                 format!(
                     "credential for {} stored: version {}, data key wrapped by KMS key {}",
