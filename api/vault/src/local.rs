@@ -10,7 +10,6 @@ use std::{
     io::Write as _,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
@@ -33,15 +32,12 @@ struct OnDisk {
     keys: BTreeMap<String, String>,
 }
 
-struct State {
-    current: String,
-    keys: BTreeMap<String, Zeroizing<[u8; 32]>>,
-}
+type Keys = BTreeMap<String, Zeroizing<[u8; 32]>>;
 
 pub struct LocalKms {
     path: PathBuf,
-    state: Mutex<State>,
     current: String,
+    keys: Keys,
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -107,7 +103,7 @@ impl LocalKms {
             let id = new_key_id()?;
             let mut keys = BTreeMap::new();
             keys.insert(id.clone(), Zeroizing::new(random::<32>()?));
-            write(&path, &State { current: id, keys }, true)?;
+            write(&path, &id, &keys, true)?;
         }
         let text =
             Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| store(e.to_string()))?);
@@ -133,11 +129,8 @@ impl LocalKms {
         }
         Ok(Self {
             path,
-            current: disk.current.clone(),
-            state: Mutex::new(State {
-                current: disk.current,
-                keys,
-            }),
+            current: disk.current,
+            keys,
         })
     }
 
@@ -150,17 +143,12 @@ impl LocalKms {
     /// this process and every process that opens the file afterwards.
     pub fn new_key(&mut self) -> Result<String, KmsError> {
         let id = new_key_id()?;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state
-            .keys
+        self.keys
             .insert(id.clone(), Zeroizing::new(random::<32>()?));
-        let before = std::mem::replace(&mut state.current, id.clone());
-        if let Err(e) = write(&self.path, &state, false) {
-            state.current = before;
-            state.keys.remove(&id);
+        if let Err(e) = write(&self.path, &id, &self.keys, false) {
+            self.keys.remove(&id);
             return Err(e);
         }
-        drop(state);
         self.current = id.clone();
         Ok(id)
     }
@@ -170,8 +158,7 @@ impl LocalKms {
         id: &str,
         f: impl FnOnce(&LessSafeKey) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let key = state
+        let key = self
             .keys
             .get(id)
             .ok_or_else(|| KmsError::NoSuchKey(id.to_owned()))?;
@@ -256,15 +243,14 @@ impl LocalKms {
 
 /// Writes the key file: a new file when `new`, else atomically replaced (temp file,
 /// fsync, rename, fsync the directory), 0600.
-fn write(path: &Path, state: &State, new: bool) -> Result<(), KmsError> {
+fn write(path: &Path, current: &str, keys: &Keys, new: bool) -> Result<(), KmsError> {
     let store = |why: String| KmsError::Store {
         path: path.to_owned(),
         why,
     };
     let disk = OnDisk {
-        current: state.current.clone(),
-        keys: state
-            .keys
+        current: current.to_owned(),
+        keys: keys
             .iter()
             .map(|(k, v)| (k.clone(), B64.encode(v.as_slice())))
             .collect(),
