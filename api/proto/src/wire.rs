@@ -78,14 +78,19 @@ pub fn login_proof_message(
     session_key: &str,
     fingerprint: &str,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    for field in [
+    length_prefixed(&[
         "lastmile-login-v1",
         user,
         challenge,
         session_key,
         fingerprint,
-    ] {
+    ])
+}
+
+/// Each field as a u32 big-endian length and its bytes: no two field lists encode alike.
+fn length_prefixed(fields: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
+    for field in fields {
         out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(field.as_bytes());
     }
@@ -219,8 +224,7 @@ pub struct UnlockAuthorization {
 /// What the session key signs: every field, length-prefixed after a domain tag.
 pub fn unlock_authorization_message(a: &UnlockAuthorization) -> Vec<u8> {
     let created = a.created.to_string();
-    let mut out = Vec::with_capacity(256);
-    for field in [
+    length_prefixed(&[
         "lastmile-unlock-v1",
         &a.session,
         &a.device,
@@ -229,11 +233,7 @@ pub fn unlock_authorization_message(a: &UnlockAuthorization) -> Vec<u8> {
         &a.connection,
         &created,
         &a.nonce,
-    ] {
-        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(field.as_bytes());
-    }
-    out
+    ])
 }
 
 /// `POST /v1/credentials/unlock`, by a gateway (client certificate, and the request
