@@ -19,6 +19,8 @@ use std::{
     path::Path,
 };
 
+pub mod refusal;
+
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
     connect, recvmsg, sendmsg, socket,

@@ -7,5 +7,4 @@ pub mod events;
 pub mod intercept;
 pub mod mounts;
 pub mod node;
-pub mod refusal;
 pub mod target;

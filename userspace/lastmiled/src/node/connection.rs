@@ -3,17 +3,16 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, time::Duration};
 
-use lastmile_handoff::{Handoff, TargetKind, TargetRef};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+use lastmile_handoff::{
+    Handoff, TargetKind, TargetRef,
+    refusal::{NoAgent, refuse},
 };
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use super::Shared;
 use crate::{
     events::{EventBody, NodeConnection, ProcInfo, comm, orig_dst},
-    refusal::{NoAgent, PostgresRefusal, SshRefusal, Step},
 };
 
 /// How long a refused client gets to say enough for a protocol-aware answer.
@@ -129,52 +128,5 @@ fn kind_name(kind: TargetKind) -> &'static str {
         TargetKind::Postgres => "postgres",
         TargetKind::Ssh => "ssh",
         TargetKind::Tcp => "tcp",
-    }
-}
-
-/// Drives a refusal state machine over the socket.
-async fn refuse(mut stream: TcpStream, kind: TargetKind, message: String) -> io::Result<()> {
-    enum Machine {
-        Postgres(PostgresRefusal),
-        Ssh(SshRefusal),
-    }
-    let mut machine = match kind {
-        TargetKind::Tcp => return Ok(()),
-        TargetKind::Postgres => Machine::Postgres(PostgresRefusal::new(message)),
-        TargetKind::Ssh => {
-            let mut r = SshRefusal::new(message);
-            if let Step::Send(bytes) = r.start() {
-                stream.write_all(&bytes).await?;
-            }
-            Machine::Ssh(r)
-        }
-    };
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        let input = buf.get(..n).unwrap_or_default();
-        let step = match &mut machine {
-            Machine::Postgres(m) => m.feed(input),
-            Machine::Ssh(m) => m.feed(input),
-        };
-        match step {
-            Step::NeedMore => {}
-            Step::Send(bytes) => stream.write_all(&bytes).await?,
-            Step::SendAndClose(bytes) => {
-                stream.write_all(&bytes).await?;
-                stream.shutdown().await?;
-                // Read what the client still sends until it closes, so that closing does
-                // not turn into a reset that could discard our answer before it is read.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                })
-                .await;
-                return Ok(());
-            }
-            Step::Close => return Ok(()),
-        }
     }
 }

@@ -2,7 +2,14 @@
 //! login`"), instead of a silent hang or a bare reset. Sans-IO: each refusal is a small
 //! state machine fed the client's bytes; the caller moves bytes and closes.
 
-use std::fmt;
+use std::{fmt, io, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::TargetKind;
 
 /// What a refusal wants done next.
 #[derive(Debug, PartialEq, Eq)]
@@ -218,6 +225,54 @@ impl fmt::Display for NoAgent {
              run `lastmile login`, then connect again",
             self.uid
         )
+    }
+}
+
+/// Drives a refusal over a socket: tells the client `message` in its protocol (for
+/// `tcp`, just closes).
+pub async fn refuse(mut stream: TcpStream, kind: TargetKind, message: String) -> io::Result<()> {
+    enum Machine {
+        Postgres(PostgresRefusal),
+        Ssh(SshRefusal),
+    }
+    let mut machine = match kind {
+        TargetKind::Tcp => return Ok(()),
+        TargetKind::Postgres => Machine::Postgres(PostgresRefusal::new(message)),
+        TargetKind::Ssh => {
+            let mut r = SshRefusal::new(message);
+            if let Step::Send(bytes) = r.start() {
+                stream.write_all(&bytes).await?;
+            }
+            Machine::Ssh(r)
+        }
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let input = buf.get(..n).unwrap_or_default();
+        let step = match &mut machine {
+            Machine::Postgres(m) => m.feed(input),
+            Machine::Ssh(m) => m.feed(input),
+        };
+        match step {
+            Step::NeedMore => {}
+            Step::Send(bytes) => stream.write_all(&bytes).await?,
+            Step::SendAndClose(bytes) => {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await?;
+                // Read what the client still sends until it closes, so that closing does
+                // not turn into a reset that could discard our answer before it is read.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return Ok(());
+            }
+            Step::Close => return Ok(()),
+        }
     }
 }
 
