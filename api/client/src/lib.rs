@@ -66,6 +66,77 @@ pub struct Session {
     pub login: LoginResponse,
 }
 
+impl Session {
+    /// The agent's consent to one connection to `resource` through `gateway`: a fresh
+    /// [`wire::UnlockAuthorization`] and the session key's signature over it (base64).
+    pub fn authorize(
+        &self,
+        resource: &str,
+        gateway: &str,
+        connection: &str,
+    ) -> Result<(wire::UnlockAuthorization, String), ClientError> {
+        let a = wire::UnlockAuthorization {
+            session: self.login.session.clone(),
+            device: self.login.device.clone(),
+            resource: resource.to_owned(),
+            gateway: gateway.to_owned(),
+            connection: connection.to_owned(),
+            created: now(),
+            nonce: nonce()?,
+        };
+        let sig = self
+            .session_key
+            .sign(&wire::unlock_authorization_message(&a));
+        Ok((a, B64.encode(sig.to_bytes())))
+    }
+}
+
+/// A server-sent event stream of revocations (`GET /v1/revocations`).
+#[derive(Debug)]
+pub struct Revocations {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Revocations {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next revocation; `Ok(None)` when the stream ends.
+    pub async fn next(&mut self) -> Result<Option<wire::Revocation>, ClientError> {
+        loop {
+            // One event ends at a blank line; its `data:` lines carry the JSON.
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return serde_json::from_str(&data).map(Some).map_err(|_| {
+                    ClientError::Unexpected {
+                        status: 200,
+                        body: data,
+                    }
+                });
+            }
+            match self.response.chunk().await? {
+                Some(bytes) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
 /// What login needs besides the password.
 #[derive(Debug, Clone)]
 pub struct Login<'a> {
@@ -346,6 +417,32 @@ impl ApiClient {
             .timeout(std::time::Duration::from_secs(3600))
             .send()
             .await?)
+    }
+
+    /// A call signed by a gateway's key (label `gateway`, keyid its name); the gateway's
+    /// certificate goes with it at the TLS layer.
+    pub async fn call_as_gateway(
+        &self,
+        name: &str,
+        key: &SigningKey,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Answer, ClientError> {
+        let headers = httpsig::sign(
+            method.as_str(),
+            &format!("https://{}{path}", self.host),
+            body,
+            now(),
+            &nonce()?,
+            &[Signer {
+                label: "gateway",
+                keyid: name,
+                key,
+            }],
+        )?;
+        self.send_signed(method, path, &headers, body.to_vec())
+            .await
     }
 
     /// An unsigned streaming GET (a gateway's, authenticated by its certificate).

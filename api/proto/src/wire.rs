@@ -267,6 +267,46 @@ pub struct Unlocked {
     pub ssh_certificate: Option<String>,
 }
 
+/// `POST /v1/connections/authorize`: a gateway asks whether it may open `resource` for the
+/// user whose authorization it carries (a resource that needs no credential; the unlock
+/// does the same checks for those that do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRequest {
+    pub resource: String,
+    #[serde(default)]
+    pub authorization: Option<UnlockAuthorization>,
+    /// The session key's signature over [`unlock_authorization_message`], base64.
+    #[serde(default)]
+    pub authorization_signature: Option<String>,
+}
+
+/// The answer: the connection may open; where to and for whom.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionAuthorized {
+    pub resource: Resource,
+    pub user: String,
+    pub session: String,
+    pub device: String,
+    pub session_expires_at: i64,
+}
+
+/// `POST /v1/gateways/announce`: where agents reach this gateway's tunnel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// `HOST:PORT`; HOST must be one of the gateway certificate's addresses.
+    pub tunnel: String,
+}
+
+/// `GET /v1/gateways`: the gateways an agent may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayEndpoint {
+    pub name: String,
+    /// `HOST:PORT` of its tunnel; HOST is a name in its certificate.
+    pub tunnel: String,
+}
+
 /// Who a grant is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -513,6 +513,22 @@ pub async fn list_resources(app: &App) -> Result<Vec<Resource>, ApiError> {
 
 /// The resources `user` may reach now: granted to them or to one of their groups, and
 /// not expired.
+/// One resource by name.
+pub async fn resource(app: &App, name: &str) -> Result<Resource, ApiError> {
+    sqlx::query(&format!(
+        "SELECT {RESOURCE_COLUMNS} FROM resources r WHERE r.name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&app.db.pool)
+    .await?
+    .as_ref()
+    .map(resource_row)
+    .transpose()?
+    .ok_or_else(|| {
+        ApiError::not_found("no_such_resource", format!("there is no resource `{name}`"))
+    })
+}
+
 pub async fn resources_for(app: &App, user: &str) -> Result<Vec<Resource>, ApiError> {
     sqlx::query(&format!(
         "SELECT DISTINCT {RESOURCE_COLUMNS} FROM resources r JOIN grants g ON g.resource = r.name \

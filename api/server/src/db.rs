@@ -53,6 +53,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "vault",
         include_str!("../migrations/sqlite/0002_vault.sql"),
     ),
+    (
+        3,
+        "tunnel",
+        include_str!("../migrations/sqlite/0003_tunnel.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -64,6 +69,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         2,
         "vault",
         include_str!("../migrations/postgres/0002_vault.sql"),
+    ),
+    (
+        3,
+        "tunnel",
+        include_str!("../migrations/postgres/0003_tunnel.sql"),
     ),
 ];
 

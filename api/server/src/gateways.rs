@@ -2,7 +2,9 @@
 //! own key, sends a CSR with the token, and gets a short-lived certificate; before it
 //! ends, the gateway renews over mutual TLS with the certificate it still holds.
 
-use lastmile_proto::wire::{Gateway, GatewayCertificate, GatewayToken, NewGatewayToken};
+use lastmile_proto::wire::{
+    Announce, Gateway, GatewayCertificate, GatewayEndpoint, GatewayToken, NewGatewayToken,
+};
 use serde_json::json;
 use sha2::Digest as _;
 use sqlx::Row as _;
@@ -225,4 +227,83 @@ pub async fn list(app: &App) -> Result<Vec<Gateway>, ApiError> {
             })
         })
         .collect()
+}
+
+/// Records where agents reach `name`'s tunnel. The host must be one of the addresses its
+/// certificate names, or agents could not verify it.
+pub async fn announce(app: &App, name: &str, a: &Announce) -> Result<GatewayEndpoint, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "bad_tunnel",
+            format!("tunnel `{}` is not HOST:PORT with a port above 0", a.tunnel),
+        )
+    };
+    let (host, port) = a.tunnel.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if port.parse::<u16>().map_err(|_| bad())? == 0 {
+        return Err(bad());
+    }
+    let mut tx = app.db.pool.begin().await?;
+    let row = sqlx::query("SELECT addresses FROM gateways WHERE name = $1 AND revoked_at IS NULL")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "gateway_revoked",
+                format!("gateway `{name}` was revoked or is not enrolled"),
+            )
+        })?;
+    let addresses: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("addresses")?)
+        .map_err(ApiError::internal)?;
+    if !addresses.iter().any(|x| x == host) {
+        return Err(ApiError::bad_request(
+            "tunnel_not_in_certificate",
+            format!(
+                "`{host}` is not one of gateway `{name}`'s certificate addresses ({}): agents could not verify it; enroll with `--address {host}`",
+                addresses.join(", ")
+            ),
+        ));
+    }
+    let t = now();
+    let previous: Option<String> = sqlx::query("SELECT tunnel FROM gateways WHERE name = $1")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("tunnel")?;
+    sqlx::query("UPDATE gateways SET tunnel = $1, announced_at = $2 WHERE name = $3")
+        .bind(&a.tunnel)
+        .bind(t)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    if previous.as_deref() != Some(a.tunnel.as_str()) {
+        app.audit(
+            "gateway.change",
+            json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "announce", "tunnel": a.tunnel}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(GatewayEndpoint {
+        name: name.to_owned(),
+        tunnel: a.tunnel.clone(),
+    })
+}
+
+/// The active gateways that announced a tunnel, in name order.
+pub async fn endpoints(app: &App) -> Result<Vec<GatewayEndpoint>, ApiError> {
+    sqlx::query(
+        "SELECT name, tunnel FROM gateways WHERE revoked_at IS NULL AND tunnel IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&app.db.pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(GatewayEndpoint {
+            name: r.try_get("name")?,
+            tunnel: r.try_get("tunnel")?,
+        })
+    })
+    .collect()
 }

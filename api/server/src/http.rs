@@ -49,6 +49,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/revocations"),
     ("post", "/v1/gateways/enroll"),
     ("post", "/v1/gateways/renew"),
+    ("post", "/v1/gateways/announce"),
+    ("get", "/v1/gateways"),
+    ("post", "/v1/connections/authorize"),
     ("post", "/v1/credentials/unlock"),
     ("get", "/v1/admin/credentials"),
     ("get", "/v1/admin/users"),
@@ -186,6 +189,9 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/revocations", get(revocations))
         .route("/v1/gateways/enroll", post(enroll))
         .route("/v1/gateways/renew", post(renew))
+        .route("/v1/gateways/announce", post(announce))
+        .route("/v1/gateways", get(gateway_endpoints))
+        .route("/v1/connections/authorize", post(authorize_connection))
         .route("/v1/credentials/unlock", post(unlock))
         .route("/v1/admin/credentials", get(credentials))
         .route("/v1/admin/users", get(users).post(add_user))
@@ -264,8 +270,80 @@ async fn me(s: Signed) -> Reply {
     })
 }
 
-async fn my_resources(State(app): State<Arc<App>>, s: Signed) -> Reply {
-    ok(admin::resources_for(&app, &s.caller.user).await?)
+/// `GET /v1/resources`: a user's granted resources; for a gateway (client certificate),
+/// every resource, since its node protects them all.
+async fn my_resources(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    req: Request,
+) -> Reply {
+    match &peer.0 {
+        Some(gw) => {
+            active_gateway(&app, &gw.name).await?;
+            ok(admin::list_resources(&app).await?)
+        }
+        None => {
+            let s = Signed::from_request(req, &app).await?;
+            ok(admin::resources_for(&app, &s.caller.user).await?)
+        }
+    }
+}
+
+/// `GET /v1/gateways`: the gateways' tunnel endpoints, for agents (signed) and gateways.
+async fn gateway_endpoints(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    req: Request,
+) -> Reply {
+    match &peer.0 {
+        Some(gw) => active_gateway(&app, &gw.name).await?,
+        None => {
+            Signed::from_request(req, &app).await?;
+        }
+    }
+    ok(gateways::endpoints(&app).await?)
+}
+
+async fn active_gateway(app: &App, name: &str) -> Result<(), ApiError> {
+    if gateways::is_active(app, name).await? {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!(
+                "gateway `{name}` was revoked or is not enrolled; enroll it again with a new token"
+            ),
+        ))
+    }
+}
+
+async fn announce(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Body(b): Body,
+) -> Reply {
+    let Some(crate::vault::GatewayPeer { name, .. }) = peer.0 else {
+        return Err(ApiError::unauthorized(
+            "gateway_certificate_required",
+            "only a gateway announces a tunnel: present the gateway's certificate",
+        ));
+    };
+    let a: wire::Announce = json(&b)?;
+    ok(gateways::announce(&app, &name, &a).await?)
+}
+
+async fn authorize_connection(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Body(b): Body,
+) -> Reply {
+    ok(
+        crate::vault::authorize_connection(&app, peer.0.as_ref(), &method, &uri, &headers, &b)
+            .await?,
+    )
 }
 
 #[derive(Debug, Deserialize)]

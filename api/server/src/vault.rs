@@ -15,7 +15,8 @@ use axum::http::{HeaderMap, Method, Uri};
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ed25519_dalek::{Signature, VerifyingKey};
 use lastmile_proto::wire::{
-    CredentialInfo, CredentialKind, UnlockRequest, Unlocked, unlock_authorization_message,
+    CredentialInfo, CredentialKind, UnlockAuthorization, UnlockRequest, Unlocked,
+    unlock_authorization_message,
 };
 use lastmile_vault::{Context, KmsError, Sealed, envelope};
 use serde_json::json;
@@ -229,21 +230,35 @@ pub struct GatewayPeer {
     pub key: Option<[u8; 32]>,
 }
 
-/// `POST /v1/credentials/unlock`.
-pub async fn unlock(
+/// A connection the API has authorized: the gateway that asked, the user's live,
+/// device-bound session, and the user's signed authorization for this one connection.
+#[derive(Debug)]
+pub struct Authorized {
+    pub gateway: String,
+    pub session: crate::auth::LiveSession,
+    pub authorization: UnlockAuthorization,
+}
+
+/// Checks everything that lets a gateway act for a user on one connection to `resource`
+/// (shared by `POST /v1/connections/authorize` and `POST /v1/credentials/unlock`):
+/// 1. the gateway: a valid certificate (checked at the handshake), still enrolled, and the
+///    request signed with that certificate's key;
+/// 2. the user's authorization for this connection: signed by a live session's key, bound
+///    to its device, fresh, for this gateway and resource, never used before;
+/// 3. an unexpired grant of the resource to the user or one of their groups.
+pub async fn authorize(
     app: &App,
     peer: Option<&GatewayPeer>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Unlocked, ApiError> {
-    // 1. The gateway: a valid certificate (checked at the handshake), still enrolled,
-    //    and the request signed with that certificate's key.
+    signed: (&Method, &Uri, &HeaderMap, &[u8]),
+    resource: &str,
+    authorization: Option<&UnlockAuthorization>,
+    authorization_signature: Option<&str>,
+) -> Result<Authorized, ApiError> {
+    let (method, uri, headers, body) = signed;
     let Some(gw) = peer else {
         return Err(ApiError::unauthorized(
             "gateway_certificate_required",
-            "only a gateway can unlock a credential: present the gateway's certificate (a user session alone never suffices)",
+            "only a gateway can do this: present the gateway's certificate (a user session alone never suffices)",
         ));
     };
     if !crate::gateways::is_active(app, &gw.name).await? {
@@ -293,14 +308,13 @@ pub async fn unlock(
     }
 
     // 2. The user's authorization for this connection.
-    let req: UnlockRequest = crate::error::json(body)?;
-    if !lastmile_proto::wire::valid_name(&req.resource) {
+    if !lastmile_proto::wire::valid_name(resource) {
         return Err(ApiError::bad_request(
             "bad_name",
             "`resource` is not a resource name",
         ));
     }
-    let (Some(authz), Some(authz_sig)) = (&req.authorization, &req.authorization_signature) else {
+    let (Some(authz), Some(authz_sig)) = (authorization, authorization_signature) else {
         return Err(ApiError::unauthorized(
             "authorization_missing",
             "an unlock needs the user's per-connection authorization, signed by their session key: a gateway alone never suffices",
@@ -315,12 +329,12 @@ pub async fn unlock(
             ),
         ));
     }
-    if authz.resource != req.resource {
+    if authz.resource != resource {
         return Err(ApiError::forbidden(
             "authorization_other_resource",
             format!(
                 "the authorization is for resource `{}`, not `{}`",
-                authz.resource, req.resource
+                authz.resource, resource
             ),
         ));
     }
@@ -382,7 +396,7 @@ pub async fn unlock(
          ((g.subject_kind = 'user' AND g.subject = $2) OR \
           (g.subject_kind = 'group' AND g.subject IN (SELECT group_name FROM group_members WHERE user_name = $2)))",
     )
-    .bind(&req.resource)
+    .bind(resource)
     .bind(&session.user)
     .fetch_all(&app.db.pool)
     .await?;
@@ -394,22 +408,55 @@ pub async fn unlock(
         return Err(if expiries.is_empty() {
             ApiError::forbidden(
                 "no_grant",
-                format!(
-                    "user `{}` has no grant for `{}`",
-                    session.user, req.resource
-                ),
+                format!("user `{}` has no grant for `{}`", session.user, resource),
             )
         } else {
             ApiError::forbidden(
                 "grant_expired",
                 format!(
                     "user `{}`'s grant for `{}` has expired",
-                    session.user, req.resource
+                    session.user, resource
                 ),
             )
         });
     }
 
+    Ok(Authorized {
+        gateway: gw.name.clone(),
+        session,
+        authorization: authz.clone(),
+    })
+}
+
+/// `POST /v1/credentials/unlock`.
+pub async fn unlock(
+    app: &App,
+    peer: Option<&GatewayPeer>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Unlocked, ApiError> {
+    if peer.is_none() {
+        return Err(ApiError::unauthorized(
+            "gateway_certificate_required",
+            "only a gateway can unlock a credential: present the gateway's certificate (a user session alone never suffices)",
+        ));
+    }
+    let req: UnlockRequest = crate::error::json(body)?;
+    let Authorized {
+        gateway,
+        session,
+        authorization: authz,
+    } = authorize(
+        app,
+        peer,
+        (method, uri, headers, body),
+        &req.resource,
+        req.authorization.as_ref(),
+        req.authorization_signature.as_deref(),
+    )
+    .await?;
     // 4. The credential.
     let resource = sqlx::query("SELECT credential, ssh_principals FROM resources WHERE name = $1")
         .bind(&req.resource)
@@ -430,7 +477,7 @@ pub async fn unlock(
     let event = |version: i64, kind: CredentialKind| {
         json!({
             "resource": req.resource, "session": session.id, "user": session.user, "device": session.device,
-            "gateway": gw.name, "connection": authz.connection, "version": version, "kind": stored_name(&kind),
+            "gateway": gateway, "connection": authz.connection, "version": version, "kind": stored_name(&kind),
         })
     };
     let declared: Option<String> = resource.try_get("credential")?;
@@ -528,4 +575,49 @@ fn seal_to(recipient: &age::x25519::Recipient, secret: &[u8]) -> Result<Vec<u8>,
     w.write_all(secret).map_err(|e| fail(&e))?;
     w.finish().map_err(|e| fail(&e))?;
     Ok(out)
+}
+
+/// `POST /v1/connections/authorize`: may this gateway open `resource` for the user whose
+/// authorization it carries? The `connection.open` audit event is written before the
+/// answer; no record, no connection.
+pub async fn authorize_connection(
+    app: &App,
+    peer: Option<&GatewayPeer>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<lastmile_proto::wire::ConnectionAuthorized, ApiError> {
+    if peer.is_none() {
+        return Err(ApiError::unauthorized(
+            "gateway_certificate_required",
+            "only a gateway can open a connection: present the gateway's certificate",
+        ));
+    }
+    let req: lastmile_proto::wire::ConnectionRequest = crate::error::json(body)?;
+    let a = authorize(
+        app,
+        peer,
+        (method, uri, headers, body),
+        &req.resource,
+        req.authorization.as_ref(),
+        req.authorization_signature.as_deref(),
+    )
+    .await?;
+    let resource = crate::admin::resource(app, &req.resource).await?;
+    app.audit(
+        "connection.open",
+        json!({
+            "connection": a.authorization.connection, "session": a.session.id, "resource": req.resource,
+            "user": a.session.user, "device": a.session.device, "gateway": a.gateway,
+        }),
+    )
+    .await?;
+    Ok(lastmile_proto::wire::ConnectionAuthorized {
+        resource,
+        user: a.session.user.clone(),
+        session: a.session.id.clone(),
+        device: a.session.device.clone(),
+        session_expires_at: a.session.expires_at,
+    })
 }

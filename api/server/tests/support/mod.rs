@@ -220,13 +220,18 @@ pub fn ed25519_pkcs8(key: &SigningKey) -> Vec<u8> {
 
 impl Gateway {
     pub async fn enroll(api: &Api, admin: &Session, name: &str) -> Self {
+        Self::enroll_at(api, admin, name, &[]).await
+    }
+
+    /// Enrolls with these certificate addresses.
+    pub async fn enroll_at(api: &Api, admin: &Session, name: &str, addresses: &[&str]) -> Self {
         let token: lastmile_proto::wire::GatewayToken = api
             .client
             .call(
                 admin,
                 reqwest::Method::POST,
                 "/v1/admin/gateways/tokens",
-                Some(&serde_json::json!({"name": name})),
+                Some(&serde_json::json!({"name": name, "addresses": addresses})),
             )
             .await
             .unwrap()
@@ -265,27 +270,19 @@ impl Gateway {
 
     /// Sends an unlock request, signed with the gateway's key.
     pub async fn unlock(&self, req: &serde_json::Value) -> lastmile_api_client::Answer {
-        let body = serde_json::to_vec(req).unwrap();
-        let host = self
-            .client
-            .url("")
-            .trim_start_matches("https://")
-            .to_owned();
-        let h = lastmile_proto::httpsig::sign(
-            "POST",
-            &format!("https://{host}/v1/credentials/unlock"),
-            &body,
-            lastmile_api_client::now(),
-            &lastmile_api_client::nonce().unwrap(),
-            &[lastmile_proto::httpsig::Signer {
-                label: "gateway",
-                keyid: &self.name,
-                key: &self.key,
-            }],
-        )
-        .unwrap();
+        self.post("/v1/credentials/unlock", req).await
+    }
+
+    /// A POST signed with the gateway's key (and its certificate at the TLS layer).
+    pub async fn post(&self, path: &str, req: &serde_json::Value) -> lastmile_api_client::Answer {
         self.client
-            .send_signed(reqwest::Method::POST, "/v1/credentials/unlock", &h, body)
+            .call_as_gateway(
+                &self.name,
+                &self.key,
+                reqwest::Method::POST,
+                path,
+                &serde_json::to_vec(req).unwrap(),
+            )
             .await
             .unwrap()
     }
@@ -297,24 +294,13 @@ pub fn authorize(
     resource: &str,
     gateway: &str,
 ) -> (lastmile_proto::wire::UnlockAuthorization, String) {
-    use base64::Engine as _;
-    use ed25519_dalek::Signer as _;
-    let a = lastmile_proto::wire::UnlockAuthorization {
-        session: session.login.session.clone(),
-        device: session.login.device.clone(),
-        resource: resource.to_owned(),
-        gateway: gateway.to_owned(),
-        connection: format!("conn-{}", lastmile_api_client::nonce().unwrap()),
-        created: lastmile_api_client::now(),
-        nonce: lastmile_api_client::nonce().unwrap(),
-    };
-    let sig = session
-        .session_key
-        .sign(&lastmile_proto::wire::unlock_authorization_message(&a));
-    (
-        a,
-        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
-    )
+    session
+        .authorize(
+            resource,
+            gateway,
+            &format!("conn-{}", lastmile_api_client::nonce().unwrap()),
+        )
+        .unwrap()
 }
 
 /// An admin; resource `orders-db` (postgres, a stored password `secret`); user alice,
