@@ -96,6 +96,11 @@ pub const KINDS: &[Kind] = &[
         required: &["connection", "bytes_up", "bytes_down", "duration_ms"],
     },
     Kind {
+        name: "gateway.refused",
+        what: "a gateway refused a stream (bad header, no authorization, unreachable resource)",
+        required: &["session", "gateway", "code"],
+    },
+    Kind {
         name: "query",
         what: "a database query (text, keyed hash, or nothing, by policy)",
         required: &["connection", "session"],

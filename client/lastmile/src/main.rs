@@ -1,9 +1,10 @@
 //! `lastmile`: the user's command line. See `lastmile --help`.
 //!
 //! `login`, `status`, `resources`, `logout`: the user's identity on this machine (see
-//! `session.rs`); `audit …`: reading and verifying the audit log. The agent and the
-//! tunnel arrive with the rest of the client issue.
+//! `session.rs`); `agent` and `listen`: carrying connections through the tunnel (see
+//! `agent.rs`); `audit …`: reading and verifying the audit log.
 
+mod agent;
 mod audit;
 mod session;
 
@@ -33,6 +34,11 @@ enum Command {
     Resources,
     /// End the session (revoked at the API) and forget it here.
     Logout,
+    /// Run the agent in the foreground: register with lastmiled and carry this user's
+    /// connections to protected targets through the gateways (`login` starts it).
+    Agent(agent::AgentArgs),
+    /// Open a local port into the tunnel for one resource (hosts without eBPF).
+    Listen(agent::ListenArgs),
     /// Read, search, export, decrypt and verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -71,6 +77,14 @@ fn main() -> std::process::ExitCode {
         Command::Logout => run(Box::pin(
             async move { session::logout().await.map(|()| ok) },
         )),
+        Command::Agent(a) => {
+            init_logging();
+            run_multi(Box::pin(async move { agent::agent(a).await.map(|()| ok) }))
+        }
+        Command::Listen(a) => {
+            init_logging();
+            run_multi(Box::pin(async move { agent::listen(a).await.map(|()| ok) }))
+        }
         Command::Audit { command } => match audit::run(*command) {
             Ok(code) => code,
             Err(e) => {
@@ -78,5 +92,33 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         },
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The agent and `listen` carry many connections at once: a multi-threaded runtime.
+fn run_multi(
+    f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<std::process::ExitCode>>>>,
+) -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(f));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lastmile: {e:#}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

@@ -47,6 +47,9 @@ pub struct LoginArgs {
     /// The current TOTP code, if your user has TOTP (else you are asked when needed).
     #[arg(long)]
     totp: Option<String>,
+    /// Do not start the agent (`lastmile agent`) after logging in.
+    #[arg(long)]
+    no_agent: bool,
 }
 
 /// The session as kept on disk.
@@ -69,7 +72,7 @@ pub fn home() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".config/lastmile"))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -117,7 +120,7 @@ fn device_key(home: &Path) -> anyhow::Result<SigningKey> {
     }
 }
 
-fn load(home: &Path) -> anyhow::Result<Option<(ApiClient, Session)>> {
+pub(crate) fn load(home: &Path) -> anyhow::Result<Option<(ApiClient, Session)>> {
     let text = match std::fs::read_to_string(home.join("session.json")) {
         Ok(t) => Zeroizing::new(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -157,6 +160,25 @@ fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<Zeroizing<Strin
     Ok(Zeroizing::new(
         rpassword::prompt_password(prompt).context("reading the password from the terminal")?,
     ))
+}
+
+/// Saves a renewed session certificate (the agent renews it before it ends).
+pub(crate) fn save_certificate(home: &Path, session: &Session) -> anyhow::Result<()> {
+    let path = home.join("session.json");
+    let text = Zeroizing::new(std::fs::read_to_string(&path).context("reading the session")?);
+    let mut saved: Saved = serde_json::from_str(&text).context("the saved session is damaged")?;
+    if saved.login.session != session.login.session {
+        bail!("the saved session changed (a new login); not overwriting it");
+    }
+    saved
+        .login
+        .certificate
+        .clone_from(&session.login.certificate);
+    saved.login.certificate_expires_at = session.login.certificate_expires_at;
+    write_private(
+        &path,
+        Zeroizing::new(serde_json::to_vec(&saved)?).as_slice(),
+    )
 }
 
 pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
@@ -237,20 +259,33 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
         &home.join("session.json"),
         Zeroizing::new(serde_json::to_vec(&saved)?).as_slice(),
     )?;
+    let agent_pid = if a.no_agent {
+        None
+    } else {
+        Some(crate::agent::spawn(&home)?)
+    };
     let l = &session.login;
     match out {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"user": l.user, "device": l.device, "session": l.session, "session_expires_at": l.session_expires_at})
+                &serde_json::json!({"user": l.user, "device": l.device, "session": l.session, "session_expires_at": l.session_expires_at, "agent_pid": agent_pid})
             )?
         ),
-        Output::Text => println!(
-            "logged in as {} on device {} until {}",
-            l.user,
-            l.device,
-            when(l.session_expires_at)
-        ),
+        Output::Text => {
+            println!(
+                "logged in as {} on device {} until {}",
+                l.user,
+                l.device,
+                when(l.session_expires_at)
+            );
+            if let Some(pid) = agent_pid {
+                println!(
+                    "agent started (pid {pid}); its log: {}",
+                    home.join("agent.log").display()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -279,7 +314,9 @@ fn explain(e: ClientError) -> anyhow::Error {
 }
 
 pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
-    let Some((client, session)) = load(&home()?)? else {
+    let home = home()?;
+    let agent = crate::agent::running(&home);
+    let Some((client, session)) = load(&home)? else {
         match out {
             Output::Json => println!("{}", serde_json::json!({"logged_in": false})),
             Output::Text => println!("not logged in: run `lastmile login`"),
@@ -296,6 +333,7 @@ pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
                     serde_json::to_string_pretty(&serde_json::json!({
                         "logged_in": true, "user": me.user, "admin": me.admin, "device": me.device, "session": me.session,
                         "session_expires_at": me.session_expires_at, "certificate_expires_at": l.certificate_expires_at,
+                        "agent": agent,
                     }))?
                 ),
                 Output::Text => {
@@ -311,6 +349,7 @@ pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
                         when(me.session_expires_at)
                     );
                     println!("certificate: until {}", when(l.certificate_expires_at));
+                    print_agent(agent.as_ref());
                 }
             }
             Ok(std::process::ExitCode::SUCCESS)
@@ -319,7 +358,7 @@ pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
             match out {
                 Output::Json => println!(
                     "{}",
-                    serde_json::json!({"logged_in": false, "user": l.user, "session": l.session, "error": e.code(), "message": e.to_string()})
+                    serde_json::json!({"logged_in": false, "user": l.user, "session": l.session, "error": e.code(), "message": e.to_string(), "agent": agent})
                 ),
                 Output::Text => println!(
                     "session {} of {} is no longer valid ({e}): run `lastmile login`",
@@ -327,6 +366,30 @@ pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
                 ),
             }
             Ok(std::process::ExitCode::from(1))
+        }
+    }
+}
+
+fn print_agent(agent: Option<&crate::agent::AgentState>) {
+    let Some(a) = agent else {
+        println!("agent:       not running (`lastmile login` starts it, or `lastmile agent`)");
+        return;
+    };
+    println!(
+        "agent:       running (pid {}), {} connections carried",
+        a.pid, a.connections
+    );
+    println!("node:        {}", a.node);
+    if let Some(why) = &a.revoked {
+        println!("             the session can no longer be used ({why}): run `lastmile login`");
+    }
+    if a.gateways.is_empty() {
+        println!("gateways:    none listed by the API");
+    }
+    for g in &a.gateways {
+        match &g.error {
+            Some(e) => println!("gateway:     {} at {}: {} ({e})", g.name, g.tunnel, g.state),
+            None => println!("gateway:     {} at {}: {}", g.name, g.tunnel, g.state),
         }
     }
 }
@@ -365,6 +428,7 @@ pub async fn logout() -> anyhow::Result<()> {
         println!("not logged in");
         return Ok(());
     };
+    crate::agent::stop(&home);
     // Forget the session locally whatever the API says: a dead session is gone anyway.
     let answer = client
         .call(&session, Method::POST, "/v1/logout", None)

@@ -42,6 +42,101 @@ pub enum ConfigError {
 struct ConfigFile {
     #[serde(default)]
     node: NodeConfig,
+    #[serde(default)]
+    gateway: GatewayConfig,
+    #[serde(default)]
+    api: ApiConfig,
+}
+
+/// `[api]`: the control plane, and this host's identity with it (made by
+/// `lastmiled gateway enroll`). The gateway role needs it; the node role uses it when
+/// `node.resources_from_api` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `https://HOST:PORT` of `lastmile-api`. Default https://127.0.0.1:8443.
+    pub url: String,
+    /// Holds `gateway.key` (0600), `gateway.pem` and `ca.pem`. Default
+    /// /var/lib/lastmile/lastmiled.
+    pub state_dir: PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            url: "https://127.0.0.1:8443".into(),
+            state_dir: PathBuf::from("/var/lib/lastmile/lastmiled"),
+        }
+    }
+}
+
+/// `[gateway]`: the end of users' tunnels, and the last hop to resources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where agents' tunnels arrive. Default 127.0.0.1:15443.
+    pub listen: SocketAddr,
+    /// `HOST:PORT` announced to agents; HOST must be in the gateway certificate. Default:
+    /// the certificate's first address and the listening port.
+    pub announce: Option<String>,
+    /// JSON-lines file for the gateway's events (connection.close, gateway.refused).
+    /// Absent, with no `[gateway.audit.service]`: standard output.
+    pub events: Option<PathBuf>,
+    pub audit: AuditConfig,
+    /// SO_MARK on upstream connections, so a node on this host lets them through.
+    /// Default 0x4c4d0001 (the node's default `exempt_mark`).
+    pub exempt_mark: u32,
+    /// How long connecting to a resource may take. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 15443)),
+            announce: None,
+            events: Some(PathBuf::from("/var/log/lastmile/gateway-events.jsonl")),
+            audit: AuditConfig::default(),
+            exempt_mark: 0x4c4d_0001,
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything `lastmiled` reads from its file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub gateway: GatewayConfig,
+    pub api: ApiConfig,
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = read(path)?;
+        file.node.validate()?;
+        Ok(Self {
+            node: file.node,
+            gateway: file.gateway,
+            api: file.api,
+        })
+    }
+}
+
+fn read(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
+    let Some(path) = path else {
+        return Ok(ConfigFile::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The node role.
@@ -71,6 +166,12 @@ pub struct NodeConfig {
     pub exempt_mark: u32,
     /// The protected targets.
     pub targets: Vec<TargetConfig>,
+    /// Also protect every resource the API lists (with the `[api]` identity), kept
+    /// current every `resource_refresh`. Default false.
+    pub resources_from_api: bool,
+    /// Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub resource_refresh: std::time::Duration,
 }
 
 impl Default for NodeConfig {
@@ -86,6 +187,8 @@ impl Default for NodeConfig {
             enforce: false,
             exempt_mark: 0x4c4d_0001,
             targets: Vec::new(),
+            resources_from_api: false,
+            resource_refresh: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -108,19 +211,7 @@ pub struct TargetConfig {
 impl NodeConfig {
     /// Reads `path`, or the defaults when there is none.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        file.node.validate()?;
-        Ok(file.node)
+        Ok(Config::load(path)?.node)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -277,6 +277,13 @@ impl EventSink {
         Ok(Self { queue })
     }
 
+    /// Queues one event, already in its written form.
+    pub fn write_value(&self, event: Value) {
+        if self.queue.send(event).is_err() {
+            tracing::error!("the event writer has stopped; event lost");
+        }
+    }
+
     /// Queues one event for writing.
     pub fn write(&self, event: &Event) {
         match serde_json::to_value(event) {

@@ -28,6 +28,14 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// The gateway role: the far end of users' tunnels, the last hop to resources.
+    Gateway {
+        #[command(subcommand)]
+        action: Option<GatewayAction>,
+        /// Configuration file (TOML); the embedded defaults are used without one.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Connect to ADDRESS as any program would, and print as JSON where the connection
     /// went. Shows whether a target is intercepted from this process's cgroup.
     Probe(probe::Args),
@@ -46,6 +54,25 @@ enum NodeAction {
     },
     /// Detach the programs and remove the pinned maps: interception stops.
     Detach,
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayAction {
+    /// Announce this gateway to the API and serve tunnels. The default action.
+    Run,
+    /// Make this host's gateway key and get its certificate with a one-time token from
+    /// `lastmile-api gateways token NAME --address …`; stored in `[api] state_dir`.
+    Enroll {
+        /// The one-time enrollment token.
+        #[arg(long)]
+        token: String,
+        /// The organisation's CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The API (default: `[api] url`).
+        #[arg(long)]
+        api: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,6 +95,10 @@ fn main() -> std::process::ExitCode {
             NodeAction::Run => lastmiled::node::run(config.as_deref()),
             NodeAction::Status { output } => status(config.as_deref(), output),
             NodeAction::Detach => detach(config.as_deref()),
+        },
+        Command::Gateway { action, config } => match action.unwrap_or(GatewayAction::Run) {
+            GatewayAction::Run => lastmiled::gateway::run(config.as_deref()),
+            GatewayAction::Enroll { token, ca, api } => enroll(config.as_deref(), &token, &ca, api),
         },
         Command::Probe(args) => probe::run(&args),
     };
@@ -122,6 +153,27 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn enroll(
+    config: Option<&Path>,
+    token: &str,
+    ca: &Path,
+    api: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = lastmiled::config::Config::load(config)?;
+    if let Some(url) = api {
+        config.api.url = url;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let name = runtime.block_on(lastmiled::gateway::enroll(&config.api, ca, token))?;
+    eprintln!(
+        "enrolled as gateway `{name}`; identity in {}",
+        config.api.state_dir.display()
+    );
     Ok(())
 }
 

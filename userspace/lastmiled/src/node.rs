@@ -54,6 +54,10 @@ impl TargetTable {
 #[derive(Debug)]
 pub struct Shared {
     pub interceptor: Mutex<Interceptor>,
+    /// The configured targets, and those from the API; `targets` is both (configured
+    /// names win).
+    static_targets: Mutex<Vec<TargetConfig>>,
+    api_targets: Mutex<Vec<TargetConfig>>,
     pub targets: RwLock<TargetTable>,
     pub agents: Agents,
     pub sink: EventSink,
@@ -69,14 +73,22 @@ impl Shared {
 /// Runs the node until SIGINT or SIGTERM. Interception stays in place afterwards (pinned);
 /// `lastmiled node detach` removes it.
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
-    let config = NodeConfig::load(config_path)?;
+    let config = crate::config::Config::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config, config_path.map(Path::to_owned)))
+    runtime.block_on(serve(
+        config.node,
+        config.api,
+        config_path.map(Path::to_owned),
+    ))
 }
 
-async fn serve(config: NodeConfig, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    config: NodeConfig,
+    api: crate::config::ApiConfig,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     ensure_bpffs(&config.pin_dir)?;
     let cgroup = match &config.cgroup {
         Some(c) => c.clone(),
@@ -116,8 +128,17 @@ async fn serve(config: NodeConfig, config_path: Option<PathBuf>) -> anyhow::Resu
         info!(target = %t.name, kind = ?t.kind, protect = ?t.protect.iter().map(ToString::to_string).collect::<Vec<_>>(), "protecting");
     }
 
+    let api_client = if config.resources_from_api {
+        let identity = crate::gateway::Identity::load(&api.state_dir)
+            .context("node.resources_from_api needs this host's identity with the API")?;
+        Some(identity.api(&api.url)?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         interceptor: Mutex::new(interceptor),
+        static_targets: Mutex::new(config.targets.clone()),
+        api_targets: Mutex::new(Vec::new()),
         targets: RwLock::new(targets),
         agents: Agents::default(),
         proc_cache: ProcCache::default(),
@@ -127,6 +148,13 @@ async fn serve(config: NodeConfig, config_path: Option<PathBuf>) -> anyhow::Resu
     let agent_listener = agents::bind(&config.agent_socket)?;
     info!(socket = %config.agent_socket.display(), "agents register here");
 
+    if let Some(client) = api_client {
+        tokio::spawn(follow_api_resources(
+            client,
+            config.resource_refresh,
+            shared.clone(),
+        ));
+    }
     tokio::spawn(read_kernel_events(events, shared.clone()));
     tokio::spawn(agents::accept_loop(agent_listener, shared.clone()));
     tokio::spawn(connection::accept_loop(listener_v4, shared.clone()));
@@ -175,32 +203,125 @@ fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<Socke
             return;
         }
     };
-    let table = TargetTable(config.targets.clone());
-    let result = (|| -> anyhow::Result<()> {
-        let entries = table.kernel_entries()?;
-        let mut interceptor = shared
-            .interceptor
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        interceptor.set_policy(&policy(&config, v4, v6))?;
-        interceptor.replace_targets(&entries)?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            info!(
-                targets = table.0.len(),
-                enforce = config.enforce,
-                "configuration reloaded"
-            );
-            if let Ok(mut t) = shared.targets.write() {
-                *t = table;
-            }
-        }
+    let result = shared
+        .interceptor
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))
+        .and_then(|mut i| Ok(i.set_policy(&policy(&config, v4, v6))?));
+    if let Ok(mut t) = shared.static_targets.lock() {
+        t.clone_from(&config.targets);
+    }
+    match result.and_then(|()| apply_targets(shared)) {
+        Ok(n) => info!(
+            targets = n,
+            enforce = config.enforce,
+            "configuration reloaded"
+        ),
         Err(e) => {
             error!(error = %e, "reload failed part way; run `lastmiled node status` and reload again")
         }
     }
+}
+
+/// Puts the configured and the API's targets into the kernel map and the table.
+fn apply_targets(shared: &Shared) -> anyhow::Result<usize> {
+    let mut all = shared
+        .static_targets
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    for t in shared
+        .api_targets
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+    {
+        if !all.iter().any(|s| s.name == t.name) {
+            all.push(t.clone());
+        }
+    }
+    let table = TargetTable(all);
+    let entries = table.kernel_entries()?;
+    shared
+        .interceptor
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .replace_targets(&entries)?;
+    let n = table.0.len();
+    if let Ok(mut t) = shared.targets.write() {
+        *t = table;
+    }
+    Ok(n)
+}
+
+/// Keeps the API's resources protected: every `refresh`, the list from `GET
+/// /v1/resources` (as this host's gateway identity) becomes the API part of the targets.
+/// When the API cannot be reached, the last list stays in force.
+async fn follow_api_resources(
+    client: lastmile_api_client::ApiClient,
+    refresh: std::time::Duration,
+    shared: Arc<Shared>,
+) {
+    loop {
+        match client
+            .get::<Vec<lastmile_proto::wire::Resource>>("/v1/resources")
+            .await
+        {
+            Ok(resources) => {
+                let targets = api_targets(&resources);
+                let changed = shared
+                    .api_targets
+                    .lock()
+                    .map(|mut cur| {
+                        let changed = *cur != targets;
+                        *cur = targets;
+                        changed
+                    })
+                    .unwrap_or(false);
+                if changed {
+                    match apply_targets(&shared) {
+                        Ok(n) => info!(targets = n, "protected targets updated from the API"),
+                        Err(e) => error!(error = %e, "cannot apply the API's targets"),
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot fetch resources from the API; keeping the last list")
+            }
+        }
+        tokio::time::sleep(refresh).await;
+    }
+}
+
+/// The API's resources as node targets: those that protect something.
+fn api_targets(resources: &[lastmile_proto::wire::Resource]) -> Vec<TargetConfig> {
+    use lastmile_handoff::TargetKind;
+    use lastmile_proto::wire::ResourceKind;
+    resources
+        .iter()
+        .filter_map(|r| {
+            let protect: Vec<ProtectedTarget> = r
+                .protect
+                .iter()
+                .filter_map(|p| match p.parse() {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        warn!(resource = %r.name, protect = %p, error = %e, "unusable protect entry skipped");
+                        None
+                    }
+                })
+                .collect();
+            (!protect.is_empty()).then(|| TargetConfig {
+                name: r.name.clone(),
+                kind: match r.kind {
+                    ResourceKind::Postgres => TargetKind::Postgres,
+                    ResourceKind::Ssh => TargetKind::Ssh,
+                    ResourceKind::Tcp => TargetKind::Tcp,
+                },
+                protect,
+            })
+        })
+        .collect()
 }
 
 /// A safety net: the kernel wakes us when events arrive, but a missed wakeup must not

@@ -11,9 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use super::Shared;
-use crate::{
-    events::{EventBody, NodeConnection, ProcInfo, comm, orig_dst},
-};
+use crate::events::{EventBody, NodeConnection, ProcInfo, comm, orig_dst};
 
 /// How long a refused client gets to say enough for a protocol-aware answer.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,753 @@
+//! The agent: the user's end of the tunnel.
+//!
+//! It registers with lastmiled (role node) for the user's uid and receives every
+//! connection a process of that user made to a protected target (the socket itself, over
+//! SCM_RIGHTS). Each one becomes a stream in a tunnel: one TLS 1.3 connection per gateway,
+//! authenticated with the session certificate, opened with the resource and a fresh
+//! authorization signed by the session key. Gateways come from the API (`GET
+//! /v1/gateways`); a gateway that fails is skipped for a growing while (backoff), and the
+//! next one takes new connections. When the session is revoked (the API says so on the
+//! revocation stream, or a gateway refuses for it), the agent stops carrying connections
+//! and tells each new one, in its own protocol, to log in again.
+//!
+//! `lastmile listen` runs the same core for one resource on a local port, for hosts
+//! without eBPF.
+
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Args;
+use lastmile_api_client::{ApiClient, Revocations, Session};
+use lastmile_handoff::{AgentLink, Handoff, HandoffError, TargetKind, refusal::refuse};
+use lastmile_proto::wire::{GatewayEndpoint, Refreshed, Resource, ResourceKind};
+use lastmile_tunnel::{
+    TunnelError,
+    client::Tunnel,
+    header::{Refusal, StreamHeader},
+    splice::{Meter, splice},
+};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::session;
+
+/// Where lastmiled's agent socket is, unless told otherwise.
+pub const DEFAULT_NODE_SOCKET: &str = "/run/lastmile/node.sock";
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// lastmiled's agent socket (default: $LASTMILE_NODE_SOCKET, else
+    /// /run/lastmile/node.sock).
+    #[arg(long)]
+    node_socket: Option<PathBuf>,
+    /// Replace an agent already running for this LASTMILE_HOME.
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// The resource to carry.
+    resource: String,
+    /// Local port (default: the resource's own port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+}
+
+/// What the agent tells `lastmile status`: `$LASTMILE_HOME/agent.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentState {
+    pub pid: u32,
+    pub session: String,
+    pub node: String,
+    pub gateways: Vec<GatewayState>,
+    /// Why the session can no longer be used, when it cannot.
+    pub revoked: Option<String>,
+    pub connections: u64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayState {
+    pub name: String,
+    pub tunnel: String,
+    /// `up`, `down` or `idle` (no tunnel yet).
+    pub state: String,
+    pub error: Option<String>,
+}
+
+/// A gateway that failed, and until when it is skipped.
+#[derive(Debug, Clone)]
+struct Down {
+    until: Instant,
+    backoff: Duration,
+    error: String,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const REFRESH_LISTS: Duration = Duration::from_secs(30);
+
+/// Why a connection could not be carried.
+#[derive(Debug)]
+enum OpenError {
+    /// The session is gone: log in again.
+    Login(String),
+    /// A gateway refused, for a reason another gateway would share.
+    Refused(Refusal),
+    /// No gateway could be reached.
+    NoGateway(String),
+}
+
+impl OpenError {
+    fn message(&self) -> String {
+        match self {
+            Self::Login(why) => {
+                format!(
+                    "lastmile: your session cannot be used ({why}); run `lastmile login`, then connect again"
+                )
+            }
+            Self::Refused(r) => format!("lastmile: the gateway refused this connection: {r}"),
+            Self::NoGateway(why) => format!("lastmile: no gateway could be reached: {why}"),
+        }
+    }
+}
+
+/// What `agent` and `listen` share: the session, the gateways, the tunnels.
+pub struct Core {
+    home: PathBuf,
+    api: ApiClient,
+    session: RwLock<Session>,
+    tls: RwLock<Arc<rustls::ClientConfig>>,
+    gateways: RwLock<Vec<GatewayEndpoint>>,
+    resources: RwLock<HashMap<String, Resource>>,
+    tunnels: tokio::sync::Mutex<HashMap<String, Arc<Tunnel>>>,
+    down: Mutex<HashMap<String, Down>>,
+    revoked: Mutex<Option<String>>,
+    node: Mutex<String>,
+    connections: std::sync::atomic::AtomicU64,
+    write_state: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_for(session: &Session) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    Ok(lastmile_tunnel::tls::agent_config(
+        &session.login.ca,
+        &session.login.certificate,
+        &session.session_key.to_bytes(),
+    )?)
+}
+
+impl Core {
+    async fn start(home: &Path, write_state: bool) -> anyhow::Result<Arc<Self>> {
+        let (api, session) = session::load(home)?.context("not logged in: run `lastmile login`")?;
+        let tls = tls_for(&session)?;
+        let core = Arc::new(Self {
+            home: home.to_owned(),
+            api,
+            session: RwLock::new(session),
+            tls: RwLock::new(tls),
+            gateways: RwLock::new(Vec::new()),
+            resources: RwLock::new(HashMap::new()),
+            tunnels: tokio::sync::Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(None),
+            node: Mutex::new("not used".into()),
+            connections: Default::default(),
+            write_state,
+        });
+        core.refresh_lists().await?;
+        tokio::spawn(core.clone().keep_lists());
+        tokio::spawn(core.clone().watch_revocations());
+        tokio::spawn(core.clone().keep_certificate());
+        core.save_state().await;
+        Ok(core)
+    }
+
+    fn session(&self) -> Session {
+        self.session
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn revoked(&self) -> Option<String> {
+        self.revoked.lock().ok().and_then(|r| r.clone())
+    }
+
+    async fn set_revoked(&self, why: String) {
+        warn!(%why, "the session can no longer be used; log in again");
+        if let Ok(mut r) = self.revoked.lock() {
+            *r = Some(why);
+        }
+        self.tunnels.lock().await.clear();
+        self.save_state().await;
+    }
+
+    /// Fetches the gateways and the user's resources.
+    async fn refresh_lists(&self) -> anyhow::Result<()> {
+        let session = self.session();
+        let answer = self
+            .api
+            .call(&session, Method::GET, "/v1/gateways", None)
+            .await?;
+        let gateways: Vec<GatewayEndpoint> = match answer.json() {
+            Ok(g) => g,
+            Err(e) if needs_login(e.code()) => {
+                self.set_revoked(e.to_string()).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let resources: Vec<Resource> = self
+            .api
+            .call(&session, Method::GET, "/v1/resources", None)
+            .await?
+            .json()?;
+        if let Ok(mut g) = self.gateways.write() {
+            *g = gateways;
+        }
+        if let Ok(mut r) = self.resources.write() {
+            *r = resources.into_iter().map(|r| (r.name.clone(), r)).collect();
+        }
+        Ok(())
+    }
+
+    async fn keep_lists(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REFRESH_LISTS).await;
+            if self.revoked().is_some() {
+                continue;
+            }
+            if let Err(e) = self.refresh_lists().await {
+                warn!(error = %format!("{e:#}"), "cannot refresh the gateway list");
+            }
+            self.save_state().await;
+        }
+    }
+
+    /// Follows the user's revocations; its own session's ends the agent's work.
+    async fn watch_revocations(self: Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if self.revoked().is_some() {
+                return;
+            }
+            let session = self.session();
+            match self.api.stream(&session, "/v1/revocations").await {
+                Ok(resp) if resp.status().is_success() => {
+                    backoff = FIRST_BACKOFF;
+                    let mut events = Revocations::new(resp);
+                    while let Ok(Some(r)) = events.next().await {
+                        if r.session == session.login.session {
+                            self.set_revoked(format!("session revoked: {}", r.reason))
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.text().await.unwrap_or_default();
+                    let answer = lastmile_api_client::Answer { status, body };
+                    if let Err(e) = answer.json::<serde_json::Value>()
+                        && needs_login(e.code())
+                    {
+                        self.set_revoked(e.to_string()).await;
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot reach the API for revocations; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Renews the session certificate before it ends (the session itself lasts longer).
+    async fn keep_certificate(self: Arc<Self>) {
+        loop {
+            let expires = self.session().login.certificate_expires_at;
+            let wait = (expires - lastmile_api_client::now() - 300).max(10);
+            tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(10))).await;
+            if self.revoked().is_some() {
+                return;
+            }
+            let session = self.session();
+            let answer = self
+                .api
+                .call(&session, Method::POST, "/v1/session/refresh", None)
+                .await;
+            match answer.map(|a| a.json::<Refreshed>()) {
+                Ok(Ok(r)) => {
+                    let mut s = session;
+                    s.login.certificate = r.certificate;
+                    s.login.certificate_expires_at = r.certificate_expires_at;
+                    match tls_for(&s) {
+                        Ok(tls) => {
+                            if let Ok(mut t) = self.tls.write() {
+                                *t = tls;
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "the renewed certificate is unusable"),
+                    }
+                    if let Err(e) = session::save_certificate(&self.home, &s) {
+                        warn!(error = %e, "cannot save the renewed certificate");
+                    }
+                    if let Ok(mut cur) = self.session.write() {
+                        *cur = s;
+                    }
+                    info!("session certificate renewed");
+                }
+                Ok(Err(e)) if needs_login(e.code()) => {
+                    self.set_revoked(e.to_string()).await;
+                    return;
+                }
+                Ok(Err(e)) => warn!(error = %e, "certificate renewal refused; retrying"),
+                Err(e) => warn!(error = %e, "cannot reach the API to renew the certificate"),
+            }
+        }
+    }
+
+    /// The gateways to try, best first: those with a live tunnel, then the others not
+    /// backing off, then (if nothing else is left) those backing off.
+    async fn candidates(&self) -> Vec<GatewayEndpoint> {
+        let all = self.gateways.read().map(|g| g.clone()).unwrap_or_default();
+        let tunnels = self.tunnels.lock().await;
+        let now = Instant::now();
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        let rank = |g: &GatewayEndpoint| {
+            if tunnels.get(&g.name).is_some_and(|t| t.is_open()) {
+                0
+            } else if down.get(&g.name).is_some_and(|d| d.until > now) {
+                2
+            } else {
+                1
+            }
+        };
+        let mut all = all;
+        all.sort_by_key(rank);
+        all
+    }
+
+    fn mark_down(&self, gateway: &str, error: String) {
+        if let Ok(mut d) = self.down.lock() {
+            let backoff = d
+                .get(gateway)
+                .map(|x| (x.backoff * 2).min(MAX_BACKOFF))
+                .unwrap_or(FIRST_BACKOFF);
+            warn!(gateway, %error, backoff_ms = backoff.as_millis() as u64, "gateway down");
+            d.insert(
+                gateway.to_owned(),
+                Down {
+                    until: Instant::now() + backoff,
+                    backoff,
+                    error,
+                },
+            );
+        }
+    }
+
+    async fn tunnel(&self, g: &GatewayEndpoint) -> Result<Arc<Tunnel>, TunnelError> {
+        if let Some(t) = self.tunnels.lock().await.get(&g.name)
+            && t.is_open()
+        {
+            return Ok(t.clone());
+        }
+        let tls = self
+            .tls
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let t = Arc::new(Tunnel::connect(tls, &g.name, &g.tunnel).await?);
+        info!(gateway = %g.name, tunnel = %g.tunnel, "tunnel up");
+        if let Ok(mut d) = self.down.lock() {
+            d.remove(&g.name);
+        }
+        self.tunnels.lock().await.insert(g.name.clone(), t.clone());
+        Ok(t)
+    }
+
+    /// Opens a stream to `resource` through the first gateway that takes it.
+    async fn open(
+        &self,
+        resource: &str,
+        connection: &str,
+    ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream, String), OpenError> {
+        if let Some(why) = self.revoked() {
+            return Err(OpenError::Login(why));
+        }
+        let candidates = self.candidates().await;
+        if candidates.is_empty() {
+            return Err(OpenError::NoGateway(
+                "the API lists no gateway (none enrolled and running?)".into(),
+            ));
+        }
+        let mut errors = Vec::new();
+        for g in candidates {
+            let tunnel = match self.tunnel(&g).await {
+                Ok(t) => t,
+                Err(e) => {
+                    self.mark_down(&g.name, e.to_string());
+                    errors.push(format!("{}: {e}", g.name));
+                    continue;
+                }
+            };
+            let (authorization, signature) = self
+                .session()
+                .authorize(resource, &g.name, connection)
+                .map_err(|e| OpenError::NoGateway(e.to_string()))?;
+            let header = StreamHeader {
+                resource: resource.to_owned(),
+                authorization,
+                signature,
+            };
+            match tunnel.open(&header).await {
+                Ok((send, recv)) => return Ok((send, recv, g.name)),
+                Err(TunnelError::Refused(r)) if r.needs_login() => {
+                    self.set_revoked(r.to_string()).await;
+                    return Err(OpenError::Login(r.to_string()));
+                }
+                Err(TunnelError::Refused(r))
+                    if matches!(r.code.as_str(), "api_unavailable" | "upstream_unreachable") =>
+                {
+                    errors.push(format!("{}: {r}", g.name));
+                }
+                Err(TunnelError::Refused(r)) => return Err(OpenError::Refused(r)),
+                Err(e) => {
+                    self.tunnels.lock().await.remove(&g.name);
+                    self.mark_down(&g.name, e.to_string());
+                    errors.push(format!("{}: {e}", g.name));
+                }
+            }
+        }
+        Err(OpenError::NoGateway(errors.join("; ")))
+    }
+
+    /// Carries one local connection to `resource`, or tells its client why not.
+    async fn carry(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        resource: String,
+        kind: TargetKind,
+        id: String,
+    ) {
+        let span = info_span!("connection", connection = %id, resource = %resource);
+        async {
+            self.connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.open(&resource, &id).await {
+                Ok((send, recv, gateway)) => {
+                    info!(%gateway, "stream open");
+                    let meter = Meter::default();
+                    let started = Instant::now();
+                    let result = splice(&tcp, send, recv, true, &meter).await;
+                    info!(
+                        up = meter.up(),
+                        down = meter.down(),
+                        ms = started.elapsed().as_millis() as u64,
+                        error = ?result.err().map(|e| e.to_string()),
+                        "stream closed"
+                    );
+                }
+                Err(e) => {
+                    let message = e.message();
+                    warn!(%message, "connection refused");
+                    self.save_state().await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), refuse(tcp, kind, message))
+                            .await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn save_state(&self) {
+        if !self.write_state {
+            return;
+        }
+        let tunnels = self.tunnels.lock().await;
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        let now = Instant::now();
+        let gateways = self
+            .gateways
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| {
+                let (state, error) = match (tunnels.get(&g.name), down.get(&g.name)) {
+                    (Some(t), _) if t.is_open() => ("up", None),
+                    (_, Some(d)) if d.until > now => ("down", Some(d.error.clone())),
+                    _ => ("idle", None),
+                };
+                GatewayState {
+                    name: g.name,
+                    tunnel: g.tunnel,
+                    state: state.into(),
+                    error,
+                }
+            })
+            .collect();
+        drop(tunnels);
+        let state = AgentState {
+            pid: std::process::id(),
+            session: self.session().login.session,
+            node: self.node.lock().map(|n| n.clone()).unwrap_or_default(),
+            gateways,
+            revoked: self.revoked(),
+            connections: self.connections.load(std::sync::atomic::Ordering::Relaxed),
+            updated_at: lastmile_api_client::now(),
+        };
+        if let Ok(bytes) = serde_json::to_vec_pretty(&state)
+            && let Err(e) = session::write_private(&self.home.join(STATE_FILE), &bytes)
+        {
+            warn!(error = %e, "cannot write the agent state");
+        }
+    }
+}
+
+fn needs_login(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("session_revoked" | "session_expired" | "unknown_session" | "session_device_mismatch")
+    )
+}
+
+pub const STATE_FILE: &str = "agent.json";
+
+fn target_kind(kind: ResourceKind) -> TargetKind {
+    match kind {
+        ResourceKind::Postgres => TargetKind::Postgres,
+        ResourceKind::Ssh => TargetKind::Ssh,
+        ResourceKind::Tcp => TargetKind::Tcp,
+    }
+}
+
+/// The running agent of this home, if any: its state, with a live pid.
+pub fn running(home: &Path) -> Option<AgentState> {
+    let text = std::fs::read_to_string(home.join(STATE_FILE)).ok()?;
+    let state: AgentState = serde_json::from_str(&text).ok()?;
+    let pid = i32::try_from(state.pid).ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| a == b"agent"))
+        .unwrap_or(false);
+    (alive && ours).then_some(state)
+}
+
+/// Stops the running agent of this home (SIGTERM), waiting up to 2 s.
+pub fn stop(home: &Path) {
+    let Some(state) = running(home) else { return };
+    let Ok(pid) = i32::try_from(state.pid) else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && nix::sys::signal::kill(pid, None).is_ok() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(home.join(STATE_FILE));
+}
+
+/// Starts `lastmile agent` in the background, logging to `$LASTMILE_HOME/agent.log`.
+pub fn spawn(home: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt as _;
+    stop(home);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("agent.log"))
+        .context("opening the agent log")?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("agent")
+        .env("LASTMILE_HOME", home)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the agent")?;
+    Ok(child.id())
+}
+
+/// `lastmile agent`: register with the node and carry its connections until stopped.
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let home = session::home()?;
+    if let Some(other) = running(&home)
+        && other.pid != std::process::id()
+    {
+        if args.replace {
+            stop(&home);
+        } else {
+            anyhow::bail!(
+                "an agent is already running for {} (pid {}); pass --replace",
+                home.display(),
+                other.pid
+            );
+        }
+    }
+    let socket = args
+        .node_socket
+        .or_else(|| std::env::var_os("LASTMILE_NODE_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_SOCKET));
+    let core = Core::start(&home, true).await?;
+    info!(session = %core.session().login.session, socket = %socket.display(), "agent starting");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Handoff, OwnedFd)>(1024);
+    let (node_tx, mut node_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || node_link(&socket, &tx, &node_tx));
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some((handoff, fd)) = rx.recv() => {
+                let std_stream = std::net::TcpStream::from(fd);
+                if let Err(e) = std_stream.set_nonblocking(true) {
+                    warn!(error = %e, "handed-off socket unusable");
+                    continue;
+                }
+                match TcpStream::from_std(std_stream) {
+                    Ok(tcp) => {
+                        let id = format!("sock-{}-{}", handoff.connection_id, short_nonce());
+                        info!(pid = handoff.pid, comm = %handoff.comm, orig_dst = %handoff.orig_dst, "connection handed over");
+                        tokio::spawn(core.clone().carry(tcp, handoff.target.name, handoff.target.kind, id));
+                    }
+                    Err(e) => warn!(error = %e, "handed-off socket unusable"),
+                }
+            }
+            Some(state) = node_rx.recv() => {
+                if let Ok(mut n) = core.node.lock() {
+                    *n = state;
+                }
+                core.save_state().await;
+            }
+            _ = hangup.recv() => {}
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(home.join(STATE_FILE));
+    info!("agent stopped");
+    Ok(())
+}
+
+fn short_nonce() -> String {
+    lastmile_api_client::nonce()
+        .map(|n| n.chars().take(8).collect())
+        .unwrap_or_default()
+}
+
+/// The blocking side of the node link: register (again, whenever lastmiled restarts) and
+/// pass each handed-off connection to the async side.
+fn node_link(
+    socket: &Path,
+    tx: &tokio::sync::mpsc::Sender<(Handoff, OwnedFd)>,
+    state: &tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut last = String::new();
+    let mut report = |s: String| {
+        if s != last {
+            last.clone_from(&s);
+            let _ = state.send(s);
+        }
+    };
+    loop {
+        let link = match AgentLink::register(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                report(format!("not registered: {e}"));
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        info!(uid = link.uid(), "registered with lastmiled");
+        report(format!(
+            "registered for uid {} at {}",
+            link.uid(),
+            socket.display()
+        ));
+        loop {
+            match link.next() {
+                Ok(conn) => {
+                    if tx.blocking_send(conn).is_err() {
+                        return;
+                    }
+                }
+                Err(HandoffError::Closed) => break,
+                Err(e) => {
+                    warn!(error = %e, "bad message from lastmiled");
+                    break;
+                }
+            }
+        }
+        report("not registered: lastmiled went away".into());
+    }
+}
+
+/// `lastmile listen`: a local port into the tunnel, for hosts without eBPF.
+pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let home = session::home()?;
+    let core = Core::start(&home, false).await?;
+    let resource = core
+        .resources
+        .read()
+        .ok()
+        .and_then(|r| r.get(&args.resource).cloned())
+        .with_context(|| {
+            format!(
+                "`{}` is not among your resources (`lastmile resources` lists them)",
+                args.resource
+            )
+        })?;
+    let port = args.port.unwrap_or(resource.port);
+    let listener = tokio::net::TcpListener::bind((args.bind, port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
+    let local = listener.local_addr()?;
+    eprintln!(
+        "lastmile: {local} carries connections to `{}`; Ctrl-C stops",
+        resource.name
+    );
+    println!(
+        "{}",
+        serde_json::json!({"listening": local.to_string(), "resource": resource.name})
+    );
+    let kind = target_kind(resource.kind);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let id = format!("listen-{}-{}", peer.port(), short_nonce());
+                    tokio::spawn(core.clone().carry(tcp, resource.name.clone(), kind, id));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
