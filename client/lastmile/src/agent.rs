@@ -139,7 +139,11 @@ pub struct Core {
     node: Mutex<String>,
     connections: std::sync::atomic::AtomicU64,
     write_state: bool,
+    /// Wakes the state writer (at most one write per STATE_EVERY).
+    dirty: tokio::sync::Notify,
 }
+
+const STATE_EVERY: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,13 +178,30 @@ impl Core {
             node: Mutex::new("not used".into()),
             connections: Default::default(),
             write_state,
+            dirty: tokio::sync::Notify::new(),
         });
         core.refresh_lists().await?;
         tokio::spawn(core.clone().keep_lists());
         tokio::spawn(core.clone().watch_revocations());
         tokio::spawn(core.clone().keep_certificate());
         core.save_state().await;
+        if write_state {
+            tokio::spawn(core.clone().write_state_when_dirty());
+        }
         Ok(core)
+    }
+
+    async fn write_state_when_dirty(self: Arc<Self>) {
+        loop {
+            self.dirty.notified().await;
+            self.save_state().await;
+            tokio::time::sleep(STATE_EVERY).await;
+        }
+    }
+
+    /// Something `lastmile status` shows changed.
+    fn changed(&self) {
+        self.dirty.notify_one();
     }
 
     fn session(&self) -> Session {
@@ -356,6 +377,7 @@ impl Core {
                 .map(|x| (x.backoff * 2).min(MAX_BACKOFF))
                 .unwrap_or(FIRST_BACKOFF);
             warn!(gateway, %error, backoff_ms = backoff.as_millis() as u64, "gateway down");
+            self.changed();
             d.insert(
                 gateway.to_owned(),
                 Down {
@@ -384,6 +406,7 @@ impl Core {
             d.remove(&g.name);
         }
         self.tunnels.lock().await.insert(g.name.clone(), t.clone());
+        self.changed();
         Ok(t)
     }
 
@@ -455,6 +478,7 @@ impl Core {
         async {
             self.connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.changed();
             match self.open(&resource, &id).await {
                 Ok((send, recv, gateway)) => {
                     info!(%gateway, "stream open");
@@ -472,7 +496,7 @@ impl Core {
                 Err(e) => {
                     let message = e.message();
                     warn!(%message, "connection refused");
-                    self.save_state().await;
+                    self.changed();
                     let _ =
                         tokio::time::timeout(Duration::from_secs(10), refuse(tcp, kind, message))
                             .await;

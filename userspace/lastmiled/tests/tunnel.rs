@@ -283,3 +283,203 @@ fn refused(r: Result<Tunnel, TunnelError>) -> TunnelError {
         }
     }
 }
+
+/// Makes `dir` and everything in it `uid`'s (the agent runs as that user).
+fn chown_tree(dir: &std::path::Path, uid: u32) {
+    let id = Some(nix::unistd::Uid::from_raw(uid));
+    let gid = Some(nix::unistd::Gid::from_raw(uid));
+    nix::unistd::chown(dir, id, gid).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        nix::unistd::chown(&entry.path(), id, gid).unwrap();
+    }
+}
+
+/// `lastmile agent` as `uid`, for `home`, registered with `socket`; killed when dropped.
+struct AgentProcess {
+    child: std::process::Child,
+    home: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    fn start(home: &std::path::Path, socket: &std::path::Path, uid: u32) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        chown_tree(home, uid);
+        let log = std::fs::File::create(home.join("agent.log")).unwrap();
+        nix::unistd::chown(
+            &home.join("agent.log"),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(uid)),
+        )
+        .unwrap();
+        let child = std::process::Command::new(stack::lastmile_bin())
+            .arg("agent")
+            .env("LASTMILE_HOME", home)
+            .env("LASTMILE_NODE_SOCKET", socket)
+            .env("RUST_LOG", "info,h2=warn,rustls=warn")
+            .uid(uid)
+            .gid(uid)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let agent = Self {
+            child,
+            home: home.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.state()["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("registered"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not register: {}\n{}",
+                agent.state(),
+                agent.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn state(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.home.join("agent.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.home.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `lastmiled probe TARGET --send TEXT` in `cgroup` as `uid`: its JSON report, or its
+/// error text.
+fn probe(
+    cgroup: &support::TestCgroup,
+    uid: u32,
+    target: &str,
+    text: &str,
+) -> Result<serde_json::Value, String> {
+    use std::os::unix::process::CommandExt as _;
+    let out = cgroup
+        .command(support::lastmiled())
+        .args(["probe", target, "--send", text])
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_connection_goes_through_agent_tunnel_and_gateway() {
+    if !support::have_root("a_redirected_connection_goes_through_agent_tunnel_and_gateway") {
+        return;
+    }
+    let stack = Stack::start().await;
+    // The resource lives at its protected address: only the gateway's marked connection
+    // reaches it; everyone else's connect is redirected.
+    let upstream = echo_server("127.0.0.2:0");
+    let protect = upstream.to_string();
+    let alice = stack.user("alice").await;
+    stack
+        .resource("echo", upstream, &[&protect], &["alice"])
+        .await;
+    let gw = stack.gateway("gw1").await;
+
+    // The node takes its targets from the API, with the gateway's identity.
+    let cgroup = support::TestCgroup::new("tunnel");
+    let api = format!(
+        "[api]\nurl = {:?}\nstate_dir = {:?}\n",
+        stack.api_url,
+        gw.dir.join("state")
+    );
+    let node = support::TestNode::start(
+        "tunnel",
+        &cgroup,
+        &api,
+        "resources_from_api = true\nresource_refresh = \"200ms\"",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status()["protected_v4"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the API's resource was never protected: {}",
+            node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Alice's agent runs as uid 65534; a process of hers connects to the target.
+    let alice_uid = 65534;
+    let agent = AgentProcess::start(&alice, &node.agent_socket, alice_uid);
+    let report = probe(&cgroup, alice_uid, &protect, "hello through the tunnel")
+        .unwrap_or_else(|e| panic!("{e}\nagent: {}\ngateway: {}", agent.logs(), gw.logs()));
+    assert_eq!(report["received"], "hello through the tunnel", "{report}");
+    // The application sees the address it asked for.
+    assert_eq!(report["peer"], protect.as_str());
+    let handoff = node.wait_event("handoff", |e| {
+        e["kind"] == "node.handoff" && e["uid"] == alice_uid
+    });
+    let cookie = handoff["sock_cookie"].as_u64().unwrap();
+    // Joined end to end by the socket cookie: kernel event, node, gateway, API.
+    node.wait_event("kernel", |e| {
+        e["kind"] == "kernel.connect" && e["sock_cookie"] == cookie
+    });
+    let close = gw.wait_event("connection.close", |e| {
+        e["connection"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&format!("sock-{cookie}-")))
+    });
+    assert_eq!(close["user"], "alice");
+    assert_eq!(close["bytes_up"], 24);
+    assert!(
+        std::fs::read_to_string(stack.app.config.audit_file())
+            .unwrap()
+            .contains(close["connection"].as_str().unwrap())
+    );
+
+    // Another user on this host, without a session: refused by the node, never tunnelled.
+    let other = probe(&cgroup, 65533, &protect, "let me in");
+    let received = other
+        .as_ref()
+        .map(|r| r["received"].clone())
+        .unwrap_or_default();
+    assert!(received.is_null() || received == "", "{other:?}");
+    node.wait_event("refusal", |e| {
+        e["kind"] == "node.refused_no_agent" && e["uid"] == 65533
+    });
+    assert_eq!(
+        gw.events()
+            .iter()
+            .filter(|e| e["kind"] == "connection.close")
+            .count(),
+        1
+    );
+
+    // `lastmile status` shows the agent, the node and the gateway (the agent writes its
+    // state at most every 200 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.state()["gateways"][0]["state"] != "up" {
+        assert!(Instant::now() < deadline, "{}", agent.state());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = stack.lastmile(&alice, &["status"], "").await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("agent:       running"), "{out}");
+    assert!(out.contains("registered for uid 65534"), "{out}");
+    assert!(out.contains("gateway:     gw1 at 127.0.0.1:"), "{out}");
+    assert!(out.contains(": up"), "{out}");
+}
