@@ -17,6 +17,8 @@ fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
         .args(args)
         .env("LASTMILE_HOME", home)
+        // The agent `login` starts must not touch a real node on this machine.
+        .env("LASTMILE_NODE_SOCKET", home.join("no-node.sock"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -34,6 +36,36 @@ fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (exited, not yet reaped by its parent, which exited too) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// `lastmile --output json status`, again until `ok` says so (at most 10 s).
+async fn wait_status<F, Fut>(run: &F, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value
+where
+    F: Fn(Vec<String>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(i32, String, String), tokio::task::JoinError>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, out, _) = run(
+            vec!["--output".into(), "json".into(), "status".into()],
+            String::new(),
+        )
+        .await
+        .unwrap();
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if ok(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,6 +198,9 @@ async fn login_status_resources_logout() {
     assert_eq!(code, 0, "{err}");
     let login: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(login["user"], "alice");
+    // Login started the agent.
+    let first_agent = login["agent_pid"].as_u64().expect("login starts the agent") as i32;
+    assert!(alive(first_agent));
     let device = login["device"].as_str().unwrap().to_owned();
     for f in ["device.key", "session.json"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -182,6 +217,18 @@ async fn login_status_resources_logout() {
     assert_eq!(
         (status["user"].as_str(), status["device"].as_str()),
         (Some("alice"), Some(device.as_str()))
+    );
+    // The agent reports itself (once it has written its state), waiting for a node.
+    let status = wait_status(&run, |s| {
+        s["agent"]["pid"].as_i64() == Some(i64::from(first_agent))
+    })
+    .await;
+    assert!(
+        status["agent"]["node"]
+            .as_str()
+            .unwrap()
+            .starts_with("not registered"),
+        "{status}"
     );
     let (code, out, _) = run(s(&["--output", "json", "resources"]), String::new())
         .await
@@ -202,6 +249,11 @@ async fn login_status_resources_logout() {
     let again: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(again["device"], device.as_str());
     assert_ne!(again["session"], login["session"]);
+    // The new session's agent replaced the old one.
+    let second_agent = again["agent_pid"].as_u64().unwrap() as i32;
+    assert_ne!(second_agent, first_agent);
+    assert!(!alive(first_agent), "the first agent is still running");
+    wait_status(&run, |s| s["agent"]["session"] == again["session"]).await;
 
     // An admin revokes the session: status says so and what to do.
     admin::revoke(
@@ -218,6 +270,15 @@ async fn login_status_resources_logout() {
         out.contains("no longer valid") && out.contains("lastmile login"),
         "{out}"
     );
+    // The agent heard it on the revocation stream and says so too.
+    let status = wait_status(&run, |s| s["agent"]["revoked"].is_string()).await;
+    assert!(
+        status["agent"]["revoked"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{status}"
+    );
 
     let (code, _, err) = run(
         s(&["login", "--password-stdin"]),
@@ -226,9 +287,17 @@ async fn login_status_resources_logout() {
     .await
     .unwrap();
     assert_eq!(code, 0, "{err}");
+    let third_agent: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join("agent.json")).unwrap_or_else(|_| "{}".into()),
+    )
+    .unwrap();
     let (code, out, _) = run(s(&["logout"]), String::new()).await.unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("revoked"), "{out}");
     assert!(!home.join("session.json").exists());
+    // Logout stopped the agent.
+    if let Some(pid) = third_agent["pid"].as_i64() {
+        assert!(!alive(pid as i32), "the agent outlived the logout");
+    }
     server.abort();
 }
