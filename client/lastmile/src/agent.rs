@@ -175,7 +175,14 @@ impl Core {
             tunnels: tokio::sync::Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
-            node: Mutex::new("not used".into()),
+            node: Mutex::new(
+                if write_state {
+                    "connecting"
+                } else {
+                    "not used"
+                }
+                .into(),
+            ),
             connections: Default::default(),
             write_state,
             dirty: tokio::sync::Notify::new(),
@@ -254,8 +261,20 @@ impl Core {
     }
 
     async fn keep_lists(self: Arc<Self>) {
+        let mut last = Instant::now();
         loop {
-            tokio::time::sleep(REFRESH_LISTS).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // A logout or a new login elsewhere replaces or removes the saved session:
+            // this agent's work is over.
+            if self.write_state && !self.still_current() {
+                info!("the saved session is gone or replaced; the agent stops");
+                let _ = std::fs::remove_file(self.home.join(STATE_FILE));
+                std::process::exit(0);
+            }
+            if last.elapsed() < REFRESH_LISTS {
+                continue;
+            }
+            last = Instant::now();
             if self.revoked().is_some() {
                 continue;
             }
@@ -263,6 +282,15 @@ impl Core {
                 warn!(error = %format!("{e:#}"), "cannot refresh the gateway list");
             }
             self.save_state().await;
+        }
+    }
+
+    fn still_current(&self) -> bool {
+        match session::load(&self.home) {
+            Ok(Some((_, s))) => s.login.session == self.session().login.session,
+            Ok(None) => false,
+            // Unreadable for a moment (being replaced): keep going.
+            Err(_) => true,
         }
     }
 
@@ -614,6 +642,15 @@ pub fn spawn(home: &Path) -> anyhow::Result<u32> {
         .process_group(0)
         .spawn()
         .context("starting the agent")?;
+    // Until the agent writes its own state, this says it runs, so that a `logout` right
+    // after the `login` still finds it.
+    let state = AgentState {
+        pid: child.id(),
+        node: "starting".into(),
+        updated_at: lastmile_api_client::now(),
+        ..AgentState::default()
+    };
+    session::write_private(&home.join(STATE_FILE), &serde_json::to_vec_pretty(&state)?)?;
     Ok(child.id())
 }
 

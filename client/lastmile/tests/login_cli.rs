@@ -219,17 +219,13 @@ async fn login_status_resources_logout() {
         (Some("alice"), Some(device.as_str()))
     );
     // The agent reports itself (once it has written its state), waiting for a node.
-    let status = wait_status(&run, |s| {
+    wait_status(&run, |s| {
         s["agent"]["pid"].as_i64() == Some(i64::from(first_agent))
+            && s["agent"]["node"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("not registered"))
     })
     .await;
-    assert!(
-        status["agent"]["node"]
-            .as_str()
-            .unwrap()
-            .starts_with("not registered"),
-        "{status}"
-    );
     let (code, out, _) = run(s(&["--output", "json", "resources"]), String::new())
         .await
         .unwrap();
