@@ -19,6 +19,10 @@ pub enum Which {
     /// Credential unlocks per second and their latency with the local KMS and with moto,
     /// next to one AES-256-GCM open and one Ed25519 verification.
     Unlock,
+    /// Bulk throughput and round trips through agent → tunnel → gateway next to a direct
+    /// connection and `ssh -L`; interactive latency beside a bulk stream; memory per idle
+    /// stream with 10,000 open.
+    Tunnel,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -40,6 +44,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Unlock => {
             step("bench unlock");
             must(cargo().args(["bench", "-p", "lastmile-api", "--bench", "unlock"]))
+        }
+        Which::Tunnel => {
+            step("bench tunnel");
+            // The bench runs the `lastmile` binary next to its own; build it first.
+            must(cargo().args(["build", "--release", "-p", "lastmile", "--bin", "lastmile"]))?;
+            must(cargo().args(["bench", "-p", "lastmiled", "--bench", "tunnel"]))
         }
         Which::Audit => {
             step("bench audit");

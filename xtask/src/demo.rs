@@ -1,4 +1,6 @@
-//! `cargo xtask demo`: lastmile's main job on one machine, with what exists today.
+//! `cargo xtask demo`: lastmile's main job on one machine, with what exists today: the node
+//! and the hand-off, the audit log, the control plane and vault, and a connection carried
+//! through an agent's tunnel and a gateway.
 //!
 //! It runs `lastmiled node` on its embedded defaults (every process on the host, pins
 //! under /sys/fs/bpf/lastmile, agents on /run/lastmile/node.sock) with three protected
@@ -21,14 +23,14 @@ use crate::exec::{cargo, must, step, workspace_root};
 const POSTGRES: &str = "127.0.0.2:15432";
 const SSH: &str = "127.0.0.2:10022";
 const TCP: &str = "127.0.0.2:17000";
+const TCP_HOST: &str = "127.0.0.2";
+const TCP_PORT: &str = "17000";
 /// The demo's user: `nobody`, so that what it sees is what any unprivileged user sees.
 const USER: u32 = 65534;
 
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
-    "the agent's tunnel to a gateway (client and tunnel): today the example agent only echoes",
-    "the agent (client and tunnel): `lastmile login` gives alice a session, but nothing carries her connections over it yet",
-    "a gateway that unlocks the vault's credentials and logs in upstream (gateway protocols)",
+    "a gateway that unlocks the vault's credentials and logs in upstream (gateway protocols): today it relays `tcp` resources only",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
     "logging in to PostgreSQL and sshd on the last mile (gateway protocols)",
 ];
@@ -288,20 +290,53 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "8h",
     ]))?;
     must(&mut api(&[
+        "resources",
+        "put",
+        "metrics",
+        "--kind",
+        "tcp",
+        "--host",
+        TCP_HOST,
+        "--port",
+        TCP_PORT,
+        "--protect",
+        TCP,
+    ]))?;
+    must(&mut api(&["grants", "add", "metrics", "--group", "dba"]))?;
+    let token = api(&[
+        "--output",
+        "json",
         "gateways",
         "token",
         "gw-1",
         "--address",
-        "gw-1.internal",
-    ]))?;
+        "127.0.0.1",
+    ])
+    .output()?;
+    if !token.status.success() {
+        bail!(
+            "lastmile-api gateways token failed: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+    }
+    let token: serde_json::Value = serde_json::from_slice(&token.stdout)?;
+    let token = token
+        .get("token")
+        .and_then(serde_json::Value::as_str)
+        .context("gateways token gave no token")?
+        .to_owned();
+    eprintln!("    gateway gw-1's one-time enrollment token: {token}");
     must(&mut api(&["--output", "json", "resources", "list"]))?;
+    let (gateway, node, lastmiled_config) = gateway_and_node(bin, dir, &ca, &token)?;
     step(
-        "alice: `lastmile login` (one-time password, then her own; a device key made here), `status`, `resources`, `logout`",
+        "alice (as user `nobody`): `lastmile login` (one-time password, then her own; a device key made here; her agent starts), `resources`",
     );
     let home = dir.join("alice-home");
+    std::fs::create_dir_all(&home)?;
+    std::os::unix::fs::chown(&home, Some(USER), Some(USER))?;
     let user = |args: &[&str]| {
         let mut c = Command::new(bin.join("lastmile"));
-        c.env("LASTMILE_HOME", &home).args(args);
+        c.env("LASTMILE_HOME", &home).args(args).uid(USER).gid(USER);
         c
     };
     {
@@ -320,9 +355,61 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
             bail!("lastmile login failed");
         }
     }
-    must(&mut user(&["status"]))?;
     must(&mut user(&["resources"]))?;
+    let upstream = metrics_server()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(home.join("agent.json"))
+        .unwrap_or_default()
+        .contains("registered for uid")
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "alice's agent did not register with the node: {}",
+                std::fs::read_to_string(home.join("agent.log")).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    step(&format!(
+        "alice's process connects to {TCP}: kernel redirect → node → her agent → TLS 1.3 tunnel → gateway → the server"
+    ));
+    let out = Command::new(bin.join("lastmiled"))
+        .args(["probe", TCP, "--send", "GET /metrics"])
+        .uid(USER)
+        .gid(USER)
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("    {}", report.trim());
+    if !report.contains("metrics for alice's GET /metrics") {
+        bail!(
+            "the connection did not come through the tunnel: {report}{}\nagent: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(home.join("agent.log")).unwrap_or_default()
+        );
+    }
+    drop(upstream);
+    step("`lastmile status`: the session, the agent, the node, the gateway");
+    thread::sleep(Duration::from_millis(300));
+    must(&mut user(&["status"]))?;
+    step("the gateway's record of the connection, and the API's");
+    thread::sleep(Duration::from_millis(200));
+    for line in std::fs::read_to_string(dir.join("gateway-events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+    {
+        eprintln!("    {line}");
+    }
+    for line in std::fs::read_to_string(data.join("audit.jsonl"))?
+        .lines()
+        .filter(|l| l.contains("connection.open"))
+    {
+        eprintln!("    {line}");
+    }
+    step("`lastmile logout`: the session is revoked and the agent stops");
     must(&mut user(&["logout"]))?;
+    drop(node);
+    drop(gateway);
+    let _ = lastmiled_config;
     step(
         "an unsigned call to a signed endpoint, and a malformed login: each refused with its reason",
     );
@@ -336,6 +423,80 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         eprintln!("    {line}");
     }
     Ok(())
+}
+
+/// Enrolls gateway gw-1, starts it, and starts the node again, now taking its protected
+/// targets from the API (as gw-1's identity).
+fn gateway_and_node(
+    bin: &Path,
+    dir: &Path,
+    ca: &Path,
+    token: &str,
+) -> anyhow::Result<(Running, Running, PathBuf)> {
+    let config = dir.join("lastmiled-api.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nurl = \"https://localhost:18443\"\nstate_dir = {:?}\n\n             [gateway]\nlisten = \"127.0.0.1:15443\"\nevents = {:?}\n\n             [node]\nevents = {:?}\nresources_from_api = true\nresource_refresh = \"1s\"\n",
+            dir.join("gateway-state"),
+            dir.join("gateway-events.jsonl"),
+            dir.join("node-events.jsonl"),
+        ),
+    )?;
+    let lastmiled = bin.join("lastmiled");
+    step(
+        "`lastmiled gateway enroll` with the token, then `lastmiled gateway run` on 127.0.0.1:15443",
+    );
+    must(
+        Command::new(&lastmiled)
+            .args(["gateway", "enroll", "--config"])
+            .arg(&config)
+            .args(["--token", token, "--ca"])
+            .arg(ca),
+    )?;
+    let gateway = Running(
+        Command::new(&lastmiled)
+            .args(["gateway", "run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    step("`lastmiled node run` again, its protected targets now from the API's resources");
+    let socket = Path::new("/run/lastmile/node.sock");
+    let _ = std::fs::remove_file(socket);
+    let node = Running(
+        Command::new(&lastmiled)
+            .args(["node", "run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            bail!("lastmiled node did not come up within 15 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The first refresh from the API.
+    thread::sleep(Duration::from_millis(1500));
+    Ok((gateway, node, config))
+}
+
+/// The `metrics` resource: a server on its protected address that answers one line. Only
+/// the gateway's marked connection reaches it; everyone else's connect is redirected.
+fn metrics_server() -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind(TCP).with_context(|| format!("binding {TCP}"))?;
+    Ok(thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = conn.read(&mut buf) {
+                let asked = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+                let _ = conn.write_all(format!("metrics for alice's {asked}").as_bytes());
+            }
+        }
+    }))
 }
 
 /// The one-time password in `lastmile-api --output json users add`'s answer.

@@ -89,6 +89,9 @@ pub struct GatewayConfig {
     /// How long connecting to a resource may take. Default 5s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: std::time::Duration,
+    /// Renew the gateway certificate (24 h) this long before it ends. Default 8h.
+    #[serde(with = "humantime_serde")]
+    pub renew_before: std::time::Duration,
 }
 
 impl Default for GatewayConfig {
@@ -100,6 +103,7 @@ impl Default for GatewayConfig {
             audit: AuditConfig::default(),
             exempt_mark: 0x4c4d_0001,
             connect_timeout: std::time::Duration::from_secs(5),
+            renew_before: std::time::Duration::from_secs(8 * 3600),
         }
     }
 }

@@ -216,7 +216,9 @@ struct Live {
 struct Gateway {
     name: String,
     key: SigningKey,
-    api: ApiClient,
+    /// Replaced, with the TLS configuration, when the certificate is renewed.
+    api: std::sync::RwLock<ApiClient>,
+    tls: std::sync::RwLock<Arc<rustls::ServerConfig>>,
     sink: EventSink,
     mark: u32,
     connect_timeout: Duration,
@@ -225,6 +227,20 @@ struct Gateway {
 }
 
 impl Gateway {
+    fn api(&self) -> ApiClient {
+        match self.api.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn tls(&self) -> Arc<rustls::ServerConfig> {
+        match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     fn event(&self, e: &GatewayEvent<'_>) {
         match serde_json::to_value(e) {
             Ok(mut v) => {
@@ -322,8 +338,9 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         .with_context(|| format!("cannot open the event file {:?}", config.events))?;
     let gw = Arc::new(Gateway {
         name: identity.name.clone(),
-        key: identity.key,
-        api,
+        key: identity.key.clone(),
+        api: std::sync::RwLock::new(api),
+        tls: std::sync::RwLock::new(tls),
         sink,
         mark: config.exempt_mark,
         connect_timeout: config.connect_timeout,
@@ -332,11 +349,18 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
     });
     info!(gateway = %gw.name, listen = %local, %announce, "gateway serving tunnels");
     tokio::spawn(watch_revocations(gw.clone()));
+    tokio::spawn(keep_certificate(
+        gw.clone(),
+        identity,
+        api_config.url.clone(),
+        api_config.state_dir.clone(),
+        config.renew_before,
+    ));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
-                    tokio::spawn(tunnel(gw.clone(), tls.clone(), tcp, peer));
+                    tokio::spawn(tunnel(gw.clone(), gw.tls(), tcp, peer));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -364,7 +388,7 @@ async fn watch_revocations(gw: Arc<Gateway>) {
             Some(s) => format!("/v1/revocations?since={s}"),
             None => "/v1/revocations".to_owned(),
         };
-        match gw.api.stream_unsigned(&path).await {
+        match gw.api().stream_unsigned(&path).await {
             Ok(resp) if resp.status().is_success() => {
                 backoff = Duration::from_millis(200);
                 let mut events = Revocations::new(resp);
@@ -538,7 +562,7 @@ async fn stream(
             Ok(a) => a,
             Err(r) => return refuse(incoming, Some(&header), r),
         };
-        let resource = authorized.resource;
+        let resource = authorized.resource.clone();
         if resource.kind != ResourceKind::Tcp {
             return refuse(incoming, Some(&header), Refusal::new(
                 http::StatusCode::NOT_IMPLEMENTED,
@@ -579,8 +603,16 @@ async fn stream(
             }
         };
         info!(upstream = ?record.upstream, "stream open");
-        if let Err(e) = splice(&upstream, send, recv, false, &meter).await {
-            record.error = Some(e.to_string());
+        // A connection does not outlive its session.
+        let left = authorized.session_expires_at - lastmile_api_client::now();
+        let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0)));
+        tokio::select! {
+            result = splice(&upstream, send, recv, false, &meter) => {
+                if let Err(e) = result {
+                    record.error = Some(e.to_string());
+                }
+            }
+            () = expiry => record.error = Some("session expired".into()),
         }
         info!(up = meter.up(), down = meter.down(), "stream closed");
     }
@@ -603,7 +635,7 @@ async fn authorize(gw: &Gateway, header: &StreamHeader) -> Result<ConnectionAuth
         )
     })?;
     let answer = gw
-        .api
+        .api()
         .call_as_gateway(&gw.name, &gw.key, Method::POST, "/v1/connections/authorize", &body)
         .await
         .map_err(|e| {
@@ -649,4 +681,82 @@ async fn connect_upstream(gw: &Gateway, host: &str, port: u16) -> std::io::Resul
         }
     }
     Err(last)
+}
+
+/// However early renewal is asked for, at most one renewal a minute.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(60);
+
+/// Keeps the gateway certificate current: renews it over mutual TLS (same key, new
+/// certificate) before it ends, saves it, and serves new tunnels and API calls with it.
+async fn keep_certificate(
+    gw: Arc<Gateway>,
+    mut identity: Identity,
+    url: String,
+    dir: std::path::PathBuf,
+    renew_before: Duration,
+) {
+    let renew_before = i64::try_from(renew_before.as_secs()).unwrap_or(i64::MAX);
+    let mut floor = Duration::ZERO;
+    loop {
+        let expires = lastmile_tunnel::tls::certificates(&identity.certificate_pem)
+            .ok()
+            .and_then(|c| c.first().and_then(lastmile_tunnel::tls::not_after))
+            .unwrap_or(0);
+        let wait = expires
+            .saturating_sub(renew_before)
+            .saturating_sub(lastmile_api_client::now())
+            .max(0);
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(0)).max(floor)).await;
+        floor = MIN_RENEWAL_GAP;
+        match renew(&gw, &identity).await {
+            Ok(pem) => {
+                identity.certificate_pem = pem;
+                let rebuilt = write_file(
+                    &dir.join(CERT_FILE),
+                    identity.certificate_pem.as_bytes(),
+                    0o644,
+                )
+                .and_then(|()| {
+                    let tls = lastmile_tunnel::tls::gateway_config(
+                        &identity.ca_pem,
+                        &identity.certificate_pem,
+                        &identity.key_pem,
+                    )?;
+                    let api = identity.api(&url)?;
+                    Ok((tls, api))
+                });
+                match rebuilt {
+                    Ok((tls, api)) => {
+                        if let Ok(mut t) = gw.tls.write() {
+                            *t = tls;
+                        }
+                        if let Ok(mut a) = gw.api.write() {
+                            *a = api;
+                        }
+                        info!("gateway certificate renewed");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "the renewed certificate is unusable")
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "certificate renewal failed; retrying in 5 minutes")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    }
+}
+
+async fn renew(gw: &Gateway, identity: &Identity) -> anyhow::Result<String> {
+    let pair = rcgen::KeyPair::from_pem(&identity.key_pem).context("reading the gateway key")?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&pair)?
+        .pem()?;
+    let cert: GatewayCertificate = gw
+        .api()
+        .post("/v1/gateways/renew", &lastmile_proto::wire::Renew { csr })
+        .await?;
+    Ok(cert.certificate)
 }

@@ -10,6 +10,7 @@
 )]
 
 #[path = "support/stack.rs"]
+#[allow(dead_code)] // shared with benches/tunnel.rs, which uses other parts
 mod stack;
 mod support;
 
@@ -248,6 +249,37 @@ async fn the_gateway_refuses_expired_and_foreign_certificates() {
     // A gateway's own certificate names no session: refused too.
     let logs = gw.logs();
     assert!(logs.contains("tunnel handshake refused"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_renews_its_certificate_and_keeps_serving() {
+    let stack = Stack::start().await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    // Asking for renewal 24 h early renews right away (certificates last 24 h).
+    let gw = stack.gateway_with("gw1", "renew_before = \"24h\"").await;
+    let enrolled = std::fs::read_to_string(gw.dir.join("state/gateway.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains("gateway certificate renewed") {
+        assert!(Instant::now() < deadline, "{}", gw.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let renewed = std::fs::read_to_string(gw.dir.join("state/gateway.pem")).unwrap();
+    assert_ne!(renewed, enrolled);
+    let audit = std::fs::read_to_string(stack.app.config.audit_file()).unwrap();
+    assert!(
+        audit.contains("\"change\":\"renew"),
+        "no renewal in the audit log"
+    );
+    // New tunnels get the new certificate, and the API takes the gateway's calls with it.
+    let listen = Listen::start(&alice, "echo");
+    assert_eq!(
+        echo_through(listen.addr, b"renewed").unwrap(),
+        b"renewed",
+        "{}",
+        listen.stderr()
+    );
 }
 
 /// A tunnel the gateway refused: either the handshake fails, or (TLS 1.3 sends the

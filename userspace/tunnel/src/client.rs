@@ -61,6 +61,7 @@ impl Tunnel {
             .map_err(|_| fail(timed_out()))?
             .map_err(fail)?;
         tcp.set_nodelay(true).map_err(fail)?;
+        let tcp = tokio::io::BufReader::with_capacity(settings::SOCKET_READ_BUFFER, tcp);
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
             TlsConnector::from(config).connect(name, tcp),
@@ -92,7 +93,7 @@ impl Tunnel {
             .initial_connection_window_size(settings::CONNECTION_WINDOW)
             .max_frame_size(settings::MAX_FRAME)
             .max_concurrent_streams(settings::MAX_STREAMS)
-            .max_send_buffer_size(settings::READ_CHUNK)
+            .max_send_buffer_size(settings::SEND_BUFFER)
             .enable_push(false)
             .handshake::<_, Bytes>(tls)
             .await?;

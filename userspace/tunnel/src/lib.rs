@@ -42,7 +42,12 @@ pub mod settings {
     /// Streams one tunnel carries at once (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub const MAX_STREAMS: u32 = 65_536;
     /// How much a splice reads from a socket at a time.
-    pub const READ_CHUNK: usize = 64 << 10;
+    pub const READ_CHUNK: usize = 256 << 10;
+    /// The tunnel's socket is read through a buffer this large: rustls asks for at most
+    /// 4 KiB per read, which would cost four system calls per 16 KiB TLS record.
+    pub const SOCKET_READ_BUFFER: usize = 256 << 10;
+    /// How much one stream may have queued for sending (h2's `max_send_buffer_size`).
+    pub const SEND_BUFFER: usize = 1 << 20;
 }
 
 #[derive(Debug, thiserror::Error)]

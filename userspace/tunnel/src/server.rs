@@ -9,7 +9,7 @@ use h2::{
 };
 use http::Request;
 use rustls::ServerConfig;
-use tokio::net::TcpStream;
+use tokio::{io::BufReader, net::TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
 pub struct Accepted {
     pub identity: SessionIdentity,
     pub peer: SocketAddr,
-    pub connection: Connection<TlsStream<TcpStream>, Bytes>,
+    pub connection: Connection<TlsStream<BufReader<TcpStream>>, Bytes>,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -43,6 +43,7 @@ pub async fn accept(
     peer: SocketAddr,
 ) -> Result<Accepted, TunnelError> {
     tcp.set_nodelay(true)?;
+    let tcp = BufReader::with_capacity(settings::SOCKET_READ_BUFFER, tcp);
     let tls = TlsAcceptor::from(config)
         .accept(tcp)
         .await
@@ -69,7 +70,7 @@ pub async fn accept(
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
         .max_frame_size(settings::MAX_FRAME)
         .max_concurrent_streams(settings::MAX_STREAMS)
-        .max_send_buffer_size(settings::READ_CHUNK)
+        .max_send_buffer_size(settings::SEND_BUFFER)
         .handshake(tls)
         .await?;
     Ok(Accepted {

@@ -11,6 +11,7 @@ use std::{
     io,
     os::fd::AsFd,
     sync::atomic::{AtomicU64, Ordering},
+    task::Poll,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -105,15 +106,36 @@ async fn socket_to_stream(
     }
 }
 
+/// How many received DATA frames one write to the socket may gather.
+const GATHER: usize = 32;
+
 async fn stream_to_socket(
     mut recv: RecvStream,
     tcp: &TcpStream,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.map_err(h2_io)?;
-        let len = chunk.len();
-        write_all(tcp, &chunk).await?;
+    let mut batch: Vec<Bytes> = Vec::with_capacity(0);
+    let mut ended = false;
+    while !ended {
+        match recv.data().await {
+            Some(chunk) => batch.push(chunk.map_err(h2_io)?),
+            None => break,
+        }
+        // Gather what has already arrived, so one system call writes many frames.
+        while batch.len() < GATHER {
+            match poll_fn(|cx| Poll::Ready(recv.poll_data(cx))).await {
+                Poll::Ready(Some(chunk)) => batch.push(chunk.map_err(h2_io)?),
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let len: usize = batch.iter().map(Bytes::len).sum();
+        write_all_vectored(tcp, &batch).await?;
+        batch.clear();
+        batch.shrink_to_fit();
         total.fetch_add(len as u64, Ordering::Relaxed);
         recv.flow_control().release_capacity(len).map_err(h2_io)?;
     }
@@ -131,13 +153,43 @@ async fn stream_to_socket(
     })
 }
 
-async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
+async fn write_all_vectored(tcp: &TcpStream, chunks: &[Bytes]) -> io::Result<()> {
+    let (mut index, mut offset) = (0, 0);
+    while index < chunks.len() {
+        let slices: Vec<io::IoSlice<'_>> = chunks
+            .iter()
+            .skip(index)
+            .enumerate()
+            .map(|(i, c)| {
+                io::IoSlice::new(if i == 0 {
+                    c.get(offset..).unwrap_or_default()
+                } else {
+                    c
+                })
+            })
+            .collect();
         tcp.writable().await?;
-        match tcp.try_write(bytes) {
-            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        let mut n = match tcp.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
+        };
+        // Advance past what was written.
+        while n > 0 {
+            let Some(c) = chunks.get(index) else { break };
+            let left = c.len() - offset;
+            if n >= left {
+                n -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+        while chunks.get(index).is_some_and(|c| c.len() == offset) {
+            index += 1;
+            offset = 0;
         }
     }
     Ok(())

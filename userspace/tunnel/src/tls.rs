@@ -17,7 +17,13 @@ use x509_parser::extensions::GeneralName;
 use crate::{ALPN, TunnelError};
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    // TLS_AES_128_GCM_SHA256 first (TLS 1.3's mandatory suite, RFC 8446 §9.1): 128-bit
+    // security and about 30% less CPU per byte than AES-256-GCM, which the tunnel's bulk
+    // throughput feels (`cargo xtask bench tunnel`).
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> TunnelError {
@@ -177,4 +183,10 @@ pub fn certificate_addresses(cert: &CertificateDer<'_>) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// When a certificate stops being valid (its notAfter, Unix seconds).
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }

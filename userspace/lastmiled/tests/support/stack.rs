@@ -208,6 +208,11 @@ impl Stack {
 
     /// Enrolls gateway `name` (certificate address 127.0.0.1) and starts it.
     pub async fn gateway(&self, name: &str) -> GatewayProcess {
+        self.gateway_with(name, "").await
+    }
+
+    /// The same, with more `[gateway]` settings.
+    pub async fn gateway_with(&self, name: &str, extra: &str) -> GatewayProcess {
         let token = lastmile_api::gateways::new_token(
             &self.app,
             "test",
@@ -226,7 +231,7 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "[api]\nurl = {:?}\nstate_dir = {:?}\n[gateway]\nlisten = \"127.0.0.1:0\"\nevents = {events:?}\n",
+                "[api]\nurl = {:?}\nstate_dir = {:?}\n[gateway]\nlisten = \"127.0.0.1:0\"\nevents = {events:?}\n{extra}\n",
                 self.api_url,
                 dir.join("state")
             ),
@@ -293,6 +298,10 @@ impl GatewayProcess {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: the gateway dies as a crashed host would.
