@@ -333,6 +333,9 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     );
     let home = dir.join("alice-home");
     std::fs::create_dir_all(&home)?;
+    // What an admin hands a user: the organisation's CA certificate (public).
+    let org_ca = dir.join("org-ca.pem");
+    std::fs::copy(&ca, &org_ca)?;
     std::os::unix::fs::chown(&home, Some(USER), Some(USER))?;
     let user = |args: &[&str]| {
         let mut c = Command::new(bin.join("lastmile"));
@@ -342,7 +345,7 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     {
         use std::io::Write as _;
         let mut child = user(&["login", "--api", "https://localhost:18443", "--ca"])
-            .arg(&ca)
+            .arg(&org_ca)
             .args(["--user", "alice", "--password-stdin"])
             .stdin(Stdio::piped())
             .spawn()?;
