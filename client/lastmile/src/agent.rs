@@ -99,6 +99,8 @@ struct Down {
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const REFRESH_LISTS: Duration = Duration::from_secs(30);
+/// When no gateway takes a connection, the list is fetched again at most this often.
+const LIST_RETRY: Duration = Duration::from_secs(2);
 
 /// Why a connection could not be carried.
 #[derive(Debug)]
@@ -136,6 +138,8 @@ pub struct Core {
     tunnels: tokio::sync::Mutex<HashMap<String, Arc<Tunnel>>>,
     down: Mutex<HashMap<String, Down>>,
     revoked: Mutex<Option<String>>,
+    /// When the gateway list was last fetched because no gateway took a connection.
+    listed_at: Mutex<Instant>,
     node: Mutex<String>,
     connections: std::sync::atomic::AtomicU64,
     write_state: bool,
@@ -175,6 +179,11 @@ impl Core {
             tunnels: tokio::sync::Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
+            listed_at: Mutex::new(
+                Instant::now()
+                    .checked_sub(LIST_RETRY)
+                    .unwrap_or_else(Instant::now),
+            ),
             node: Mutex::new(
                 if write_state {
                     "connecting"
@@ -393,8 +402,17 @@ impl Core {
                 1
             }
         };
+        // Within a rank, an order of this session's own, so agents spread over gateways
+        // instead of all choosing the first by name.
+        let session = self.session().login.session;
+        let spread = |g: &GatewayEndpoint| {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&session, &g.name).hash(&mut h);
+            h.finish()
+        };
         let mut all = all;
-        all.sort_by_key(rank);
+        all.sort_by_key(|g| (rank(g), spread(g)));
         all
     }
 
@@ -438,8 +456,45 @@ impl Core {
         Ok(t)
     }
 
-    /// Opens a stream to `resource` through the first gateway that takes it.
+    /// Opens a stream to `resource` through the first gateway that takes it. When none
+    /// does, the gateway list may be stale (a gateway moved, a new one came): fetch it again
+    /// (at most every LIST_RETRY) and try once more.
     async fn open(
+        &self,
+        resource: &str,
+        connection: &str,
+    ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream, String), OpenError> {
+        match self.try_gateways(resource, connection).await {
+            Err(OpenError::NoGateway(why)) => {
+                let due = self
+                    .listed_at
+                    .lock()
+                    .map(|mut at| {
+                        let due = at.elapsed() >= LIST_RETRY;
+                        if due {
+                            *at = Instant::now();
+                        }
+                        due
+                    })
+                    .unwrap_or(false);
+                if !due {
+                    return Err(OpenError::NoGateway(why));
+                }
+                info!("no gateway took the connection; fetching the gateway list again");
+                if let Err(e) = self.refresh_lists().await {
+                    return Err(OpenError::NoGateway(format!("{why}; and the API: {e:#}")));
+                }
+                // The fresh list's gateways get a fresh chance.
+                if let Ok(mut d) = self.down.lock() {
+                    d.clear();
+                }
+                self.try_gateways(resource, connection).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_gateways(
         &self,
         resource: &str,
         connection: &str,

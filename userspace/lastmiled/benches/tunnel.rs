@@ -9,6 +9,7 @@
 //! Measured, rounds interleaved so drift hits every path alike:
 //! - bulk: 256 MiB one way to a server that discards it and answers once at the end;
 //! - request/response: 64-byte ping-pong on one open connection;
+//! - connection setup: connect and a first 64-byte answer on a new connection;
 //! - fairness: the same ping-pong on one stream while another carries bulk, through one
 //!   tunnel (flow control must keep the interactive stream moving);
 //! - memory: RSS of the agent and of the gateway before and with 10,000 open idle streams.
@@ -48,6 +49,7 @@ const BULK: usize = 256 << 20;
 const ROUNDS: usize = 3;
 const ROUND_TRIPS: usize = 2000;
 const IDLE_STREAMS: usize = 10_000;
+const SETUPS: usize = 100;
 const AIM_IDLE_KIB: f64 = 32.0;
 
 fn main() {
@@ -313,6 +315,23 @@ fn round_trips(addr: SocketAddr, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Times (µs) to connect to the echo at `addr` and get a first 64-byte answer: what a
+/// new connection waits (through the tunnel: the stream, the API's authorization, the
+/// gateway's connect upstream).
+fn setups(addr: SocketAddr, n: usize) -> Vec<f64> {
+    let ping = [9u8; 64];
+    let mut pong = [0u8; 64];
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&ping).unwrap();
+            s.read_exact(&mut pong).unwrap();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect()
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -353,6 +372,7 @@ async fn run() {
         // Bulk, interleaved.
         let mut bulk: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
         let mut rtt: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+        let mut setup: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
         for round in 0..ROUNDS {
             for (i, (name, s, _)) in paths.iter().enumerate() {
                 let secs = bulk_once(*s);
@@ -362,6 +382,7 @@ async fn run() {
             }
             for (i, (_, _, e)) in paths.iter().enumerate() {
                 rtt[i].extend(round_trips(*e, ROUND_TRIPS));
+                setup[i].extend(setups(*e, SETUPS));
             }
         }
         // Fairness: ping-pong through the tunnel while another stream carries bulk.
@@ -380,11 +401,11 @@ async fn run() {
         let beside_bulk = round_trips(paths[1].2, ROUND_TRIPS);
         busy.store(false, Ordering::Relaxed);
         let _ = bulk_thread.join();
-        (bulk, rtt, beside_bulk)
+        (bulk, rtt, beside_bulk, setup)
     })
     .await
     .unwrap();
-    let (bulk, mut rtt, mut beside) = results;
+    let (bulk, mut rtt, mut beside, mut setup) = results;
 
     // Idle streams.
     let agent_pid = listen_echo.child.id();
@@ -440,6 +461,14 @@ async fn run() {
             bulk_m[i],
             pct(r, 0.5),
             pct(r, 0.99)
+        );
+    }
+    for (i, name) in names.iter().enumerate() {
+        let v = &mut setup[i];
+        println!(
+            "  {name:<7} new connection to first answer: median {:>7.1} µs, p99 {:>7.1} µs",
+            pct(v, 0.5),
+            pct(v, 0.99)
         );
     }
     println!(

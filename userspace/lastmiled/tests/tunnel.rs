@@ -78,11 +78,11 @@ async fn listen_carries_bytes_fails_over_and_is_cut_on_revocation() {
     let alice = stack.user("alice").await;
     let bob = stack.user("bob").await;
     stack.resource("echo", upstream, &[], &["alice"]).await;
-    let mut gw1 = stack.gateway("gw1").await;
+    let gw1 = stack.gateway("gw1").await;
     let gw2 = stack.gateway("gw2").await;
     let listen = Listen::start(&alice, "echo");
 
-    // Bytes flow both ways, in order, through gw1 (the first by name).
+    // Bytes flow both ways, in order, through one of the gateways.
     let back = echo_through(listen.addr, b"hello").unwrap();
     assert_eq!(back, b"hello", "{}", listen.stderr());
     let bulk = pattern(8 << 20);
@@ -92,7 +92,24 @@ async fn listen_carries_bytes_fails_over_and_is_cut_on_revocation() {
         "8 MiB came back changed ({} bytes)",
         back.len()
     );
-    let close = gw1.wait_event("connection.close", |e| e["bytes_up"] == 8 << 20);
+    // The agent picks its gateway (an order of its session's own); find which.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut first, second) = loop {
+        let carried = |g: &stack::GatewayProcess| {
+            g.events()
+                .iter()
+                .any(|e| e["kind"] == "connection.close" && e["bytes_up"] == 8 << 20)
+        };
+        if carried(&gw1) {
+            break (gw1, gw2);
+        }
+        if carried(&gw2) {
+            break (gw2, gw1);
+        }
+        assert!(Instant::now() < deadline, "no gateway recorded the 8 MiB");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let close = first.wait_event("connection.close", |e| e["bytes_up"] == 8 << 20);
     assert_eq!(close["bytes_down"], 8 << 20);
     assert_eq!(close["resource"], "echo");
     assert_eq!(close["user"], "alice");
@@ -111,8 +128,8 @@ async fn listen_carries_bytes_fails_over_and_is_cut_on_revocation() {
     assert_ne!(out.0, 0);
     assert!(out.2.contains("not among your resources"), "{out:?}");
 
-    // Kill gw1: new connections go through gw2 within 2 seconds.
-    gw1.kill();
+    // Kill that gateway: new connections go through the other within 2 seconds.
+    first.kill();
     let killed = Instant::now();
     let mut carried = false;
     while killed.elapsed() < Duration::from_secs(2) {
@@ -124,11 +141,14 @@ async fn listen_carries_bytes_fails_over_and_is_cut_on_revocation() {
     }
     let took = killed.elapsed();
     assert!(carried, "no failover within 2 s: {}", listen.stderr());
-    eprintln!("failover: first connection carried {took:?} after gw1 was killed");
-    gw2.wait_event("connection.close", |e| e["bytes_up"] == 14);
+    eprintln!(
+        "failover: first connection carried {took:?} after {} was killed",
+        first.name
+    );
+    second.wait_event("connection.close", |e| e["bytes_up"] == 14);
 
     // An open connection, then the session is presented from a second device: the API
-    // revokes it and gw2 cuts the connection within a second.
+    // revokes it and the gateway cuts the connection within a second.
     let mut open = TcpStream::connect(listen.addr).unwrap();
     open.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -158,7 +178,7 @@ async fn listen_carries_bytes_fails_over_and_is_cut_on_revocation() {
     );
     assert!(cut < Duration::from_secs(1), "cut only after {cut:?}");
     eprintln!("revocation: open connection cut {cut:?} after the API revoked the session");
-    let close = gw2.wait_event("connection.close", |e| {
+    let close = second.wait_event("connection.close", |e| {
         e["error"].as_str().is_some_and(|s| s.contains("revoked"))
     });
     assert_eq!(close["bytes_up"], 4);
@@ -280,6 +300,42 @@ async fn the_gateway_renews_its_certificate_and_keeps_serving() {
         "{}",
         listen.stderr()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_renews_its_session_certificate_before_it_ends() {
+    // Certificates of 302 s: the agent renews 5 minutes before the end, i.e. at once
+    // (after its 10 s minimum wait).
+    let stack = Stack::start_with(|c| c.certificate_ttl = Duration::from_secs(302)).await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    let mut gw = stack.gateway("gw1").await;
+    let saved = |home: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(home.join("session.json")).unwrap()).unwrap()
+    };
+    let before = saved(&alice)["login"]["certificate"].clone();
+    let listen = Listen::start(&alice, "echo");
+    assert_eq!(echo_through(listen.addr, b"one").unwrap(), b"one");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listen.stderr().contains("session certificate renewed") {
+        assert!(Instant::now() < deadline, "{}", listen.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = saved(&alice);
+    assert_ne!(after["login"]["certificate"], before);
+    assert_eq!(after["login"]["session"], saved(&alice)["login"]["session"]);
+    // A new tunnel (the gateway restarted) is made with the renewed certificate.
+    gw.kill();
+    gw.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while echo_through(listen.addr, b"two")
+        .map(|b| b != b"two")
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "{}", listen.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A tunnel the gateway refused: either the handshake fails, or (TLS 1.3 sends the

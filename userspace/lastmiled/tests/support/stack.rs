@@ -47,6 +47,11 @@ impl Drop for Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The same, with the API's configuration changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut ApiConfig)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("lastmile-tunnel-")
             .tempdir()
@@ -56,10 +61,11 @@ impl Stack {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let config = ApiConfig {
+        let mut config = ApiConfig {
             data_dir: dir.path().join("api"),
             ..ApiConfig::default()
         };
+        tweak(&mut config);
         let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
             .await
             .unwrap();
