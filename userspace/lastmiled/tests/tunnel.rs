@@ -338,6 +338,39 @@ async fn the_agent_renews_its_session_certificate_before_it_ends() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_explained_to_psql_in_its_own_protocol() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    // A postgres resource: this gateway has no PostgreSQL handler yet, so it refuses the
+    // stream, and the agent tells psql why as an ErrorResponse.
+    stack
+        .resource_of(
+            lastmile_proto::wire::ResourceKind::Postgres,
+            "orders-db",
+            "127.0.0.1:9".parse().unwrap(),
+            &[],
+            &["alice"],
+        )
+        .await;
+    let _gw = stack.gateway("gw1").await;
+    let listen = Listen::start(&alice, "orders-db");
+    let out = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &listen.addr.port().to_string()])
+        .args(["-U", "alice", "-d", "orders", "-w", "-c", "select 1"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("psql (apt install postgresql-client; `cargo xtask setup` does)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the gateway refused this connection")
+            && err.contains("protocol_not_supported"),
+        "psql said: {err}"
+    );
+}
+
 /// A tunnel the gateway refused: either the handshake fails, or (TLS 1.3 sends the
 /// client's certificate after the client considers the handshake done) the first use.
 fn refused(r: Result<Tunnel, TunnelError>) -> TunnelError {

@@ -104,12 +104,25 @@ impl Stack {
         protect: &[&str],
         users: &[&str],
     ) {
+        self.resource_of(ResourceKind::Tcp, name, upstream, protect, users)
+            .await;
+    }
+
+    /// A resource of `kind`.
+    pub async fn resource_of(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        upstream: SocketAddr,
+        protect: &[&str],
+        users: &[&str],
+    ) {
         admin::put_resource(
             &self.app,
             "test",
             Resource {
                 name: name.into(),
-                kind: ResourceKind::Tcp,
+                kind,
                 host: upstream.ip().to_string(),
                 port: upstream.port(),
                 protect: protect.iter().map(|p| (*p).to_owned()).collect(),
