@@ -230,6 +230,19 @@ pub struct GatewayPeer {
     pub key: Option<[u8; 32]>,
 }
 
+/// The gateway on the TLS connection, checked before the body is read.
+fn require_gateway<'a>(
+    peer: Option<&'a GatewayPeer>,
+    what: &str,
+) -> Result<&'a GatewayPeer, ApiError> {
+    peer.ok_or_else(|| {
+        ApiError::unauthorized(
+            "gateway_certificate_required",
+            format!("only a gateway can {what}: present the gateway's certificate (a user session alone never suffices)"),
+        )
+    })
+}
+
 /// A connection the API has authorized: the gateway that asked, the user's live,
 /// device-bound session, and the user's signed authorization for this one connection.
 #[derive(Debug)]
@@ -255,12 +268,7 @@ pub async fn authorize(
     authorization_signature: Option<&str>,
 ) -> Result<Authorized, ApiError> {
     let (method, uri, headers, body) = signed;
-    let Some(gw) = peer else {
-        return Err(ApiError::unauthorized(
-            "gateway_certificate_required",
-            "only a gateway can do this: present the gateway's certificate (a user session alone never suffices)",
-        ));
-    };
+    let gw = require_gateway(peer, "act for a user")?;
     if !crate::gateways::is_active(app, &gw.name).await? {
         return Err(ApiError::forbidden(
             "gateway_revoked",
@@ -437,12 +445,7 @@ pub async fn unlock(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Unlocked, ApiError> {
-    if peer.is_none() {
-        return Err(ApiError::unauthorized(
-            "gateway_certificate_required",
-            "only a gateway can unlock a credential: present the gateway's certificate (a user session alone never suffices)",
-        ));
-    }
+    require_gateway(peer, "unlock a credential")?;
     let req: UnlockRequest = crate::error::json(body)?;
     let Authorized {
         gateway,
@@ -588,12 +591,7 @@ pub async fn authorize_connection(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<lastmile_proto::wire::ConnectionAuthorized, ApiError> {
-    if peer.is_none() {
-        return Err(ApiError::unauthorized(
-            "gateway_certificate_required",
-            "only a gateway can open a connection: present the gateway's certificate",
-        ));
-    }
+    require_gateway(peer, "open a connection")?;
     let req: lastmile_proto::wire::ConnectionRequest = crate::error::json(body)?;
     let a = authorize(
         app,

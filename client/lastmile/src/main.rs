@@ -49,22 +49,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let out = cli.output;
-    let run = |f: std::pin::Pin<
-        Box<dyn std::future::Future<Output = anyhow::Result<std::process::ExitCode>>>,
-    >| {
-        let result = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(f));
-        match result {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("lastmile: {e:#}");
-                std::process::ExitCode::from(2)
-            }
-        }
-    };
+    let run = |f: Job| block_on(f, tokio::runtime::Builder::new_current_thread());
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
         Command::Login(a) => run(Box::pin(async move {
@@ -105,11 +90,16 @@ fn init_logging() {
         .init();
 }
 
+type Job =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<std::process::ExitCode>>>>;
+
 /// The agent and `listen` carry many connections at once: a multi-threaded runtime.
-fn run_multi(
-    f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<std::process::ExitCode>>>>,
-) -> std::process::ExitCode {
-    let result = tokio::runtime::Builder::new_multi_thread()
+fn run_multi(f: Job) -> std::process::ExitCode {
+    block_on(f, tokio::runtime::Builder::new_multi_thread())
+}
+
+fn block_on(f: Job, mut runtime: tokio::runtime::Builder) -> std::process::ExitCode {
+    let result = runtime
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)

@@ -109,21 +109,22 @@ pub struct SessionIdentity {
     pub device: String,
 }
 
-fn san_uris(cert: &CertificateDer<'_>) -> Vec<String> {
+/// The subject alternative names of a certificate, each mapped by `pick`.
+fn sans<T>(cert: &CertificateDer<'_>, pick: impl Fn(&GeneralName<'_>) -> Option<T>) -> Vec<T> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
         return Vec::new();
     };
     let Ok(Some(san)) = parsed.subject_alternative_name() else {
         return Vec::new();
     };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some((*u).to_owned()),
-            _ => None,
-        })
-        .collect()
+    san.value.general_names.iter().filter_map(pick).collect()
+}
+
+fn san_uris(cert: &CertificateDer<'_>) -> Vec<String> {
+    sans(cert, |n| match n {
+        GeneralName::URI(u) => Some((*u).to_owned()),
+        _ => None,
+    })
 }
 
 /// The session a (verified) client certificate names; `None` for any other certificate
@@ -160,29 +161,19 @@ pub fn ed25519_seed(pkcs8: &[u8]) -> Option<[u8; 32]> {
 
 /// The DNS names and IP addresses a certificate names, as text.
 pub fn certificate_addresses(cert: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some((*d).to_owned()),
-            GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::Ipv4Addr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::Ipv6Addr::from(a).to_string()),
-                _ => None,
-            },
+    sans(cert, |n| match n {
+        GeneralName::DNSName(d) => Some((*d).to_owned()),
+        GeneralName::IPAddress(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(*b)
+                .ok()
+                .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+            16 => <[u8; 16]>::try_from(*b)
+                .ok()
+                .map(|a| std::net::Ipv6Addr::from(a).to_string()),
             _ => None,
-        })
-        .collect()
+        },
+        _ => None,
+    })
 }
 
 /// When a certificate stops being valid (its notAfter, Unix seconds).
