@@ -61,7 +61,8 @@ pub struct ListenArgs {
     /// Local port (default: the resource's own port).
     #[arg(long)]
     port: Option<u16>,
-    /// Local address to listen on.
+    /// Local address to listen on: a loopback address (anyone who can reach the port
+    /// uses your session).
     #[arg(long, default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
 }
@@ -824,6 +825,12 @@ fn node_link(
 
 /// `lastmile listen`: a local port into the tunnel, for hosts without eBPF.
 pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    if !args.bind.is_loopback() {
+        anyhow::bail!(
+            "--bind {} is not a loopback address: everyone who can reach that port would use your session; listen on 127.0.0.1 or ::1",
+            args.bind
+        );
+    }
     let home = session::home()?;
     let core = Core::start(&home, false).await?;
     let resource = core
@@ -851,10 +858,20 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         serde_json::json!({"listening": local.to_string(), "resource": resource.name})
     );
     let kind = target_kind(resource.kind);
+    let me = nix::unistd::getuid().as_raw();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Another user of this host must not ride this session.
+                    match socket_owner(peer, local) {
+                        Some(uid) if uid == me => {}
+                        owner => {
+                            warn!(%peer, ?owner, "connection from another user (or unknown) refused");
+                            drop(tcp);
+                            continue;
+                        }
+                    }
                     let id = format!("listen-{}-{}", peer.port(), short_nonce());
                     tokio::spawn(core.clone().carry(tcp, resource.name.clone(), kind, id));
                 }
@@ -865,5 +882,60 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+/// The uid owning the local socket `client` connected to `server`, from /proc/net/tcp(6)
+/// (proc(5): addresses are the kernel's 32-bit words in hex, in host byte order; the
+/// port in hex). `None` when it cannot be told, which callers treat as a refusal.
+fn socket_owner(client: std::net::SocketAddr, server: std::net::SocketAddr) -> Option<u32> {
+    let table = if client.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    let (local, remote) = (proc_addr(client), proc_addr(server));
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1).is_some_and(|l| l.eq_ignore_ascii_case(&local))
+            && f.get(2).is_some_and(|r| r.eq_ignore_ascii_case(&remote)))
+        .then(|| f.get(7).and_then(|u| u.parse().ok()))
+        .flatten()
+    })
+}
+
+fn proc_addr(a: std::net::SocketAddr) -> String {
+    let words: Vec<u32> = match a.ip() {
+        std::net::IpAddr::V4(v4) => vec![u32::from_ne_bytes(v4.octets())],
+        std::net::IpAddr::V6(v6) => v6
+            .octets()
+            .chunks_exact(4)
+            .map(|c| <[u8; 4]>::try_from(c).map_or(0, u32::from_ne_bytes))
+            .collect(),
+    };
+    let hex: String = words.iter().map(|w| format!("{w:08X}")).collect();
+    format!("{hex}:{:04X}", a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_addresses_are_host_order_words() {
+        let a: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        if cfg!(target_endian = "little") {
+            assert_eq!(proc_addr(a), "0100007F:1F90");
+        }
+    }
+
+    #[test]
+    fn our_own_loopback_connection_is_ours() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let owner = socket_owner(c.local_addr().unwrap(), l.local_addr().unwrap());
+        assert_eq!(owner, Some(nix::unistd::getuid().as_raw()));
     }
 }

@@ -127,6 +127,12 @@ async fn listen_carries_bytes_fails_over_and_is_cut_on_revocation() {
         .await;
     assert_ne!(out.0, 0);
     assert!(out.2.contains("not among your resources"), "{out:?}");
+    // A port open to the network would share alice's session: refused.
+    let out = stack
+        .lastmile(&alice, &["listen", "echo", "--bind", "0.0.0.0"], "")
+        .await;
+    assert_ne!(out.0, 0);
+    assert!(out.2.contains("not a loopback address"), "{out:?}");
 
     // Kill that gateway: new connections go through the other within 2 seconds.
     first.kill();
@@ -369,6 +375,40 @@ async fn a_refused_stream_is_explained_to_psql_in_its_own_protocol() {
             && err.contains("protocol_not_supported"),
         "psql said: {err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_serves_only_its_own_user() {
+    if !support::have_root("listen_serves_only_its_own_user") {
+        return;
+    }
+    let stack = Stack::start().await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    let _gw = stack.gateway("gw1").await;
+    // alice's `listen` runs as root here; another user of the host connects to its port.
+    let listen = Listen::start(&alice, "echo");
+    let other = {
+        use std::os::unix::process::CommandExt as _;
+        std::process::Command::new(support::lastmiled())
+            .args(["probe", &listen.addr.to_string(), "--send", "may I?"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        !out.contains("may I?"),
+        "another user rode alice's session: {out}"
+    );
+    assert!(
+        listen.stderr().contains("connection from another user"),
+        "{}",
+        listen.stderr()
+    );
+    assert_eq!(echo_through(listen.addr, b"mine").unwrap(), b"mine");
 }
 
 /// A tunnel the gateway refused: either the handshake fails, or (TLS 1.3 sends the
