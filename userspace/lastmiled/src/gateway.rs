@@ -76,8 +76,10 @@ impl Identity {
         let key_pem = read(KEY_FILE)?;
         let certificate_pem = read(CERT_FILE)?;
         let ca_pem = read(CA_FILE)?;
-        let der = rustls_pki_der(&key_pem)?;
-        let seed = lastmile_tunnel::tls::ed25519_seed(&der)
+        use rustls::pki_types::{PrivatePkcs8KeyDer, pem::PemObject as _};
+        let der = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+            .with_context(|| format!("{} is not a PKCS#8 PEM key", dir.join(KEY_FILE).display()))?;
+        let seed = lastmile_tunnel::tls::ed25519_seed(der.secret_pkcs8_der())
             .with_context(|| format!("{} is not an Ed25519 key", dir.join(KEY_FILE).display()))?;
         let cert = lastmile_tunnel::tls::certificates(&certificate_pem)?;
         let name = cert
@@ -113,14 +115,6 @@ impl Identity {
             .and_then(|c| c.first().map(lastmile_tunnel::tls::certificate_addresses))
             .unwrap_or_default()
     }
-}
-
-fn rustls_pki_der(pem: &str) -> anyhow::Result<Vec<u8>> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .context("the gateway key is not PEM")
 }
 
 /// `lastmiled gateway enroll`: makes this host's key, sends a CSR with the one-time token,
