@@ -39,7 +39,7 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
     let a = gw
         .post(
             "/v1/gateways/announce",
-            &json!({"tunnel": "10.9.9.9:15443"}),
+            &json!({"tunnel": "127.0.0.9:15443"}),
         )
         .await;
     assert_eq!(a.status, 400, "{}", a.body);
