@@ -54,6 +54,41 @@ pub enum EventBody {
         pid: Option<i32>,
         registered: bool,
     },
+    /// A connection the gateway relayed ended.
+    #[serde(rename = "connection.close")]
+    ConnectionClose(GatewayClose),
+    /// The gateway refused a stream.
+    #[serde(rename = "gateway.refused")]
+    GatewayRefused(GatewayRefusal),
+}
+
+/// What the gateway records when a relayed connection ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayClose {
+    pub connection: String,
+    pub session: String,
+    pub user: String,
+    pub resource: String,
+    pub gateway: String,
+    pub upstream: Option<SocketAddr>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// Why it ended other than by both sides closing.
+    pub error: Option<String>,
+}
+
+/// What the gateway records when it refuses a stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayRefusal {
+    /// Absent when the stream header was unreadable.
+    pub connection: Option<String>,
+    pub session: String,
+    pub user: String,
+    pub resource: Option<String>,
+    pub gateway: String,
+    pub code: String,
+    pub message: String,
 }
 
 /// The kernel's record of one connect, with what /proc adds.
@@ -277,13 +312,6 @@ impl EventSink {
         Ok(Self { queue })
     }
 
-    /// Queues one event, already in its written form.
-    pub fn write_value(&self, event: Value) {
-        if self.queue.send(event).is_err() {
-            tracing::error!("the event writer has stopped; event lost");
-        }
-    }
-
     /// Queues one event for writing.
     pub fn write(&self, event: &Event) {
         match serde_json::to_value(event) {
@@ -316,6 +344,36 @@ mod tests {
         assert_eq!(orig_dst(&r).to_string(), "127.0.0.2:5432");
         r.family = lastmile_ebpf_common::AF_INET6;
         assert_eq!(orig_dst(&r).to_string(), "[::ffff:127.0.0.2]:5432");
+    }
+
+    #[test]
+    fn the_gateways_events_meet_the_audit_schema() {
+        let close = Event::now(EventBody::ConnectionClose(GatewayClose {
+            connection: "sock-1-ab".into(),
+            session: "ses_1".into(),
+            user: "alice".into(),
+            resource: "echo".into(),
+            gateway: "gw1".into(),
+            upstream: None,
+            bytes_up: 1,
+            bytes_down: 2,
+            duration_ms: 3,
+            error: None,
+        }));
+        let refused = Event::now(EventBody::GatewayRefused(GatewayRefusal {
+            connection: None,
+            session: "ses_1".into(),
+            user: "alice".into(),
+            resource: None,
+            gateway: "gw1".into(),
+            code: "bad_stream_header".into(),
+            message: "m".into(),
+        }));
+        for (e, kind) in [(close, "connection.close"), (refused, "gateway.refused")] {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["kind"], kind);
+            lastmile_audit_sink::schema::check(&v).unwrap();
+        }
     }
 
     #[test]

@@ -37,7 +37,6 @@ use lastmile_tunnel::{
     tls::SessionIdentity,
 };
 use reqwest::Method;
-use serde::Serialize;
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     task::{AbortHandle, JoinSet},
@@ -46,7 +45,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
     config::{ApiConfig, Config, GatewayConfig},
-    events::EventSink,
+    events::{Event, EventBody, EventSink, GatewayClose, GatewayRefusal},
 };
 
 /// This host's identity with the API, as `lastmiled gateway enroll` left it.
@@ -168,36 +167,6 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The gateway's own events (kinds `connection.close`, `gateway.refused`).
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind")]
-enum GatewayEvent<'a> {
-    #[serde(rename = "connection.close")]
-    Close {
-        connection: &'a str,
-        session: &'a str,
-        user: &'a str,
-        resource: &'a str,
-        gateway: &'a str,
-        upstream: Option<SocketAddr>,
-        bytes_up: u64,
-        bytes_down: u64,
-        duration_ms: u64,
-        /// Why it ended other than by both sides closing.
-        error: Option<String>,
-    },
-    #[serde(rename = "gateway.refused")]
-    Refused {
-        connection: Option<&'a str>,
-        session: &'a str,
-        user: &'a str,
-        resource: Option<&'a str>,
-        gateway: &'a str,
-        code: &'a str,
-        message: &'a str,
-    },
-}
-
 /// One live tunnel, by session, so a revocation can cut it.
 #[derive(Debug)]
 struct Live {
@@ -235,26 +204,24 @@ impl Gateway {
         }
     }
 
-    fn event(&self, e: &GatewayEvent<'_>) {
-        match serde_json::to_value(e) {
-            Ok(mut v) => {
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("v".into(), 1.into());
-                    o.insert(
-                        "time".into(),
-                        humantime::format_rfc3339_micros(std::time::SystemTime::now())
-                            .to_string()
-                            .into(),
-                    );
-                }
-                self.sink.write_value(v);
-            }
-            Err(e) => warn!(error = %e, "event not serializable"),
-        }
+    /// Records that a stream was refused (the header, when it could be read, names the
+    /// connection and resource).
+    fn refused(&self, who: &SessionIdentity, header: Option<&StreamHeader>, r: &Refusal) {
+        info!(code = %r.code, message = %r.message, "stream refused");
+        self.sink
+            .write(&Event::now(EventBody::GatewayRefused(GatewayRefusal {
+                connection: header.map(|h| h.authorization.connection.clone()),
+                session: who.session.clone(),
+                user: who.user.clone(),
+                resource: header.map(|h| h.resource.clone()),
+                gateway: self.name.clone(),
+                code: r.code.clone(),
+                message: r.message.clone(),
+            })));
     }
 
     /// Cuts every tunnel of `session`.
-    fn revoke(&self, session: &str, reason: &str) -> usize {
+    fn revoke(&self, session: &str, reason: &str) {
         let live = self
             .tunnels
             .lock()
@@ -273,7 +240,6 @@ impl Gateway {
                 "session revoked: tunnels cut"
             );
         }
-        live.len()
     }
 }
 
@@ -492,18 +458,20 @@ impl Drop for CloseRecord {
         } else {
             self.error.take()
         };
-        self.gw.event(&GatewayEvent::Close {
-            connection: &self.connection,
-            session: &self.identity.session,
-            user: &self.identity.user,
-            resource: &self.resource,
-            gateway: &self.gw.name,
-            upstream: self.upstream,
-            bytes_up: self.meter.up(),
-            bytes_down: self.meter.down(),
-            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            error,
-        });
+        self.gw
+            .sink
+            .write(&Event::now(EventBody::ConnectionClose(GatewayClose {
+                connection: std::mem::take(&mut self.connection),
+                session: self.identity.session.clone(),
+                user: self.identity.user.clone(),
+                resource: std::mem::take(&mut self.resource),
+                gateway: self.gw.name.clone(),
+                upstream: self.upstream,
+                bytes_up: self.meter.up(),
+                bytes_down: self.meter.down(),
+                duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                error,
+            })));
     }
 }
 
@@ -513,40 +481,20 @@ async fn stream(
     mut incoming: Incoming,
     revoked: Arc<AtomicBool>,
 ) {
-    let refuse = |incoming: Incoming, header: Option<&StreamHeader>, r: Refusal| {
-        info!(code = %r.code, message = %r.message, "stream refused");
-        gw.event(&GatewayEvent::Refused {
-            connection: header.map(|h| h.authorization.connection.as_str()),
-            session: &identity.session,
-            user: &identity.user,
-            resource: header.map(|h| h.resource.as_str()),
-            gateway: &gw.name,
-            code: &r.code,
-            message: &r.message,
-        });
+    let refuse = |incoming: Incoming, header: &StreamHeader, r: Refusal| {
+        gw.refused(&identity, Some(header), &r);
         incoming.refuse(&r);
     };
     let header = match incoming.header() {
         Ok(h) => h,
-        Err(r) => {
-            // Already answered; recorded here.
-            gw.event(&GatewayEvent::Refused {
-                connection: None,
-                session: &identity.session,
-                user: &identity.user,
-                resource: None,
-                gateway: &gw.name,
-                code: &r.code,
-                message: &r.message,
-            });
-            return;
-        }
+        // Already answered; recorded here.
+        Err(r) => return gw.refused(&identity, None, &r),
     };
     let span = info_span!("stream", connection = %header.authorization.connection, resource = %header.resource);
     async {
         let a = &header.authorization;
         if a.session != identity.session || a.device != identity.device {
-            return refuse(incoming, Some(&header), Refusal::new(
+            return refuse(incoming, &header, Refusal::new(
                 http::StatusCode::FORBIDDEN,
                 "authorization_other_session",
                 "the stream's authorization is for another session or device than this tunnel's certificate",
@@ -554,11 +502,11 @@ async fn stream(
         }
         let authorized = match authorize(&gw, &header).await {
             Ok(a) => a,
-            Err(r) => return refuse(incoming, Some(&header), r),
+            Err(r) => return refuse(incoming, &header, r),
         };
         let resource = authorized.resource.clone();
         if resource.kind != ResourceKind::Tcp {
-            return refuse(incoming, Some(&header), Refusal::new(
+            return refuse(incoming, &header, Refusal::new(
                 http::StatusCode::NOT_IMPLEMENTED,
                 "protocol_not_supported",
                 format!(
@@ -570,7 +518,7 @@ async fn stream(
         let upstream = match connect_upstream(&gw, &resource.host, resource.port).await {
             Ok(s) => s,
             Err(e) => {
-                return refuse(incoming, Some(&header), Refusal::new(
+                return refuse(incoming, &header, Refusal::new(
                     http::StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
                     format!("cannot reach {}:{} for `{}`: {e}", resource.host, resource.port, resource.name),
