@@ -339,7 +339,12 @@ async fn the_agent_renews_its_session_certificate_before_it_ends() {
         .map(|b| b != b"two")
         .unwrap_or(true)
     {
-        assert!(Instant::now() < deadline, "{}", listen.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "agent:\n{}\ngateway:\n{}",
+            listen.stderr(),
+            gw.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -291,6 +291,9 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn spawn(&mut self) {
+        // The log is appended to across restarts: wait for this start's own line.
+        let started = |logs: &str| logs.matches("gateway serving tunnels").count();
+        let before = started(&self.logs());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -305,7 +308,7 @@ impl GatewayProcess {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.logs().contains("gateway serving tunnels") {
+        while started(&self.logs()) == before {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("gateway {} exited ({status}): {}", self.name, self.logs());
             }
