@@ -322,14 +322,9 @@ async fn announce(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let Some(crate::vault::GatewayPeer { name, .. }) = peer.0 else {
-        return Err(ApiError::unauthorized(
-            "gateway_certificate_required",
-            "only a gateway announces a tunnel: present the gateway's certificate",
-        ));
-    };
+    let gw = crate::vault::require_gateway(peer.0.as_ref(), "announce a tunnel")?;
     let a: wire::Announce = json(&b)?;
-    ok(gateways::announce(&app, &name, &a).await?)
+    ok(gateways::announce(&app, &gw.name, &a).await?)
 }
 
 async fn authorize_connection(
@@ -362,15 +357,9 @@ async fn revocations(
     req: Request,
 ) -> Reply {
     let visible: Box<dyn Fn(&wire::Revocation) -> bool + Send + Sync> = match &peer.0 {
-        Some(gw) if gateways::is_active(&app, &gw.name).await? => Box::new(|_| true),
         Some(gw) => {
-            return Err(ApiError::forbidden(
-                "gateway_revoked",
-                format!(
-                    "gateway `{}` was revoked or is not enrolled; enroll it again with a new token",
-                    gw.name
-                ),
-            ));
+            active_gateway(&app, &gw.name).await?;
+            Box::new(|_| true)
         }
         None => {
             let s = Signed::from_request(req, &app).await?;
@@ -420,14 +409,12 @@ async fn renew(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let Some(crate::vault::GatewayPeer { name, .. }) = peer.0 else {
-        return Err(ApiError::unauthorized(
-            "gateway_certificate_required",
-            "renewal needs the gateway's current certificate as the TLS client certificate",
-        ));
-    };
+    let gw = crate::vault::require_gateway(
+        peer.0.as_ref(),
+        "renew its certificate (with its current one)",
+    )?;
     let r: wire::Renew = json(&b)?;
-    ok(gateways::renew(&app, &name, &r.csr).await?)
+    ok(gateways::renew(&app, &gw.name, &r.csr).await?)
 }
 
 async fn unlock(

@@ -231,7 +231,7 @@ pub struct GatewayPeer {
 }
 
 /// The gateway on the TLS connection, checked before the body is read.
-fn require_gateway<'a>(
+pub(crate) fn require_gateway<'a>(
     peer: Option<&'a GatewayPeer>,
     what: &str,
 ) -> Result<&'a GatewayPeer, ApiError> {
