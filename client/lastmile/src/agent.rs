@@ -295,9 +295,11 @@ impl Core {
         }
     }
 
+    /// Whether session.json still holds this agent's session (read every second: only
+    /// the id is looked at, no keys are loaded).
     fn still_current(&self) -> bool {
-        match session::load(&self.home) {
-            Ok(Some((_, s))) => s.login.session == self.session().login.session,
+        match session::saved_session_id(&self.home) {
+            Ok(Some(id)) => id == self.session().login.session,
             Ok(None) => false,
             // Unreadable for a moment (being replaced): keep going.
             Err(_) => true,

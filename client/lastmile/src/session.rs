@@ -162,6 +162,17 @@ fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<Zeroizing<Strin
     ))
 }
 
+/// The id of the session saved in `home`, if there is one.
+pub(crate) fn saved_session_id(home: &Path) -> anyhow::Result<Option<String>> {
+    let text = match std::fs::read_to_string(home.join("session.json")) {
+        Ok(t) => Zeroizing::new(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("reading the session"),
+    };
+    let saved: Saved = serde_json::from_str(&text).context("the saved session is damaged")?;
+    Ok(Some(saved.login.session))
+}
+
 /// Saves a renewed session certificate (the agent renews it before it ends).
 pub(crate) fn save_certificate(home: &Path, session: &Session) -> anyhow::Result<()> {
     let path = home.join("session.json");
