@@ -114,13 +114,13 @@ async fn stream_to_socket(
     tcp: &TcpStream,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(0);
     let mut ended = false;
     while !ended {
-        match recv.data().await {
-            Some(chunk) => batch.push(chunk.map_err(h2_io)?),
+        // Made per write, so an idle stream holds no batch.
+        let mut batch = match recv.data().await {
+            Some(chunk) => vec![chunk.map_err(h2_io)?],
             None => break,
-        }
+        };
         // Gather what has already arrived, so one system call writes many frames.
         while batch.len() < GATHER {
             match poll_fn(|cx| Poll::Ready(recv.poll_data(cx))).await {
@@ -134,8 +134,6 @@ async fn stream_to_socket(
         }
         let len: usize = batch.iter().map(Bytes::len).sum();
         write_all_vectored(tcp, &batch).await?;
-        batch.clear();
-        batch.shrink_to_fit();
         total.fetch_add(len as u64, Ordering::Relaxed);
         recv.flow_control().release_capacity(len).map_err(h2_io)?;
     }
