@@ -14,24 +14,15 @@ fn api(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 }
 
 fn api_stdin(config: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = lastmile_testkit::run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "warn"),
+        stdin,
+    )
+    .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

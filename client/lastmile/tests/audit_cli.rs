@@ -9,9 +9,8 @@
 )]
 
 use std::{
-    io::Write as _,
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::SystemTime,
 };
 
@@ -33,20 +32,16 @@ fn lastmile(args: &[&str]) -> Output {
 
 /// `lastmile audit decrypt --identity ID` with `input` on standard input.
 fn decrypt(identity: &Path, input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
-        .args(["audit", "decrypt", "--identity", identity.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    lastmile_testkit::run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_lastmile")).args([
+            "audit",
+            "decrypt",
+            "--identity",
+            identity.to_str().unwrap(),
+        ]),
+        input,
+    )
+    .unwrap()
 }
 
 fn stdout(o: &Output) -> String {

@@ -13,24 +13,15 @@ use lastmile_api::{ApiConfig, App, admin};
 use lastmile_proto::wire::{NewGrant, NewUser, Resource, ResourceKind, Subject, UpstreamTls};
 
 fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lastmile"))
-        .args(args)
-        .env("LASTMILE_HOME", home)
-        // The agent `login` starts must not touch a real node on this machine.
-        .env("LASTMILE_NODE_SOCKET", home.join("no-node.sock"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = lastmile_testkit::run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_lastmile"))
+            .args(args)
+            .env("LASTMILE_HOME", home)
+            // The agent `login` starts must not touch a real node on this machine.
+            .env("LASTMILE_NODE_SOCKET", home.join("no-node.sock")),
+        stdin,
+    )
+    .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -200,21 +200,13 @@ impl Stack {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let stdin = stdin.to_owned();
         tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(lastmile_bin())
-                .args(&args)
-                .env("LASTMILE_HOME", &home)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(stdin.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = lastmile_testkit::run_with_stdin(
+                Command::new(lastmile_bin())
+                    .args(&args)
+                    .env("LASTMILE_HOME", &home),
+                &stdin,
+            )
+            .unwrap();
             (
                 out.status.code().unwrap_or(-1),
                 String::from_utf8_lossy(&out.stdout).into_owned(),
