@@ -307,6 +307,15 @@ pub struct GatewayEndpoint {
     pub tunnel: String,
 }
 
+/// Whether an API error code means the session can no longer be used, so only a new
+/// `lastmile login` helps.
+pub fn session_gone(code: &str) -> bool {
+    matches!(
+        code,
+        "session_revoked" | "session_expired" | "unknown_session" | "session_device_mismatch"
+    )
+}
+
 /// Who a grant is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -639,10 +639,7 @@ impl Core {
 }
 
 fn needs_login(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some("session_revoked" | "session_expired" | "unknown_session" | "session_device_mismatch")
-    )
+    code.is_some_and(lastmile_proto::wire::session_gone)
 }
 
 pub const STATE_FILE: &str = "agent.json";

@@ -314,13 +314,10 @@ fn when(t: i64) -> String {
 
 /// A refusal, with what to do.
 fn explain(e: ClientError) -> anyhow::Error {
-    match e.code() {
-        Some(
-            "session_revoked" | "session_expired" | "unknown_session" | "session_device_mismatch",
-        ) => {
-            anyhow::anyhow!("{e}\nrun `lastmile login`")
-        }
-        _ => anyhow::anyhow!(e),
+    if e.code().is_some_and(lastmile_proto::wire::session_gone) {
+        anyhow::anyhow!("{e}\nrun `lastmile login`")
+    } else {
+        anyhow::anyhow!(e)
     }
 }
 

@@ -121,16 +121,10 @@ impl Refusal {
         }
     }
 
-    /// Whether a new login is what it takes (the session is gone, or its certificate).
+    /// Whether a new login is what it takes: the session is gone, or its key no longer
+    /// signs for it.
     pub fn needs_login(&self) -> bool {
-        matches!(
-            self.code.as_str(),
-            "session_revoked"
-                | "session_expired"
-                | "unknown_session"
-                | "session_device_mismatch"
-                | "bad_authorization_signature"
-        )
+        lastmile_proto::wire::session_gone(&self.code) || self.code == "bad_authorization_signature"
     }
 
     pub fn to_response(&self) -> Response<()> {
