@@ -175,7 +175,10 @@ impl ConnectRecord {
 
 /// Key of the record of a redirected connection, by the client's end as the listener sees
 /// it once it accepts: local address (IPv4 as `::ffff:a.b.c.d`) and port, network order.
-#[repr(C)]
+///
+/// 4-aligned (the size stays 20) so that the kernel programs can write the address as
+/// four words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ClientKey {
     pub addr: [u8; 16],
@@ -287,3 +290,11 @@ const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnectRecord>() == 96);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
+// The kernel programs store and load the addresses as u32 words and copy records as u64
+// words (see lastmile-ebpf's `words`): both need these alignments.
+const _: () = assert!(core::mem::align_of::<ConnectRecord>() == 8);
+const _: () = assert!(core::mem::offset_of!(ConnectRecord, orig_addr) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnectRecord, orig_port) % 2 == 0);
+const _: () = assert!(core::mem::align_of::<ClientKey>() == 4);
+const _: () = assert!(core::mem::offset_of!(ClientKey, addr) == 0);
+const _: () = assert!(core::mem::offset_of!(ClientKey, port) % 2 == 0);

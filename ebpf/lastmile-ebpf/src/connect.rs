@@ -8,10 +8,10 @@
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_boot_ns,
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_netns_cookie,
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
         },
     },
     macros::cgroup_sock_addr,
@@ -23,7 +23,10 @@ use lastmile_ebpf_common::{
     TargetV4, TargetV6,
 };
 
-use crate::maps::{PENDING, PROTECTED_V4, PROTECTED_V6, REDIRECT, count, emit, pending_slot};
+use crate::{
+    maps::{EVENTS, PENDING, PROTECTED_V4, PROTECTED_V6, REDIRECT, count, pending_slot, submit},
+    words::{AddrWords, as_v4, copy_record, store_addr, v4_mapped},
+};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -36,9 +39,9 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     if sa.type_ != SOCK_STREAM {
         return ALLOW;
     }
-    let port = (sa.user_port as u16).to_ne_bytes();
-    let addr4 = sa.user_ip4.to_ne_bytes();
-    let Some(target) = lookup_v4(port, addr4) else {
+    let port = sa.user_port as u16;
+    let ip4 = sa.user_ip4;
+    let Some(target) = lookup_v4(port, ip4) else {
         count(Stat::Unprotected);
         return ALLOW;
     };
@@ -51,7 +54,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
         sa,
         config,
         target,
-        v4_mapped(addr4),
+        v4_mapped(ip4),
         port,
         AF_INET,
         listener_port,
@@ -69,18 +72,21 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     if sa.type_ != SOCK_STREAM {
         return ALLOW;
     }
-    let port = (sa.user_port as u16).to_ne_bytes();
-    let orig = ip6_bytes(sa.user_ip6);
+    let port = sa.user_port as u16;
+    let orig = sa.user_ip6;
     // A v4-mapped destination (::ffff:a.b.c.d) from a dual-stack socket is an IPv4
     // connection on the wire: it is protected by the IPv4 targets and goes to the IPv4
     // listener, written back as v4-mapped.
-    let mapped = as_v4(&orig);
+    let mapped = as_v4(orig);
     let target = match mapped {
-        Some(addr4) => lookup_v4(port, addr4),
+        Some(ip4) => lookup_v4(port, ip4),
         None => PROTECTED_V6
             .get(&Key::new(
                 TargetV6::FULL_PREFIX,
-                TargetV6 { port, addr: orig },
+                TargetV6 {
+                    port: port.to_ne_bytes(),
+                    addr: ip6_bytes(orig),
+                },
             ))
             .copied(),
     };
@@ -92,8 +98,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     };
     let (listener, listener_port) = match mapped {
-        Some(_) => (v4_mapped(config.listener_v4), config.listener_v4_port),
-        None => (config.listener_v6, config.listener_v6_port),
+        Some(_) => (
+            v4_mapped(u32::from_ne_bytes(config.listener_v4)),
+            config.listener_v4_port,
+        ),
+        None => (ip6_words(config.listener_v6), config.listener_v6_port),
     };
     let decision = decide(
         &ctx,
@@ -106,7 +115,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         listener_port,
     );
     verdict(decision, || {
-        sa.user_ip6 = ip6_words(listener);
+        sa.user_ip6 = listener;
         sa.user_port = u32::from(u16::from_ne_bytes(listener_port));
     })
 }
@@ -125,9 +134,16 @@ fn verdict(decision: Decision, redirect: impl FnOnce()) -> i32 {
     }
 }
 
+/// `port` and `ip4` as the kernel gives them (network order in memory order).
 #[inline(always)]
-fn lookup_v4(port: [u8; 2], addr: [u8; 4]) -> Option<TargetInfo> {
-    let key = Key::new(TargetV4::FULL_PREFIX, TargetV4 { port, addr });
+fn lookup_v4(port: u16, ip4: u32) -> Option<TargetInfo> {
+    let key = Key::new(
+        TargetV4::FULL_PREFIX,
+        TargetV4 {
+            port: port.to_ne_bytes(),
+            addr: ip4.to_ne_bytes(),
+        },
+    );
     PROTECTED_V4.get(&key).copied()
 }
 
@@ -140,8 +156,8 @@ fn decide(
     sa: &bpf_sock_addr,
     config: &RedirectConfig,
     target: TargetInfo,
-    orig_addr: [u8; 16],
-    orig_port: [u8; 2],
+    orig_addr: AddrWords,
+    orig_port: u16,
     family: u16,
     listener_port: [u8; 2],
 ) -> Decision {
@@ -165,73 +181,100 @@ fn decide(
             Decision::PassedThrough
         }
     } else {
+        count(Stat::Redirected);
         Decision::Redirected
     };
 
-    // A redirected connect's record is built in place in its pending slot (one copy
-    // fewer on the hot path); any other decision's on the stack, for the event only.
     // SAFETY: as above, the program's own context.
     let sock_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let mut local = ConnectRecord::ZERO;
-    let slot = if decision == Decision::Redirected {
-        PENDING.get_ptr_mut(pending_slot(sock_cookie))
-    } else {
-        None
+    let fields = Fields {
+        sock_cookie,
+        netns_cookie,
+        orig_addr,
+        orig_port,
+        family,
+        decision,
+        target_id: target.target_id,
     };
-    // SAFETY: a slot is this CPU's own, and nothing else runs on this CPU meanwhile.
-    let record = match slot {
-        Some(slot) => unsafe { &mut *slot },
-        None => &mut local,
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    record.sock_cookie = sock_cookie;
-    // SAFETY: no arguments.
-    record.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    record.netns_cookie = netns_cookie;
-    // SAFETY: no arguments.
-    record.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    record.orig_addr = orig_addr;
-    record.orig_port = orig_port;
-    record.family = family;
-    record.decision = decision as u32;
-    record.target_id = target.target_id;
-    record.tid = pid_tgid as u32;
-    record.pid = (pid_tgid >> 32) as u32;
-    record.uid = uid_gid as u32;
-    record.gid = (uid_gid >> 32) as u32;
-    record.reserved = 0;
-    record.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // A redirected connect's record is written in its pending slot, for record_client,
+    // and copied into the event; any other decision's straight into the event.
     if decision == Decision::Redirected {
-        if slot.is_none() {
-            count(Stat::RecordsDropped);
+        match PENDING.get_ptr_mut(pending_slot(sock_cookie)) {
+            Some(slot) => {
+                // SAFETY: a slot is this CPU's own, and nothing else runs on this CPU
+                // meanwhile; map values are 8-aligned.
+                unsafe { fill(slot, &fields) };
+                match EVENTS.reserve::<ConnectRecord>(0) {
+                    Some(mut entry) => {
+                        // SAFETY: the entry is a reserved, 8-aligned record.
+                        unsafe { copy_record(entry.as_mut_ptr(), slot) };
+                        submit(entry, false);
+                    }
+                    None => count(Stat::EventsDropped),
+                }
+                return decision;
+            }
+            None => count(Stat::RecordsDropped),
         }
-        count(Stat::Redirected);
     }
-    emit(record, decision != Decision::Redirected);
+    match EVENTS.reserve::<ConnectRecord>(0) {
+        Some(mut entry) => {
+            // SAFETY: the entry is a reserved, 8-aligned record.
+            unsafe { fill(entry.as_mut_ptr(), &fields) };
+            submit(entry, decision != Decision::Redirected);
+        }
+        None => count(Stat::EventsDropped),
+    }
     decision
 }
 
-#[inline(always)]
-pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+/// What a record holds besides the caller, which [`fill`] asks the kernel for.
+struct Fields {
+    sock_cookie: u64,
+    netns_cookie: u64,
+    orig_addr: AddrWords,
+    orig_port: u16,
+    family: u16,
+    decision: Decision,
+    target_id: u32,
 }
 
+/// Writes every field of the record at `r`: `fields` and the calling task.
+///
+/// # Safety
+///
+/// `r` points at writable, 8-aligned memory for one record (a map value or a reserved
+/// ring-buffer entry), possibly uninitialised: it is only written, field by field.
 #[inline(always)]
-fn as_v4(a: &[u8; 16]) -> Option<[u8; 4]> {
-    let prefix = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-    if a[..12] == prefix {
-        Some([a[12], a[13], a[14], a[15]])
-    } else {
-        None
+unsafe fn fill(r: *mut ConnectRecord, fields: &Fields) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: the caller's guarantee; each write is of one field, in place.
+    unsafe {
+        (&raw mut (*r).sock_cookie).write(fields.sock_cookie);
+        (&raw mut (*r).cgroup_id).write(bpf_get_current_cgroup_id());
+        (&raw mut (*r).netns_cookie).write(fields.netns_cookie);
+        (&raw mut (*r).boot_ns).write(bpf_ktime_get_boot_ns());
+        store_addr(&raw mut (*r).orig_addr, fields.orig_addr);
+        (&raw mut (*r).orig_port)
+            .cast::<u16>()
+            .write(fields.orig_port);
+        (&raw mut (*r).family).write(fields.family);
+        (&raw mut (*r).decision).write(fields.decision as u32);
+        (&raw mut (*r).target_id).write(fields.target_id);
+        (&raw mut (*r).tid).write(pid_tgid as u32);
+        (&raw mut (*r).pid).write((pid_tgid >> 32) as u32);
+        (&raw mut (*r).uid).write(uid_gid as u32);
+        (&raw mut (*r).gid).write((uid_gid >> 32) as u32);
+        (&raw mut (*r).reserved).write(0);
+        // Writes all 16 bytes, NUL-padded, or zeroes them on failure.
+        bpf_get_current_comm((&raw mut (*r).comm).cast(), 16);
     }
 }
 
-/// The kernel's `user_ip6` words hold the address bytes in memory order.
+/// The 16 bytes of an address in `user_ip6` form, for an LPM trie key.
 #[inline(always)]
-pub fn ip6_bytes(w: [u32; 4]) -> [u8; 16] {
+pub fn ip6_bytes(w: AddrWords) -> [u8; 16] {
     let (a, b, c, d) = (
         w[0].to_ne_bytes(),
         w[1].to_ne_bytes(),
@@ -244,8 +287,9 @@ pub fn ip6_bytes(w: [u32; 4]) -> [u8; 16] {
     ]
 }
 
+/// The `user_ip6` form of 16 address bytes.
 #[inline(always)]
-pub fn ip6_words(a: [u8; 16]) -> [u32; 4] {
+pub fn ip6_words(a: [u8; 16]) -> AddrWords {
     [
         u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),

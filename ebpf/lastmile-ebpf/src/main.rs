@@ -15,6 +15,8 @@ mod connect;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod peer;
+#[cfg(target_arch = "bpf")]
+mod words;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

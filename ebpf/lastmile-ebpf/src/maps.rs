@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use lastmile_ebpf_common::{
     ClientKey, ConnectRecord, EVENTS_BYTES, MAX_RECORDS, MAX_TARGETS, PENDING_SLOTS,
@@ -58,29 +58,23 @@ pub fn pending_slot(cookie: u64) -> u32 {
 /// Unread event bytes past which any submit wakes lastmiled.
 const WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 4;
 
-/// Sends `record` to userspace, or counts the loss when the ring buffer is full.
+/// Submits a filled event to userspace.
 ///
 /// Waking a sleeping reader costs a few microseconds inside the program (irq_work, then
 /// a scheduler wakeup), measured at 2-3 us per redirected connect. So a redirected
-/// connect's event is submitted without a wakeup: lastmiled accepts that connection at
-/// once and reads the caller's /proc entry then, and collects the event on its 100 ms
-/// poll. Other decisions (refused, exempt, passed through) have no accept to learn from:
-/// they wake lastmiled (adaptively: only if it had caught up), so it can read /proc
-/// while the caller still exists. A quarter-full buffer always wakes it.
+/// connect's event is submitted without a wakeup (`wake` false): lastmiled accepts that
+/// connection at once and reads the caller's /proc entry then, and collects the event on
+/// its 100 ms poll. Other decisions (refused, exempt, passed through) have no accept to
+/// learn from: they wake lastmiled (adaptively: only if it had caught up), so it can read
+/// /proc while the caller still exists. A quarter-full buffer always wakes it.
 #[inline(always)]
-pub fn emit(record: &ConnectRecord, wake: bool) {
-    match EVENTS.reserve::<ConnectRecord>(0) {
-        Some(mut entry) => {
-            entry.write(*record);
-            let flags = if wake {
-                0
-            } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-                u64::from(BPF_RB_FORCE_WAKEUP)
-            } else {
-                u64::from(BPF_RB_NO_WAKEUP)
-            };
-            entry.submit(flags);
-        }
-        None => count(Stat::EventsDropped),
-    }
+pub fn submit(entry: RingBufEntry<ConnectRecord>, wake: bool) {
+    let flags = if wake {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    entry.submit(flags);
 }

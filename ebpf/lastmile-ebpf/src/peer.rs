@@ -1,6 +1,8 @@
 //! Keeping the application's view of its connection: `record_client` (sock_ops) and
 //! `getpeername4`/`getpeername6`.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
@@ -15,8 +17,8 @@ use aya_ebpf::{
 use lastmile_ebpf_common::{AF_INET, AF_INET6, ClientKey, ConnectRecord, Stat};
 
 use crate::{
-    connect::{ip6_bytes, ip6_words, v4_mapped},
     maps::{BY_CLIENT, PENDING, count, pending_slot},
+    words::{AddrWords, load_addr, store_addr, v4_mapped},
 };
 
 /// When a redirected socket sends its SYN, its local address and port are fixed: move
@@ -113,16 +115,12 @@ fn client_key(ops: *mut bpf_sock_ops) -> Option<ClientKey> {
         )
     };
     let addr = match family as u16 {
-        AF_INET => v4_mapped(ip4.to_ne_bytes()),
-        AF_INET6 => ip6_bytes(ip6),
+        AF_INET => v4_mapped(ip4),
+        AF_INET6 => ip6,
         _ => return None,
     };
     // sock_ops gives the local port in host order (unlike remote_port).
-    Some(ClientKey {
-        addr,
-        port: (local_port as u16).to_be_bytes(),
-        reserved: [0; 2],
-    })
+    Some(key(addr, local_port))
 }
 
 /// The record key of the socket behind a sock_addr context: its source address and port
@@ -132,27 +130,42 @@ fn own_key(ctx: &SockAddrContext, v6: bool) -> Option<ClientKey> {
     // SAFETY: in sock_addr programs `sk` points at the socket, or is null.
     let sk: &bpf_sock = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk.as_ref() }?;
     let addr = if v6 {
-        ip6_bytes(sk.src_ip6)
+        sk.src_ip6
     } else {
-        v4_mapped(sk.src_ip4.to_ne_bytes())
+        v4_mapped(sk.src_ip4)
     };
-    Some(ClientKey {
-        addr,
-        port: (sk.src_port as u16).to_be_bytes(),
-        reserved: [0; 2],
-    })
+    Some(key(addr, sk.src_port))
+}
+
+/// A record key from an address and a port in host order, written word by word (see
+/// `words`).
+#[inline(always)]
+fn key(addr: AddrWords, port: u32) -> ClientKey {
+    let mut key = MaybeUninit::<ClientKey>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: every field of the 4-aligned key is written before it is read.
+    unsafe {
+        store_addr(&raw mut (*k).addr, addr);
+        (&raw mut (*k).port)
+            .cast::<u16>()
+            .write((port as u16).to_be());
+        (&raw mut (*k).reserved).cast::<u16>().write(0);
+        key.assume_init()
+    }
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     if let Some(key) = own_key(&ctx, false)
-        // SAFETY: copied at once; see record_client.
-        && let Some(record) = unsafe { BY_CLIENT.get(&key) }.copied()
+        // SAFETY: a value of the map; a concurrent delete frees it only after an RCU
+        // grace period, which cannot end during this program.
+        && let Some(record) = unsafe { BY_CLIENT.get(&key) }
     {
-        // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call.
+        // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call;
+        // the record's address is 4-aligned.
         let sa = unsafe { &mut *ctx.sock_addr };
-        let a = record.orig_addr;
-        sa.user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+        let a = unsafe { load_addr(&raw const record.orig_addr) };
+        sa.user_ip4 = a[3];
         sa.user_port = u32::from(u16::from_ne_bytes(record.orig_port));
     }
     1
@@ -161,12 +174,14 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     if let Some(key) = own_key(&ctx, true)
-        // SAFETY: copied at once; see record_client.
-        && let Some(record) = unsafe { BY_CLIENT.get(&key) }.copied()
+        // SAFETY: a value of the map; a concurrent delete frees it only after an RCU
+        // grace period, which cannot end during this program.
+        && let Some(record) = unsafe { BY_CLIENT.get(&key) }
     {
-        // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call.
+        // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the call;
+        // the record's address is 4-aligned.
         let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip6 = ip6_words(record.orig_addr);
+        sa.user_ip6 = unsafe { load_addr(&raw const record.orig_addr) };
         sa.user_port = u32::from(u16::from_ne_bytes(record.orig_port));
     }
     1
