@@ -17,7 +17,7 @@ use aya_ebpf::{
 use lastmile_ebpf_common::{AF_INET, AF_INET6, ClientKey, ConnectRecord, Stat};
 
 use crate::{
-    maps::{BY_CLIENT, PENDING, count, pending_slot},
+    maps::{BY_CLIENT, PENDING, REDIRECT, count, pending_slot},
     words::{AddrWords, load_addr, store_addr, v4_mapped},
 };
 
@@ -31,6 +31,9 @@ pub fn record_client(ctx: SockOpsContext) -> u32 {
     // SAFETY: one field of the kernel's valid bpf_sock_ops.
     let op = unsafe { core::ptr::read_volatile(&raw const (*ops).op) };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        if !to_listener(ops) {
+            return 1;
+        }
         // SAFETY: the program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
         let Some(record) = take_pending(cookie) else {
@@ -56,6 +59,22 @@ pub fn record_client(ctx: SockOpsContext) -> u32 {
         }
     }
     1
+}
+
+/// Whether the connecting socket goes to one of lastmiled's listener ports, as every
+/// redirected one does. Every other TCP connect in the cgroup (most of them) stops here,
+/// before the search of every CPU's pending slots.
+#[inline(always)]
+fn to_listener(ops: *mut bpf_sock_ops) -> bool {
+    let Some(config) = REDIRECT.get(0) else {
+        return false;
+    };
+    // SAFETY: one field of the kernel's valid bpf_sock_ops.
+    let remote_port = unsafe { core::ptr::read_volatile(&raw const (*ops).remote_port) };
+    // sock_ops gives the remote port in network order in the upper 16 bits (the kernel
+    // shifts skc_dport left by 16 on little-endian hosts, see sock_ops_convert_ctx_access).
+    let port = ((remote_port >> 16) as u16).to_ne_bytes();
+    port != [0, 0] && (port == config.listener_v4_port || port == config.listener_v6_port)
 }
 
 /// Most CPUs looked at for a pending record; more than a host of this kind has.
