@@ -3,20 +3,25 @@
 //!
 //! Pinned layout under the pin directory (default `/sys/fs/bpf/lastmile`):
 //! `maps/<MAP>` for every map and `links/<program>` for every attachment. A new lastmiled
-//! reuses the pinned maps (so the protected set and in-flight records survive) and leaves
-//! pinned links in place (so interception never stops); `lastmiled node detach` removes
-//! the directory, which detaches everything.
+//! reuses the pinned maps (so the protected set and in-flight records survive) once it has
+//! checked that they have the shape its programs expect, and keeps the pinned links while
+//! swapping its own programs into them (`BPF_LINK_UPDATE`, atomic: interception never
+//! stops, and an upgraded lastmiled runs upgraded programs); `lastmiled node detach`
+//! removes the directory, which detaches everything.
 
 use std::{
     fs::{self, File},
     io,
     net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, MapInfo, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
     programs::{
         CgroupAttachMode, ProgramError,
         links::{FdLink, LinkError, PinnedLink},
@@ -88,8 +93,39 @@ pub enum InterceptError {
         #[source]
         source: LinkError,
     },
+    #[error(
+        "{} was pinned by a lastmiled whose programs need another layout \
+         (key, value, entries: {have:?}; this lastmiled needs {want:?}); \
+         run `lastmiled node detach` to remove the old interception (until lastmiled runs \
+         again, protected connections are refused in enforcement mode or go direct), then \
+         start lastmiled",
+        path.display()
+    )]
+    IncompatiblePin {
+        path: PathBuf,
+        have: (u32, u32, u32),
+        want: (u32, u32, u32),
+    },
+    #[error("the embedded eBPF object cannot be parsed: {0}")]
+    Object(String),
+    #[error("cannot put the new program `{name}` into its pinned link {}", path.display())]
+    Replace {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")]
     NetnsCookie(#[source] io::Error),
+}
+
+/// What [`Interceptor::attach`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// Programs attached with a new link.
+    pub new: usize,
+    /// Pinned links that now run this lastmiled's program.
+    pub replaced: usize,
 }
 
 /// Identifies a protected target in kernel records (lastmiled's index of it).
@@ -143,6 +179,7 @@ impl Interceptor {
             let dir = pin_dir.join(sub);
             fs::create_dir_all(&dir).map_err(|source| InterceptError::Pin { path: dir, source })?;
         }
+        check_pinned_maps(pin_dir)?;
         Self::load_with(Some(pin_dir))
     }
 
@@ -186,24 +223,22 @@ impl Interceptor {
     }
 
     /// Attaches every program to the cgroup v2 directory `cgroup`: every process in it and
-    /// below it is intercepted. With pinning, a program whose link is already pinned (by an
-    /// earlier lastmiled) is left as it is, and new links are pinned. Returns how many
-    /// programs were newly attached.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<usize, InterceptError> {
+    /// below it is intercepted. With pinning, a link already pinned (by an earlier
+    /// lastmiled) is kept and gets this lastmiled's program in place of the one it had
+    /// (atomically, so no connect goes unseen), and new links are pinned.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<Attached, InterceptError> {
         let dir = File::open(cgroup).map_err(|source| InterceptError::Cgroup {
             path: cgroup.to_owned(),
             source,
         })?;
-        let mut attached = 0;
+        let mut attached = Attached::default();
         for name in PROGRAMS {
             let link_pin = self.pin_dir.as_ref().map(|d| d.join("links").join(name));
             if let Some(pin) = &link_pin
                 && pin.exists()
             {
-                PinnedLink::from_pin(pin).map_err(|source| InterceptError::Link {
-                    path: pin.clone(),
-                    source,
-                })?;
+                self.replace_program(name, pin)?;
+                attached.replaced += 1;
                 continue;
             }
             // Links (kernel >= 5.7) always coexist with other programs on the cgroup; the
@@ -241,9 +276,31 @@ impl Interceptor {
                     source: io::Error::other(e.to_string()),
                 })?;
             }
-            attached += 1;
+            attached.new += 1;
         }
         Ok(attached)
+    }
+
+    /// Puts this lastmiled's program `name` into the link pinned at `pin`.
+    fn replace_program(&self, name: &'static str, pin: &Path) -> Result<(), InterceptError> {
+        let fd = match self.ebpf.program(name) {
+            Some(aya::programs::Program::CgroupSockAddr(p)) => p.fd(),
+            Some(aya::programs::Program::SockOps(p)) => p.fd(),
+            _ => {
+                return Err(InterceptError::Missing {
+                    kind: "program",
+                    name,
+                });
+            }
+        }
+        .map_err(|source| InterceptError::Program { name, source })?;
+        let replace_err = |source| InterceptError::Replace {
+            name,
+            path: pin.to_owned(),
+            source,
+        };
+        let link = bpf::obj_get(pin).map_err(replace_err)?;
+        bpf::link_update(link.as_fd(), fd.as_fd()).map_err(replace_err)
     }
 
     /// Sets where redirected connections go, for connections made in this process's
@@ -404,6 +461,114 @@ impl Interceptor {
     fn trie_v6(&mut self) -> Result<LpmTrie<&mut MapData, TargetV6, TargetInfo>, InterceptError> {
         let map = self.map_mut(names::PROTECTED_V6)?;
         LpmTrie::try_from(map).map_err(map_err(names::PROTECTED_V6))
+    }
+}
+
+/// Refuses maps pinned under `pin_dir` whose key size, value size or capacity differ from
+/// the embedded object's: this lastmiled's programs would misread them (the kernel checks
+/// bounds against the pinned map, not meaning).
+fn check_pinned_maps(pin_dir: &Path) -> Result<(), InterceptError> {
+    let object =
+        aya_obj::Object::parse(OBJECT).map_err(|e| InterceptError::Object(e.to_string()))?;
+    for name in names::MAPS {
+        let path = pin_dir.join("maps").join(name);
+        if !path.exists() {
+            continue;
+        }
+        let def = object
+            .maps
+            .get(name)
+            .ok_or(InterceptError::Missing { kind: "map", name })?;
+        let pinned = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let want = (def.key_size(), def.value_size(), def.max_entries());
+        let have = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
+        if have != want {
+            return Err(InterceptError::IncompatiblePin { path, have, want });
+        }
+    }
+    Ok(())
+}
+
+/// The two bpf(2) commands aya does not offer for a pinned cgroup link. Layouts and
+/// numbers from `include/uapi/linux/bpf.h`.
+mod bpf {
+    use std::{
+        ffi::CString,
+        io,
+        os::{
+            fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+            unix::ffi::OsStrExt as _,
+        },
+        path::Path,
+    };
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+
+    /// `bpf_attr` for BPF_OBJ_GET. Every byte is written, padding included: the kernel
+    /// refuses an attr with anything but zeros past the command's last field (EINVAL).
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        padding: u32,
+    }
+
+    /// `bpf_attr` for BPF_LINK_UPDATE (no BPF_F_REPLACE: whatever program the link has
+    /// is replaced).
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+
+    fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: attr is a bpf_attr prefix of the size passed, valid for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                std::ptr::from_mut(attr),
+                std::mem::size_of::<T>(),
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+
+    /// Opens the object pinned at `path`.
+    pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
+        let mut attr = ObjGet {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+            path_fd: 0,
+            padding: 0,
+        };
+        let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
+        let fd = i32::try_from(fd).map_err(io::Error::other)?;
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Makes `link` run `program` from now on.
+    pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+        let mut attr = LinkUpdate {
+            link_fd: link.as_raw_fd() as u32,
+            new_prog_fd: program.as_raw_fd() as u32,
+            flags: 0,
+            old_prog_fd: 0,
+        };
+        sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
     }
 }
 

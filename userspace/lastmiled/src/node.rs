@@ -118,10 +118,10 @@ async fn serve(
     let targets = TargetTable(config.targets.clone());
     interceptor.set_policy(&policy(&config, listen_v4, listen_v6))?;
     interceptor.replace_targets(&targets.kernel_entries()?)?;
-    let newly = interceptor.attach(&cgroup)?;
+    let attached = interceptor.attach(&cgroup)?;
     info!(
         cgroup = %cgroup.display(), %listen_v4, listen_v6 = ?listen_v6, pin_dir = %config.pin_dir.display(),
-        newly_attached = newly, targets = targets.0.len(), enforce = config.enforce,
+        newly_attached = attached.new, replaced = attached.replaced, targets = targets.0.len(), enforce = config.enforce,
         "interception in place"
     );
     for t in &targets.0 {

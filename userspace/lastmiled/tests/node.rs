@@ -243,12 +243,16 @@ fn restart_keeps_open_connections_and_interception() {
     let mut node = TestNode::start("restart", &cgroup, &tcp_target("echo", port), "");
     let agent = EchoAgent::start(&node.agent_socket, 65534);
     let target = format!("127.0.0.2:{port}");
-    let links_before: Vec<serde_json::Value> = node.status()["programs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["link_id"].clone())
-        .collect();
+    let ids = |status: serde_json::Value, field: &str| -> Vec<serde_json::Value> {
+        status["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[field].clone())
+            .collect()
+    };
+    let links_before = ids(node.status(), "link_id");
+    let programs_before = ids(node.status(), "program_id");
 
     // An interactive connection, open across the restart.
     let mut cmd = cgroup.command(lastmiled());
@@ -306,13 +310,19 @@ fn restart_keeps_open_connections_and_interception() {
         node.logs()
     );
     assert!(say("three").contains("agent-65534: three"));
-    let links_after: Vec<serde_json::Value> = node.status()["programs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["link_id"].clone())
-        .collect();
-    assert_eq!(links_before, links_after, "the same links stayed attached");
+    assert_eq!(
+        links_before,
+        ids(node.status(), "link_id"),
+        "the same links stayed attached"
+    );
+    // ... and run the new lastmiled's programs (an upgrade brings its programs along).
+    let programs_after = ids(node.status(), "program_id");
+    for (before, after) in programs_before.iter().zip(&programs_after) {
+        assert!(
+            before.is_u64() && after.is_u64() && before != after,
+            "{programs_before:?} -> {programs_after:?}"
+        );
+    }
     drop(input);
     let _ = session.wait();
 }

@@ -403,3 +403,45 @@ fn enforcement_refuses_what_cannot_be_redirected_and_drops_are_counted() {
     let events = drain_events(&mut i);
     assert_eq!(events.len() as u64 + c.events_dropped, 4001);
 }
+
+#[test]
+fn maps_pinned_with_another_layout_are_refused() {
+    if !have_root("maps_pinned_with_another_layout_are_refused") {
+        return;
+    }
+    let dir = |name: &str| {
+        std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/lastmile-test-{name}-{}",
+            std::process::id()
+        ))
+    };
+    let (good, bad) = (dir("layout-good"), dir("layout-bad"));
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&good);
+        let _ = std::fs::remove_dir_all(&bad);
+    };
+    let first = Interceptor::load_pinned(&good).expect("load pinned");
+    // An older lastmiled's REDIRECT map, say, of another shape: here the counters map
+    // (per-CPU array of 8 u64) pinned under that name.
+    std::fs::create_dir_all(bad.join("maps")).unwrap();
+    aya::maps::MapData::from_pin(good.join("maps").join("STATS"))
+        .unwrap()
+        .pin(bad.join("maps").join("REDIRECT"))
+        .unwrap();
+    let refused = Interceptor::load_pinned(&bad);
+    // Maps pinned by this same build load again.
+    let again = Interceptor::load_pinned(&good);
+    drop(first);
+    cleanup();
+    let message = refused
+        .expect_err("an incompatible pin is refused")
+        .to_string();
+    assert!(
+        message.contains("maps/REDIRECT")
+            && message.contains("(4, 8, 8)")
+            && message.contains("(4, 40, 1)")
+            && message.contains("lastmiled node detach"),
+        "{message}"
+    );
+    again.expect("this build's own pins are reused");
+}
