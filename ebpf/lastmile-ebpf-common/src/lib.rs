@@ -295,6 +295,7 @@ const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
 const _: () = assert!(core::mem::align_of::<ConnectRecord>() == 8);
 const _: () = assert!(core::mem::offset_of!(ConnectRecord, orig_addr) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(ConnectRecord, orig_port) % 2 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnectRecord, comm) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<ClientKey>() == 4);
 const _: () = assert!(core::mem::offset_of!(ClientKey, addr) == 0);
 const _: () = assert!(core::mem::offset_of!(ClientKey, port) % 2 == 0);

@@ -25,7 +25,7 @@ use lastmile_ebpf_common::{
 
 use crate::{
     maps::{EVENTS, PENDING, PROTECTED_V4, PROTECTED_V6, REDIRECT, count, pending_slot, submit},
-    words::{AddrWords, as_v4, copy_record, store_addr, v4_mapped},
+    words::{AddrWords, as_v4, store_addr, v4_mapped},
 };
 
 const ALLOW: i32 = 1;
@@ -196,39 +196,51 @@ fn decide(
         decision,
         target_id: target.target_id,
     };
-    // A redirected connect's record is written in its pending slot, for record_client,
-    // and copied into the event; any other decision's straight into the event.
-    if decision == Decision::Redirected {
-        match PENDING.get_ptr_mut(pending_slot(sock_cookie)) {
-            Some(slot) => {
-                // SAFETY: a slot is this CPU's own, and nothing else runs on this CPU
-                // meanwhile; map values are 8-aligned.
-                unsafe { fill(slot, &fields) };
-                match EVENTS.reserve::<ConnectRecord>(0) {
-                    Some(mut entry) => {
-                        // SAFETY: the entry is a reserved, 8-aligned record.
-                        unsafe { copy_record(entry.as_mut_ptr(), slot) };
-                        submit(entry, false);
-                    }
-                    None => count(Stat::EventsDropped),
-                }
-                return decision;
+    // The event is reserved and its known fields written first: its cache lines were last
+    // read by lastmiled on another CPU, and fetching them back then overlaps the helper
+    // calls below instead of following them (the commit's locked exchange waits for them).
+    let mut entry = EVENTS.reserve::<ConnectRecord>(0);
+    let event = entry.as_mut().map(|e| e.as_mut_ptr());
+    match event {
+        // SAFETY: a reserved, 8-aligned record, written only.
+        Some(event) => unsafe { write_known(event, &fields) },
+        None => count(Stat::EventsDropped),
+    }
+    let caller = Caller::now();
+    // A redirected connect's record also goes to its pending slot, for record_client.
+    let slot = if decision == Decision::Redirected {
+        let slot = PENDING.get_ptr_mut(pending_slot(sock_cookie));
+        if slot.is_none() {
+            count(Stat::RecordsDropped);
+        }
+        slot
+    } else {
+        None
+    };
+    // SAFETY: the slot is this CPU's own, and nothing else runs on this CPU meanwhile; it
+    // and the entry are 8-aligned records, written only (comm is read from the slot after
+    // it was written).
+    unsafe {
+        if let Some(slot) = slot {
+            write_known(slot, &fields);
+            write_caller(slot, &caller);
+            write_comm(slot);
+            if let Some(event) = event {
+                write_caller(event, &caller);
+                copy_comm(event, slot);
             }
-            None => count(Stat::RecordsDropped),
+        } else if let Some(event) = event {
+            write_caller(event, &caller);
+            write_comm(event);
         }
     }
-    match EVENTS.reserve::<ConnectRecord>(0) {
-        Some(mut entry) => {
-            // SAFETY: the entry is a reserved, 8-aligned record.
-            unsafe { fill(entry.as_mut_ptr(), &fields) };
-            submit(entry, decision != Decision::Redirected);
-        }
-        None => count(Stat::EventsDropped),
+    if let Some(entry) = entry {
+        submit(entry, decision != Decision::Redirected);
     }
     decision
 }
 
-/// What a record holds besides the caller, which [`fill`] asks the kernel for.
+/// What a record holds about the connection.
 struct Fields {
     sock_cookie: u64,
     netns_cookie: u64,
@@ -239,22 +251,44 @@ struct Fields {
     target_id: u32,
 }
 
-/// Writes every field of the record at `r`: `fields` and the calling task.
-///
-/// # Safety
-///
-/// `r` points at writable, 8-aligned memory for one record (a map value or a reserved
-/// ring-buffer entry), possibly uninitialised: it is only written, field by field.
+/// What a record holds about the calling task, asked of the kernel once per connect.
+struct Caller {
+    pid_tgid: u64,
+    uid_gid: u64,
+    cgroup_id: u64,
+    boot_ns: u64,
+}
+
+impl Caller {
+    #[inline(always)]
+    fn now() -> Self {
+        Self {
+            pid_tgid: bpf_get_current_pid_tgid(),
+            uid_gid: bpf_get_current_uid_gid(),
+            // SAFETY: no arguments.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            // SAFETY: no arguments.
+            boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        }
+    }
+}
+
+// The writers below share one contract.
+//
+// # Safety
+//
+// `r` points at writable, 8-aligned memory for one record (a map value or a reserved
+// ring-buffer entry), possibly uninitialised: it is only written, field by field, and
+// every field is written by `write_known`, `write_caller` and one of `write_comm` or
+// `copy_comm` together.
+
+/// Writes the connection's fields.
 #[inline(always)]
-unsafe fn fill(r: *mut ConnectRecord, fields: &Fields) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: the caller's guarantee; each write is of one field, in place.
+unsafe fn write_known(r: *mut ConnectRecord, fields: &Fields) {
+    // SAFETY: see above.
     unsafe {
         (&raw mut (*r).sock_cookie).write(fields.sock_cookie);
-        (&raw mut (*r).cgroup_id).write(bpf_get_current_cgroup_id());
         (&raw mut (*r).netns_cookie).write(fields.netns_cookie);
-        (&raw mut (*r).boot_ns).write(bpf_ktime_get_boot_ns());
         store_addr(&raw mut (*r).orig_addr, fields.orig_addr);
         (&raw mut (*r).orig_port)
             .cast::<u16>()
@@ -262,13 +296,42 @@ unsafe fn fill(r: *mut ConnectRecord, fields: &Fields) {
         (&raw mut (*r).family).write(fields.family);
         (&raw mut (*r).decision).write(fields.decision as u32);
         (&raw mut (*r).target_id).write(fields.target_id);
-        (&raw mut (*r).tid).write(pid_tgid as u32);
-        (&raw mut (*r).pid).write((pid_tgid >> 32) as u32);
-        (&raw mut (*r).uid).write(uid_gid as u32);
-        (&raw mut (*r).gid).write((uid_gid >> 32) as u32);
         (&raw mut (*r).reserved).write(0);
-        // Writes all 16 bytes, NUL-padded, or zeroes them on failure.
-        bpf_get_current_comm((&raw mut (*r).comm).cast(), 16);
+    }
+}
+
+/// Writes the caller's fields, but comm.
+#[inline(always)]
+unsafe fn write_caller(r: *mut ConnectRecord, caller: &Caller) {
+    // SAFETY: see above.
+    unsafe {
+        (&raw mut (*r).cgroup_id).write(caller.cgroup_id);
+        (&raw mut (*r).boot_ns).write(caller.boot_ns);
+        (&raw mut (*r).tid).write(caller.pid_tgid as u32);
+        (&raw mut (*r).pid).write((caller.pid_tgid >> 32) as u32);
+        (&raw mut (*r).uid).write(caller.uid_gid as u32);
+        (&raw mut (*r).gid).write((caller.uid_gid >> 32) as u32);
+    }
+}
+
+/// Writes the calling thread's comm: all 16 bytes, NUL-padded (zeroed if it fails).
+#[inline(always)]
+unsafe fn write_comm(r: *mut ConnectRecord) {
+    // SAFETY: see above; the helper writes exactly the 16 bytes it is given.
+    unsafe { bpf_get_current_comm((&raw mut (*r).comm).cast(), 16) };
+}
+
+/// Copies comm from `from`, a record whose comm is written, as two words.
+#[inline(always)]
+unsafe fn copy_comm(r: *mut ConnectRecord, from: *const ConnectRecord) {
+    // SAFETY: see above; comm sits 8-aligned in both records.
+    unsafe {
+        let (d, s) = (
+            (&raw mut (*r).comm).cast::<u64>(),
+            (&raw const (*from).comm).cast::<u64>(),
+        );
+        d.write(core::ptr::read_volatile(s));
+        d.add(1).write(core::ptr::read_volatile(s.add(1)));
     }
 }
 

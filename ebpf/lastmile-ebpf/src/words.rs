@@ -1,14 +1,12 @@
-//! Word-sized stores and copies of records and keys.
+//! Word-sized loads and stores of addresses in records and keys.
 //!
 //! LLVM's BPF backend stores a byte array (alignment 1) one byte at a time, and it has no
 //! inline `memset`/`memmove` for anything it cannot prove aligned: it calls the byte-loop
 //! versions compiled into the object, as BPF-to-BPF calls. Zeroing and copying one
-//! 96-byte [`ConnectRecord`] that way measured ~300 ns of a redirected connect's ~430 ns
+//! 96-byte `ConnectRecord` that way measured ~300 ns of a redirected connect's ~430 ns
 //! (`cargo xtask bench connect`, and the `memset`/`memmove` subprograms in `perf`). So the
-//! hot paths write addresses as four `u32`, and records as twelve `u64`, through pointers
-//! whose alignment the layout asserts in `lastmile-ebpf-common` guarantee.
-
-use lastmile_ebpf_common::ConnectRecord;
+//! hot paths write records field by field in place, and addresses as four `u32`, through
+//! pointers whose alignment the layout asserts in `lastmile-ebpf-common` guarantee.
 
 /// An address as the kernel keeps `user_ip6`: four `u32` holding the network-order bytes
 /// in memory order (so IPv4 `a.b.c.d` maps to the words of `::ffff:a.b.c.d`).
@@ -37,7 +35,7 @@ pub fn as_v4(a: AddrWords) -> Option<u32> {
 ///
 /// # Safety
 ///
-/// `src` must be 4-aligned: a field of a [`ConnectRecord`] or `ClientKey` in map or
+/// `src` must be 4-aligned: a field of a `ConnectRecord` or `ClientKey` in map or
 /// ring-buffer memory or on the stack (their alignment and field offsets are asserted).
 #[inline(always)]
 pub unsafe fn load_addr(src: *const [u8; 16]) -> AddrWords {
@@ -60,25 +58,5 @@ pub unsafe fn store_addr(dst: *mut [u8; 16], words: AddrWords) {
         p.add(1).write(words[1]);
         p.add(2).write(words[2]);
         p.add(3).write(words[3]);
-    }
-}
-
-/// Words in a [`ConnectRecord`].
-const RECORD_WORDS: usize = core::mem::size_of::<ConnectRecord>() / 8;
-
-/// Copies a record with twelve 8-byte loads and stores. The loads are volatile so that LLVM
-/// cannot fold the copy back into the `memmove` call this exists to avoid.
-///
-/// # Safety
-///
-/// Both pointers are valid, 8-aligned records that do not overlap.
-#[inline(always)]
-pub unsafe fn copy_record(dst: *mut ConnectRecord, src: *const ConnectRecord) {
-    let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
-    let mut i = 0;
-    while i < RECORD_WORDS {
-        // SAFETY: word i of both records, in bounds and aligned by the caller's guarantee.
-        unsafe { d.add(i).write(core::ptr::read_volatile(s.add(i))) };
-        i += 1;
     }
 }
