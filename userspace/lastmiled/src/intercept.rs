@@ -126,6 +126,8 @@ pub struct Attached {
     pub new: usize,
     /// Pinned links that now run this lastmiled's program.
     pub replaced: usize,
+    /// Pinned links on another cgroup, replaced by links on this one.
+    pub moved: usize,
 }
 
 /// Identifies a protected target in kernel records (lastmiled's index of it).
@@ -224,22 +226,35 @@ impl Interceptor {
 
     /// Attaches every program to the cgroup v2 directory `cgroup`: every process in it and
     /// below it is intercepted. With pinning, a link already pinned (by an earlier
-    /// lastmiled) is kept and gets this lastmiled's program in place of the one it had
-    /// (atomically, so no connect goes unseen), and new links are pinned.
+    /// lastmiled) on this cgroup is kept and gets this lastmiled's program in place of the
+    /// one it had (atomically, so no connect goes unseen); one on another cgroup (the
+    /// configuration changed, or that cgroup is gone) is replaced by a new link here,
+    /// attached before the old one goes; new links are pinned.
     pub fn attach(&mut self, cgroup: &Path) -> Result<Attached, InterceptError> {
-        let dir = File::open(cgroup).map_err(|source| InterceptError::Cgroup {
+        let cgroup_err = |source| InterceptError::Cgroup {
             path: cgroup.to_owned(),
             source,
-        })?;
+        };
+        let dir = File::open(cgroup).map_err(cgroup_err)?;
+        // A cgroup v2 id is its directory's kernfs node id, which is its inode number.
+        let cgroup_id = std::os::unix::fs::MetadataExt::ino(&dir.metadata().map_err(cgroup_err)?);
         let mut attached = Attached::default();
         for name in PROGRAMS {
             let link_pin = self.pin_dir.as_ref().map(|d| d.join("links").join(name));
+            let mut moving = false;
             if let Some(pin) = &link_pin
                 && pin.exists()
             {
-                self.replace_program(name, pin)?;
-                attached.replaced += 1;
-                continue;
+                let on = bpf::obj_get(pin)
+                    .and_then(|link| bpf::link_cgroup_id(link.as_fd()))
+                    .ok()
+                    .flatten();
+                if on == Some(cgroup_id) {
+                    self.replace_program(name, pin)?;
+                    attached.replaced += 1;
+                    continue;
+                }
+                moving = true;
             }
             // Links (kernel >= 5.7) always coexist with other programs on the cgroup; the
             // link API refuses BPF_F_ALLOW_MULTI with EINVAL, so the mode stays `Single`.
@@ -271,12 +286,23 @@ impl Interceptor {
                 }
             };
             if let (Some(link), Some(pin)) = (link, link_pin) {
+                if moving {
+                    // The old link detaches once its pin is gone (nothing else holds it).
+                    fs::remove_file(&pin).map_err(|source| InterceptError::Pin {
+                        path: pin.clone(),
+                        source,
+                    })?;
+                }
                 link.pin(&pin).map_err(|e| InterceptError::Pin {
                     path: pin.clone(),
                     source: io::Error::other(e.to_string()),
                 })?;
             }
-            attached.new += 1;
+            if moving {
+                attached.moved += 1;
+            } else {
+                attached.new += 1;
+            }
         }
         Ok(attached)
     }
@@ -503,7 +529,9 @@ mod bpf {
     };
 
     const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     const BPF_LINK_UPDATE: libc::c_long = 29;
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
 
     /// `bpf_attr` for BPF_OBJ_GET. Every byte is written, padding included: the kernel
     /// refuses an attr with anything but zeros past the command's last field (EINVAL).
@@ -524,6 +552,28 @@ mod bpf {
         new_prog_fd: u32,
         flags: u32,
         old_prog_fd: u32,
+    }
+
+    /// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+
+    /// The start of `struct bpf_link_info` with the cgroup member of its union, zero-padded
+    /// to a size every kernel with links accepts (it checks that bytes past its own
+    /// struct are zero).
+    #[repr(C, align(8))]
+    struct CgroupLinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        padding: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        rest: [u32; 9],
     }
 
     fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
@@ -558,6 +608,30 @@ mod bpf {
         let fd = i32::try_from(fd).map_err(io::Error::other)?;
         // SAFETY: the kernel returned a new descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The id of the cgroup a cgroup link is attached to; `None` for another kind of link
+    /// or one whose cgroup is gone (the kernel reports 0).
+    pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+        let mut info = CgroupLinkInfo {
+            link_type: 0,
+            id: 0,
+            prog_id: 0,
+            padding: 0,
+            cgroup_id: 0,
+            attach_type: 0,
+            rest: [0; 9],
+        };
+        let mut attr = InfoByFd {
+            bpf_fd: link.as_raw_fd() as u32,
+            info_len: std::mem::size_of::<CgroupLinkInfo>() as u32,
+            info: std::ptr::from_mut(&mut info) as u64,
+        };
+        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(
+            (info.link_type == BPF_LINK_TYPE_CGROUP && info.cgroup_id != 0)
+                .then_some(info.cgroup_id),
+        )
     }
 
     /// Makes `link` run `program` from now on.
@@ -730,6 +804,8 @@ pub struct ProgramStatus {
     pub attached: bool,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
+    /// The cgroup (v2 id: its directory's inode number) the link is attached to.
+    pub cgroup_id: Option<u64>,
     /// BPF run-time statistics, when `kernel.bpf_stats_enabled` is on.
     pub run_count: Option<u64>,
     pub run_time_ns: Option<u64>,
@@ -748,6 +824,7 @@ pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
             attached: false,
             link_id: None,
             program_id: None,
+            cgroup_id: None,
             run_count: None,
             run_time_ns: None,
         };
@@ -759,7 +836,12 @@ pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
                 }
             })?);
             if let Ok(info) = link.info() {
-                status.attached = true;
+                // A link whose cgroup is gone exists but intercepts nothing.
+                status.cgroup_id = bpf::obj_get(&pin)
+                    .and_then(|fd| bpf::link_cgroup_id(fd.as_fd()))
+                    .ok()
+                    .flatten();
+                status.attached = status.cgroup_id.is_some();
                 status.link_id = Some(info.id());
                 status.program_id = Some(info.program_id());
                 if let Some(p) = loaded.iter().find(|p| p.id() == info.program_id()) {

@@ -123,10 +123,11 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
                     (Some(n), Some(t)) if n > 0 => format!(", {n} runs, {} ns/run", t / n),
                     _ => String::new(),
                 };
-                match (p.attached, p.link_id, p.program_id) {
-                    (true, Some(l), Some(id)) => {
-                        println!("  {:<13} attached (link {l}, program {id}{runs})", p.name)
-                    }
+                match (p.attached, p.link_id, p.program_id, p.cgroup_id) {
+                    (true, Some(l), Some(id), Some(cg)) => println!(
+                        "  {:<13} attached (link {l}, program {id}, cgroup {cg}{runs})",
+                        p.name
+                    ),
                     _ => println!("  {:<13} NOT attached", p.name),
                 }
             }

@@ -121,7 +121,7 @@ async fn serve(
     let attached = interceptor.attach(&cgroup)?;
     info!(
         cgroup = %cgroup.display(), %listen_v4, listen_v6 = ?listen_v6, pin_dir = %config.pin_dir.display(),
-        newly_attached = attached.new, replaced = attached.replaced, targets = targets.0.len(), enforce = config.enforce,
+        newly_attached = attached.new, replaced = attached.replaced, moved_here = attached.moved, targets = targets.0.len(), enforce = config.enforce,
         "interception in place"
     );
     for t in &targets.0 {

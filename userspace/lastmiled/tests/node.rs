@@ -383,3 +383,46 @@ fn sighup_changes_the_protected_set_without_detaching() {
         "nothing was detached or re-attached"
     );
 }
+
+#[test]
+fn a_changed_cgroup_moves_interception_there() {
+    if !have_root("a_changed_cgroup_moves_interception_there") {
+        return;
+    }
+    let (old, new) = (TestCgroup::new("move-old"), TestCgroup::new("move-new"));
+    let port = free_port();
+    let mut node = TestNode::start("move", &old, &tcp_target("echo", port), "");
+    let agent = EchoAgent::start(&node.agent_socket, 65534);
+    let target = format!("127.0.0.2:{port}");
+    assert!(probe_as(&old, 65534, &target).1.contains("agent-65534"));
+    agent.next();
+
+    node.stop();
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    let (from, to) = (format!("{:?}", old.path()), format!("{:?}", new.path()));
+    assert!(config.contains(&from), "{config}");
+    std::fs::write(&node.config, config.replace(&from, &to)).unwrap();
+    node.spawn();
+    assert_eq!(
+        agent.next()["registered"],
+        65534,
+        "the agent registers again"
+    );
+
+    let (ok, out) = probe_as(&new, 65534, &target);
+    assert!(
+        ok && out.contains("agent-65534: hi"),
+        "{out}\n{}",
+        node.logs()
+    );
+    // The old cgroup is no longer intercepted: the connect goes to 127.0.0.2, where
+    // nothing listens.
+    let (ok, out) = probe_as(&old, 65534, &target);
+    assert!(!ok && !out.contains("agent-65534"), "{out}");
+    let new_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(new.path()).unwrap());
+    let status = node.status();
+    for p in status["programs"].as_array().unwrap() {
+        assert_eq!(p["attached"], true, "{status}");
+        assert_eq!(p["cgroup_id"], new_id, "{status}");
+    }
+}
