@@ -199,45 +199,54 @@ fn decide(
     // The event is reserved and its known fields written first: its cache lines were last
     // read by lastmiled on another CPU, and fetching them back then overlaps the helper
     // calls below instead of following them (the commit's locked exchange waits for them).
-    let mut entry = EVENTS.reserve::<ConnectRecord>(0);
-    let event = entry.as_mut().map(|e| e.as_mut_ptr());
-    match event {
-        // SAFETY: a reserved, 8-aligned record, written only.
-        Some(event) => unsafe { write_known(event, &fields) },
-        None => count(Stat::EventsDropped),
-    }
-    let caller = Caller::now();
     // A redirected connect's record also goes to its pending slot, for record_client.
-    let slot = if decision == Decision::Redirected {
-        let slot = PENDING.get_ptr_mut(pending_slot(sock_cookie));
-        if slot.is_none() {
-            count(Stat::RecordsDropped);
-        }
-        slot
-    } else {
-        None
-    };
-    // SAFETY: the slot is this CPU's own, and nothing else runs on this CPU meanwhile; it
-    // and the entry are 8-aligned records, written only (comm is read from the slot after
-    // it was written).
-    unsafe {
-        if let Some(slot) = slot {
-            write_known(slot, &fields);
-            write_caller(slot, &caller);
-            write_comm(slot);
-            if let Some(event) = event {
-                write_caller(event, &caller);
-                copy_comm(event, slot);
+    // (One match on the reservation, so that the verifiers of older kernels, which do not
+    // know a checked ring-buffer pointer stays non-null, see a submit on every path.)
+    match EVENTS.reserve::<ConnectRecord>(0) {
+        Some(mut entry) => {
+            let event = entry.as_mut_ptr();
+            // SAFETY: a reserved, 8-aligned record, written only; the slot is this CPU's
+            // own, and nothing else runs on this CPU meanwhile (comm is read from it after
+            // it was written).
+            unsafe {
+                write_known(event, &fields);
+                let caller = Caller::now();
+                match pending(decision, sock_cookie) {
+                    Some(slot) => {
+                        write_record(slot, &fields, &caller);
+                        write_caller(event, &caller);
+                        copy_comm(event, slot);
+                    }
+                    None => {
+                        write_caller(event, &caller);
+                        write_comm(event);
+                    }
+                }
             }
-        } else if let Some(event) = event {
-            write_caller(event, &caller);
-            write_comm(event);
+            submit(entry, decision != Decision::Redirected);
         }
-    }
-    if let Some(entry) = entry {
-        submit(entry, decision != Decision::Redirected);
+        None => {
+            count(Stat::EventsDropped);
+            if let Some(slot) = pending(decision, sock_cookie) {
+                // SAFETY: as above.
+                unsafe { write_record(slot, &fields, &Caller::now()) };
+            }
+        }
     }
     decision
+}
+
+/// The pending slot for a redirected connect's record; `None` for other decisions.
+#[inline(always)]
+fn pending(decision: Decision, sock_cookie: u64) -> Option<*mut ConnectRecord> {
+    if decision != Decision::Redirected {
+        return None;
+    }
+    let slot = PENDING.get_ptr_mut(pending_slot(sock_cookie));
+    if slot.is_none() {
+        count(Stat::RecordsDropped);
+    }
+    slot
 }
 
 /// What a record holds about the connection.
@@ -311,6 +320,17 @@ unsafe fn write_caller(r: *mut ConnectRecord, caller: &Caller) {
         (&raw mut (*r).pid).write((caller.pid_tgid >> 32) as u32);
         (&raw mut (*r).uid).write(caller.uid_gid as u32);
         (&raw mut (*r).gid).write((caller.uid_gid >> 32) as u32);
+    }
+}
+
+/// Writes the whole record.
+#[inline(always)]
+unsafe fn write_record(r: *mut ConnectRecord, fields: &Fields, caller: &Caller) {
+    // SAFETY: see above.
+    unsafe {
+        write_known(r, fields);
+        write_caller(r, caller);
+        write_comm(r);
     }
 }
 
