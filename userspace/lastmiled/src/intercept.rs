@@ -13,7 +13,7 @@ use std::{
     fs::{self, File},
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -24,7 +24,7 @@ use aya::{
     },
     programs::{
         CgroupAttachMode, ProgramError,
-        links::{FdLink, LinkError, PinnedLink},
+        links::{FdLink, LinkError},
     },
 };
 use lastmile_ebpf_common::{
@@ -105,6 +105,12 @@ pub enum InterceptError {
         path: PathBuf,
         have: (u32, u32, u32),
         want: (u32, u32, u32),
+    },
+    #[error("pinned link {} is unusable: {source}", path.display())]
+    PinnedLink {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("the embedded eBPF object cannot be parsed: {0}")]
     Object(String),
@@ -245,12 +251,10 @@ impl Interceptor {
             if let Some(pin) = &link_pin
                 && pin.exists()
             {
-                let on = bpf::obj_get(pin)
-                    .and_then(|link| bpf::link_cgroup_id(link.as_fd()))
-                    .ok()
-                    .flatten();
-                if on == Some(cgroup_id) {
-                    self.replace_program(name, pin)?;
+                let link = bpf::obj_get(pin).map_err(link_err(pin))?;
+                let on = bpf::link_info(link.as_fd()).map_err(link_err(pin))?;
+                if on.cgroup_id == Some(cgroup_id) {
+                    self.replace_program(name, link.as_fd(), pin)?;
                     attached.replaced += 1;
                     continue;
                 }
@@ -307,8 +311,13 @@ impl Interceptor {
         Ok(attached)
     }
 
-    /// Puts this lastmiled's program `name` into the link pinned at `pin`.
-    fn replace_program(&self, name: &'static str, pin: &Path) -> Result<(), InterceptError> {
+    /// Puts this lastmiled's program `name` into `link` (pinned at `pin`).
+    fn replace_program(
+        &self,
+        name: &'static str,
+        link: BorrowedFd<'_>,
+        pin: &Path,
+    ) -> Result<(), InterceptError> {
         let fd = match self.ebpf.program(name) {
             Some(aya::programs::Program::CgroupSockAddr(p)) => p.fd(),
             Some(aya::programs::Program::SockOps(p)) => p.fd(),
@@ -320,13 +329,11 @@ impl Interceptor {
             }
         }
         .map_err(|source| InterceptError::Program { name, source })?;
-        let replace_err = |source| InterceptError::Replace {
+        bpf::link_update(link, fd.as_fd()).map_err(|source| InterceptError::Replace {
             name,
             path: pin.to_owned(),
             source,
-        };
-        let link = bpf::obj_get(pin).map_err(replace_err)?;
-        bpf::link_update(link.as_fd(), fd.as_fd()).map_err(replace_err)
+        })
     }
 
     /// Sets where redirected connections go, for connections made in this process's
@@ -515,8 +522,8 @@ fn check_pinned_maps(pin_dir: &Path) -> Result<(), InterceptError> {
     Ok(())
 }
 
-/// The two bpf(2) commands aya does not offer for a pinned cgroup link. Layouts and
-/// numbers from `include/uapi/linux/bpf.h`.
+/// What a pinned cgroup link needs of bpf(2) that aya does not offer: opening it, its
+/// cgroup, replacing its program. Layouts and numbers from `include/uapi/linux/bpf.h`.
 mod bpf {
     use std::{
         ffi::CString,
@@ -610,9 +617,16 @@ mod bpf {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// The id of the cgroup a cgroup link is attached to; `None` for another kind of link
-    /// or one whose cgroup is gone (the kernel reports 0).
-    pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    /// What the kernel says of a link.
+    pub struct LinkInfo {
+        pub id: u32,
+        pub program_id: u32,
+        /// The cgroup a cgroup link is attached to; `None` for another kind of link or
+        /// one whose cgroup is gone (the kernel reports 0).
+        pub cgroup_id: Option<u64>,
+    }
+
+    pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         let mut info = CgroupLinkInfo {
             link_type: 0,
             id: 0,
@@ -628,10 +642,12 @@ mod bpf {
             info: std::ptr::from_mut(&mut info) as u64,
         };
         sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        Ok(
-            (info.link_type == BPF_LINK_TYPE_CGROUP && info.cgroup_id != 0)
+        Ok(LinkInfo {
+            id: info.id,
+            program_id: info.prog_id,
+            cgroup_id: (info.link_type == BPF_LINK_TYPE_CGROUP && info.cgroup_id != 0)
                 .then_some(info.cgroup_id),
-        )
+        })
     }
 
     /// Makes `link` run `program` from now on.
@@ -829,22 +845,14 @@ pub fn pinned_status(pin_dir: &Path) -> Result<PinnedStatus, InterceptError> {
             run_time_ns: None,
         };
         if pin.exists() {
-            let link = FdLink::from(PinnedLink::from_pin(&pin).map_err(|source| {
-                InterceptError::Link {
-                    path: pin.clone(),
-                    source,
-                }
-            })?);
-            if let Ok(info) = link.info() {
+            let link = bpf::obj_get(&pin).map_err(link_err(&pin))?;
+            if let Ok(info) = bpf::link_info(link.as_fd()) {
                 // A link whose cgroup is gone exists but intercepts nothing.
-                status.cgroup_id = bpf::obj_get(&pin)
-                    .and_then(|fd| bpf::link_cgroup_id(fd.as_fd()))
-                    .ok()
-                    .flatten();
-                status.attached = status.cgroup_id.is_some();
-                status.link_id = Some(info.id());
-                status.program_id = Some(info.program_id());
-                if let Some(p) = loaded.iter().find(|p| p.id() == info.program_id()) {
+                status.attached = info.cgroup_id.is_some();
+                status.cgroup_id = info.cgroup_id;
+                status.link_id = Some(info.id);
+                status.program_id = Some(info.program_id);
+                if let Some(p) = loaded.iter().find(|p| p.id() == info.program_id) {
                     status.run_count = Some(p.run_count());
                     status.run_time_ns = Some(p.run_time().as_nanos() as u64);
                 }
@@ -924,6 +932,13 @@ pub fn unpin_all(pin_dir: &Path) -> io::Result<bool> {
     }
     fs::remove_dir_all(pin_dir)?;
     Ok(true)
+}
+
+fn link_err(path: &Path) -> impl Fn(io::Error) -> InterceptError {
+    move |source| InterceptError::PinnedLink {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> InterceptError {
