@@ -357,7 +357,7 @@ unsafe fn copy_comm(r: *mut ConnectRecord, from: *const ConnectRecord) {
 
 /// The 16 bytes of an address in `user_ip6` form, for an LPM trie key.
 #[inline(always)]
-pub fn ip6_bytes(w: AddrWords) -> [u8; 16] {
+fn ip6_bytes(w: AddrWords) -> [u8; 16] {
     let (a, b, c, d) = (
         w[0].to_ne_bytes(),
         w[1].to_ne_bytes(),
@@ -372,7 +372,7 @@ pub fn ip6_bytes(w: AddrWords) -> [u8; 16] {
 
 /// The `user_ip6` form of 16 address bytes.
 #[inline(always)]
-pub fn ip6_words(a: [u8; 16]) -> AddrWords {
+fn ip6_words(a: [u8; 16]) -> AddrWords {
     [
         u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
