@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod message;
 pub mod startup;
 mod wire;
 
