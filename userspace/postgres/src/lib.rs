@@ -9,6 +9,8 @@
 //! Section numbers (§55.x) refer to the PostgreSQL 15 documentation.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+mod end_point;
 pub mod frame;
 pub mod message;
 pub mod startup;
