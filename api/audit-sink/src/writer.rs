@@ -133,29 +133,44 @@ impl AuditWriter {
 
     /// Applies the policy, seals if configured, and writes to every destination.
     pub async fn write(&self, event: Value) -> Result<Delivery, WriteError> {
+        self.write_batch(vec![event]).await
+    }
+
+    /// As [`write`](Self::write) for several events at once, in order: one write and one
+    /// sync of the file, one request to the service. Busy writers (a gateway logging
+    /// every statement) batch what queued while the previous batch was being synced.
+    pub async fn write_batch(&self, events: Vec<Value>) -> Result<Delivery, WriteError> {
         let mut delivery = Delivery {
             filtered: false,
             file: false,
             service: false,
             spooled: None,
         };
-        let Some(event) = self.policy.apply(event)? else {
+        let mut kept = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(event) = self.policy.apply(event)? {
+                kept.push(if self.recipients.is_empty() {
+                    event
+                } else {
+                    seal(&event, &self.recipients)?
+                });
+            }
+        }
+        if kept.is_empty() {
             delivery.filtered = true;
             return Ok(delivery);
-        };
-        let event = if self.recipients.is_empty() {
-            event
-        } else {
-            seal(&event, &self.recipients)?
-        };
-        let mut line = event.to_string();
-        line.push('\n');
+        }
+        let mut lines = String::new();
+        for event in &kept {
+            lines.push_str(&event.to_string());
+            lines.push('\n');
+        }
         if let Some((path, file)) = &self.file {
             let mut f = file.lock().map_err(|_| WriteError::Io {
                 path: path.clone(),
                 source: std::io::Error::other("a writer panicked"),
             })?;
-            f.write_all(line.as_bytes())
+            f.write_all(lines.as_bytes())
                 .and_then(|()| f.sync_data())
                 .map_err(io(path))?;
             delivery.file = true;
@@ -163,15 +178,15 @@ impl AuditWriter {
         if let Some(service) = &self.service {
             let _order = service.order.lock().await;
             match service.replay_spool().await {
-                Ok(()) => match service.send(&[event]).await {
+                Ok(()) => match service.send(&kept).await {
                     Ok(()) => delivery.service = true,
                     Err(why) => {
-                        service.spool(&line)?;
+                        service.spool(&lines)?;
                         delivery.spooled = Some(why);
                     }
                 },
                 Err(why) => {
-                    service.spool(&line)?;
+                    service.spool(&lines)?;
                     delivery.spooled = Some(why);
                 }
             }

@@ -179,6 +179,17 @@ pub struct Resource {
     /// For `ssh-certificate`: the principals (upstream user names) certificates name.
     #[serde(default)]
     pub ssh_principals: Vec<String>,
+    /// For `postgres`: the database user the gateway logs in as (the user the client
+    /// names is only recorded). Required with a `password` credential.
+    #[serde(default)]
+    pub database_user: Option<String>,
+    /// For `postgres`: the databases a client may ask for; empty means any.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// For `upstream_tls = verify-full`: the CA certificates (PEM) the target's
+    /// certificate must chain to; without, the gateway host's system roots.
+    #[serde(default)]
+    pub upstream_ca: Option<String>,
 }
 
 /// What the gateway logs in with.
@@ -268,8 +279,9 @@ pub struct Unlocked {
 }
 
 /// `POST /v1/connections/authorize`: a gateway asks whether it may open `resource` for the
-/// user whose authorization it carries (a resource that needs no credential; the unlock
-/// does the same checks for those that do).
+/// user whose authorization it carries. With a `recipient` (and, for `ssh-certificate`,
+/// an `ssh_public_key`) the same call also releases the resource's credential sealed to
+/// it, so one authorization (one nonce) covers the whole connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionRequest {
@@ -279,6 +291,13 @@ pub struct ConnectionRequest {
     /// The session key's signature over [`unlock_authorization_message`], base64.
     #[serde(default)]
     pub authorization_signature: Option<String>,
+    /// An age X25519 recipient (`age1…`), fresh per connection: ask for the credential,
+    /// sealed to it.
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// For `ssh-certificate`: the gateway's per-connection OpenSSH public key.
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
 }
 
 /// The answer: the connection may open; where to and for whom.
@@ -289,6 +308,9 @@ pub struct ConnectionAuthorized {
     pub session: String,
     pub device: String,
     pub session_expires_at: i64,
+    /// The credential, when the request named a recipient.
+    #[serde(default)]
+    pub credential: Option<Unlocked>,
 }
 
 /// `POST /v1/gateways/announce`: where agents reach this gateway's tunnel.

@@ -5,7 +5,7 @@
 
 use lastmile_proto::wire::{
     self, CredentialKind, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser,
-    OneTimePassword, Resource, Session, Subject, User, valid_name,
+    OneTimePassword, Resource, ResourceKind, Session, Subject, User, valid_name,
 };
 use serde_json::json;
 use sqlx::Row as _;
@@ -439,6 +439,7 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
             "an ssh-certificate resource needs ssh_principals: the upstream users its certificates may log in as",
         ));
     }
+    check_postgres_fields(&r)?;
     let t = now();
     let protect = serde_json::to_string(&r.protect).map_err(ApiError::internal)?;
     let mut tx = app.db.pool.begin().await?;
@@ -449,9 +450,10 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
         .try_get::<i64, _>("n")?
         != 0;
     sqlx::query(
-        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, ssh_principals, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8) \
-         ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, ssh_principals = $9, updated_at = $8",
+        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, ssh_principals, database_user, databases, upstream_ca, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $8, $8) \
+         ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, ssh_principals = $9, \
+         database_user = $10, databases = $11, upstream_ca = $12, updated_at = $8",
     )
     .bind(&r.name)
     .bind(stored_name(&r.kind))
@@ -462,6 +464,9 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     .bind(r.credential.map(|c| stored_name(&c)))
     .bind(t)
     .bind(serde_json::to_string(&r.ssh_principals).map_err(ApiError::internal)?)
+    .bind(r.database_user.as_deref())
+    .bind(serde_json::to_string(&r.databases).map_err(ApiError::internal)?)
+    .bind(r.upstream_ca.as_deref())
     .execute(&mut *tx)
     .await?;
     app.audit(
@@ -494,11 +499,55 @@ fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, ApiError> {
             .transpose()?,
         ssh_principals: serde_json::from_str(&r.try_get::<String, _>("ssh_principals")?)
             .map_err(ApiError::internal)?,
+        database_user: r.try_get("database_user")?,
+        databases: serde_json::from_str(&r.try_get::<String, _>("databases")?)
+            .map_err(ApiError::internal)?,
+        upstream_ca: r.try_get("upstream_ca")?,
     })
 }
 
-const RESOURCE_COLUMNS: &str =
-    "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential, r.ssh_principals";
+const RESOURCE_COLUMNS: &str = "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential, r.ssh_principals, \
+     r.database_user, r.databases, r.upstream_ca";
+
+/// What a `postgres` resource needs to be usable, checked when it is saved rather than
+/// at a user's first connection.
+fn check_postgres_fields(r: &Resource) -> Result<(), ApiError> {
+    let pg_name = |n: &str| {
+        !n.is_empty() && n.len() <= 63 && !n.bytes().any(|b| b == 0 || b.is_ascii_control())
+    };
+    if let Some(u) = &r.database_user
+        && !pg_name(u)
+    {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "database_user must be 1-63 bytes with no control characters (a PostgreSQL role name)",
+        ));
+    }
+    if r.databases.len() > 256 || !r.databases.iter().all(|d| pg_name(d)) {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "databases: at most 256 names of 1-63 bytes with no control characters",
+        ));
+    }
+    if r.kind == ResourceKind::Postgres
+        && r.credential == Some(CredentialKind::Password)
+        && r.database_user.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "a postgres resource with a password credential needs database_user (--database-user): the role the gateway logs in as",
+        ));
+    }
+    if let Some(ca) = &r.upstream_ca
+        && (ca.len() > 64 * 1024 || !ca.contains("-----BEGIN CERTIFICATE-----"))
+    {
+        return Err(ApiError::bad_request(
+            "bad_resource",
+            "upstream_ca must be PEM certificates (-----BEGIN CERTIFICATE-----), at most 64 KiB",
+        ));
+    }
+    Ok(())
+}
 
 pub async fn list_resources(app: &App) -> Result<Vec<Resource>, ApiError> {
     sqlx::query(&format!(

@@ -58,6 +58,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "tunnel",
         include_str!("../migrations/sqlite/0003_tunnel.sql"),
     ),
+    (
+        4,
+        "postgres",
+        include_str!("../migrations/sqlite/0004_postgres.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -74,6 +79,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "tunnel",
         include_str!("../migrations/postgres/0003_tunnel.sql"),
+    ),
+    (
+        4,
+        "postgres",
+        include_str!("../migrations/postgres/0004_postgres.sql"),
     ),
 ];
 

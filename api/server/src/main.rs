@@ -179,6 +179,16 @@ enum Resources {
         /// For ssh-certificate: an upstream user the certificates may log in as.
         #[arg(long = "ssh-principal")]
         ssh_principals: Vec<String>,
+        /// For postgres: the database user the gateway logs in as.
+        #[arg(long)]
+        database_user: Option<String>,
+        /// For postgres: a database clients may ask for (repeat; none means any).
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// For upstream-tls verify-full: a PEM file of the CA the target's certificate
+        /// must chain to (default: the gateway host's system roots).
+        #[arg(long)]
+        upstream_ca: Option<PathBuf>,
     },
     Delete {
         name: String,
@@ -440,7 +450,16 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 upstream_tls,
                 credential,
                 ssh_principals,
+                database_user,
+                databases,
+                upstream_ca,
             } => {
+                let upstream_ca = upstream_ca
+                    .map(|f| {
+                        std::fs::read_to_string(&f)
+                            .with_context(|| format!("reading --upstream-ca {}", f.display()))
+                    })
+                    .transpose()?;
                 let r = Resource {
                     name,
                     kind,
@@ -450,6 +469,9 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                     upstream_tls,
                     credential,
                     ssh_principals,
+                    database_user,
+                    databases,
+                    upstream_ca,
                 };
                 admin::put_resource(&app, &who, r.clone()).await?;
                 print(out, &r, |r| format!("resource {} saved", r.name))

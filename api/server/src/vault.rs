@@ -447,11 +447,7 @@ pub async fn unlock(
 ) -> Result<Unlocked, ApiError> {
     require_gateway(peer, "unlock a credential")?;
     let req: UnlockRequest = crate::error::json(body)?;
-    let Authorized {
-        gateway,
-        session,
-        authorization: authz,
-    } = authorize(
+    let authorized = authorize(
         app,
         peer,
         (method, uri, headers, body),
@@ -460,18 +456,42 @@ pub async fn unlock(
         req.authorization_signature.as_deref(),
     )
     .await?;
-    // 4. The credential.
+    release(
+        app,
+        &authorized,
+        &req.resource,
+        &req.recipient,
+        req.ssh_public_key.as_deref(),
+    )
+    .await
+}
+
+/// Releases `resource`'s credential for an authorized connection: the newest stored
+/// version sealed to `recipient`, or a fresh SSH certificate for `ssh_public_key`.
+/// `credential.decrypt` is recorded before anything is released; no record, no release.
+async fn release(
+    app: &App,
+    authorized: &Authorized,
+    resource_name: &str,
+    recipient: &str,
+    ssh_public_key: Option<&str>,
+) -> Result<Unlocked, ApiError> {
+    let Authorized {
+        gateway,
+        session,
+        authorization: authz,
+    } = authorized;
     let resource = sqlx::query("SELECT credential, ssh_principals FROM resources WHERE name = $1")
-        .bind(&req.resource)
+        .bind(resource_name)
         .fetch_optional(&app.db.pool)
         .await?
         .ok_or_else(|| {
             ApiError::not_found(
                 "no_such_resource",
-                format!("there is no resource `{}`", req.resource),
+                format!("there is no resource `{resource_name}`"),
             )
         })?;
-    let recipient: age::x25519::Recipient = req.recipient.parse().map_err(|_| {
+    let recipient: age::x25519::Recipient = recipient.parse().map_err(|_| {
         ApiError::bad_request(
             "bad_recipient",
             "recipient must be an age X25519 recipient (age1…)",
@@ -479,7 +499,7 @@ pub async fn unlock(
     })?;
     let event = |version: i64, kind: CredentialKind| {
         json!({
-            "resource": req.resource, "session": session.id, "user": session.user, "device": session.device,
+            "resource": resource_name, "session": session.id, "user": session.user, "device": session.device,
             "gateway": gateway, "connection": authz.connection, "version": version, "kind": stored_name(&kind),
         })
     };
@@ -488,8 +508,7 @@ pub async fn unlock(
         return Err(ApiError::not_found(
             "no_credential",
             format!(
-                "resource `{}` declares no credential (set `credential` on the resource)",
-                req.resource
+                "resource `{resource_name}` declares no credential (set `credential` on the resource)"
             ),
         ));
     };
@@ -497,7 +516,7 @@ pub async fn unlock(
         let principals: Vec<String> =
             serde_json::from_str(&resource.try_get::<String, _>("ssh_principals")?)
                 .map_err(ApiError::internal)?;
-        let key_text = req.ssh_public_key.as_deref().ok_or_else(|| {
+        let key_text = ssh_public_key.ok_or_else(|| {
             ApiError::bad_request(
                 "ssh_public_key_missing",
                 "an ssh-certificate resource needs the gateway's per-connection ssh_public_key",
@@ -514,7 +533,7 @@ pub async fn unlock(
             .ssh_user_certificate(
                 &key,
                 &principals,
-                &format!("{}@{}/{}", session.user, req.resource, authz.connection),
+                &format!("{}@{}/{}", session.user, resource_name, authz.connection),
                 now() + secs(app.config.ssh_certificate_ttl),
             )
             .map_err(ApiError::internal)?;
@@ -524,7 +543,7 @@ pub async fn unlock(
         )
         .await?;
         return Ok(Unlocked {
-            resource: req.resource,
+            resource: resource_name.to_owned(),
             kind: CredentialKind::SshCertificate,
             version: 0,
             sealed: None,
@@ -534,23 +553,22 @@ pub async fn unlock(
     let row = sqlx::query(
         "SELECT version, kind, key_id, wrapped_key, nonce, ciphertext FROM credentials WHERE resource = $1 ORDER BY version DESC LIMIT 1",
     )
-    .bind(&req.resource)
+    .bind(resource_name)
     .fetch_optional(&app.db.pool)
     .await?
-    .ok_or_else(|| ApiError::not_found("no_credential", format!("no credential is stored for `{}` (`lastmile-api credentials set {}`)", req.resource, req.resource)))?;
+    .ok_or_else(|| ApiError::not_found("no_credential", format!("no credential is stored for `{resource_name}` (`lastmile-api credentials set {resource_name}`)")))?;
     let version: i64 = row.try_get("version")?;
     let kind = stored("kind", row.try_get("kind")?)?;
     if stored_name(&kind) != declared {
         return Err(ApiError::conflict(
             "credential_kind_mismatch",
             format!(
-                "resource `{}` declares a {declared} but the stored credential is a {}: store one of the declared kind",
-                req.resource,
+                "resource `{resource_name}` declares a {declared} but the stored credential is a {}: store one of the declared kind",
                 stored_name(&kind)
             ),
         ));
     }
-    let context = Context::credential(&app.pki.organisation, &req.resource, version);
+    let context = Context::credential(&app.pki.organisation, resource_name, version);
     let secret = envelope::open(&app.kms, &context, &sealed_of(&row)?)
         .await
         .map_err(kms_error)?;
@@ -560,7 +578,7 @@ pub async fn unlock(
     app.audit("credential.decrypt", event(version, kind))
         .await?;
     Ok(Unlocked {
-        resource: req.resource,
+        resource: resource_name.to_owned(),
         kind,
         version,
         sealed: Some(B64.encode(sealed)),
@@ -611,11 +629,28 @@ pub async fn authorize_connection(
         }),
     )
     .await?;
+    // The same authorization covers the credential: a handler that logs in upstream
+    // asks for both in one call (one nonce, one round trip).
+    let logs_in = resource.kind != lastmile_proto::wire::ResourceKind::Tcp;
+    let credential = match &req.recipient {
+        Some(recipient) if logs_in && resource.credential.is_some() => Some(
+            release(
+                app,
+                &a,
+                &req.resource,
+                recipient,
+                req.ssh_public_key.as_deref(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     Ok(lastmile_proto::wire::ConnectionAuthorized {
         resource,
         user: a.session.user.clone(),
         session: a.session.id.clone(),
         device: a.session.device.clone(),
         session_expires_at: a.session.expires_at,
+        credential,
     })
 }

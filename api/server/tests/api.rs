@@ -87,6 +87,9 @@ async fn enrollment_and_login(store: Store) {
         upstream_tls: wire::UpstreamTls::Disable,
         credential: None,
         ssh_principals: vec![],
+        database_user: None,
+        databases: vec![],
+        upstream_ca: None,
     };
     let put = api
         .client

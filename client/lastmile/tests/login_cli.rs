@@ -99,6 +99,9 @@ async fn login_status_resources_logout() {
         upstream_tls: UpstreamTls::Disable,
         credential: None,
         ssh_principals: vec![],
+        database_user: None,
+        databases: vec![],
+        upstream_ca: None,
     };
     admin::put_resource(&app, "test", db).await.unwrap();
     admin::add_grant(
