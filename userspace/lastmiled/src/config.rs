@@ -92,6 +92,10 @@ pub struct GatewayConfig {
     /// Renew the gateway certificate (24 h) this long before it ends. Default 8h.
     #[serde(with = "humantime_serde")]
     pub renew_before: std::time::Duration,
+    /// Whether `db.query` events carry the statement's bound parameters (extended
+    /// protocol). Off by default: parameters are often the sensitive part. The audit
+    /// policy's `query_text` applies to the text either way.
+    pub log_query_params: bool,
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +107,7 @@ impl Default for GatewayConfig {
             audit: AuditConfig::default(),
             exempt_mark: 0x4c4d_0001,
             connect_timeout: std::time::Duration::from_secs(5),
+            log_query_params: false,
             renew_before: std::time::Duration::from_secs(8 * 3600),
         }
     }

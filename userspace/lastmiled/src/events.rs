@@ -60,6 +60,80 @@ pub enum EventBody {
     /// The gateway refused a stream.
     #[serde(rename = "gateway.refused")]
     GatewayRefused(GatewayRefusal),
+    /// A statement ran on a database connection (a simple Query, or an Execute of the
+    /// extended protocol), with its outcome.
+    #[serde(rename = "db.query")]
+    DbQuery(DbQuery),
+    /// The gateway ended a database connection before or instead of relaying it
+    /// (a database not allowed, a failed upstream login, a protocol violation, …).
+    #[serde(rename = "db.refused")]
+    DbRefused(DbRefusal),
+    /// A client's cancel request, and whether it reached a server.
+    #[serde(rename = "db.cancel")]
+    DbCancel(DbCancel),
+}
+
+/// One statement on a database connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbQuery {
+    pub connection: String,
+    pub session: String,
+    pub user: String,
+    pub resource: String,
+    pub gateway: String,
+    /// The kernel's socket cookie of the client's connection, when the node handed it
+    /// over (the join key to `kernel.connect`).
+    pub sock_cookie: Option<u64>,
+    pub database: String,
+    /// `simple` (Query) or `extended` (Parse/Bind/Execute).
+    pub protocol: &'static str,
+    /// The statement's text; the audit policy keeps it, hashes it or drops it.
+    pub query: String,
+    /// Bound parameters (text, or a note for binary), only with `log_query_params`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<Option<String>>>,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+    /// The command tags (`SELECT 1`, `INSERT 0 3`, …), one per statement of a Query.
+    pub tags: Vec<String>,
+    /// Rows from the last command tag, when it has a count.
+    pub rows: Option<u64>,
+    pub sqlstate: Option<String>,
+    pub error: Option<String>,
+    /// From the statement's message to the server's answer, in microseconds.
+    pub duration_us: u64,
+    /// `in`, `out` or `both`, for COPY.
+    pub copy: Option<&'static str>,
+    pub copy_bytes: Option<u64>,
+}
+
+/// A database connection the gateway ended itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbRefusal {
+    pub connection: String,
+    pub session: String,
+    pub user: String,
+    pub resource: String,
+    pub gateway: String,
+    pub sock_cookie: Option<u64>,
+    pub code: String,
+    pub message: String,
+}
+
+/// A cancel request.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbCancel {
+    /// The connection the cancel request came on.
+    pub connection: String,
+    pub session: String,
+    pub user: String,
+    pub resource: String,
+    pub gateway: String,
+    pub sock_cookie: Option<u64>,
+    /// The connection whose statement was cancelled, when the key named one.
+    pub cancelled: Option<String>,
+    /// `forwarded`, `unknown_key`, `other_user`, or why the server was not reached.
+    pub outcome: String,
 }
 
 /// What the gateway records when a relayed connection ends.
@@ -76,6 +150,9 @@ pub struct GatewayClose {
     pub duration_ms: u64,
     /// Why it ended other than by both sides closing.
     pub error: Option<String>,
+    /// What the resource kind's handler adds (a database connection's statement count).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 /// What the gateway records when it refuses a stream.
@@ -267,7 +344,13 @@ fn parse_ppid(stat: &str) -> Option<u32> {
 #[derive(Debug)]
 pub struct EventSink {
     queue: tokio::sync::mpsc::UnboundedSender<Value>,
+    /// Set while events cannot be recorded anywhere (the file and the spool both fail):
+    /// handlers that must not act unlogged (a database statement) check it.
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// At most this many queued events go into one write (one sync).
+const BATCH: usize = 512;
 
 impl EventSink {
     /// Starts the writer task (inside a tokio runtime).
@@ -278,15 +361,17 @@ impl EventSink {
         let to_stdout = file.is_none() && audit.service.is_none();
         let writer = audit.writer(file)?;
         let (queue, mut events) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = failing.clone();
         tokio::spawn(async move {
             // Spooled events (the service was down) go out within this long of its return,
             // even when no new event comes to push them.
             let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut batch = Vec::with_capacity(BATCH);
             loop {
-                let event = tokio::select! {
-                    e = events.recv() => match e {
-                        Some(e) => e,
-                        None => return,
+                tokio::select! {
+                    n = events.recv_many(&mut batch, BATCH) => if n == 0 {
+                        return;
                     },
                     _ = retry.tick() => {
                         if let Err(why) = writer.flush().await {
@@ -296,20 +381,31 @@ impl EventSink {
                     }
                 };
                 if to_stdout {
-                    println!("{event}");
+                    for event in batch.drain(..) {
+                        println!("{event}");
+                    }
                     continue;
                 }
-                match writer.write(event).await {
+                match writer.write_batch(std::mem::take(&mut batch)).await {
                     Ok(d) => {
+                        failed.store(false, std::sync::atomic::Ordering::Release);
                         if let Some(why) = d.spooled {
                             tracing::warn!(%why, "audit service unavailable; event spooled locally");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot write an audit event"),
+                    Err(e) => {
+                        failed.store(true, std::sync::atomic::Ordering::Release);
+                        tracing::error!(error = %e, "cannot write an audit event");
+                    }
                 }
             }
         });
-        Ok(Self { queue })
+        Ok(Self { queue, failing })
+    }
+
+    /// Whether the last write failed everywhere it was to go.
+    pub fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Queues one event for writing.
@@ -359,6 +455,7 @@ mod tests {
             bytes_down: 2,
             duration_ms: 3,
             error: None,
+            extra: serde_json::Map::new(),
         }));
         let refused = Event::now(EventBody::GatewayRefused(GatewayRefusal {
             connection: None,

@@ -16,11 +16,14 @@
 //! - [`client`]: the agent's end: connect, open streams.
 //! - [`server`]: the gateway's end: accept streams.
 //! - [`splice`]: copying between a TCP socket and a stream, counting bytes.
+//! - [`stream`]: a stream as `AsyncRead + AsyncWrite`, for handlers that speak the
+//!   user's protocol.
 
 pub mod client;
 pub mod header;
 pub mod server;
 pub mod splice;
+pub mod stream;
 pub mod tls;
 
 /// The ALPN protocol of the tunnel (RFC 7301): HTTP/2 framing, lastmile's semantics.

@@ -129,6 +129,9 @@ impl Stack {
                 upstream_tls: UpstreamTls::Disable,
                 credential: None,
                 ssh_principals: vec![],
+                database_user: None,
+                databases: vec![],
+                upstream_ca: None,
             },
         )
         .await

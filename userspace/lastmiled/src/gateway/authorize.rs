@@ -1,0 +1,55 @@
+//! The API's word on one stream: `POST /v1/connections/authorize`.
+
+use lastmile_proto::wire::{ConnectionAuthorized, ConnectionRequest, ErrorBody};
+use lastmile_tunnel::header::{Refusal, StreamHeader};
+use reqwest::Method;
+
+use super::Gateway;
+
+/// Asks the API whether this stream may open, and for the resource's credential sealed
+/// to `recipient` (the API releases one only to handlers that log in: not for `tcp`).
+pub(super) async fn authorize(
+    gw: &Gateway,
+    header: &StreamHeader,
+    recipient: Option<&str>,
+) -> Result<ConnectionAuthorized, Refusal> {
+    let body = serde_json::to_vec(&ConnectionRequest {
+        resource: header.resource.clone(),
+        authorization: Some(header.authorization.clone()),
+        authorization_signature: Some(header.signature.clone()),
+        recipient: recipient.map(str::to_owned),
+        ssh_public_key: None,
+    })
+    .map_err(|e| {
+        Refusal::new(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )
+    })?;
+    let answer = gw
+        .api()
+        .call_as_gateway(&gw.name, &gw.key, Method::POST, "/v1/connections/authorize", &body)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "api_unavailable",
+                format!("the gateway cannot reach the API to check this connection, so it is refused: {e}"),
+            )
+        })?;
+    if (200..300).contains(&answer.status) {
+        return answer.json().map_err(|e| {
+            Refusal::new(
+                http::StatusCode::BAD_GATEWAY,
+                "api_unexpected",
+                e.to_string(),
+            )
+        });
+    }
+    let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::FORBIDDEN);
+    Err(match serde_json::from_str::<ErrorBody>(&answer.body) {
+        Ok(b) => Refusal::new(status, b.error, b.message),
+        Err(_) => Refusal::new(status, "api_refused", answer.body),
+    })
+}

@@ -1,0 +1,322 @@
+//! Tunnels and their streams: the handshake, each stream's checks, and the relay.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use lastmile_proto::wire::{ConnectionAuthorized, CredentialKind, ResourceKind};
+use lastmile_tunnel::{
+    header::{Refusal, StreamHeader},
+    server::{Accepted, Incoming},
+    splice::Meter,
+    tls::SessionIdentity,
+};
+use tokio::{net::TcpStream, sync::watch, task::JoinSet};
+use tracing::{Instrument as _, debug, info, info_span};
+use zeroize::Zeroizing;
+
+use super::{Gateway, Live, authorize::authorize};
+use crate::events::{Event, EventBody, GatewayClose};
+
+pub(super) async fn tunnel(
+    gw: Arc<Gateway>,
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let accepted = match lastmile_tunnel::server::accept(tls, tcp, peer).await {
+        Ok(a) => a,
+        Err(e) => {
+            info!(%peer, error = %e, "tunnel handshake refused");
+            return;
+        }
+    };
+    let session = accepted.identity.session.clone();
+    let id = gw.next.fetch_add(1, Ordering::Relaxed);
+    let (cut, cut_seen) = watch::channel(None);
+    let span = info_span!("tunnel", id, session = %session, user = %accepted.identity.user, %peer);
+    let task = tokio::spawn(streams(gw.clone(), accepted, cut_seen).instrument(span));
+    if let Ok(mut t) = gw.tunnels.lock() {
+        t.entry(session.clone()).or_default().push(Live {
+            id,
+            abort: task.abort_handle(),
+            cut,
+        });
+    }
+    let _ = task.await;
+    if let Ok(mut t) = gw.tunnels.lock()
+        && let Some(list) = t.get_mut(&session)
+    {
+        list.retain(|l| l.id != id);
+        if list.is_empty() {
+            t.remove(&session);
+        }
+    }
+}
+
+async fn streams(gw: Arc<Gateway>, accepted: Accepted, cut: watch::Receiver<Option<String>>) {
+    let Accepted {
+        identity,
+        mut connection,
+        ..
+    } = accepted;
+    info!("tunnel open");
+    let identity = Arc::new(identity);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = connection.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    tasks.spawn(stream(gw.clone(), identity.clone(), Incoming { request, respond }, cut.clone()));
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "tunnel broke");
+                    break;
+                }
+                None => break,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    info!("tunnel closed");
+}
+
+/// Why a connection must end before either side closes it: its session was revoked (the
+/// tunnel is cut) or expired. Handlers wait on it beside their relay, so they can tell
+/// the user in their protocol before the stream goes.
+#[derive(Debug, Clone)]
+pub(super) struct Ending {
+    cut: watch::Receiver<Option<String>>,
+    expires: tokio::time::Instant,
+}
+
+impl Ending {
+    /// Resolves with the reason once the connection must end.
+    pub(super) async fn wait(&mut self) -> String {
+        tokio::select! {
+            changed = self.cut.wait_for(Option::is_some) => match changed {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                // The tunnel is gone; its streams go with it.
+                Err(_) => "tunnel closed".to_owned(),
+            },
+            () = tokio::time::sleep_until(self.expires) => "session expired".to_owned(),
+        }
+    }
+
+    fn revoked(&self) -> Option<String> {
+        self.cut.borrow().clone()
+    }
+}
+
+/// One authorized stream, handed to its resource kind's handler.
+pub(super) struct Connection {
+    pub gw: Arc<Gateway>,
+    pub identity: Arc<SessionIdentity>,
+    pub header: StreamHeader,
+    /// The connection's id (from the user's authorization), as the audit log knows it.
+    pub id: String,
+    pub authorized: ConnectionAuthorized,
+    /// The resource's credential, opened for this connection only.
+    pub credential: Option<Credential>,
+    pub ending: Ending,
+    pub meter: Arc<Meter>,
+    /// `connection.close`, written when this is dropped; handlers fill in the upstream
+    /// and why it ended.
+    pub record: CloseRecord,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("resource", &self.authorized.resource.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A credential in gateway memory, zeroized when dropped.
+pub(super) enum Credential {
+    Password(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(…)")
+    }
+}
+
+/// Writes `connection.close` when the stream ends, however it ends (also when its tunnel
+/// is cut, which drops this).
+pub(super) struct CloseRecord {
+    gw: Arc<Gateway>,
+    identity: Arc<SessionIdentity>,
+    connection: String,
+    resource: String,
+    pub upstream: Option<SocketAddr>,
+    meter: Arc<Meter>,
+    started: Instant,
+    pub error: Option<String>,
+    /// More fields for this kind of connection (a database connection's statement
+    /// count, …).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    ending: Ending,
+}
+
+impl Drop for CloseRecord {
+    fn drop(&mut self) {
+        let error = match self.ending.revoked() {
+            Some(why) => Some(why),
+            None => self.error.take(),
+        };
+        self.gw
+            .sink
+            .write(&Event::now(EventBody::ConnectionClose(GatewayClose {
+                connection: std::mem::take(&mut self.connection),
+                session: self.identity.session.clone(),
+                user: self.identity.user.clone(),
+                resource: std::mem::take(&mut self.resource),
+                gateway: self.gw.name.clone(),
+                upstream: self.upstream,
+                bytes_up: self.meter.up(),
+                bytes_down: self.meter.down(),
+                duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                error,
+                extra: std::mem::take(&mut self.extra),
+            })));
+    }
+}
+
+async fn stream(
+    gw: Arc<Gateway>,
+    identity: Arc<SessionIdentity>,
+    mut incoming: Incoming,
+    cut: watch::Receiver<Option<String>>,
+) {
+    let header = match incoming.header() {
+        Ok(h) => h,
+        // Already answered; recorded here.
+        Err(r) => return gw.refused(&identity, None, &r),
+    };
+    let span = info_span!("stream", connection = %header.authorization.connection, resource = %header.resource);
+    async {
+        match open(&gw, &identity, &header, cut).await {
+            Ok(conn) => {
+                let kind = conn.authorized.resource.kind;
+                match kind {
+                    ResourceKind::Tcp => super::tcp::serve(conn, incoming).await,
+                    ResourceKind::Postgres => super::postgres::serve(conn, incoming).await,
+                    ResourceKind::Ssh => {
+                        let r = Refusal::new(
+                            http::StatusCode::NOT_IMPLEMENTED,
+                            "protocol_not_supported",
+                            format!(
+                                "this gateway does not relay `ssh` resources yet; `{}` is one",
+                                conn.authorized.resource.name
+                            ),
+                        );
+                        gw.refused(&identity, Some(&header), &r);
+                        incoming.refuse(&r);
+                    }
+                }
+            }
+            Err(r) => {
+                gw.refused(&identity, Some(&header), &r);
+                incoming.refuse(&r);
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The checks every stream passes before its handler sees it: the authorization is the
+/// tunnel's own session and device, and the API authorizes it (recording
+/// `connection.open`) and, in the same call, releases the resource's credential sealed
+/// to a key made for this one connection.
+async fn open(
+    gw: &Arc<Gateway>,
+    identity: &Arc<SessionIdentity>,
+    header: &StreamHeader,
+    cut: watch::Receiver<Option<String>>,
+) -> Result<Connection, Refusal> {
+    let a = &header.authorization;
+    if a.session != identity.session || a.device != identity.device {
+        return Err(Refusal::new(
+            http::StatusCode::FORBIDDEN,
+            "authorization_other_session",
+            "the stream's authorization is for another session or device than this tunnel's certificate",
+        ));
+    }
+    let key = age::x25519::Identity::generate();
+    let mut authorized = authorize(gw, header, Some(&key.to_public().to_string())).await?;
+    let credential = match authorized.credential.take() {
+        None => None,
+        Some(unlocked) => Some(open_credential(&key, &unlocked)?),
+    };
+    let left = authorized.session_expires_at - lastmile_api_client::now();
+    let ending = Ending {
+        cut,
+        // A connection does not outlive its session.
+        expires: tokio::time::Instant::now()
+            + Duration::from_secs(u64::try_from(left).unwrap_or(0)),
+    };
+    let meter = Arc::new(Meter::default());
+    let record = CloseRecord {
+        gw: gw.clone(),
+        identity: identity.clone(),
+        connection: a.connection.clone(),
+        resource: authorized.resource.name.clone(),
+        upstream: None,
+        meter: meter.clone(),
+        started: Instant::now(),
+        error: None,
+        extra: serde_json::Map::new(),
+        ending: ending.clone(),
+    };
+    Ok(Connection {
+        gw: gw.clone(),
+        identity: identity.clone(),
+        header: header.clone(),
+        id: a.connection.clone(),
+        authorized,
+        credential,
+        ending,
+        meter,
+        record,
+    })
+}
+
+fn open_credential(
+    key: &age::x25519::Identity,
+    unlocked: &lastmile_proto::wire::Unlocked,
+) -> Result<Credential, Refusal> {
+    let fail = |why: String| {
+        Refusal::new(
+            http::StatusCode::BAD_GATEWAY,
+            "credential_unreadable",
+            format!("the API's sealed credential for this connection could not be opened: {why}"),
+        )
+    };
+    match unlocked.kind {
+        CredentialKind::Password => {}
+        other => {
+            return Err(Refusal::new(
+                http::StatusCode::NOT_IMPLEMENTED,
+                "credential_not_supported",
+                format!("this gateway cannot log in with a {other:?} credential yet"),
+            ));
+        }
+    }
+    use base64::Engine as _;
+    let sealed = unlocked
+        .sealed
+        .as_deref()
+        .ok_or_else(|| fail("the answer carries no sealed secret".into()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|e| fail(e.to_string()))?;
+    let secret = age::decrypt(key, &bytes).map_err(|e| fail(e.to_string()))?;
+    Ok(Credential::Password(Zeroizing::new(secret)))
+}
