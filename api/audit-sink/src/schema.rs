@@ -101,9 +101,26 @@ pub const KINDS: &[Kind] = &[
         required: &["session", "gateway", "code"],
     },
     Kind {
-        name: "query",
-        what: "a database query (text, keyed hash, or nothing, by policy)",
-        required: &["connection", "session"],
+        name: "db.query",
+        what: "a statement on a database connection, with its outcome (text, keyed hash, or nothing, by policy)",
+        required: &[
+            "connection",
+            "session",
+            "resource",
+            "protocol",
+            "outcome",
+            "duration_us",
+        ],
+    },
+    Kind {
+        name: "db.refused",
+        what: "the gateway ended a database connection itself (database not allowed, upstream login failed, protocol violation, audit unavailable)",
+        required: &["connection", "session", "resource", "code"],
+    },
+    Kind {
+        name: "db.cancel",
+        what: "a client's cancel request, and whether it reached the server",
+        required: &["connection", "session", "outcome"],
     },
     Kind {
         name: "ssh.command",

@@ -466,7 +466,53 @@ mod tests {
             code: "bad_stream_header".into(),
             message: "m".into(),
         }));
-        for (e, kind) in [(close, "connection.close"), (refused, "gateway.refused")] {
+        let query = Event::now(EventBody::DbQuery(DbQuery {
+            connection: "sock-1-ab".into(),
+            session: "ses_1".into(),
+            user: "alice".into(),
+            resource: "orders".into(),
+            gateway: "gw1".into(),
+            sock_cookie: Some(1),
+            database: "app".into(),
+            protocol: "extended",
+            query: "select $1".into(),
+            params: None,
+            outcome: "ok",
+            tags: vec!["SELECT 1".into()],
+            rows: Some(1),
+            sqlstate: None,
+            error: None,
+            duration_us: 10,
+            copy: None,
+            copy_bytes: None,
+        }));
+        let db_refused = Event::now(EventBody::DbRefused(DbRefusal {
+            connection: "sock-1-ab".into(),
+            session: "ses_1".into(),
+            user: "alice".into(),
+            resource: "orders".into(),
+            gateway: "gw1".into(),
+            sock_cookie: Some(1),
+            code: "database_not_allowed".into(),
+            message: "m".into(),
+        }));
+        let cancel = Event::now(EventBody::DbCancel(DbCancel {
+            connection: "sock-2-cd".into(),
+            session: "ses_1".into(),
+            user: "alice".into(),
+            resource: "orders".into(),
+            gateway: "gw1".into(),
+            sock_cookie: Some(2),
+            cancelled: Some("sock-1-ab".into()),
+            outcome: "forwarded".into(),
+        }));
+        for (e, kind) in [
+            (close, "connection.close"),
+            (refused, "gateway.refused"),
+            (query, "db.query"),
+            (db_refused, "db.refused"),
+            (cancel, "db.cancel"),
+        ] {
             let v = serde_json::to_value(&e).unwrap();
             assert_eq!(v["kind"], kind);
             lastmile_audit_sink::schema::check(&v).unwrap();
