@@ -663,3 +663,104 @@ async fn hostile_input_closes_only_its_connection() {
     assert!(seen.windows(1).any(|w| w == b"7"));
     assert!(gw.logs().contains("gateway serving tunnels") && !gw.logs().contains("panicked"));
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, cert PEM, key PEM).
+fn server_tls() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// An upstream that requires TLS (`hostssl` only) works with `verify-full` against its
+/// CA, with SCRAM bound to the TLS channel; a server whose certificate is from another CA
+/// is refused, and a `disable` resource is not let through in plaintext.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_upstream_is_verified_and_never_downgraded() {
+    let pg = PgServer::start().unwrap();
+    let (ca, cert, key) = server_tls();
+    let data = pg.dir().join("data");
+    std::fs::write(data.join("server.crt"), &cert).unwrap();
+    std::fs::write(data.join("server.key"), &key).unwrap();
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let owner = std::fs::metadata(&data).unwrap();
+    for f in ["server.crt", "server.key"] {
+        std::os::unix::fs::chown(data.join(f), Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    admin_sql(
+        &pg,
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE app_tls LOGIN PASSWORD '{TLS_PASSWORD}'"
+        ),
+    );
+    admin_sql(&pg, "ALTER SYSTEM SET ssl = on");
+    let hba = data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all app_tls 127.0.0.1/32 scram-sha-256\nhostnossl all app_tls 127.0.0.1/32 reject\n{old}"),
+    )
+    .unwrap();
+    admin_sql(&pg, "SELECT pg_reload_conf()");
+
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let (other_ca, _, _) = server_tls();
+    for (name, tls, upstream_ca) in [
+        ("tls-good", UpstreamTls::VerifyFull, Some(ca.clone())),
+        ("tls-other-ca", UpstreamTls::VerifyFull, Some(other_ca)),
+        ("tls-plain", UpstreamTls::Disable, None),
+    ] {
+        pg_resource(&stack, name, &pg, "app_tls", TLS_PASSWORD, &[]).await;
+        let mut r = lastmile_api::admin::resource(&stack.app, name)
+            .await
+            .unwrap();
+        r.upstream_tls = tls;
+        r.upstream_ca = upstream_ca;
+        lastmile_api::admin::put_resource(&stack.app, "test", r)
+            .await
+            .unwrap();
+        grant(&stack, name, "alice").await;
+    }
+    let gw = stack.gateway("gw1").await;
+
+    let good = Listen::start(&alice, "tls-good");
+    let out = ok(&psql(
+        &pg,
+        good.addr,
+        "lastmile",
+        &[
+            "-c",
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        ],
+    ));
+    assert_eq!(out.trim(), "t");
+
+    let other = Listen::start(&alice, "tls-other-ca");
+    let out = psql(&pg, other.addr, "lastmile", &["-c", "select 1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("TLS handshake with the server failed"),
+        "{err}"
+    );
+    gw.wait_event("db.refused", |e| {
+        e["resource"] == "tls-other-ca" && e["code"] == "upstream_unreachable"
+    });
+
+    let plain = Listen::start(&alice, "tls-plain");
+    let out = psql(&pg, plain.addr, "lastmile", &["-c", "select 1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("could not log in"),
+        "{err}"
+    );
+}
