@@ -23,6 +23,9 @@ pub enum Which {
     /// connection and `ssh -L`; interactive latency beside a bulk stream; memory per idle
     /// stream with 10,000 open.
     Tunnel,
+    /// pgbench TPS, relay CPU per transaction and new-connection cost through lastmile
+    /// (tcp and postgres resources) next to direct, pgbouncer and `ssh -L`.
+    Pg,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -50,6 +53,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             // The bench runs the `lastmile` binary next to its own; build it first.
             must(cargo().args(["build", "--release", "-p", "lastmile", "--bin", "lastmile"]))?;
             must(cargo().args(["bench", "-p", "lastmiled", "--bench", "tunnel"]))
+        }
+        Which::Pg => {
+            step("bench pg");
+            // The bench runs the `lastmile` binary next to its own; build it first.
+            must(cargo().args(["build", "--release", "-p", "lastmile", "--bin", "lastmile"]))?;
+            must(cargo().args(["bench", "-p", "lastmiled", "--bench", "pg"]))
         }
         Which::Audit => {
             step("bench audit");

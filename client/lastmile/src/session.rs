@@ -424,6 +424,7 @@ pub async fn resources(out: Output) -> anyhow::Result<()> {
                     r.port,
                     r.protect.join(", ")
                 );
+                println!("{:<24} use: {}", "", how_to_reach(&r));
             }
         }
     }
@@ -450,4 +451,72 @@ pub async fn logout() -> anyhow::Result<()> {
         Err(e) => println!("logged out here; the API could not be told ({e})"),
     }
     Ok(())
+}
+
+/// The command a user runs to reach `r`: its native client at the first protected
+/// address (the node redirects it), or `lastmile listen` when nothing is protected.
+pub fn how_to_reach(r: &Resource) -> String {
+    use lastmile_proto::wire::ResourceKind;
+    // `ADDR:PORT`, `[ADDR6]:PORT`; a prefix (`NET/LEN:PORT`) names no one host.
+    let target = r.protect.iter().find_map(|p| {
+        let (host, port) = p.rsplit_once(':')?;
+        (!host.contains('/')).then(|| {
+            (
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port.to_owned(),
+            )
+        })
+    });
+    let db = r
+        .databases
+        .first()
+        .map(|d| format!(" -d {d}"))
+        .unwrap_or_default();
+    match (r.kind, target) {
+        (ResourceKind::Postgres, Some((host, port))) => format!("psql -h {host} -p {port}{db}"),
+        (ResourceKind::Ssh, Some((host, port))) => format!("ssh -p {port} {host}"),
+        (ResourceKind::Tcp, Some((host, port))) => format!("connect to {host}:{port}"),
+        (ResourceKind::Postgres, None) => format!(
+            "lastmile listen {} --port 15432, then psql -h 127.0.0.1 -p 15432{db}",
+            r.name
+        ),
+        (_, None) => format!(
+            "lastmile listen {} --port N, then connect to 127.0.0.1:N",
+            r.name
+        ),
+    }
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use lastmile_proto::wire::{Resource, ResourceKind, UpstreamTls};
+
+    fn resource(kind: ResourceKind, protect: &[&str]) -> Resource {
+        Resource {
+            name: "orders".into(),
+            kind,
+            host: "10.0.0.5".into(),
+            port: 5432,
+            protect: protect.iter().map(|p| (*p).to_owned()).collect(),
+            upstream_tls: UpstreamTls::Disable,
+            credential: None,
+            ssh_principals: vec![],
+            database_user: None,
+            databases: vec!["app".into()],
+            upstream_ca: None,
+        }
+    }
+
+    #[test]
+    fn postgres_resources_say_which_psql_to_run() {
+        let r = resource(
+            ResourceKind::Postgres,
+            &["10.20.0.0/24:5432", "[fd00::5]:5432"],
+        );
+        assert_eq!(super::how_to_reach(&r), "psql -h fd00::5 -p 5432 -d app");
+        let r = resource(ResourceKind::Postgres, &[]);
+        assert!(super::how_to_reach(&r).starts_with("lastmile listen orders"));
+    }
 }

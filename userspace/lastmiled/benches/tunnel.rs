@@ -26,6 +26,9 @@ mod support {
         env!("CARGO_BIN_EXE_lastmiled")
     }
 }
+#[path = "baselines/ssh_forward.rs"]
+#[allow(dead_code)]
+mod ssh_forward;
 #[path = "../tests/support/stack.rs"]
 #[allow(dead_code)]
 mod stack;
@@ -33,7 +36,6 @@ mod stack;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -42,6 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ssh_forward::SshForward;
 use stack::{Listen, Stack};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -161,122 +164,22 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
-/// A private sshd on loopback and an `ssh -N -L` through it.
-struct SshForward {
-    _dir: tempfile::TempDir,
-    sshd: Child,
-    ssh: Child,
-    sink: SocketAddr,
-    echo: SocketAddr,
-}
-
-impl Drop for SshForward {
-    fn drop(&mut self) {
-        let _ = self.ssh.kill();
-        let _ = self.ssh.wait();
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn keygen(path: &Path) {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ssh-keygen failed");
-}
-
-impl SshForward {
-    fn start(sink: SocketAddr, echo: SocketAddr) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        keygen(&d.join("host"));
-        keygen(&d.join("user"));
-        std::fs::copy(d.join("user.pub"), d.join("authorized_keys")).unwrap();
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let port = free_port();
-        std::fs::write(
-            d.join("sshd_config"),
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 StrictModes no\nAllowTcpForwarding yes\nPidFile {}\n",
-                d.join("host").display(),
-                d.join("authorized_keys").display(),
-                d.join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
-        let sshd = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
-            .spawn()
-            .expect("start sshd (apt install openssh-server; `cargo xtask setup` does)");
-        let (fs, fe) = (free_port(), free_port());
-        let user = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .unwrap()
-            .unwrap()
-            .name;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let ssh = Command::new("ssh")
-            .args(["-N", "-p", &port.to_string(), "-i"])
-            .arg(d.join("user"))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "BatchMode=yes",
-                "-L",
-                &format!("127.0.0.1:{fs}:{sink}"),
-                "-L",
-                &format!("127.0.0.1:{fe}:{echo}"),
-                &format!("{user}@127.0.0.1"),
-            ])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let fwd = Self {
-            sink: SocketAddr::from(([127, 0, 0, 1], fs)),
-            echo: SocketAddr::from(([127, 0, 0, 1], fe)),
-            _dir: dir,
-            sshd,
-            ssh,
-        };
-        // Ready when a forwarded connection echoes.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(fwd.echo) {
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut b = [0u8; 1];
-                if s.write_all(b"x").is_ok() && s.read_exact(&mut b).is_ok() {
-                    break;
-                }
+/// `ssh -L` to the sink and the echo; ready when a forwarded connection echoes.
+fn ssh_forwards(sink: SocketAddr, echo: SocketAddr) -> SshForward {
+    let fwd = SshForward::start(&[sink, echo]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(fwd.local[1]) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 1];
+            if s.write_all(b"x").is_ok() && s.read_exact(&mut b).is_ok() {
+                break;
             }
-            assert!(Instant::now() < deadline, "ssh -L did not come up");
-            std::thread::sleep(Duration::from_millis(50));
         }
-        fwd
+        assert!(Instant::now() < deadline, "ssh -L did not come up");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    fwd
 }
 
 /// Seconds to move BULK bytes to the sink at `addr` (until its "ok").
@@ -361,11 +264,11 @@ async fn run() {
     let gw = stack.gateway("gw1").await;
     let listen_sink = Listen::start(&alice, "sink");
     let listen_echo = Listen::start(&alice, "echo");
-    let ssh = SshForward::start(sink, echo);
+    let ssh = ssh_forwards(sink, echo);
     let paths: [(&str, SocketAddr, SocketAddr); 3] = [
         ("direct", sink, echo),
         ("tunnel", listen_sink.addr, listen_echo.addr),
-        ("ssh -L", ssh.sink, ssh.echo),
+        ("ssh -L", ssh.local[0], ssh.local[1]),
     ];
 
     let results = tokio::task::spawn_blocking(move || {
