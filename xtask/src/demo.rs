@@ -261,6 +261,8 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         POSTGRES,
         "--credential",
         "password",
+        "--database-user",
+        "orders",
     ]))?;
     step(
         "the vault: a password from standard input, sealed under the local KMS; listed without it",
