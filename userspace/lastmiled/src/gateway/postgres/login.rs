@@ -41,7 +41,7 @@ pub(super) async fn login(
 ) -> Result<Session, Refusal> {
     let resource = conn.authorized.resource.clone();
     let database = startup.database().unwrap_or_default().to_owned();
-    if !resource.databases.is_empty() && !resource.databases.iter().any(|d| *d == database) {
+    if !resource.databases.is_empty() && !resource.databases.contains(&database) {
         return Err(Refusal::fatal(
             "3D000",
             "database_not_allowed",
