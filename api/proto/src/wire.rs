@@ -313,6 +313,27 @@ pub struct ConnectionAuthorized {
     pub credential: Option<Unlocked>,
 }
 
+/// `POST /v1/gateways/resource-certificate`: a gateway asks for a TLS server certificate
+/// for a resource it serves, so clients that insist on TLS (`sslmode=verify-full`) can
+/// verify the resource's name against the organisation's CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceCertificateRequest {
+    pub resource: String,
+    /// A PEM PKCS#10 request signed by the gateway's key for this certificate.
+    pub csr: String,
+}
+
+/// The answer: a certificate naming the resource's host and protected addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceCertificate {
+    pub resource: String,
+    pub certificate: String,
+    /// The names and addresses it is valid for.
+    pub names: Vec<String>,
+    pub expires_at: i64,
+}
+
 /// `POST /v1/gateways/announce`: where agents reach this gateway's tunnel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

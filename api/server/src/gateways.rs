@@ -307,3 +307,63 @@ pub async fn endpoints(app: &App) -> Result<Vec<GatewayEndpoint>, ApiError> {
     })
     .collect()
 }
+
+/// The names a resource's TLS certificate is valid for: its host, and each single
+/// protected address (a prefix names no one host).
+pub fn resource_names(r: &lastmile_proto::wire::Resource) -> Vec<String> {
+    let mut names = vec![r.host.clone()];
+    for p in &r.protect {
+        if let Some((host, _)) = p.rsplit_once(':') {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if !host.contains('/') && !names.iter().any(|n| n == host) {
+                names.push(host.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// `POST /v1/gateways/resource-certificate`: a TLS certificate for a `postgres`
+/// resource, for gateway `name` to present to clients that ask for TLS.
+pub async fn resource_certificate(
+    app: &App,
+    name: &str,
+    req: &lastmile_proto::wire::ResourceCertificateRequest,
+) -> Result<lastmile_proto::wire::ResourceCertificate, ApiError> {
+    if !is_active(app, name).await? {
+        return Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!("gateway `{name}` was revoked or is not enrolled"),
+        ));
+    }
+    let resource = crate::admin::resource(app, &req.resource).await?;
+    if resource.kind != lastmile_proto::wire::ResourceKind::Postgres {
+        return Err(ApiError::bad_request(
+            "no_tls_for_kind",
+            format!(
+                "resource `{}` is not a postgres resource: only those are served over TLS by gateways",
+                resource.name
+            ),
+        ));
+    }
+    let names = resource_names(&resource);
+    let expires_at = now() + secs(app.config.gateway_certificate_ttl);
+    let certificate = app
+        .pki
+        .resource_certificate(&resource.name, &names, &req.csr, expires_at)
+        .map_err(|e| match e {
+            crate::pki::PkiError::BadCsr(why) => ApiError::bad_request("bad_csr", why),
+            e => ApiError::internal(e),
+        })?;
+    app.audit(
+        "gateway.change",
+        json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "resource_certificate", "resource": resource.name, "names": names, "expires_at": expires_at}),
+    )
+    .await?;
+    Ok(lastmile_proto::wire::ResourceCertificate {
+        resource: resource.name,
+        certificate,
+        names,
+        expires_at,
+    })
+}

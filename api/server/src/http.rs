@@ -50,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/gateways/enroll"),
     ("post", "/v1/gateways/renew"),
     ("post", "/v1/gateways/announce"),
+    ("post", "/v1/gateways/resource-certificate"),
     ("get", "/v1/gateways"),
     ("post", "/v1/connections/authorize"),
     ("post", "/v1/credentials/unlock"),
@@ -190,6 +191,10 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/gateways/enroll", post(enroll))
         .route("/v1/gateways/renew", post(renew))
         .route("/v1/gateways/announce", post(announce))
+        .route(
+            "/v1/gateways/resource-certificate",
+            post(resource_certificate),
+        )
         .route("/v1/gateways", get(gateway_endpoints))
         .route("/v1/connections/authorize", post(authorize_connection))
         .route("/v1/credentials/unlock", post(unlock))
@@ -325,6 +330,16 @@ async fn announce(
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "announce a tunnel")?;
     let a: wire::Announce = json(&b)?;
     ok(gateways::announce(&app, &gw.name, &a).await?)
+}
+
+async fn resource_certificate(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Body(b): Body,
+) -> Reply {
+    let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold a resource's certificate")?;
+    let r: wire::ResourceCertificateRequest = json(&b)?;
+    ok(gateways::resource_certificate(&app, &gw.name, &r).await?)
 }
 
 async fn authorize_connection(

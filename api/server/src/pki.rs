@@ -464,6 +464,39 @@ impl Pki {
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
 
+    /// A resource's TLS server certificate for the key in `csr`, held by a gateway that
+    /// serves the resource: valid for `names` (DNS names and addresses) and server
+    /// authentication only.
+    pub fn resource_certificate(
+        &self,
+        resource: &str,
+        names: &[String],
+        csr_pem: &str,
+        not_after: i64,
+    ) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadCsr(format!(
+                "{e} (send a PEM PKCS#10 request signed by the certificate's new key)"
+            ))
+        })?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("lastmile resource {resource}"));
+        let mut sans = Vec::new();
+        for a in names {
+            sans.push(match a.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(a.clone().try_into()?),
+            });
+        }
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, not_after)?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
     /// A short-lived OpenSSH user certificate for `key` (a gateway's per-connection key),
     /// valid for exactly `principals`, signed by the SSH user CA. Only `permit-pty`: no
     /// agent, port or X11 forwarding.

@@ -39,6 +39,14 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Open a local port into the tunnel for one resource (hosts without eBPF).
     Listen(agent::ListenArgs),
+    /// The organisation's CA certificate, which resources' TLS certificates chain to:
+    /// point a client that verifies them at it (`PGSSLROOTCERT=$(lastmile ca --path)
+    /// psql "sslmode=verify-full host=…"`).
+    Ca {
+        /// Print the file's path instead of the certificate.
+        #[arg(long)]
+        path: bool,
+    },
     /// Read, search, export, decrypt and verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -70,6 +78,7 @@ fn main() -> std::process::ExitCode {
             init_logging();
             run_multi(Box::pin(async move { agent::listen(a).await.map(|()| ok) }))
         }
+        Command::Ca { path } => run(Box::pin(async move { session::ca(path).map(|()| ok) })),
         Command::Audit { command } => match audit::run(*command) {
             Ok(code) => code,
             Err(e) => {

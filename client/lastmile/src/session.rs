@@ -431,6 +431,23 @@ pub async fn resources(out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lastmile ca`: the organisation's CA, as pinned at login.
+pub fn ca(path_only: bool) -> anyhow::Result<()> {
+    let file = home()?.join("ca.pem");
+    let pem = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "reading {}: log in first (`lastmile login --ca …` pins the organisation's CA)",
+            file.display()
+        )
+    })?;
+    if path_only {
+        println!("{}", file.display());
+    } else {
+        print!("{pem}");
+    }
+    Ok(())
+}
+
 pub async fn logout() -> anyhow::Result<()> {
     let home = home()?;
     let Some((client, session)) = load(&home)? else {

@@ -241,6 +241,54 @@ async fn psql_and_pgbench_run_through_the_gateway_with_the_credential_injected()
         );
     }
 
+    // A client that insists on TLS, and verifies the resource's name against the
+    // organisation's CA (`lastmile ca --path`), gets TLS from the gateway.
+    let (code, ca_path, _) = stack.lastmile(&alice, &["ca", "--path"], "").await;
+    assert_eq!(code, 0);
+    for mode in ["require", "verify-full"] {
+        let out = Command::new(pg.bin_dir().join("psql"))
+            .args([
+                "-X",
+                "-w",
+                "-A",
+                "-t",
+                "-c",
+                "\\conninfo",
+                "-c",
+                "select 'tls ok'",
+            ])
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname=lastmile user=whoever sslmode={mode} sslrootcert={}",
+                listen.addr.port(),
+                ca_path.trim()
+            ))
+            .output()
+            .unwrap();
+        let text = ok(&out);
+        assert!(
+            text.contains("SSL connection (protocol: TLSv1.3") && text.contains("tls ok"),
+            "{mode}: {text}"
+        );
+    }
+    // Another CA as the root: refused by psql itself.
+    let (other_ca, _, _) = server_tls();
+    let other = std::env::temp_dir().join(format!("lastmile-other-ca-{}.pem", std::process::id()));
+    std::fs::write(&other, other_ca).unwrap();
+    let out = Command::new(pg.bin_dir().join("psql"))
+        .args(["-X", "-w", "-c", "select 1"])
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=lastmile user=whoever sslmode=verify-full sslrootcert={}",
+            listen.addr.port(),
+            other.display()
+        ))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&other);
+    assert!(
+        !out.status.success(),
+        "psql accepted a certificate from another CA"
+    );
+
     // An MD5 user works too.
     let md5 = Listen::start(&alice, "orders-md5");
     let out = ok(&psql(

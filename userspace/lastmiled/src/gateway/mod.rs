@@ -83,6 +83,8 @@ struct Gateway {
     next: AtomicU64,
     /// PostgreSQL connections' cancel keys.
     cancels: postgres::Cancels,
+    /// TLS towards PostgreSQL clients that ask for it, per resource.
+    server_tls: postgres::ServerTls,
     /// Whether `db.query` events carry bound parameters.
     log_query_params: bool,
 }
@@ -226,6 +228,7 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         tunnels: Mutex::new(HashMap::new()),
         next: AtomicU64::new(1),
         cancels: postgres::Cancels::default(),
+        server_tls: postgres::ServerTls::default(),
         log_query_params: config.log_query_params,
     });
     info!(gateway = %gw.name, listen = %local, %announce, "gateway serving tunnels");

@@ -8,8 +8,7 @@ use lastmile_postgres::{
     message::{self, AuthRequest, Backend},
     startup::{CancelKey, StartupMessage},
 };
-use lastmile_tunnel::stream::ClientStream;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use zeroize::Zeroizing;
 
 use super::{
@@ -34,9 +33,9 @@ fn passed_on(name: &str) -> bool {
     !matches!(name, "user" | "database" | "replication") && !name.starts_with("_pq_.")
 }
 
-pub(super) async fn login(
+pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection,
-    client: &mut ClientStream,
+    client: &mut S,
     startup: &StartupMessage,
 ) -> Result<Session, Refusal> {
     let resource = conn.authorized.resource.clone();
@@ -245,12 +244,13 @@ pub(super) async fn login(
 
 /// Reads more of the server's login messages. The client must stay quiet meanwhile: it
 /// has not been told it is logged in.
-async fn read_more(
+async fn read_more<S: AsyncRead + Unpin>(
     upstream: &mut Upstream,
     buf: &mut BytesMut,
-    client: &mut ClientStream,
+    client: &mut S,
 ) -> Result<(), Refusal> {
     buf.reserve(8 << 10);
+    let mut early = [0u8; 1];
     tokio::select! {
         n = upstream.read_buf(buf) => match n {
             Ok(0) | Err(_) => Err(Refusal::fatal(
@@ -260,8 +260,8 @@ async fn read_more(
             )),
             Ok(_) => Ok(()),
         },
-        chunk = client.read_chunk() => match chunk {
-            Ok(Some(_)) => Err(Refusal::fatal(
+        read = client.read(&mut early) => match read {
+            Ok(n) if n > 0 => Err(Refusal::fatal(
                 "08P01",
                 "protocol_violation",
                 "lastmile: the client sent messages before authentication completed",

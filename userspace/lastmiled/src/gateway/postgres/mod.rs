@@ -2,10 +2,14 @@
 //! the server with the resource's credential, and relays, logging every statement.
 //!
 //! The phases of one connection (PostgreSQL 15 docs, "Frontend/Backend Protocol"):
-//! 1. **Startup** (§55.2.1): the gateway answers the client itself. An SSLRequest or
-//!    GSSENCRequest is answered `N`: the tunnel already encrypts the hop, and the first
-//!    hop is this host's loopback or redirected socket (see the README for clients that
-//!    insist on TLS). A CancelRequest is mapped to the server's real key ([`cancel`]).
+//! 1. **Startup** (§55.2.1): the gateway answers the client itself. An SSLRequest is
+//!    answered `S` and TLS is terminated here, at the gateway, with a certificate for
+//!    the resource's names from the organisation's CA ([`tls`]): the key stays on the
+//!    gateway, which serves the resource, rather than on every user's host, and a client
+//!    with `sslmode=verify-full` and the organisation's CA as its root verifies the name
+//!    it dialled. (The tunnel already encrypts the hop; TLS here is for clients that
+//!    insist on it.) GSSENCRequest is answered `N`. A CancelRequest is mapped to the
+//!    server's real key ([`cancel`]).
 //! 2. **Login** ([`login`]): the database the client asked for is checked against the
 //!    resource's list; the gateway connects with the resource's `upstream_tls` and
 //!    authenticates as the resource's database user with the credential the API released
@@ -18,6 +22,7 @@
 mod cancel;
 mod login;
 mod relay;
+mod tls;
 mod upstream;
 
 use std::time::Duration;
@@ -28,10 +33,11 @@ use lastmile_postgres::{
     startup::{self, StartupMessage, StartupPacket},
 };
 use lastmile_tunnel::{server::Incoming, stream::ClientStream};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tracing::{info, warn};
 
 pub(super) use cancel::Cancels;
+pub(super) use tls::ServerTls;
 
 use super::streams::Connection;
 use crate::events::{DbRefusal, Event, EventBody};
@@ -49,29 +55,81 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
     };
     let mut client = ClientStream::new(send, recv, conn.meter.clone());
     let mut buf = BytesMut::new();
-    let startup =
-        match tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut client, &mut buf)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(refusal)) => return refuse(&mut conn, &mut client, refusal).await,
-            Err(_) => {
-                return refuse(
-                    &mut conn,
-                    &mut client,
-                    Refusal::fatal(
-                        "08P01",
-                        "protocol_violation",
-                        "lastmile: no startup packet within 30 s",
-                    ),
-                )
+    match startup_within(&mut client, &mut buf, true).await {
+        Ok(Startup::Tls) => {
+            let config = conn
+                .gw
+                .server_tls
+                .config(&conn.gw, &conn.authorized.resource)
                 .await;
+            match config {
+                Ok(config) => {
+                    if write(&mut client, &[message::SSL_SUPPORTED]).await.is_err() {
+                        return;
+                    }
+                    match tokio_rustls::TlsAcceptor::from(config).accept(client).await {
+                        Ok(tls) => {
+                            conn.record.extra.insert("client_tls".into(), true.into());
+                            begin(conn, tls, BytesMut::new(), false).await
+                        }
+                        Err(e) => {
+                            info!(error = %e, "client TLS handshake failed");
+                            conn.record.error = Some(format!("client TLS handshake: {e}"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Without a certificate the client is told `N`: one that insists on
+                    // TLS gives up, others go on in the (already encrypted) tunnel.
+                    warn!(error = %e, "no TLS certificate for this resource; answering N");
+                    if write(&mut client, &[message::SSL_NOT_SUPPORTED])
+                        .await
+                        .is_ok()
+                    {
+                        begin(conn, client, buf, false).await;
+                    }
+                }
             }
-        };
+        }
+        Ok(other) => finish(conn, client, buf, other).await,
+        Err(refusal) => refuse(&mut conn, &mut client, refusal).await,
+    }
+}
+
+/// Reads the (rest of the) startup on `client` and goes on with the connection.
+async fn begin<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut conn: Connection,
+    mut client: S,
+    mut buf: BytesMut,
+    tls_possible: bool,
+) {
+    match startup_within(&mut client, &mut buf, tls_possible).await {
+        Ok(Startup::Tls) => {
+            let refusal = Refusal::fatal(
+                "08P01",
+                "protocol_violation",
+                "lastmile: a second encryption request",
+            );
+            refuse(&mut conn, &mut client, refusal).await;
+        }
+        Ok(other) => finish(conn, client, buf, other).await,
+        Err(refusal) => refuse(&mut conn, &mut client, refusal).await,
+    }
+}
+
+async fn finish<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut conn: Connection,
+    mut client: S,
+    buf: BytesMut,
+    startup: Startup,
+) {
     let startup = match startup {
         Startup::Cancel(key) => {
             cancel::forward(&mut conn, key).await;
             return;
         }
         Startup::Login(s) => s,
+        Startup::Tls => return,
     };
     if !buf.is_empty() {
         // §55.2.1: the client waits for the authentication exchange; anything sent
@@ -99,11 +157,34 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
 enum Startup {
     Login(StartupMessage),
     Cancel(startup::CancelKey),
+    /// It asked for TLS, and the caller may give it.
+    Tls,
 }
 
-/// Reads startup packets until a StartupMessage or CancelRequest, answering SSLRequest
-/// and GSSENCRequest with `N` and a newer protocol with NegotiateProtocolVersion.
-async fn read_startup(client: &mut ClientStream, buf: &mut BytesMut) -> Result<Startup, Refusal> {
+async fn startup_within<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    tls_possible: bool,
+) -> Result<Startup, Refusal> {
+    tokio::time::timeout(STARTUP_TIMEOUT, read_startup(client, buf, tls_possible))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal::fatal(
+                "08P01",
+                "protocol_violation",
+                "lastmile: no startup packet within 30 s",
+            ))
+        })
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest (or an SSLRequest the
+/// caller may answer with TLS), answering GSSENCRequest (and SSLRequest when TLS is not
+/// possible) with `N` and a newer protocol with NegotiateProtocolVersion.
+async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    tls_possible: bool,
+) -> Result<Startup, Refusal> {
     loop {
         let parsed = startup::parse_startup(buf).map_err(|e| {
             Refusal::fatal(
@@ -113,24 +194,22 @@ async fn read_startup(client: &mut ClientStream, buf: &mut BytesMut) -> Result<S
             )
         })?;
         let Some((packet, used)) = parsed else {
-            match client.read_chunk().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > startup::MAX_STARTUP_PACKET + 8 {
-                        return Err(Refusal::fatal(
-                            "08P01",
-                            "bad_startup",
-                            "lastmile: the startup packet is too long",
-                        ));
-                    }
-                    buf.extend_from_slice(&chunk);
-                    continue;
-                }
-                Ok(None) | Err(_) => {
+            if buf.len() > startup::MAX_STARTUP_PACKET + 8 {
+                return Err(Refusal::fatal(
+                    "08P01",
+                    "bad_startup",
+                    "lastmile: the startup packet is too long",
+                ));
+            }
+            buf.reserve(4096);
+            match client.read_buf(buf).await {
+                Ok(0) | Err(_) => {
                     return Err(Refusal::silent(
                         "client_gone",
                         "the client closed before its startup packet",
                     ));
                 }
+                Ok(_) => continue,
             }
         };
         buf.advance(used);
@@ -144,6 +223,9 @@ async fn read_startup(client: &mut ClientStream, buf: &mut BytesMut) -> Result<S
                         "protocol_violation",
                         "lastmile: the client sent data after its encryption request before the answer",
                     ));
+                }
+                if tls_possible && matches!(packet, StartupPacket::SslRequest) {
+                    return Ok(Startup::Tls);
                 }
                 write(client, &[message::SSL_NOT_SUPPORTED]).await?;
             }
@@ -163,7 +245,7 @@ async fn read_startup(client: &mut ClientStream, buf: &mut BytesMut) -> Result<S
     }
 }
 
-async fn write(client: &mut ClientStream, bytes: &[u8]) -> Result<(), Refusal> {
+async fn write<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<(), Refusal> {
     client
         .write_all(bytes)
         .await
@@ -212,7 +294,7 @@ impl Refusal {
 }
 
 /// Tells the client (FATAL) and the audit log (`db.refused`) why the connection ends.
-async fn refuse(conn: &mut Connection, client: &mut ClientStream, refusal: Refusal) {
+async fn refuse<S: AsyncWrite + Unpin>(conn: &mut Connection, client: &mut S, refusal: Refusal) {
     warn!(code = refusal.code, message = %refusal.message, "postgres connection refused");
     conn.record.error = Some(format!("{}: {}", refusal.code, refusal.message));
     conn.gw

@@ -21,8 +21,9 @@ use lastmile_postgres::{
     message::{self, Frontend},
     statements::{CopyDirection, Outcome, Protocol, Statement, StatementLog},
 };
-use lastmile_tunnel::stream::{ClientReader, ClientStream, ClientWriter};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
+};
 use tracing::{debug, info};
 
 use super::{Refusal, login::Session, upstream::Upstream};
@@ -59,7 +60,11 @@ struct Shared {
     client_mid_message: AtomicBool,
 }
 
-pub(super) async fn run(mut conn: Connection, client: ClientStream, session: Session) {
+pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut conn: Connection,
+    client: S,
+    session: Session,
+) {
     let Session {
         database,
         upstream,
@@ -73,7 +78,7 @@ pub(super) async fn run(mut conn: Connection, client: ClientStream, session: Ses
         statements: AtomicU64::new(0),
         client_mid_message: AtomicBool::new(false),
     });
-    let (from_client, mut to_client) = client.into_split();
+    let (from_client, mut to_client) = tokio::io::split(client);
     let (from_server, to_server) = tokio::io::split(upstream);
     let mut ending = conn.ending.clone();
     let result = {
@@ -134,10 +139,10 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, StatementLog> {
     }
 }
 
-async fn client_to_server(
+async fn client_to_server<S: AsyncRead>(
     conn: &Connection,
     shared: &Shared,
-    mut from_client: ClientReader,
+    mut from_client: ReadHalf<S>,
     mut to_server: WriteHalf<Upstream>,
 ) -> Result<(), Refusal> {
     let mut scanner = Scanner::new(Limits::default(), frontend_inspected);
@@ -150,15 +155,15 @@ async fn client_to_server(
         )
     };
     loop {
-        let chunk = match from_client.read_chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) | Err(_) => {
+        buf.reserve(READ);
+        match from_client.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
                 // The client is done: so is the server connection.
                 let _ = to_server.shutdown().await;
                 return Ok(());
             }
-        };
-        buf.extend_from_slice(&chunk);
+            Ok(_) => {}
+        }
         let mut pos = 0;
         let now = Instant::now();
         loop {
@@ -208,12 +213,12 @@ async fn client_to_server(
     }
 }
 
-async fn server_to_client(
+async fn server_to_client<W: AsyncWrite>(
     conn: &Connection,
     shared: &Shared,
     database: &str,
     mut from_server: ReadHalf<Upstream>,
-    to_client: &mut ClientWriter,
+    to_client: &mut WriteHalf<W>,
     mut buf: BytesMut,
 ) -> Result<(), Refusal> {
     let mut scanner = Scanner::new(Limits::default(), backend_inspected);
@@ -261,12 +266,12 @@ async fn server_to_client(
             }
         }
         if pos > 0 {
-            let ready = buf.split_to(pos).freeze();
+            let ready = buf.split_to(pos);
             shared
                 .client_mid_message
                 .store(scanner.mid_message(), Ordering::Release);
             to_client
-                .write_bytes(ready)
+                .write_all(&ready)
                 .await
                 .map_err(|_| Refusal::silent("client_gone", "the client went away"))?;
         }
