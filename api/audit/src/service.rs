@@ -111,17 +111,17 @@ enum Command {
     Append {
         events: Vec<Value>,
         writer: String,
-        reply: oneshot::Sender<Result<Appended, String>>,
+        reply: oneshot::Sender<Result<Appended, Refusal>>,
     },
     Inclusion {
         index: u64,
         size: u64,
-        reply: oneshot::Sender<Result<ProofBody, String>>,
+        reply: oneshot::Sender<Result<ProofBody, Refusal>>,
     },
     Consistency {
         old: u64,
         new: u64,
-        reply: oneshot::Sender<Result<ProofBody, String>>,
+        reply: oneshot::Sender<Result<ProofBody, Refusal>>,
     },
 }
 
@@ -143,6 +143,7 @@ struct App {
 }
 
 /// An error answered with its status and a message that says what to do.
+#[derive(Debug)]
 struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
@@ -256,7 +257,6 @@ async fn append(
         ));
     }
     let (reply, answer) = oneshot::channel();
-    // A failed append is the log's trouble (disk full, say), not the writer's.
     ask(
         &app,
         Command::Append {
@@ -265,7 +265,6 @@ async fn append(
             reply,
         },
         answer,
-        StatusCode::SERVICE_UNAVAILABLE,
     )
     .await
     .map(Json)
@@ -274,8 +273,7 @@ async fn append(
 async fn ask<T>(
     app: &App,
     command: Command,
-    answer: oneshot::Receiver<Result<T, String>>,
-    on_error: StatusCode,
+    answer: oneshot::Receiver<Result<T, Refusal>>,
 ) -> Result<T, Refusal> {
     let unavailable = || {
         Refusal(
@@ -287,10 +285,7 @@ async fn ask<T>(
         .send(command)
         .await
         .map_err(|_| unavailable())?;
-    answer
-        .await
-        .map_err(|_| unavailable())?
-        .map_err(|e| Refusal(on_error, e))
+    answer.await.map_err(|_| unavailable())?
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,7 +360,6 @@ async fn inclusion(
             reply,
         },
         answer,
-        StatusCode::BAD_REQUEST,
     )
     .await
     .map(Json)
@@ -390,7 +384,6 @@ async fn consistency(
             reply,
         },
         answer,
-        StatusCode::BAD_REQUEST,
     )
     .await
     .map(Json)
@@ -455,20 +448,32 @@ async fn own_the_log(
         // Group commit: every append queued meanwhile shares one fsync.
         let result = tokio::task::block_in_place(|| log.append_batches(batches, SystemTime::now()));
         match result {
-            Ok(ranges) => {
-                for (range, reply) in ranges.into_iter().zip(waiting) {
-                    let appended = Appended {
-                        first: range.start,
-                        count: range.end - range.start,
-                        tree_size: log.size(),
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(waiting) {
+                    let answer = match result {
+                        Ok(range) => Ok(Appended {
+                            first: range.start,
+                            count: range.end - range.start,
+                            tree_size: log.size(),
+                        }),
+                        // The writer's event, not the log, is at fault: refuse it alone.
+                        Err(too_large) => {
+                            warn!(error = %too_large, "batch refused");
+                            Err(Refusal(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                too_large.to_string(),
+                            ))
+                        }
                     };
-                    let _ = reply.send(Ok(appended));
+                    let _ = reply.send(answer);
                 }
             }
             Err(e) => {
+                // The log's trouble (disk full, say), not the writer's.
                 error!(error = %e, "append failed; nothing acknowledged");
                 for reply in waiting {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ =
+                        reply.send(Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string())));
                 }
             }
         }
@@ -487,17 +492,22 @@ fn checkpoint(log: &Log, publisher: &mut Publisher) {
     }
 }
 
-fn prefix(log: &Log, size: u64) -> Result<&[Hash], String> {
+fn prefix(log: &Log, size: u64) -> Result<&[Hash], Refusal> {
     log.leaves()
         .get(..usize::try_from(size).unwrap_or(usize::MAX))
-        .ok_or_else(|| format!("the log holds {} entries, fewer than {size}", log.size()))
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("the log holds {} entries, fewer than {size}", log.size()),
+            )
+        })
 }
 
-fn proof_body(p: Result<Vec<Hash>, lastmile_audit_log::ProofError>) -> Result<ProofBody, String> {
+fn proof_body(p: Result<Vec<Hash>, lastmile_audit_log::ProofError>) -> Result<ProofBody, Refusal> {
     p.map(|hashes| ProofBody {
         proof: hashes.iter().map(ToString::to_string).collect(),
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn tls_config(config: &ServeConfig) -> anyhow::Result<ServerConfig> {

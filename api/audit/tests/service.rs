@@ -454,6 +454,36 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_the_entry_limit_gets_a_413_and_later_appends_go_on() {
+    let s = start();
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    let big = serde_json::json!([{ "kind": "query", "text": "x".repeat(1 << 20) }]);
+    let resp = gw
+        .post(url(&s, "/v1/events"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("over the 1048576-byte limit"), "{text}");
+    for n in 0..2 {
+        let resp = gw
+            .post(url(&s, "/v1/events"))
+            .json(&serde_json::json!([{ "kind": "query", "n": n }]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let appended: Appended = resp.json().await.unwrap();
+        assert_eq!(appended.first, n, "the refused event took no position");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing() {
     use lastmile_audit_sink::{AuditWriter, Policy, QueryText, ServiceTarget};
     let mut s = start();
