@@ -141,6 +141,21 @@ impl Publisher {
         self.last_size
     }
 
+    /// The newest note in the log's own directory and in the witness, as (file, text):
+    /// what the log must still match before it appends.
+    pub fn latest_notes(&self) -> Result<Vec<(PathBuf, String)>, PublishError> {
+        let mut notes: Vec<_> = latest_note(&self.dir)?.into_iter().collect();
+        if let Some(w) = &self.witness {
+            notes.extend(latest_note(w)?);
+        }
+        Ok(notes)
+    }
+
+    /// The key that opens this publisher's notes.
+    pub fn verifier(&self) -> NoteVerifier {
+        self.signer.verifier()
+    }
+
     /// Signs and publishes a checkpoint of (`size`, `root`) unless one of that size exists.
     /// Returns the note when one was published.
     pub fn publish(
@@ -234,10 +249,50 @@ pub fn read_notes(dir: &Path) -> Result<Vec<(PathBuf, String)>, PublishError> {
 }
 
 fn latest_size(dir: &Path) -> Result<Option<u64>, PublishError> {
-    Ok(read_notes(dir)?
-        .iter()
-        .filter_map(|(p, _)| p.file_stem()?.to_str()?.parse::<u64>().ok())
-        .max())
+    Ok(latest_note_path(dir)?.map(|(size, _)| size))
+}
+
+/// The note in `dir` named for the largest size, found by its name alone.
+fn latest_note_path(dir: &Path) -> Result<Option<(u64, PathBuf)>, PublishError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(PublishError::Io {
+                path: dir.to_owned(),
+                source: e,
+            });
+        }
+    };
+    let mut latest = None;
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("note") {
+            continue;
+        }
+        let Some(size) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if latest.as_ref().is_none_or(|(l, _)| size > *l) {
+            latest = Some((size, path));
+        }
+    }
+    Ok(latest)
+}
+
+/// The newest note in `dir` (by the size in its name), as (file, text).
+pub fn latest_note(dir: &Path) -> Result<Option<(PathBuf, String)>, PublishError> {
+    match latest_note_path(dir)? {
+        Some((_, path)) => {
+            let text = fs::read_to_string(&path).map_err(io(&path))?;
+            Ok(Some((path, text)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Opens a note with `verifier`; a helper for callers that only need the checkpoint.

@@ -379,3 +379,46 @@ fn a_segment_damaged_before_the_newest_is_refused_at_open() {
     assert!(err.contains("not a torn write"), "{err}");
     let _ = segment::list_segments(&segments_dir(&f.data)).unwrap();
 }
+
+#[test]
+fn a_log_changed_while_closed_is_refused_at_open() {
+    let f = fixture();
+    rewrite_records(&segment_file(&f), |records| {
+        let text = String::from_utf8(records[42][8..].to_vec())
+            .unwrap()
+            .replace("\"n\":42", "\"n\":43");
+        records[42] = forged_record(text.as_bytes());
+    });
+    let err =
+        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap_err();
+    assert!(
+        matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lastmile audit verify"), "{err}");
+    // With its own checkpoints gone, the witness still remembers.
+    fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
+    let err =
+        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap_err();
+    assert!(
+        matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn entries_after_the_last_checkpoint_are_adopted_at_open() {
+    let f = fixture();
+    // Acknowledged after the last checkpoint, then the log stopped.
+    let (mut log, _) = Log::open(&f.data, 1 << 20).unwrap();
+    log.append(
+        vec![serde_json::json!({"kind": "login"})],
+        "gw-1",
+        SystemTime::now(),
+    )
+    .unwrap();
+    drop(log);
+    let (log, _, _) =
+        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap();
+    assert_eq!(log.size(), 101);
+}
