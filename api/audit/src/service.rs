@@ -7,8 +7,12 @@
 //! changes or removes an entry.
 //!
 //! One task owns the log: appends queued while it was writing go out together in one
-//! durable batch (group commit), and a checkpoint is signed at least every second while
-//! there are new entries.
+//! durable batch (group commit), and a checkpoint is signed every second while there are
+//! new entries. While a checkpoint cannot be published (witness unmounted, a fork, a note
+//! already in its place), appends are refused with a 503, so that writers keep their
+//! events in their spool rather than have them acknowledged by a log nobody can verify;
+//! the failure is logged as an error (`alert = "audit_log_unverifiable"`) when it starts
+//! and every minute while it lasts, and appends resume by themselves once it clears.
 
 use std::{
     net::SocketAddr,
@@ -396,19 +400,23 @@ async fn own_the_log(
     mut commands: mpsc::Receiver<Command>,
     commit_window: Duration,
 ) {
+    // A checkpoint on every tick: select! picks among ready branches at random, so a busy
+    // stream of appends does not starve it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_checkpoint = std::time::Instant::now();
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Why the log cannot be made verifiable now; while it cannot, nothing is acknowledged.
+    let mut unverifiable: Option<Unverifiable> = None;
     loop {
-        if last_checkpoint.elapsed() >= Duration::from_secs(1) {
-            checkpoint(&log, &mut publisher);
-            last_checkpoint = std::time::Instant::now();
-        }
         let first = tokio::select! {
             c = commands.recv() => match c {
                 Some(c) => c,
                 None => return,
             },
-            _ = tick.tick() => continue,
+            _ = tick.tick() => {
+                let result = checkpoint(&log, &mut publisher);
+                unverifiable = alert(unverifiable, result);
+                continue;
+            }
         };
         let mut queued = vec![first];
         if !commit_window.is_zero() {
@@ -443,6 +451,21 @@ async fn own_the_log(
             }
         }
         if batches.is_empty() {
+            continue;
+        }
+        if let Some(u) = &unverifiable {
+            // Writers keep these in their spool until the log can vouch for them again.
+            for reply in waiting {
+                let _ = reply.send(Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the log is refusing appends because it cannot publish a checkpoint \
+                         ({}), so nothing it acknowledged could be verified; keep the events \
+                         and send them again: appends resume once an operator fixes the cause",
+                        u.why
+                    ),
+                )));
+            }
             continue;
         }
         // Group commit: every append queued meanwhile shares one fsync.
@@ -480,15 +503,58 @@ async fn own_the_log(
     }
 }
 
-fn checkpoint(log: &Log, publisher: &mut Publisher) {
+/// A failure to make the log verifiable, since when, and when it was last reported.
+struct Unverifiable {
+    why: String,
+    last_alert: std::time::Instant,
+}
+
+/// How often a failure that persists is reported again.
+const ALERT_AGAIN: Duration = Duration::from_secs(60);
+
+fn checkpoint(log: &Log, publisher: &mut Publisher) -> Result<(), checkpoints::PublishError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    match publisher.publish(log.size(), log.root(), now) {
-        Ok(Some(_)) => info!(size = log.size(), "checkpoint signed"),
-        Ok(None) => {}
-        Err(e) => error!(error = %e, "checkpoint not published"),
+    if publisher.publish(log.size(), log.root(), now)?.is_some() {
+        info!(size = log.size(), "checkpoint signed");
+    }
+    Ok(())
+}
+
+/// The state after a checkpoint attempt, reporting a failure when it starts, every
+/// [`ALERT_AGAIN`] while it lasts, and its end.
+fn alert(
+    state: Option<Unverifiable>,
+    result: Result<(), checkpoints::PublishError>,
+) -> Option<Unverifiable> {
+    match (state, result) {
+        (None, Ok(())) => None,
+        (Some(u), Ok(())) => {
+            info!(was = %u.why, "checkpoint published again; appends are acknowledged again");
+            None
+        }
+        (state, Err(e)) => {
+            let why = e.to_string();
+            let due = state
+                .as_ref()
+                .is_none_or(|u| u.why != why || u.last_alert.elapsed() >= ALERT_AGAIN);
+            if due {
+                error!(
+                    alert = "audit_log_unverifiable",
+                    error = %why,
+                    "checkpoint not published: appends are refused until it can be"
+                );
+            }
+            Some(Unverifiable {
+                why,
+                last_alert: match state {
+                    Some(u) if !due => u.last_alert,
+                    _ => std::time::Instant::now(),
+                },
+            })
+        }
     }
 }
 

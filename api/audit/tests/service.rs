@@ -483,6 +483,62 @@ async fn an_event_over_the_entry_limit_gets_a_413_and_later_appends_go_on() {
     }
 }
 
+/// POSTs one event as gw-1; returns the status and body.
+async fn append_one(s: &Service, gw: &reqwest::Client, n: u64) -> (u16, String) {
+    let resp = gw
+        .post(url(s, "/v1/events"))
+        .json(&serde_json::json!([{ "kind": "query", "n": n }]))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appends_are_refused_while_a_checkpoint_cannot_be_published() {
+    let s = start();
+    let witness = s.data.parent().unwrap().join("witness");
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    assert_eq!(append_one(&s, &gw, 0).await.0, 200);
+    wait_checkpoint(&s, &gw, 1).await;
+
+    // Someone got to the witness first: the next note is already there.
+    let next = witness.join("00000000000000000002.note");
+    std::fs::write(&next, "not this log's note\n").unwrap();
+    assert_eq!(
+        append_one(&s, &gw, 1).await.0,
+        200,
+        "acknowledged before the attempt"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, text) = append_one(&s, &gw, 2).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("cannot publish a checkpoint"), "{text}");
+    assert!(text.contains("FORK"), "{text}");
+
+    // Cleared: the log signs again and acknowledges again.
+    std::fs::remove_file(&next).unwrap();
+    wait_checkpoint(&s, &gw, 2).await;
+    assert_eq!(append_one(&s, &gw, 3).await.0, 200);
+    wait_checkpoint(&s, &gw, 3).await;
+
+    // The witness unmounted: its mount point is an empty directory again.
+    std::fs::rename(&witness, witness.with_extension("real")).unwrap();
+    std::fs::create_dir(&witness).unwrap();
+    assert_eq!(append_one(&s, &gw, 4).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, text) = append_one(&s, &gw, 5).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("no longer holds checkpoint 3"), "{text}");
+    assert!(
+        std::fs::read_dir(&witness).unwrap().next().is_none(),
+        "nothing written to the wrong place"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing() {
     use lastmile_audit_sink::{AuditWriter, Policy, QueryText, ServiceTarget};
