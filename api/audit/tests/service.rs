@@ -612,3 +612,68 @@ async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing(
     assert_eq!(order, [1, 2, 3, 4], "nothing lost, nothing reordered");
     assert_eq!(std::fs::read_to_string(&local).unwrap().lines().count(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spool_torn_by_a_crash_or_damaged_loses_only_the_damaged_event() {
+    use lastmile_audit_sink::{AuditWriter, Policy, ServiceTarget};
+    let mut s = start();
+    let dir = s.data.parent().unwrap().to_owned();
+    let (cert, key) = s.ca.leaf(&[], Some("lastmile://gateway/gw-1"));
+    std::fs::write(dir.join("gw.pem"), cert).unwrap();
+    std::fs::write(dir.join("gw.key"), key).unwrap();
+    let target = ServiceTarget {
+        url: url(&s, ""),
+        ca: dir.join("ca.pem"),
+        cert: dir.join("gw.pem"),
+        key: dir.join("gw.key"),
+        spool: dir.join("spool/gw-1.jsonl"),
+    };
+    let writer = || AuditWriter::new(Policy::default(), &[], None, Some(&target)).unwrap();
+    let event = |n: u64| serde_json::json!({"v": 1, "kind": "query", "session": "s1", "n": n});
+
+    s.stop();
+    let w = writer();
+    for n in 1..=4 {
+        assert!(w.write(event(n)).await.unwrap().spooled.is_some());
+    }
+    drop(w);
+    // A bit flipped in event 2 (no longer UTF-8), and a crash in the middle of a write.
+    let mut bytes = std::fs::read(&target.spool).unwrap();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"\"n\":2")
+        .expect("event 2 in the spool");
+    bytes[at + 4] = 0xff;
+    bytes.extend_from_slice(b"{\"v\":1,\"kind\":\"query\",\"n\":9");
+    std::fs::write(&target.spool, bytes).unwrap();
+
+    // The next process spools one more, then the service is back.
+    let w = writer();
+    assert!(w.write(event(5)).await.unwrap().spooled.is_some());
+    s.restart();
+    w.flush().await.unwrap();
+    assert!(!target.spool.exists(), "everything intact was delivered");
+
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    wait_checkpoint(&s, &gw, 4).await;
+    let order: Vec<u64> = lastmile_audit::log::read_entries(&s.data)
+        .unwrap()
+        .records()
+        .map(|(_, r)| {
+            let e: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            e["event"]["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(order, [1, 3, 4, 5], "only the damaged event is missing");
+    let mut damaged = target.spool.clone().into_os_string();
+    damaged.push(".damaged");
+    let damaged = std::fs::read(damaged).expect("the damaged bytes are kept");
+    assert!(
+        damaged.windows(4).any(|w| w == b"\"n\":"),
+        "{}",
+        String::from_utf8_lossy(&damaged)
+    );
+}
