@@ -166,9 +166,13 @@ impl Spool {
         Ok(parsed.events)
     }
 
-    /// Appends `event` durably, after a torn tail (if any) is moved aside.
-    pub fn append(&mut self, event: &Value) -> Result<(), WriteError> {
-        let record = frame(event)?;
+    /// Appends `events` durably (one write, one sync), after a torn tail (if any) is moved
+    /// aside.
+    pub fn append(&mut self, events: &[Value]) -> Result<(), WriteError> {
+        let mut record = Vec::new();
+        for e in events {
+            record.extend(frame(e)?);
+        }
         let len = match fs::metadata(&self.path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -310,14 +314,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool");
         let mut spool = Spool::new(&path);
-        spool.append(&json!({"n": 1})).unwrap();
+        spool.append(&[json!({"n": 1})]).unwrap();
         // The crash: half a record, then a new process.
         let whole = frame(&json!({"n": 2})).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&whole[..5]).unwrap();
         let mut spool = Spool::new(&path);
-        spool.append(&json!({"n": 3})).unwrap();
-        assert_eq!(spool.pending().unwrap(), [json!({"n": 1}), json!({"n": 3})]);
+        spool.append(&[json!({"n": 3}), json!({"n": 4})]).unwrap();
+        assert_eq!(
+            spool.pending().unwrap(),
+            [json!({"n": 1}), json!({"n": 3}), json!({"n": 4})]
+        );
         assert_eq!(fs::read(spool.damaged_path()).unwrap(), whole[..5]);
         spool.keep_only(&[json!({"n": 3})]).unwrap();
         assert_eq!(spool.pending().unwrap(), [json!({"n": 3})]);

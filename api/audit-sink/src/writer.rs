@@ -177,7 +177,7 @@ impl AuditWriter {
             match refused {
                 None => delivery.service = true,
                 Some(why) => {
-                    spool.append(&event)?;
+                    spool.append(std::slice::from_ref(&event))?;
                     delivery.spooled = Some(why);
                 }
             }
