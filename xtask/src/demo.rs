@@ -123,6 +123,8 @@ pub fn run() -> anyhow::Result<()> {
 /// would.
 fn audit(bin: &Path, dir: &Path, events: &Path) -> anyhow::Result<()> {
     let data = dir.join("audit");
+    // Stands for write-once storage off the log's host; verify needs it as its anchor.
+    let witness = dir.join("audit-witness");
     let origin = "demo.lastmile/audit";
     step("`lastmile-audit init`: a log with its own signing key");
     let out = Command::new(bin.join("lastmile-audit"))
@@ -148,15 +150,19 @@ fn audit(bin: &Path, dir: &Path, events: &Path) -> anyhow::Result<()> {
                 origin,
                 "--writer",
                 "lastmile://node/demo",
-                "--data-dir",
+                "--witness",
             ])
+            .arg(&witness)
+            .arg("--data-dir")
             .arg(&data)
             .stdin(std::fs::File::open(events)?),
     )?;
-    step("`lastmile audit verify`");
+    step("`lastmile audit verify`, anchored by the witness's checkpoints");
     must(
         Command::new(bin.join("lastmile"))
-            .args(["audit", "verify", "--key", &key, "--data-dir"])
+            .args(["audit", "verify", "--key", &key, "--witness"])
+            .arg(&witness)
+            .arg("--data-dir")
             .arg(&data),
     )?;
     step("`lastmile audit search --kind node.refused_no_agent`");
@@ -183,7 +189,9 @@ fn audit(bin: &Path, dir: &Path, events: &Path) -> anyhow::Result<()> {
         .into_bytes();
     std::fs::write(&segment, forged)?;
     let out = Command::new(bin.join("lastmile"))
-        .args(["audit", "verify", "--key", &key, "--data-dir"])
+        .args(["audit", "verify", "--key", &key, "--witness"])
+        .arg(&witness)
+        .arg("--data-dir")
         .arg(&data)
         .output()?;
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim_end());

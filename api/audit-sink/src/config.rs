@@ -29,7 +29,9 @@ pub struct ServiceConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Where events wait while the service is unreachable. Default
-    /// /var/lib/lastmile/audit-spool.jsonl.
+    /// /var/lib/lastmile/audit-spool.jsonl (the name is kept from when it held JSON lines;
+    /// it holds framed, checksummed records now, and damaged bytes go to
+    /// `<spool>.damaged`).
     #[serde(default = "default_spool")]
     pub spool: PathBuf,
 }

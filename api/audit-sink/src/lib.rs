@@ -14,6 +14,7 @@ mod config;
 mod policy;
 pub mod schema;
 mod seal;
+pub mod spool;
 mod writer;
 
 pub use config::{ServiceConfig, SinkConfig};

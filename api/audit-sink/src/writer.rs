@@ -2,12 +2,12 @@
 //! both, after the policy and (optionally) sealing.
 //!
 //! Nothing is lost when the service is down: an event it did not acknowledge goes to a
-//! local spool file (fsynced) and is sent, in order, before the next event once the
-//! service answers again.
+//! local spool file (framed, checksummed, fsynced: [`crate::spool`]) and is sent, in
+//! order, before the next event once the service answers again.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufRead as _, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -18,7 +18,10 @@ use tokio_rustls::rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
 };
 
-use crate::{Policy, PolicyError, SealError, seal};
+use crate::{
+    Policy, PolicyError, SealError, seal,
+    spool::{MAX_SPOOLED, Spool},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -34,6 +37,11 @@ pub enum WriteError {
     },
     #[error("audit service TLS set-up: {0}")]
     Tls(String),
+    #[error(
+        "an event of {0} bytes is too large for the spool (at most {MAX_SPOOLED} bytes): \
+         make it smaller"
+    )]
+    TooLargeToSpool(usize),
 }
 
 /// Where a written event went.
@@ -58,7 +66,8 @@ pub struct ServiceTarget {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Where unacknowledged events wait (JSON lines).
+    /// Where unacknowledged events wait (framed records; see [`crate::spool`]). Damaged
+    /// bytes found in it are kept beside it, in `<spool>.damaged`.
     pub spool: PathBuf,
 }
 
@@ -75,9 +84,9 @@ pub struct AuditWriter {
 struct Service {
     client: reqwest::Client,
     url: String,
-    spool: PathBuf,
-    /// Serialises sends, so the spool is replayed before anything newer.
-    order: tokio::sync::Mutex<()>,
+    /// The spool, behind the lock that serialises sends, so it is replayed before anything
+    /// newer.
+    order: tokio::sync::Mutex<Spool>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
@@ -118,8 +127,7 @@ impl AuditWriter {
             Some(t) => Some(Service {
                 client: tls_client(t)?,
                 url: format!("{}/v1/events", t.url.trim_end_matches('/')),
-                spool: t.spool.clone(),
-                order: tokio::sync::Mutex::new(()),
+                order: tokio::sync::Mutex::new(Spool::new(&t.spool)),
             }),
             None => None,
         };
@@ -176,17 +184,15 @@ impl AuditWriter {
             delivery.file = true;
         }
         if let Some(service) = &self.service {
-            let _order = service.order.lock().await;
-            match service.replay_spool().await {
-                Ok(()) => match service.send(&kept).await {
-                    Ok(()) => delivery.service = true,
-                    Err(why) => {
-                        service.spool(&lines)?;
-                        delivery.spooled = Some(why);
-                    }
-                },
-                Err(why) => {
-                    service.spool(&lines)?;
+            let mut spool = service.order.lock().await;
+            let refused = match service.replay(&mut spool).await {
+                Ok(()) => service.send(&kept).await.err(),
+                Err(why) => Some(why),
+            };
+            match refused {
+                None => delivery.service = true,
+                Some(why) => {
+                    spool.append(&kept)?;
                     delivery.spooled = Some(why);
                 }
             }
@@ -201,8 +207,8 @@ impl AuditWriter {
     pub async fn flush(&self) -> Result<(), String> {
         match &self.service {
             Some(service) => {
-                let _order = service.order.lock().await;
-                service.replay_spool().await
+                let mut spool = service.order.lock().await;
+                service.replay(&mut spool).await
             }
             None => Ok(()),
         }
@@ -230,56 +236,19 @@ impl Service {
         }
     }
 
-    fn rewrite_spool(&self, rest: &[Value]) -> Result<(), String> {
-        let tmp = self.spool.with_extension("tmp");
-        let mut text = String::new();
-        for e in rest {
-            text.push_str(&e.to_string());
-            text.push('\n');
-        }
-        let mut f = File::create(&tmp).map_err(|e| e.to_string())?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &self.spool).map_err(|e| e.to_string())
-    }
-
-    fn spool(&self, line: &str) -> Result<(), WriteError> {
-        if let Some(dir) = self.spool.parent() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-        }
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.spool)
-            .map_err(io(&self.spool))?;
-        f.write_all(line.as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(io(&self.spool))
-    }
-
-    /// Sends what waits in the spool, oldest first, and empties it once acknowledged.
-    async fn replay_spool(&self) -> Result<(), String> {
-        let Ok(f) = File::open(&self.spool) else {
-            return Ok(());
-        };
-        let events: Vec<Value> = std::io::BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| !l.trim().is_empty())
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect();
+    /// Sends what waits in the spool, oldest first; acknowledged events leave it at once,
+    /// so a failure later resends only what was not acknowledged.
+    async fn replay(&self, spool: &mut Spool) -> Result<(), String> {
+        let events = spool.pending().map_err(|e| e.to_string())?;
         let mut sent = 0;
         for chunk in events.chunks(100) {
             self.send(chunk).await?;
             sent += chunk.len();
-            // Acknowledged events leave the spool at once, so a failure later resends
-            // only what was not acknowledged.
-            if sent < events.len() {
-                self.rewrite_spool(events.get(sent..).unwrap_or_default())?;
-            }
+            spool
+                .keep_only(events.get(sent..).unwrap_or_default())
+                .map_err(|e| e.to_string())?;
         }
-        std::fs::remove_file(&self.spool).map_err(|e| e.to_string())
+        Ok(())
     }
 }
 

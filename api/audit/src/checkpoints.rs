@@ -3,7 +3,10 @@
 //! Each checkpoint note goes to `<data>/checkpoints/<size>.note` and, when configured, to
 //! a witness directory meant for storage the log's host cannot rewrite (another host, a
 //! bucket with object lock). A witness copy is created once and never replaced: finding a
-//! different note of the same size there is a fork, and publishing stops.
+//! note of the same size for another tree there is a fork, and publishing stops (the same
+//! tree signed twice, as a crash between the two copies leaves it, is not: the witness's
+//! note stands). So does a witness that no longer holds the last note it was given: an
+//! unmounted witness must not be written to its empty mount point.
 
 use std::{
     fs::{self, OpenOptions},
@@ -29,6 +32,18 @@ pub enum PublishError {
         path.display()
     )]
     Fork { size: u64, path: PathBuf },
+    #[error(
+        "the witness {} no longer holds checkpoint {size}, which it was given: it is unmounted, \
+         replaced or was written elsewhere; publishing stops until it is back (if the witness \
+         is new, copy {} into it)",
+        witness.display(),
+        local.display()
+    )]
+    WitnessLost {
+        witness: PathBuf,
+        size: u64,
+        local: PathBuf,
+    },
     #[error("{}: not a 32-byte Ed25519 signing key", .0.display())]
     BadKey(PathBuf),
     #[error("no signing key at {}: run `lastmile-audit init` first", .0.display())]
@@ -114,6 +129,16 @@ pub struct Publisher {
     last_size: Option<u64>,
 }
 
+/// What a witness holds under one name.
+enum WitnessCopy {
+    /// The note we gave it, or one it held already for the same tree.
+    Same(String),
+    /// Nothing.
+    Missing,
+    /// Another tree, or not a note of this log.
+    Other,
+}
+
 impl Publisher {
     pub fn new(
         data_dir: &Path,
@@ -141,6 +166,21 @@ impl Publisher {
         self.last_size
     }
 
+    /// The newest note in the log's own directory and in the witness, as (file, text):
+    /// what the log must still match before it appends.
+    pub fn latest_notes(&self) -> Result<Vec<(PathBuf, String)>, PublishError> {
+        let mut notes: Vec<_> = latest_note(&self.dir)?.into_iter().collect();
+        if let Some(w) = &self.witness {
+            notes.extend(latest_note(w)?);
+        }
+        Ok(notes)
+    }
+
+    /// The key that opens this publisher's notes.
+    pub fn verifier(&self) -> NoteVerifier {
+        self.signer.verifier()
+    }
+
     /// Signs and publishes a checkpoint of (`size`, `root`) unless one of that size exists.
     /// Returns the note when one was published.
     pub fn publish(
@@ -158,19 +198,84 @@ impl Publisher {
             root,
             time,
         };
-        let note = sign(&checkpoint, &self.signer)?;
+        let mut note = sign(&checkpoint, &self.signer)?;
         // The witness first: if it shows a fork, publish nothing locally either.
         if let Some(w) = &self.witness {
-            write_once(w, &note_name(size), &note)?;
+            self.check_witness_holds_last(w)?;
+            note = write_once(
+                w,
+                &note_name(size),
+                &note,
+                &checkpoint,
+                &self.signer.verifier(),
+            )?;
         }
         write_atomically(&self.dir, &note_name(size), &note)?;
         self.last_size = Some(size);
         Ok(Some(note))
     }
+
+    /// A witness that lost the last note it was given is not the storage it was (an
+    /// unmounted mount point, say): notes written there now would vouch for nothing.
+    fn check_witness_holds_last(&self, witness: &Path) -> Result<(), PublishError> {
+        let Some(size) = self.last_size else {
+            return Ok(());
+        };
+        let local = self.dir.join(note_name(size));
+        let text = fs::read_to_string(&local).map_err(io(&local))?;
+        let checkpoint = open_note(&text, &self.signer.verifier())?;
+        match witness_copy(
+            witness,
+            &note_name(size),
+            &checkpoint,
+            &self.signer.verifier(),
+        )? {
+            WitnessCopy::Same(_) => Ok(()),
+            WitnessCopy::Missing => Err(PublishError::WitnessLost {
+                witness: witness.to_owned(),
+                size,
+                local,
+            }),
+            WitnessCopy::Other => Err(PublishError::Fork {
+                size,
+                path: witness.join(note_name(size)),
+            }),
+        }
+    }
 }
 
-/// Creates `dir/name` with `text` unless it exists; an existing different file is a fork.
-fn write_once(dir: &Path, name: &str, text: &str) -> Result<(), PublishError> {
+/// What `dir/name` holds, compared with `checkpoint`.
+fn witness_copy(
+    dir: &Path,
+    name: &str,
+    checkpoint: &Checkpoint,
+    verifier: &NoteVerifier,
+) -> Result<WitnessCopy, PublishError> {
+    let path = dir.join(name);
+    let existing = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(WitnessCopy::Missing),
+        Err(e) => return Err(PublishError::Io { path, source: e }),
+    };
+    // The same tree signed at another time (a crash between the witness's copy and ours,
+    // then a restart) is no fork: the witness's note stands.
+    Ok(match open_note(&existing, verifier) {
+        Ok(c) if c.size == checkpoint.size && c.root == checkpoint.root => {
+            WitnessCopy::Same(existing)
+        }
+        _ => WitnessCopy::Other,
+    })
+}
+
+/// Creates `dir/name` with `text` unless it exists; returns the note now there. An
+/// existing note for another tree is a fork.
+fn write_once(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    checkpoint: &Checkpoint,
+    verifier: &NoteVerifier,
+) -> Result<String, PublishError> {
     let path = dir.join(name);
     match OpenOptions::new().write(true).create_new(true).open(&path) {
         Ok(mut f) => {
@@ -180,15 +285,16 @@ fn write_once(dir: &Path, name: &str, text: &str) -> Result<(), PublishError> {
             crate::segment::sync_dir(dir).map_err(|e| PublishError::Io {
                 path: dir.to_owned(),
                 source: std::io::Error::other(e.to_string()),
-            })
+            })?;
+            Ok(text.to_owned())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let existing = fs::read_to_string(&path).map_err(io(&path))?;
-            if existing == text {
-                Ok(())
-            } else {
-                let size = name.trim_end_matches(".note").parse().unwrap_or(0);
-                Err(PublishError::Fork { size, path })
+            match witness_copy(dir, name, checkpoint, verifier)? {
+                WitnessCopy::Same(existing) => Ok(existing),
+                WitnessCopy::Missing | WitnessCopy::Other => Err(PublishError::Fork {
+                    size: checkpoint.size,
+                    path,
+                }),
             }
         }
         Err(e) => Err(PublishError::Io { path, source: e }),
@@ -234,13 +340,106 @@ pub fn read_notes(dir: &Path) -> Result<Vec<(PathBuf, String)>, PublishError> {
 }
 
 fn latest_size(dir: &Path) -> Result<Option<u64>, PublishError> {
-    Ok(read_notes(dir)?
-        .iter()
-        .filter_map(|(p, _)| p.file_stem()?.to_str()?.parse::<u64>().ok())
-        .max())
+    Ok(latest_note_path(dir)?.map(|(size, _)| size))
+}
+
+/// The note in `dir` named for the largest size, found by its name alone.
+fn latest_note_path(dir: &Path) -> Result<Option<(u64, PathBuf)>, PublishError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(PublishError::Io {
+                path: dir.to_owned(),
+                source: e,
+            });
+        }
+    };
+    let mut latest = None;
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("note") {
+            continue;
+        }
+        let Some(size) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if latest.as_ref().is_none_or(|(l, _)| size > *l) {
+            latest = Some((size, path));
+        }
+    }
+    Ok(latest)
+}
+
+/// The newest note in `dir` (by the size in its name), as (file, text).
+pub fn latest_note(dir: &Path) -> Result<Option<(PathBuf, String)>, PublishError> {
+    match latest_note_path(dir)? {
+        Some((_, path)) => {
+            let text = fs::read_to_string(&path).map_err(io(&path))?;
+            Ok(Some((path, text)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Opens a note with `verifier`; a helper for callers that only need the checkpoint.
 pub fn open_note(text: &str, verifier: &NoteVerifier) -> Result<Checkpoint, CheckpointError> {
     lastmile_audit_log::open(text, verifier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lastmile_audit_log::leaf_hash;
+
+    const ORIGIN: &str = "test.lastmile/audit";
+
+    /// A publisher of the log in `tmp/data` (its key made on first use), witness `tmp/witness`.
+    fn publisher(tmp: &Path) -> Publisher {
+        let data = tmp.join("data");
+        if !key_path(&data).exists() {
+            init_key(&data, ORIGIN).unwrap();
+        }
+        let signer = load_signer(&data, ORIGIN).unwrap();
+        Publisher::new(&data, ORIGIN, signer, Some(tmp.join("witness"))).unwrap()
+    }
+
+    #[test]
+    fn the_same_tree_signed_again_after_a_crash_is_no_fork() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = publisher(tmp.path());
+        let root = leaf_hash(b"one");
+        let first = p.publish(1, root, 100).unwrap().unwrap();
+        // The crash: the witness got its copy, the data directory did not.
+        fs::remove_file(checkpoints_dir(&tmp.path().join("data")).join(note_name(1))).unwrap();
+        let mut p = publisher(tmp.path());
+        assert_eq!(
+            p.publish(1, root, 200).unwrap(),
+            Some(first),
+            "the witness's note stands"
+        );
+        let err = p.publish(2, leaf_hash(b"two"), 300).map(|_| ());
+        assert!(err.is_ok(), "{err:?}");
+    }
+
+    #[test]
+    fn a_witness_that_lost_the_last_note_stops_publishing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = publisher(tmp.path());
+        p.publish(1, leaf_hash(b"one"), 100).unwrap();
+        // Unmounted: the mount point is an empty directory again.
+        fs::rename(tmp.path().join("witness"), tmp.path().join("witness.real")).unwrap();
+        fs::create_dir(tmp.path().join("witness")).unwrap();
+        let err = p.publish(2, leaf_hash(b"two"), 200).unwrap_err();
+        assert!(
+            matches!(err, PublishError::WitnessLost { size: 1, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("unmounted"), "{err}");
+        assert!(!tmp.path().join("witness").join(note_name(2)).exists());
+    }
 }

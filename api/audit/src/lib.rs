@@ -29,11 +29,30 @@ pub enum OpenError {
          writing to this log again"
     )]
     Behind { entries: u64, published: u64 },
+    #[error(
+        "checkpoint {} does not open with this log's signing key: this log did not write it; \
+         run `lastmile audit verify` and investigate before writing to this log again",
+        file.display()
+    )]
+    ForeignCheckpoint {
+        file: PathBuf,
+        #[source]
+        source: lastmile_audit_log::CheckpointError,
+    },
+    #[error(
+        "the log's first {size} entries no longer hash to the root signed in {}: entries were \
+         changed while the log was closed; run `lastmile audit verify` with the witness and \
+         investigate before writing to this log again",
+        file.display()
+    )]
+    Rewritten { size: u64, file: PathBuf },
 }
 
 /// Opens the log in `data_dir` for appending, with the publisher of its checkpoints
-/// (signing key `signing.key`, made by `lastmile-audit init`). Refuses a log that holds
-/// fewer entries than a published checkpoint vouches for: appending would bury the loss.
+/// (signing key `signing.key`, made by `lastmile-audit init`). Refuses a log that does not
+/// match the newest checkpoint it published (in its own directory and in the witness):
+/// fewer entries than it vouches for, or a different root over them. Entries after it
+/// (acknowledged, not yet signed, when the log stopped) are adopted.
 pub fn open_for_writing(
     data_dir: &Path,
     origin: &str,
@@ -43,13 +62,38 @@ pub fn open_for_writing(
     let signer = checkpoints::load_signer(data_dir, origin)?;
     let (log, recovered) = log::Log::open(data_dir, log::DEFAULT_SEGMENT_BYTES)?;
     let publisher = checkpoints::Publisher::new(data_dir, origin, signer, witness)?;
-    if let Some(published) = publisher.last_size()
-        && published > log.size()
-    {
-        return Err(OpenError::Behind {
-            entries: log.size(),
-            published,
-        });
-    }
+    check_against_checkpoints(&log, &publisher)?;
     Ok((log, recovered, publisher))
+}
+
+/// Appending to a log that no longer matches what it signed would bury the change.
+fn check_against_checkpoints(
+    log: &log::Log,
+    publisher: &checkpoints::Publisher,
+) -> Result<(), OpenError> {
+    let verifier = publisher.verifier();
+    for (file, text) in publisher.latest_notes()? {
+        let checkpoint = checkpoints::open_note(&text, &verifier).map_err(|source| {
+            OpenError::ForeignCheckpoint {
+                file: file.clone(),
+                source,
+            }
+        })?;
+        let Some(leaves) = usize::try_from(checkpoint.size)
+            .ok()
+            .and_then(|n| log.leaves().get(..n))
+        else {
+            return Err(OpenError::Behind {
+                entries: log.size(),
+                published: checkpoint.size,
+            });
+        };
+        if lastmile_audit_log::root_from_leaves(leaves) != checkpoint.root {
+            return Err(OpenError::Rewritten {
+                size: checkpoint.size,
+                file,
+            });
+        }
+    }
+    Ok(())
 }

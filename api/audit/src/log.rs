@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     envelope::Envelope,
-    segment::{self, SegmentError, SegmentWriter, Tail},
+    segment::{self, MAX_PAYLOAD, SegmentError, SegmentWriter, Tail},
 };
 
 /// Default size at which a new segment starts.
@@ -27,6 +27,8 @@ pub enum LogError {
          once the cause (disk full?) is fixed: it recovers from what is on disk"
     )]
     Failed(String),
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -50,6 +52,20 @@ pub struct Log {
     leaves: Vec<Hash>,
     tree: CompactTree,
     failed: Option<String>,
+}
+
+/// A batch the log refused without writing any of it: the log itself is unharmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "event {event} of the batch is {bytes} bytes as a log entry, over the {MAX_PAYLOAD}-byte \
+     limit; nothing of the batch was written: make that event smaller (or leave it out) and \
+     send the batch again"
+)]
+pub struct TooLarge {
+    /// Its position in the batch, from 0.
+    pub event: usize,
+    /// Its size as an envelope.
+    pub bytes: usize,
 }
 
 /// Every entry of a log directory, read without modifying anything.
@@ -164,46 +180,62 @@ impl Log {
 
     /// Appends `events` from `writer` and makes them durable; returns their positions.
     /// After a failed write the log refuses further appends until reopened (what reached
-    /// the disk is then recovered), so nothing is acknowledged that might be lost.
+    /// the disk is then recovered), so nothing is acknowledged that might be lost. A batch
+    /// holding an event over the size limit is refused whole, and the log goes on.
     pub fn append(
         &mut self,
         events: Vec<Value>,
         writer: &str,
         now: SystemTime,
     ) -> Result<Range<u64>, LogError> {
-        let mut ranges = self.append_batches(vec![(writer.to_owned(), events)], now)?;
-        Ok(ranges.pop().unwrap_or(self.size()..self.size()))
+        let mut results = self.append_batches(vec![(writer.to_owned(), events)], now)?;
+        Ok(results.pop().unwrap_or(Ok(self.size()..self.size()))?)
     }
 
-    /// Appends several writers' events with one fsync for all (group commit); returns the
-    /// positions of each batch, in order.
+    /// Appends several writers' events with one fsync for all (group commit); returns,
+    /// for each batch in order, its positions or why it alone was refused.
     pub fn append_batches(
         &mut self,
         batches: Vec<(String, Vec<Value>)>,
         now: SystemTime,
-    ) -> Result<Vec<Range<u64>>, LogError> {
+    ) -> Result<Vec<Result<Range<u64>, TooLarge>>, LogError> {
         if let Some(why) = &self.failed {
             return Err(LogError::Failed(why.clone()));
         }
         let received = humantime::format_rfc3339_micros(now).to_string();
         let mut hashes = Vec::new();
-        let mut ranges = Vec::with_capacity(batches.len());
+        let mut results = Vec::with_capacity(batches.len());
         let result = (|| {
             for (writer, events) in batches {
+                // Every envelope first: a refused batch must leave nothing queued.
                 let start = self.writer.next_index();
-                for event in events {
-                    let seq = self.writer.next_index();
-                    let envelope = Envelope {
-                        event,
-                        received: received.clone(),
-                        seq,
-                        writer: writer.clone(),
-                    };
-                    let bytes = envelope.to_canonical();
+                let envelopes: Vec<Vec<u8>> = events
+                    .into_iter()
+                    .zip(start..)
+                    .map(|(event, seq)| {
+                        Envelope {
+                            event,
+                            received: received.clone(),
+                            seq,
+                            writer: writer.clone(),
+                        }
+                        .to_canonical()
+                    })
+                    .collect();
+                if let Some((event, bytes)) = envelopes
+                    .iter()
+                    .map(Vec::len)
+                    .enumerate()
+                    .find(|(_, len)| *len > MAX_PAYLOAD)
+                {
+                    results.push(Err(TooLarge { event, bytes }));
+                    continue;
+                }
+                for bytes in envelopes {
                     hashes.push(leaf_hash(&bytes));
                     self.writer.append(&bytes)?;
                 }
-                ranges.push(start..self.writer.next_index());
+                results.push(Ok(start..self.writer.next_index()));
             }
             self.writer.sync()
         })();
@@ -215,7 +247,7 @@ impl Log {
             self.tree.push(h);
             self.leaves.push(h);
         }
-        Ok(ranges)
+        Ok(results)
     }
 
     pub fn size(&self) -> u64 {
@@ -229,5 +261,42 @@ impl Log {
     /// Every leaf hash, for proofs.
     pub fn leaves(&self) -> &[Hash] {
         &self.leaves
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_event_is_refused_alone_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), 1 << 20).unwrap();
+        let now = SystemTime::now();
+        let big = serde_json::json!({ "kind": "query", "text": "x".repeat(MAX_PAYLOAD) });
+        let small = |n: u64| serde_json::json!({ "kind": "query", "n": n });
+        let results = log
+            .append_batches(
+                vec![
+                    ("gw-1".into(), vec![small(0)]),
+                    ("gw-2".into(), vec![small(1), big]),
+                    ("gw-3".into(), vec![small(2)]),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(results[0], Ok(0..1));
+        let refused = results[1].clone().unwrap_err();
+        assert_eq!(refused.event, 1);
+        assert!(
+            refused.to_string().contains("send the batch again"),
+            "{refused}"
+        );
+        assert_eq!(results[2], Ok(1..2), "the refused batch took no positions");
+        assert_eq!(log.append(vec![small(3)], "gw-1", now).unwrap(), 2..3);
+        drop(log);
+        let (log, recovered) = Log::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((recovered.entries, recovered.torn_bytes_cut), (3, 0));
+        assert_eq!(log.size(), 3);
     }
 }

@@ -7,8 +7,12 @@
 //! changes or removes an entry.
 //!
 //! One task owns the log: appends queued while it was writing go out together in one
-//! durable batch (group commit), and a checkpoint is signed at least every second while
-//! there are new entries.
+//! durable batch (group commit), and a checkpoint is signed every second while there are
+//! new entries. While a checkpoint cannot be published (witness unmounted, a fork, a note
+//! already in its place), appends are refused with a 503, so that writers keep their
+//! events in their spool rather than have them acknowledged by a log nobody can verify;
+//! the failure is logged as an error (`alert = "audit_log_unverifiable"`) when it starts
+//! and every minute while it lasts, and appends resume by themselves once it clears.
 
 use std::{
     net::SocketAddr,
@@ -111,17 +115,17 @@ enum Command {
     Append {
         events: Vec<Value>,
         writer: String,
-        reply: oneshot::Sender<Result<Appended, String>>,
+        reply: oneshot::Sender<Result<Appended, Refusal>>,
     },
     Inclusion {
         index: u64,
         size: u64,
-        reply: oneshot::Sender<Result<ProofBody, String>>,
+        reply: oneshot::Sender<Result<ProofBody, Refusal>>,
     },
     Consistency {
         old: u64,
         new: u64,
-        reply: oneshot::Sender<Result<ProofBody, String>>,
+        reply: oneshot::Sender<Result<ProofBody, Refusal>>,
     },
 }
 
@@ -143,6 +147,7 @@ struct App {
 }
 
 /// An error answered with its status and a message that says what to do.
+#[derive(Debug)]
 struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
@@ -256,7 +261,6 @@ async fn append(
         ));
     }
     let (reply, answer) = oneshot::channel();
-    // A failed append is the log's trouble (disk full, say), not the writer's.
     ask(
         &app,
         Command::Append {
@@ -265,7 +269,6 @@ async fn append(
             reply,
         },
         answer,
-        StatusCode::SERVICE_UNAVAILABLE,
     )
     .await
     .map(Json)
@@ -274,8 +277,7 @@ async fn append(
 async fn ask<T>(
     app: &App,
     command: Command,
-    answer: oneshot::Receiver<Result<T, String>>,
-    on_error: StatusCode,
+    answer: oneshot::Receiver<Result<T, Refusal>>,
 ) -> Result<T, Refusal> {
     let unavailable = || {
         Refusal(
@@ -287,10 +289,7 @@ async fn ask<T>(
         .send(command)
         .await
         .map_err(|_| unavailable())?;
-    answer
-        .await
-        .map_err(|_| unavailable())?
-        .map_err(|e| Refusal(on_error, e))
+    answer.await.map_err(|_| unavailable())?
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,7 +364,6 @@ async fn inclusion(
             reply,
         },
         answer,
-        StatusCode::BAD_REQUEST,
     )
     .await
     .map(Json)
@@ -390,7 +388,6 @@ async fn consistency(
             reply,
         },
         answer,
-        StatusCode::BAD_REQUEST,
     )
     .await
     .map(Json)
@@ -403,19 +400,23 @@ async fn own_the_log(
     mut commands: mpsc::Receiver<Command>,
     commit_window: Duration,
 ) {
+    // A checkpoint on every tick: select! picks among ready branches at random, so a busy
+    // stream of appends does not starve it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_checkpoint = std::time::Instant::now();
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Why the log cannot be made verifiable now; while it cannot, nothing is acknowledged.
+    let mut unverifiable: Option<Unverifiable> = None;
     loop {
-        if last_checkpoint.elapsed() >= Duration::from_secs(1) {
-            checkpoint(&log, &mut publisher);
-            last_checkpoint = std::time::Instant::now();
-        }
         let first = tokio::select! {
             c = commands.recv() => match c {
                 Some(c) => c,
                 None => return,
             },
-            _ = tick.tick() => continue,
+            _ = tick.tick() => {
+                let result = checkpoint(&log, &mut publisher);
+                unverifiable = alert(unverifiable, result);
+                continue;
+            }
         };
         let mut queued = vec![first];
         if !commit_window.is_zero() {
@@ -452,52 +453,127 @@ async fn own_the_log(
         if batches.is_empty() {
             continue;
         }
+        if let Some(u) = &unverifiable {
+            // Writers keep these in their spool until the log can vouch for them again.
+            for reply in waiting {
+                let _ = reply.send(Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the log is refusing appends because it cannot publish a checkpoint \
+                         ({}), so nothing it acknowledged could be verified; keep the events \
+                         and send them again: appends resume once an operator fixes the cause",
+                        u.why
+                    ),
+                )));
+            }
+            continue;
+        }
         // Group commit: every append queued meanwhile shares one fsync.
         let result = tokio::task::block_in_place(|| log.append_batches(batches, SystemTime::now()));
         match result {
-            Ok(ranges) => {
-                for (range, reply) in ranges.into_iter().zip(waiting) {
-                    let appended = Appended {
-                        first: range.start,
-                        count: range.end - range.start,
-                        tree_size: log.size(),
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(waiting) {
+                    let answer = match result {
+                        Ok(range) => Ok(Appended {
+                            first: range.start,
+                            count: range.end - range.start,
+                            tree_size: log.size(),
+                        }),
+                        // The writer's event, not the log, is at fault: refuse it alone.
+                        Err(too_large) => {
+                            warn!(error = %too_large, "batch refused");
+                            Err(Refusal(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                too_large.to_string(),
+                            ))
+                        }
                     };
-                    let _ = reply.send(Ok(appended));
+                    let _ = reply.send(answer);
                 }
             }
             Err(e) => {
+                // The log's trouble (disk full, say), not the writer's.
                 error!(error = %e, "append failed; nothing acknowledged");
                 for reply in waiting {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ =
+                        reply.send(Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string())));
                 }
             }
         }
     }
 }
 
-fn checkpoint(log: &Log, publisher: &mut Publisher) {
+/// A failure to make the log verifiable, since when, and when it was last reported.
+struct Unverifiable {
+    why: String,
+    last_alert: std::time::Instant,
+}
+
+/// How often a failure that persists is reported again.
+const ALERT_AGAIN: Duration = Duration::from_secs(60);
+
+fn checkpoint(log: &Log, publisher: &mut Publisher) -> Result<(), checkpoints::PublishError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    match publisher.publish(log.size(), log.root(), now) {
-        Ok(Some(_)) => info!(size = log.size(), "checkpoint signed"),
-        Ok(None) => {}
-        Err(e) => error!(error = %e, "checkpoint not published"),
+    if publisher.publish(log.size(), log.root(), now)?.is_some() {
+        info!(size = log.size(), "checkpoint signed");
+    }
+    Ok(())
+}
+
+/// The state after a checkpoint attempt, reporting a failure when it starts, every
+/// [`ALERT_AGAIN`] while it lasts, and its end.
+fn alert(
+    state: Option<Unverifiable>,
+    result: Result<(), checkpoints::PublishError>,
+) -> Option<Unverifiable> {
+    match (state, result) {
+        (None, Ok(())) => None,
+        (Some(u), Ok(())) => {
+            info!(was = %u.why, "checkpoint published again; appends are acknowledged again");
+            None
+        }
+        (state, Err(e)) => {
+            let why = e.to_string();
+            let due = state
+                .as_ref()
+                .is_none_or(|u| u.why != why || u.last_alert.elapsed() >= ALERT_AGAIN);
+            if due {
+                error!(
+                    alert = "audit_log_unverifiable",
+                    error = %why,
+                    "checkpoint not published: appends are refused until it can be"
+                );
+            }
+            Some(Unverifiable {
+                why,
+                last_alert: match state {
+                    Some(u) if !due => u.last_alert,
+                    _ => std::time::Instant::now(),
+                },
+            })
+        }
     }
 }
 
-fn prefix(log: &Log, size: u64) -> Result<&[Hash], String> {
+fn prefix(log: &Log, size: u64) -> Result<&[Hash], Refusal> {
     log.leaves()
         .get(..usize::try_from(size).unwrap_or(usize::MAX))
-        .ok_or_else(|| format!("the log holds {} entries, fewer than {size}", log.size()))
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("the log holds {} entries, fewer than {size}", log.size()),
+            )
+        })
 }
 
-fn proof_body(p: Result<Vec<Hash>, lastmile_audit_log::ProofError>) -> Result<ProofBody, String> {
+fn proof_body(p: Result<Vec<Hash>, lastmile_audit_log::ProofError>) -> Result<ProofBody, Refusal> {
     p.map(|hashes| ProofBody {
         proof: hashes.iter().map(ToString::to_string).collect(),
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn tls_config(config: &ServeConfig) -> anyhow::Result<ServerConfig> {

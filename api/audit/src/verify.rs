@@ -6,6 +6,11 @@
 //! when it matters); checks that no two checkpoints of one size disagree (a fork) and
 //! that checkpoints move forward in time as they grow; and that every entry's `seq` is
 //! its position. It names the first entry that fails.
+//!
+//! The log's own checkpoints prove little alone: its signing key lives on its host, so
+//! whoever controls the host can rewrite the log and sign it again. What the caller holds
+//! from elsewhere, a witness's copies or a checkpoint kept before ([`Anchors`]), is what
+//! vouches for the log; [`Coverage`] says how far it does.
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +65,10 @@ pub enum Problem {
     Backwards { file: PathBuf, earlier: PathBuf },
     /// No checkpoint opened with the verifier key: nothing vouches for the log.
     NoValidCheckpoint,
+    /// A witness directory cannot be read (not mounted?): it vouches for nothing.
+    WitnessUnreadable { dir: PathBuf, detail: String },
+    /// Anchors were given, but none of their checkpoints opened with the verifier key.
+    Unanchored,
 }
 
 impl Problem {
@@ -127,7 +136,106 @@ impl fmt::Display for Problem {
                 earlier.display()
             ),
             Problem::NoValidCheckpoint => write!(f, "no checkpoint is signed by the log's key"),
+            Problem::WitnessUnreadable { dir, detail } => write!(
+                f,
+                "the witness {} cannot be read ({detail}): is it mounted, and is the path right? \
+                 A witness that cannot be read vouches for nothing",
+                dir.display()
+            ),
+            Problem::Unanchored => write!(
+                f,
+                "no checkpoint from the witness or the pin is signed by the log's key: nothing \
+                 from outside the log's host vouches for it"
+            ),
         }
+    }
+}
+
+/// Checkpoints the caller holds from outside the log's host.
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// Witness directories: the write-once copies of the log's checkpoints.
+    pub witnesses: Vec<PathBuf>,
+    /// Checkpoint notes kept before, as (file, text).
+    pub pinned: Vec<(PathBuf, String)>,
+}
+
+impl Anchors {
+    pub fn is_empty(&self) -> bool {
+        self.witnesses.is_empty() && self.pinned.is_empty()
+    }
+}
+
+/// Where a checkpoint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The log's own `checkpoints/`: signed with a key its host holds.
+    Log,
+    Witness,
+    Pinned,
+}
+
+/// How far the log's entries are vouched for, counted from entry 0.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Coverage {
+    /// The largest checkpoint from a witness or pin that the log matches: (size, file,
+    /// source).
+    pub anchored: Option<(u64, PathBuf, Source)>,
+    /// The size of the largest checkpoint of any source that the log matches.
+    pub signed: u64,
+}
+
+impl Coverage {
+    /// What was and was not checked, in sentences, for a log of `entries` entries.
+    pub fn describe(&self, entries: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let anchored = match &self.anchored {
+            Some((size, file, source)) => {
+                let holder = match source {
+                    Source::Pinned => "you pinned",
+                    Source::Witness | Source::Log => "the witness holds",
+                };
+                if *size > 0 {
+                    out.push(format!(
+                        "{} covered by checkpoint {}, which {holder}",
+                        span(0, *size),
+                        file.display()
+                    ));
+                }
+                *size
+            }
+            None => {
+                out.push(
+                    "no checkpoint from a witness or pin covers any entry: nothing checked \
+                     here is vouched for from outside the log's host"
+                        .to_owned(),
+                );
+                0
+            }
+        };
+        if self.signed > anchored {
+            out.push(format!(
+                "{} covered only by checkpoints in the log's own directory, which whoever \
+                 controls its host could have signed again",
+                span(anchored, self.signed)
+            ));
+        }
+        let last = anchored.max(self.signed);
+        if entries > last {
+            out.push(format!(
+                "{} after the last checkpoint: not signed yet, not vouched for",
+                span(last, entries)
+            ));
+        }
+        out
+    }
+}
+
+/// Entries `start..end`, in words.
+fn span(start: u64, end: u64) -> String {
+    match end - start {
+        1 => format!("1 entry ({start}) is"),
+        n => format!("{n} entries ({start}-{}) are", end - 1),
     }
 }
 
@@ -139,6 +247,8 @@ pub struct Report {
     /// The newest segment ends in a write that never completed (never acknowledged).
     pub torn_tail: bool,
     pub problems: Vec<Problem>,
+    /// How far the entries are vouched for (meaningful when [`Report::ok`]).
+    pub coverage: Coverage,
 }
 
 impl Report {
@@ -162,33 +272,54 @@ impl Report {
     }
 }
 
-/// Verifies the log in `data_dir` against the checkpoints in `note_dirs` (the log's own
-/// `checkpoints/` and any witness copies) and, if given, a `pinned` checkpoint note the
-/// caller trusted before.
-pub fn verify(
-    data_dir: &Path,
-    note_dirs: &[PathBuf],
-    verifier: &NoteVerifier,
-    pinned: Option<(PathBuf, String)>,
-) -> Report {
+/// Verifies the log in `data_dir` against its own checkpoints and the `anchors`, each
+/// signature against `verifier`.
+///
+/// With no anchors, [`Report::ok`] says only that the log agrees with checkpoints its own
+/// host holds, which whoever controls the host can rewrite; [`Report::coverage`] says how
+/// far anchors vouch for it. A witness that cannot be read, or anchors none of whose
+/// checkpoints opens, is a problem.
+pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Report {
     let mut problems = Vec::new();
 
     // The checkpoints first: which sizes need a root.
     let mut notes = Vec::new();
-    for dir in note_dirs {
-        match read_notes(dir) {
-            Ok(n) => notes.extend(n),
-            Err(e) => problems.push(Problem::BadSignature {
-                file: dir.clone(),
-                detail: e.to_string(),
+    let own = crate::checkpoints::checkpoints_dir(data_dir);
+    match read_notes(&own) {
+        Ok(n) => notes.extend(n.into_iter().map(|(f, t)| (f, t, Source::Log))),
+        Err(e) => problems.push(Problem::BadSignature {
+            file: own,
+            detail: e.to_string(),
+        }),
+    }
+    for dir in &anchors.witnesses {
+        // A witness that is not there is not an empty witness.
+        match std::fs::metadata(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                if m.is_dir() {
+                    read_notes(dir).map_err(|e| e.to_string())
+                } else {
+                    Err("not a directory".to_owned())
+                }
+            }) {
+            Ok(n) => notes.extend(n.into_iter().map(|(f, t)| (f, t, Source::Witness))),
+            Err(detail) => problems.push(Problem::WitnessUnreadable {
+                dir: dir.clone(),
+                detail,
             }),
         }
     }
-    notes.extend(pinned);
-    let mut checkpoints: Vec<(PathBuf, Checkpoint)> = Vec::new();
-    for (file, text) in notes {
+    notes.extend(
+        anchors
+            .pinned
+            .iter()
+            .map(|(f, t)| (f.clone(), t.clone(), Source::Pinned)),
+    );
+    let mut checkpoints: Vec<(PathBuf, Checkpoint, Source)> = Vec::new();
+    for (file, text, source) in notes {
         match open_note(&text, verifier) {
-            Ok(c) => checkpoints.push((file, c)),
+            Ok(c) => checkpoints.push((file, c, source)),
             Err(e) => problems.push(Problem::BadSignature {
                 file,
                 detail: e.to_string(),
@@ -197,11 +328,13 @@ pub fn verify(
     }
     if checkpoints.is_empty() {
         problems.push(Problem::NoValidCheckpoint);
+    } else if !anchors.is_empty() && checkpoints.iter().all(|(_, _, s)| *s == Source::Log) {
+        problems.push(Problem::Unanchored);
     }
-    checkpoints.sort_by_key(|(f, c)| (c.size, c.time, f.clone()));
+    checkpoints.sort_by_key(|(f, c, _)| (c.size, c.time, f.clone()));
 
     let mut by_size: BTreeMap<u64, (PathBuf, Hash)> = BTreeMap::new();
-    for (file, c) in &checkpoints {
+    for (file, c, _) in &checkpoints {
         match by_size.get(&c.size) {
             Some((other, root)) if *root != c.root => problems.push(Problem::Fork {
                 size: c.size,
@@ -214,7 +347,7 @@ pub fn verify(
         }
     }
     for pair in checkpoints.windows(2) {
-        if let [(earlier, a), (file, b)] = pair
+        if let [(earlier, a, _), (file, b, _)] = pair
             && b.size > a.size
             && b.time < a.time
         {
@@ -270,6 +403,7 @@ pub fn verify(
                 checkpoints: checkpoints.len(),
                 torn_tail: false,
                 problems,
+                coverage: Coverage::default(),
             };
         }
     };
@@ -292,10 +426,59 @@ pub fn verify(
             Some(_) => last_good = *size,
         }
     }
+    let matches = |c: &Checkpoint| roots.get(&c.size) == Some(&c.root);
+    let coverage = Coverage {
+        anchored: checkpoints
+            .iter()
+            .filter(|(_, c, s)| *s != Source::Log && matches(c))
+            .max_by_key(|(_, c, _)| c.size)
+            .map(|(f, c, s)| (c.size, f.clone(), *s)),
+        signed: checkpoints
+            .iter()
+            .filter(|(_, c, _)| matches(c))
+            .map(|(_, c, _)| c.size)
+            .max()
+            .unwrap_or(0),
+    };
     Report {
         entries,
         checkpoints: checkpoints.len(),
         torn_tail,
         problems,
+        coverage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_says_what_each_part_of_the_log_rests_on() {
+        let c = Coverage {
+            anchored: Some((9000, PathBuf::from("w/9000.note"), Source::Witness)),
+            signed: 9005,
+        };
+        assert_eq!(
+            c.describe(9012),
+            [
+                "9000 entries (0-8999) are covered by checkpoint w/9000.note, which the witness holds",
+                "5 entries (9000-9004) are covered only by checkpoints in the log's own \
+                 directory, which whoever controls its host could have signed again",
+                "7 entries (9005-9011) are after the last checkpoint: not signed yet, not vouched for",
+            ]
+        );
+        let pinned = Coverage {
+            anchored: Some((3, PathBuf::from("kept.note"), Source::Pinned)),
+            signed: 3,
+        };
+        assert_eq!(
+            pinned.describe(4),
+            [
+                "3 entries (0-2) are covered by checkpoint kept.note, which you pinned",
+                "1 entry (3) is after the last checkpoint: not signed yet, not vouched for",
+            ]
+        );
+        assert!(Coverage::default().describe(2)[0].contains("nothing checked here is vouched"));
     }
 }

@@ -20,7 +20,9 @@ use std::{
 };
 
 use lastmile_audit::{
-    checkpoints::checkpoints_dir, envelope::Envelope, log::read_entries, verify::verify,
+    envelope::Envelope,
+    log::read_entries,
+    verify::{Anchors, verify},
 };
 
 const ORIGIN: &str = "crash.lastmile/audit";
@@ -131,7 +133,7 @@ fn kill_dash_9_during_heavy_append_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&child.stderr)
     );
     child.stdout.clear();
-    let report = verify(&data, &[checkpoints_dir(&data)], &verifier, None);
+    let report = verify(&data, &verifier, &Anchors::default());
     assert!(report.ok(), "{:?}", report.problems);
     assert!(report.entries >= acked_total);
     assert!(!report.torn_tail, "recovery cut the unfinished write");

@@ -454,6 +454,92 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_the_entry_limit_gets_a_413_and_later_appends_go_on() {
+    let s = start();
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    let big = serde_json::json!([{ "kind": "query", "text": "x".repeat(1 << 20) }]);
+    let resp = gw
+        .post(url(&s, "/v1/events"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("over the 1048576-byte limit"), "{text}");
+    for n in 0..2 {
+        let resp = gw
+            .post(url(&s, "/v1/events"))
+            .json(&serde_json::json!([{ "kind": "query", "n": n }]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let appended: Appended = resp.json().await.unwrap();
+        assert_eq!(appended.first, n, "the refused event took no position");
+    }
+}
+
+/// POSTs one event as gw-1; returns the status and body.
+async fn append_one(s: &Service, gw: &reqwest::Client, n: u64) -> (u16, String) {
+    let resp = gw
+        .post(url(s, "/v1/events"))
+        .json(&serde_json::json!([{ "kind": "query", "n": n }]))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appends_are_refused_while_a_checkpoint_cannot_be_published() {
+    let s = start();
+    let witness = s.data.parent().unwrap().join("witness");
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    assert_eq!(append_one(&s, &gw, 0).await.0, 200);
+    wait_checkpoint(&s, &gw, 1).await;
+
+    // Someone got to the witness first: the next note is already there.
+    let next = witness.join("00000000000000000002.note");
+    std::fs::write(&next, "not this log's note\n").unwrap();
+    assert_eq!(
+        append_one(&s, &gw, 1).await.0,
+        200,
+        "acknowledged before the attempt"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, text) = append_one(&s, &gw, 2).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("cannot publish a checkpoint"), "{text}");
+    assert!(text.contains("FORK"), "{text}");
+
+    // Cleared: the log signs again and acknowledges again.
+    std::fs::remove_file(&next).unwrap();
+    wait_checkpoint(&s, &gw, 2).await;
+    assert_eq!(append_one(&s, &gw, 3).await.0, 200);
+    wait_checkpoint(&s, &gw, 3).await;
+
+    // The witness unmounted: its mount point is an empty directory again.
+    std::fs::rename(&witness, witness.with_extension("real")).unwrap();
+    std::fs::create_dir(&witness).unwrap();
+    assert_eq!(append_one(&s, &gw, 4).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, text) = append_one(&s, &gw, 5).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("no longer holds checkpoint 3"), "{text}");
+    assert!(
+        std::fs::read_dir(&witness).unwrap().next().is_none(),
+        "nothing written to the wrong place"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing() {
     use lastmile_audit_sink::{AuditWriter, Policy, QueryText, ServiceTarget};
     let mut s = start();
@@ -525,4 +611,69 @@ async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing(
     }
     assert_eq!(order, [1, 2, 3, 4], "nothing lost, nothing reordered");
     assert_eq!(std::fs::read_to_string(&local).unwrap().lines().count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spool_torn_by_a_crash_or_damaged_loses_only_the_damaged_event() {
+    use lastmile_audit_sink::{AuditWriter, Policy, ServiceTarget};
+    let mut s = start();
+    let dir = s.data.parent().unwrap().to_owned();
+    let (cert, key) = s.ca.leaf(&[], Some("lastmile://gateway/gw-1"));
+    std::fs::write(dir.join("gw.pem"), cert).unwrap();
+    std::fs::write(dir.join("gw.key"), key).unwrap();
+    let target = ServiceTarget {
+        url: url(&s, ""),
+        ca: dir.join("ca.pem"),
+        cert: dir.join("gw.pem"),
+        key: dir.join("gw.key"),
+        spool: dir.join("spool/gw-1.jsonl"),
+    };
+    let writer = || AuditWriter::new(Policy::default(), &[], None, Some(&target)).unwrap();
+    let event = |n: u64| serde_json::json!({"v": 1, "kind": "query", "session": "s1", "n": n});
+
+    s.stop();
+    let w = writer();
+    for n in 1..=4 {
+        assert!(w.write(event(n)).await.unwrap().spooled.is_some());
+    }
+    drop(w);
+    // A bit flipped in event 2 (no longer UTF-8), and a crash in the middle of a write.
+    let mut bytes = std::fs::read(&target.spool).unwrap();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"\"n\":2")
+        .expect("event 2 in the spool");
+    bytes[at + 4] = 0xff;
+    bytes.extend_from_slice(b"{\"v\":1,\"kind\":\"query\",\"n\":9");
+    std::fs::write(&target.spool, bytes).unwrap();
+
+    // The next process spools one more, then the service is back.
+    let w = writer();
+    assert!(w.write(event(5)).await.unwrap().spooled.is_some());
+    s.restart();
+    w.flush().await.unwrap();
+    assert!(!target.spool.exists(), "everything intact was delivered");
+
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    wait_checkpoint(&s, &gw, 4).await;
+    let order: Vec<u64> = lastmile_audit::log::read_entries(&s.data)
+        .unwrap()
+        .records()
+        .map(|(_, r)| {
+            let e: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            e["event"]["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(order, [1, 3, 4, 5], "only the damaged event is missing");
+    let mut damaged = target.spool.clone().into_os_string();
+    damaged.push(".damaged");
+    let damaged = std::fs::read(damaged).expect("the damaged bytes are kept");
+    assert!(
+        damaged.windows(4).any(|w| w == b"\"n\":"),
+        "{}",
+        String::from_utf8_lossy(&damaged)
+    );
 }

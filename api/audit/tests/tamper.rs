@@ -18,7 +18,7 @@ use lastmile_audit::{
     checkpoints::{self, Publisher, checkpoints_dir},
     log::{Log, segments_dir},
     segment::{self, list_segments},
-    verify::{Problem, Report, verify},
+    verify::{Anchors, Problem, Report, Source, verify},
 };
 use lastmile_audit_log::{Checkpoint, NoteSigner, NoteVerifier, sign};
 
@@ -58,12 +58,14 @@ fn fixture() -> Fixture {
 }
 
 fn check(f: &Fixture) -> Report {
-    verify(
-        &f.data,
-        &[checkpoints_dir(&f.data), f.witness.clone()],
-        &f.verifier,
-        None,
-    )
+    verify(&f.data, &f.verifier, &witnessed(&f.witness))
+}
+
+fn witnessed(dir: &Path) -> Anchors {
+    Anchors {
+        witnesses: vec![dir.to_owned()],
+        pinned: vec![],
+    }
 }
 
 fn segment_file(f: &Fixture) -> PathBuf {
@@ -241,7 +243,7 @@ fn a_fork_is_found() {
         sign(&other, &signer).unwrap(),
     )
     .unwrap();
-    let report = verify(&f.data, &[checkpoints_dir(&f.data), dir], &f.verifier, None);
+    let report = verify(&f.data, &f.verifier, &witnessed(&dir));
     assert!(
         report
             .problems
@@ -295,7 +297,7 @@ fn a_log_rebuilt_and_resigned_with_another_key_is_refused() {
         .unwrap();
 
     // Against the pinned key and without the witness: nothing vouches for the log.
-    let report = verify(&f.data, &[checkpoints_dir(&f.data)], &f.verifier, None);
+    let report = verify(&f.data, &f.verifier, &Anchors::default());
     assert!(
         report.problems.contains(&Problem::NoValidCheckpoint),
         "{:?}",
@@ -332,7 +334,7 @@ fn checkpoints_that_go_backwards_are_found() {
     let dir = f.witness.parent().unwrap().join("replayed");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("x.note"), sign(&early, &signer).unwrap()).unwrap();
-    let report = verify(&f.data, &[checkpoints_dir(&f.data), dir], &f.verifier, None);
+    let report = verify(&f.data, &f.verifier, &witnessed(&dir));
     assert!(
         report
             .problems
@@ -354,12 +356,11 @@ fn a_pinned_checkpoint_must_still_be_in_the_log() {
     for n in [75, 100] {
         fs::remove_file(checkpoints_dir(&f.data).join(format!("{n:020}.note"))).unwrap();
     }
-    let report = verify(
-        &f.data,
-        &[checkpoints_dir(&f.data)],
-        &f.verifier,
-        Some((pinned_path, pinned)),
-    );
+    let anchors = Anchors {
+        witnesses: vec![],
+        pinned: vec![(pinned_path, pinned)],
+    };
+    let report = verify(&f.data, &f.verifier, &anchors);
     assert_eq!(
         report.first_failing_entry(),
         Some(70),
@@ -378,4 +379,143 @@ fn a_segment_damaged_before_the_newest_is_refused_at_open() {
     let err = Log::open(&f.data, 1 << 20).unwrap_err().to_string();
     assert!(err.contains("not a torn write"), "{err}");
     let _ = segment::list_segments(&segments_dir(&f.data)).unwrap();
+}
+
+#[test]
+fn a_log_changed_while_closed_is_refused_at_open() {
+    let f = fixture();
+    rewrite_records(&segment_file(&f), |records| {
+        let text = String::from_utf8(records[42][8..].to_vec())
+            .unwrap()
+            .replace("\"n\":42", "\"n\":43");
+        records[42] = forged_record(text.as_bytes());
+    });
+    let err =
+        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap_err();
+    assert!(
+        matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lastmile audit verify"), "{err}");
+    // With its own checkpoints gone, the witness still remembers.
+    fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
+    let err =
+        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap_err();
+    assert!(
+        matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn entries_after_the_last_checkpoint_are_adopted_at_open() {
+    let f = fixture();
+    // Acknowledged after the last checkpoint, then the log stopped.
+    let (mut log, _) = Log::open(&f.data, 1 << 20).unwrap();
+    log.append(
+        vec![serde_json::json!({"kind": "login"})],
+        "gw-1",
+        SystemTime::now(),
+    )
+    .unwrap();
+    drop(log);
+    let (log, _, _) =
+        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap();
+    assert_eq!(log.size(), 101);
+}
+
+#[test]
+fn a_log_resigned_with_its_own_key_is_vouched_for_only_by_the_witness() {
+    let f = fixture();
+    // The key sits on the log's host: whoever holds the host rewrites entry 5 and signs
+    // every checkpoint again with the log's own key.
+    rewrite_records(&segment_file(&f), |records| {
+        let text = String::from_utf8(records[5][8..].to_vec())
+            .unwrap()
+            .replace("\"n\":5", "\"n\":500");
+        records[5] = forged_record(text.as_bytes());
+    });
+    let (log, _) = Log::open(&f.data, 1 << 20).unwrap();
+    fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
+    let signer = checkpoints::load_signer(&f.data, ORIGIN).unwrap();
+    Publisher::new(&f.data, ORIGIN, signer, None)
+        .unwrap()
+        .publish(log.size(), log.root(), 1_900_000_000)
+        .unwrap();
+
+    // Its own checkpoints agree with it, and vouch for nothing from outside.
+    let report = verify(&f.data, &f.verifier, &Anchors::default());
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.coverage.anchored, None);
+    assert!(report.coverage.describe(report.entries)[0].contains("nothing checked here"));
+    // The witness convicts it.
+    let report = check(&f);
+    assert_eq!(
+        report.first_failing_entry(),
+        Some(0),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_missing_witness_is_a_problem_not_an_empty_witness() {
+    let f = fixture();
+    let gone = f.witness.with_file_name("not-mounted");
+    let report = verify(&f.data, &f.verifier, &witnessed(&gone));
+    assert!(
+        report.problems.iter().any(|p| matches!(
+            p,
+            Problem::WitnessUnreadable { dir, .. } if *dir == gone
+        )),
+        "{:?}",
+        report.problems
+    );
+    // An empty one holds nothing signed by the key: nothing outside vouches.
+    let empty = f.witness.with_file_name("empty");
+    fs::create_dir(&empty).unwrap();
+    let report = verify(&f.data, &f.verifier, &witnessed(&empty));
+    assert!(
+        report.problems.contains(&Problem::Unanchored),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn coverage_names_what_the_witness_holds_and_what_only_the_log_does() {
+    let f = fixture();
+    let (mut log, _) = Log::open(&f.data, 1 << 20).unwrap();
+    let more = |n: u64| {
+        (0..n)
+            .map(|i| serde_json::json!({ "kind": "login", "i": i }))
+            .collect()
+    };
+    log.append(more(3), "gw-1", SystemTime::now()).unwrap();
+    // A checkpoint the witness never got, then entries no checkpoint covers.
+    let signer = checkpoints::load_signer(&f.data, ORIGIN).unwrap();
+    Publisher::new(&f.data, ORIGIN, signer, None)
+        .unwrap()
+        .publish(log.size(), log.root(), 1_800_000_100)
+        .unwrap();
+    log.append(more(2), "gw-1", SystemTime::now()).unwrap();
+    let report = check(&f);
+    assert!(report.ok(), "{:?}", report.problems);
+    let (size, file, source) = report.coverage.anchored.clone().unwrap();
+    assert_eq!((size, source), (100, Source::Witness));
+    assert!(file.starts_with(&f.witness), "{}", file.display());
+    assert_eq!(report.coverage.signed, 103);
+    let said = report.coverage.describe(report.entries);
+    assert!(
+        said[0].starts_with("100 entries (0-99) are covered"),
+        "{said:?}"
+    );
+    assert!(
+        said[1].starts_with("3 entries (100-102) are covered only"),
+        "{said:?}"
+    );
+    assert!(
+        said[2].starts_with("2 entries (103-104) are after the last checkpoint"),
+        "{said:?}"
+    );
 }

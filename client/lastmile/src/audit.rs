@@ -12,7 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lastmile_audit::{checkpoints, log::read_entries, verify::verify};
+use lastmile_audit::{
+    log::read_entries,
+    verify::{Anchors, Problem, verify},
+};
 use lastmile_audit_log::NoteVerifier;
 use serde_json::Value;
 use tokio_rustls::rustls::{
@@ -23,14 +26,17 @@ use tokio_rustls::rustls::{
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Check the log against its signed checkpoints; exit 1 naming the first failing entry.
+    /// Needs a trust anchor from outside the log's host besides the key: a witness or a
+    /// pinned checkpoint. Says which entries they vouch for and which they do not.
     Verify {
         /// A copy of the log's data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The log's verifier key (`name+id+key`, or a file holding it), pinned by you.
+        /// The log's verifier key (`name+id+key`, or a file holding it), pinned by you:
+        /// fetched out of band, never from the log's host.
         #[arg(long)]
         key: String,
-        /// Directories holding witness copies of checkpoints.
+        /// Directories holding witness copies of checkpoints (each must exist).
         #[arg(long)]
         witness: Vec<PathBuf>,
         /// A checkpoint note you trusted before: the log must still contain it.
@@ -135,17 +141,27 @@ pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 .trim()
                 .parse()
                 .context("--key is not a verifier key (name+id+key)")?;
-            let mut dirs = vec![checkpoints::checkpoints_dir(&data_dir)];
-            dirs.extend(witness);
+            if witness.is_empty() && pinned.is_none() {
+                bail!(
+                    "verify needs a trust anchor besides --key: --witness DIR (the log's \
+                     write-once checkpoint copies) or --pinned NOTE (a checkpoint you kept). \
+                     The log's signing key lives on its host, so a log rewritten there and \
+                     signed again would pass a check against its own checkpoints alone"
+                );
+            }
             let pinned = match pinned {
-                Some(p) => Some((
+                Some(p) => vec![(
                     p.clone(),
                     std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                )),
-                None => None,
+                        .with_context(|| format!("reading --pinned {}", p.display()))?,
+                )],
+                None => Vec::new(),
             };
-            let report = verify(&data_dir, &dirs, &verifier, pinned);
+            let anchors = Anchors {
+                witnesses: witness,
+                pinned,
+            };
+            let report = verify(&data_dir, &verifier, &anchors);
             for p in &report.problems {
                 println!("FAIL {p}");
             }
@@ -154,11 +170,21 @@ pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                     "ok: {} entries, {} checkpoints verified",
                     report.entries, report.checkpoints
                 );
+                for line in report.coverage.describe(report.entries) {
+                    println!("  {line}");
+                }
                 return Ok(std::process::ExitCode::SUCCESS);
             }
             match report.first_failing_entry() {
                 Some(i) => println!("first failing entry: {i}"),
-                None => println!("no checkpoint can be trusted"),
+                None if report
+                    .problems
+                    .iter()
+                    .any(|p| matches!(p, Problem::NoValidCheckpoint | Problem::Unanchored)) =>
+                {
+                    println!("no checkpoint can be trusted")
+                }
+                None => {}
             }
             Ok(std::process::ExitCode::from(1))
         }

@@ -48,7 +48,13 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A log with six events, two of them sealed to `recipient`; returns the verifier key.
+/// The witness directory of the log in `data`.
+fn witness_of(data: &Path) -> std::path::PathBuf {
+    data.with_file_name("witness")
+}
+
+/// A log with six events, two of them sealed to `recipient`, and a checkpoint of them in
+/// its witness; returns the verifier key.
 fn make_log(data: &Path, recipient: &age::x25519::Recipient) -> String {
     let verifier = checkpoints::init_key(data, ORIGIN).unwrap();
     let (mut log, _) = Log::open(data, 1 << 20).unwrap();
@@ -67,7 +73,7 @@ fn make_log(data: &Path, recipient: &age::x25519::Recipient) -> String {
     ];
     log.append(events, "gw-1", SystemTime::now()).unwrap();
     let signer = checkpoints::load_signer(data, ORIGIN).unwrap();
-    Publisher::new(data, ORIGIN, signer, None)
+    Publisher::new(data, ORIGIN, signer, Some(witness_of(data)))
         .unwrap()
         .publish(log.size(), log.root(), 1_800_000_000)
         .unwrap();
@@ -87,8 +93,19 @@ fn verify_search_export_and_decrypt() {
     )
     .unwrap();
     let d = data.to_str().unwrap();
+    let w = witness_of(&data);
+    let w = w.to_str().unwrap();
 
-    let out = lastmile(&["audit", "verify", "--data-dir", d, "--key", &key]);
+    let out = lastmile(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        d,
+        "--key",
+        &key,
+        "--witness",
+        w,
+    ]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("ok: 6 entries"));
 
@@ -186,6 +203,8 @@ fn verify_fails_and_names_the_entry_after_tampering() {
         data.to_str().unwrap(),
         "--key",
         &key,
+        "--witness",
+        witness_of(&data).to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -204,4 +223,124 @@ fn verify_fails_and_names_the_entry_after_tampering() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a verifier key"));
+}
+
+/// The log's own checkpoints replaced by ones over `data`'s present entries, signed with
+/// the log's own key, as whoever holds its host can.
+fn resign(data: &Path) {
+    let (log, _) = Log::open(data, 1 << 20).unwrap();
+    std::fs::remove_dir_all(checkpoints::checkpoints_dir(data)).unwrap();
+    let signer = checkpoints::load_signer(data, ORIGIN).unwrap();
+    Publisher::new(data, ORIGIN, signer, None)
+        .unwrap()
+        .publish(log.size(), log.root(), 1_900_000_000)
+        .unwrap();
+}
+
+#[test]
+fn verify_needs_a_trust_anchor_besides_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = make_log(&data, &age::x25519::Identity::generate().to_public());
+    // Rewritten on the log's host: entry 0's user changed, the log built again from the
+    // edited events, and the log's own key signs the result.
+    let mut events: Vec<serde_json::Value> = lastmile_audit::log::read_entries(&data)
+        .unwrap()
+        .records()
+        .map(|(_, r)| {
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["event"].clone()
+        })
+        .collect();
+    events[0]["user"] = json!("mallory");
+    std::fs::remove_dir_all(data.join("segments")).unwrap();
+    let (mut log, _) = Log::open(&data, 1 << 20).unwrap();
+    log.append(events, "gw-1", SystemTime::now()).unwrap();
+    drop(log);
+    resign(&data);
+    let d = data.to_str().unwrap();
+
+    let out = lastmile(&["audit", "verify", "--data-dir", d, "--key", &key]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a trust anchor"), "{err}");
+    assert!(err.contains("--witness"), "{err}");
+
+    let w = witness_of(&data);
+    let out = lastmile(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        d,
+        "--key",
+        &key,
+        "--witness",
+        w.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("first failing entry: 0"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_witness_that_is_not_there_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = make_log(&data, &age::x25519::Identity::generate().to_public());
+    let gone = tmp.path().join("unmounted");
+    let out = lastmile(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key",
+        &key,
+        "--witness",
+        gone.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("cannot be read") && stdout(&out).contains("is it mounted"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn verify_says_which_entries_the_witness_vouches_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = make_log(&data, &age::x25519::Identity::generate().to_public());
+    // Two entries the witness has no checkpoint of: acknowledged after its last one.
+    let (mut log, _) = Log::open(&data, 1 << 20).unwrap();
+    log.append(
+        vec![json!({"v": 1, "kind": "login", "user": "dan"}); 2],
+        "gw-1",
+        SystemTime::now(),
+    )
+    .unwrap();
+    drop(log);
+    let out = lastmile(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key",
+        &key,
+        "--witness",
+        witness_of(&data).to_str().unwrap(),
+    ]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("6 entries (0-5) are covered by checkpoint"),
+        "{said}"
+    );
+    assert!(said.contains("which the witness holds"), "{said}");
+    assert!(
+        said.contains("2 entries (6-7) are after the last checkpoint: not signed yet"),
+        "{said}"
+    );
 }

@@ -17,7 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lastmile_audit::{checkpoints, service::ServeConfig, verify::verify};
+use lastmile_audit::{
+    checkpoints,
+    service::ServeConfig,
+    verify::{Anchors, verify},
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use support::{TestCgroup, TestNode, have_root, lastmiled};
 
@@ -144,12 +148,7 @@ fn node_events_reach_the_audit_service_and_verify() {
     // Once a checkpoint covers them, the log verifies.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let report = verify(
-            &data,
-            &[checkpoints::checkpoints_dir(&data)],
-            &verifier,
-            None,
-        );
+        let report = verify(&data, &verifier, &Anchors::default());
         if report.ok() && report.entries == 2 {
             break;
         }
