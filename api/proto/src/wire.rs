@@ -180,7 +180,7 @@ pub struct Resource {
     #[serde(default)]
     pub ssh_principals: Vec<String>,
     /// For `postgres`: the database user the gateway logs in as (the user the client
-    /// names is only recorded). Required with a `password` credential.
+    /// names is not used). Without it, the gateway refuses connections, saying so.
     #[serde(default)]
     pub database_user: Option<String>,
     /// For `postgres`: the databases a client may ask for; empty means any.

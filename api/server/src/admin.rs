@@ -5,7 +5,7 @@
 
 use lastmile_proto::wire::{
     self, CredentialKind, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser,
-    OneTimePassword, Resource, ResourceKind, Session, Subject, User, valid_name,
+    OneTimePassword, Resource, Session, Subject, User, valid_name,
 };
 use serde_json::json;
 use sqlx::Row as _;
@@ -527,15 +527,6 @@ fn check_postgres_fields(r: &Resource) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(
             "bad_resource",
             "databases: at most 256 names of 1-63 bytes with no control characters",
-        ));
-    }
-    if r.kind == ResourceKind::Postgres
-        && r.credential == Some(CredentialKind::Password)
-        && r.database_user.is_none()
-    {
-        return Err(ApiError::bad_request(
-            "bad_resource",
-            "a postgres resource with a password credential needs database_user (--database-user): the role the gateway logs in as",
         ));
     }
     if let Some(ca) = &r.upstream_ca

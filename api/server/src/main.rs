@@ -179,7 +179,8 @@ enum Resources {
         /// For ssh-certificate: an upstream user the certificates may log in as.
         #[arg(long = "ssh-principal")]
         ssh_principals: Vec<String>,
-        /// For postgres: the database user the gateway logs in as.
+        /// For postgres: the database user the gateway logs in as (connections are
+        /// refused, saying so, until it is set).
         #[arg(long)]
         database_user: Option<String>,
         /// For postgres: a database clients may ask for (repeat; none means any).
