@@ -25,7 +25,7 @@ use base64::Engine as _;
 use lastmile_api_client::{ApiClient, Session};
 use lastmile_tunnel::{TunnelError, client::Tunnel};
 use reqwest::Method;
-use stack::{Listen, Stack, echo_server, echo_through};
+use stack::{AgentProcess, Listen, Stack, echo_server, echo_through};
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
@@ -353,8 +353,9 @@ async fn the_agent_renews_its_session_certificate_before_it_ends() {
 async fn a_refused_stream_is_explained_to_psql_in_its_own_protocol() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    // A postgres resource: this gateway has no PostgreSQL handler yet, so it refuses the
-    // stream, and the agent tells psql why as an ErrorResponse.
+    // A postgres resource whose grant goes after `listen` started: the gateway refuses
+    // the stream (the API says no grant), and the agent tells psql why as an
+    // ErrorResponse.
     stack
         .resource_of(
             lastmile_proto::wire::ResourceKind::Postgres,
@@ -366,6 +367,11 @@ async fn a_refused_stream_is_explained_to_psql_in_its_own_protocol() {
         .await;
     let _gw = stack.gateway("gw1").await;
     let listen = Listen::start(&alice, "orders-db");
+    for g in lastmile_api::admin::list_grants(&stack.app).await.unwrap() {
+        lastmile_api::admin::revoke_grant(&stack.app, "test", &g.id)
+            .await
+            .unwrap();
+    }
     let out = std::process::Command::new("psql")
         .args(["-h", "127.0.0.1", "-p", &listen.addr.port().to_string()])
         .args(["-U", "alice", "-d", "orders", "-w", "-c", "select 1"])
@@ -376,8 +382,7 @@ async fn a_refused_stream_is_explained_to_psql_in_its_own_protocol() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("the gateway refused this connection")
-            && err.contains("protocol_not_supported"),
+        err.contains("the gateway refused this connection") && err.contains("no_grant"),
         "psql said: {err}"
     );
 }
@@ -447,82 +452,6 @@ fn refused(r: Result<Tunnel, TunnelError>) -> TunnelError {
                 Err(e) => e,
             }
         }
-    }
-}
-
-/// Makes `dir` and everything in it `uid`'s (the agent runs as that user).
-fn chown_tree(dir: &std::path::Path, uid: u32) {
-    let id = Some(nix::unistd::Uid::from_raw(uid));
-    let gid = Some(nix::unistd::Gid::from_raw(uid));
-    nix::unistd::chown(dir, id, gid).unwrap();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        nix::unistd::chown(&entry.path(), id, gid).unwrap();
-    }
-}
-
-/// `lastmile agent` as `uid`, for `home`, registered with `socket`; killed when dropped.
-struct AgentProcess {
-    child: std::process::Child,
-    home: std::path::PathBuf,
-}
-
-impl AgentProcess {
-    fn start(home: &std::path::Path, socket: &std::path::Path, uid: u32) -> Self {
-        use std::os::unix::process::CommandExt as _;
-        chown_tree(home, uid);
-        let log = std::fs::File::create(home.join("agent.log")).unwrap();
-        nix::unistd::chown(
-            &home.join("agent.log"),
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(uid)),
-        )
-        .unwrap();
-        let child = std::process::Command::new(stack::lastmile_bin())
-            .arg("agent")
-            .env("LASTMILE_HOME", home)
-            .env("LASTMILE_NODE_SOCKET", socket)
-            .env("RUST_LOG", "info,h2=warn,rustls=warn")
-            .uid(uid)
-            .gid(uid)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let agent = Self {
-            child,
-            home: home.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.state()["node"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("registered"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not register: {}\n{}",
-                agent.state(),
-                agent.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
-    }
-
-    fn state(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.home.join("agent.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.home.join("agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

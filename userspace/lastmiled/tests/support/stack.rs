@@ -469,3 +469,79 @@ pub fn echo_through(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     sender.join().unwrap()?;
     Ok(back)
 }
+
+/// Makes `dir` and everything in it `uid`'s (the agent runs as that user).
+pub fn chown_tree(dir: &std::path::Path, uid: u32) {
+    let id = Some(nix::unistd::Uid::from_raw(uid));
+    let gid = Some(nix::unistd::Gid::from_raw(uid));
+    nix::unistd::chown(dir, id, gid).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        nix::unistd::chown(&entry.path(), id, gid).unwrap();
+    }
+}
+
+/// `lastmile agent` as `uid`, for `home`, registered with `socket`; killed when dropped.
+pub struct AgentProcess {
+    child: std::process::Child,
+    home: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start(home: &std::path::Path, socket: &std::path::Path, uid: u32) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        chown_tree(home, uid);
+        let log = std::fs::File::create(home.join("agent.log")).unwrap();
+        nix::unistd::chown(
+            &home.join("agent.log"),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(uid)),
+        )
+        .unwrap();
+        let child = std::process::Command::new(lastmile_bin())
+            .arg("agent")
+            .env("LASTMILE_HOME", home)
+            .env("LASTMILE_NODE_SOCKET", socket)
+            .env("RUST_LOG", "info,h2=warn,rustls=warn")
+            .uid(uid)
+            .gid(uid)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let agent = Self {
+            child,
+            home: home.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.state()["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("registered"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not register: {}\n{}",
+                agent.state(),
+                agent.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.home.join("agent.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.home.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
