@@ -559,6 +559,37 @@ async fn a_cancel_reaches_the_server_within_a_second() {
     assert!(cancel["cancelled"].as_str().is_some());
     let q = gw.wait_event("db.query", |e| e["query"] == "select pg_sleep(60)");
     assert_eq!(q["sqlstate"], "57014");
+
+    // A revoked session: its open connection is told so in PostgreSQL terms (FATAL
+    // 57P01, log in again) within a second, then closed.
+    let mut open = logged_in(listen.addr);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(alice.join("session.json")).unwrap())
+            .unwrap();
+    let session = saved["login"]["session"].as_str().unwrap().to_owned();
+    lastmile_api::admin::revoke(&stack.app, "test", &session, Some("test"))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    let answer = read_all(&mut open);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.first() == Some(&b'E')
+            && text.contains("57P01")
+            && text.contains("session revoked")
+            && text.contains("lastmile login"),
+        "{text}"
+    );
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "told after {:?}",
+        revoked.elapsed()
+    );
+    gw.wait_event("connection.close", |e| {
+        e["error"]
+            .as_str()
+            .is_some_and(|s| s.contains("session revoked"))
+    });
 }
 
 /// Reads what the gateway answers on `s` until it closes (or 10 s pass).
@@ -811,4 +842,188 @@ async fn a_tls_upstream_is_verified_and_never_downgraded() {
         !out.status.success() && err.contains("could not log in"),
         "{err}"
     );
+}
+
+/// As root, the real path: psql in a cgroup the node watches dials the protected address;
+/// the kernel redirects it to the node, which hands it to alice's agent, which tunnels it
+/// to the gateway. Each statement's `db.query` carries the socket cookie of the kernel's
+/// `kernel.connect`, reaches the audit service, and `lastmile audit verify` passes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_through_the_kernel_is_logged_joined_and_verified() {
+    if !support::have_root("psql_through_the_kernel_is_logged_joined_and_verified") {
+        return;
+    }
+    let pg = PgServer::start().unwrap();
+    roles(&pg);
+    let stack = Stack::start().await;
+    let protect = format!("127.0.0.1:{}", pg.port());
+    pg_resource(&stack, "orders", &pg, "app_scram", SCRAM_PASSWORD, &[]).await;
+    let mut r = lastmile_api::admin::resource(&stack.app, "orders")
+        .await
+        .unwrap();
+    r.protect = vec![protect.clone()];
+    lastmile_api::admin::put_resource(&stack.app, "test", r)
+        .await
+        .unwrap();
+    let alice = stack.user("alice").await;
+    grant(&stack, "orders", "alice").await;
+
+    // The audit service: writers are the organisation's gateways, by certificate.
+    let dir = stack.dir.path().join("audit-service");
+    std::fs::create_dir_all(dir.join("witness")).unwrap();
+    let (server_ca, server_cert, server_key) = server_tls();
+    std::fs::write(dir.join("server-ca.pem"), &server_ca).unwrap();
+    std::fs::write(dir.join("server.pem"), &server_cert).unwrap();
+    std::fs::write(dir.join("server.key"), &server_key).unwrap();
+    let data = dir.join("data");
+    let verifier = lastmile_audit::checkpoints::init_key(&data, "pg-test/audit").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = lastmile_audit::service::ServeConfig {
+        data_dir: data.clone(),
+        origin: "pg-test/audit".into(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        witness: Some(dir.join("witness")),
+        tls_cert: dir.join("server.pem"),
+        tls_key: dir.join("server.key"),
+        client_ca: stack.ca.clone(),
+        writers: vec![lastmile_proto::wire::uri::gateway("gw1")],
+        readers: vec![],
+        max_events_per_request: 100,
+        commit_window_ms: 0,
+    };
+    let service = tokio::spawn(lastmile_audit::service::serve(config));
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let state = stack.dir.path().join("gateway-gw1").join("state");
+    let gw = stack
+        .gateway_with(
+            "gw1",
+            &format!(
+                "[gateway.audit.service]\nurl = \"https://127.0.0.1:{port}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nspool = {:?}\n",
+                dir.join("server-ca.pem"),
+                state.join("gateway.pem"),
+                state.join("gateway.key"),
+                dir.join("gateway-spool"),
+            ),
+        )
+        .await;
+
+    // The node protects what the API lists, for processes in its cgroup.
+    let cgroup = support::TestCgroup::new("pg");
+    let api = format!(
+        "[api]\nurl = {:?}\nstate_dir = {:?}\n",
+        stack.api_url, state
+    );
+    let node = support::TestNode::start(
+        "pg",
+        &cgroup,
+        &api,
+        "resources_from_api = true\nresource_refresh = \"200ms\"",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status()["protected_v4"] != 1 {
+        assert!(Instant::now() < deadline, "not protected: {}", node.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uid = 65534;
+    let agent = stack::AgentProcess::start(&alice, &node.agent_socket, uid);
+    let out = {
+        use std::os::unix::process::CommandExt as _;
+        cgroup
+            .command(pg.bin_dir().join("psql"))
+            .args([
+                "-X",
+                "-w",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port().to_string(),
+            ])
+            .args(["-U", "whoever", "-d", "lastmile"])
+            .args(["-c", "select 'through the kernel'", "-c", "select 40 + 2"])
+            .env("HOME", "/nonexistent")
+            .env_remove("PGPASSWORD")
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("through the kernel") && text.contains("42"),
+        "{text}{}\nagent: {}\ngateway: {}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.logs(),
+        gw.logs()
+    );
+    let handoff = node.wait_event("handoff", |e| {
+        e["kind"] == "node.handoff" && e["uid"] == uid
+    });
+    let cookie = handoff["sock_cookie"].as_u64().unwrap();
+    node.wait_event("kernel", |e| {
+        e["kind"] == "kernel.connect" && e["sock_cookie"] == cookie
+    });
+    for text in ["select 'through the kernel'", "select 40 + 2"] {
+        let q = gw.wait_event("db.query", |e| e["query"] == text);
+        assert_eq!(q["sock_cookie"], cookie, "{q}");
+        assert_eq!(q["user"], "alice");
+    }
+
+    // The same statements are in the audit service's log, which verifies against its
+    // key and witness.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = lastmile_audit::log::read_entries(&data)
+            .map(|e| {
+                e.records()
+                    .filter_map(|(_, r)| {
+                        serde_json::from_slice::<serde_json::Value>(&r.payload).ok()
+                    })
+                    .filter(|v| {
+                        v["event"]["kind"] == "db.query" && v["event"]["sock_cookie"] == cookie
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if logged == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{logged} db.query events in the audit log\n{}",
+            gw.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(stack::lastmile_bin())
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&data)
+            .args(["--key", &verifier.to_string(), "--witness"])
+            .arg(dir.join("witness"))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        if out.status.success()
+            && !said.contains("not signed yet")
+            && !said.contains("covered only by")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "verify: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    service.abort();
 }
