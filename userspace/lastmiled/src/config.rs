@@ -92,6 +92,12 @@ pub struct GatewayConfig {
     /// Renew the gateway certificate (24 h) this long before it ends. Default 8h.
     #[serde(with = "humantime_serde")]
     pub renew_before: std::time::Duration,
+    /// How long a connection may take to finish its TLS handshake. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: std::time::Duration,
+    /// TLS handshakes in progress at once; connections past it are closed at once (the
+    /// handshake runs before the peer has proven anything). Default 256.
+    pub max_handshakes: usize,
     /// Whether `db.query` events carry the statement's bound parameters (extended
     /// protocol). Off by default: parameters are often the sensitive part. The audit
     /// policy's `query_text` applies to the text either way.
@@ -108,6 +114,8 @@ impl Default for GatewayConfig {
             exempt_mark: 0x4c4d_0001,
             connect_timeout: std::time::Duration::from_secs(5),
             log_query_params: false,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            max_handshakes: 256,
             renew_before: std::time::Duration::from_secs(8 * 3600),
         }
     }

@@ -578,3 +578,51 @@ async fn a_redirected_connection_goes_through_agent_tunnel_and_gateway() {
     assert!(out.contains("gateway:     gw1 at 127.0.0.1:"), "{out}");
     assert!(out.contains(": up"), "{out}");
 }
+
+/// Strangers who open TCP connections and never finish a TLS handshake cannot pin the
+/// gateway: each is closed when `handshake_timeout` runs out, those past
+/// `max_handshakes` at once, and users' tunnels go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_handshakes_are_bounded_in_time_and_number() {
+    let stack = Stack::start().await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    let gw = stack
+        .gateway_with("gw1", "handshake_timeout = \"1s\"\nmax_handshakes = 20")
+        .await;
+    let address = lastmile_api::gateways::endpoints(&stack.app).await.unwrap()[0]
+        .tunnel
+        .clone();
+    let opened = Instant::now();
+    // Those past the bound are closed at once; the first 20 when their second is up.
+    let waits: Vec<_> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(&address).unwrap();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut b = [0u8; 1];
+                let n = s.read(&mut b).unwrap_or(0);
+                assert_eq!(n, 0, "the gateway sent bytes to a stranger");
+                opened.elapsed()
+            })
+        })
+        .collect();
+    let mut closed_at: Vec<Duration> = waits.into_iter().map(|w| w.join().unwrap()).collect();
+    closed_at.sort();
+    assert!(
+        closed_at[19] < Duration::from_millis(900),
+        "connections past max_handshakes were not closed at once: {closed_at:?}"
+    );
+    assert!(
+        closed_at[39] >= Duration::from_millis(900) && closed_at[39] < Duration::from_secs(3),
+        "idle handshakes were not cut at handshake_timeout: {closed_at:?}"
+    );
+    assert!(gw.logs().contains("handshake timed out"), "{}", gw.logs());
+    // A user's tunnel works all along.
+    let listen = Listen::start(&alice, "echo");
+    assert_eq!(
+        echo_through(listen.addr, b"still here").unwrap(),
+        b"still here"
+    );
+}

@@ -19,6 +19,7 @@
 //! - [`stream`]: a stream as `AsyncRead + AsyncWrite`, for handlers that speak the
 //!   user's protocol.
 
+pub mod buffered;
 pub mod client;
 pub mod header;
 pub mod server;
@@ -49,6 +50,9 @@ pub mod settings {
     /// The tunnel's socket is read through a buffer this large: rustls asks for at most
     /// 4 KiB per read, which would cost four system calls per 16 KiB TLS record.
     pub const SOCKET_READ_BUFFER: usize = 256 << 10;
+    /// The most header bytes a stream may open with (SETTINGS_MAX_HEADER_LIST_SIZE): a
+    /// stream header is well under 4 KiB.
+    pub const MAX_HEADER_LIST: u32 = 16 << 10;
     /// How much one stream may have queued for sending (h2's `max_send_buffer_size`).
     pub const SEND_BUFFER: usize = 1 << 20;
 }

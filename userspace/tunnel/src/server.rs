@@ -9,11 +9,12 @@ use h2::{
 };
 use http::Request;
 use rustls::ServerConfig;
-use tokio::{io::BufReader, net::TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::{
     ALPN, TunnelError,
+    buffered::{GrowableReader, HANDSHAKE_BUFFER},
     header::{Refusal, StreamHeader},
     settings,
     tls::{SessionIdentity, session_identity},
@@ -23,7 +24,7 @@ use crate::{
 pub struct Accepted {
     pub identity: SessionIdentity,
     pub peer: SocketAddr,
-    pub connection: Connection<TlsStream<BufReader<TcpStream>>, Bytes>,
+    pub connection: Connection<TlsStream<GrowableReader<TcpStream>>, Bytes>,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -43,14 +44,16 @@ pub async fn accept(
     peer: SocketAddr,
 ) -> Result<Accepted, TunnelError> {
     tcp.set_nodelay(true)?;
-    let tcp = BufReader::with_capacity(settings::SOCKET_READ_BUFFER, tcp);
-    let tls = TlsAcceptor::from(config)
+    // Small until the peer is proven: a stranger's connection must not pin 256 KiB.
+    let tcp = GrowableReader::new(tcp, HANDSHAKE_BUFFER);
+    let mut tls = TlsAcceptor::from(config)
         .accept(tcp)
         .await
         .map_err(|source| TunnelError::Tls {
             gateway: "(this gateway)".into(),
             source,
         })?;
+    tls.get_mut().0.grow(settings::SOCKET_READ_BUFFER);
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(ALPN) {
         return Err(TunnelError::Alpn("(this gateway)".into()));
@@ -70,6 +73,7 @@ pub async fn accept(
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
         .max_frame_size(settings::MAX_FRAME)
         .max_concurrent_streams(settings::MAX_STREAMS)
+        .max_header_list_size(settings::MAX_HEADER_LIST)
         .max_send_buffer_size(settings::SEND_BUFFER)
         .handshake(tls)
         .await?;

@@ -240,12 +240,26 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         api_config.state_dir.clone(),
         config.renew_before,
     ));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(config.max_handshakes));
+    let handshake_timeout = config.handshake_timeout;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((tcp, peer)) => {
-                    tokio::spawn(streams::tunnel(gw.clone(), gw.tls(), tcp, peer));
-                }
+                Ok((tcp, peer)) => match handshakes.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(streams::tunnel(
+                            gw.clone(),
+                            gw.tls(),
+                            tcp,
+                            peer,
+                            (permit, handshake_timeout),
+                        ));
+                    }
+                    Err(_) => {
+                        warn!(%peer, "too many TLS handshakes in progress ([gateway] max_handshakes); connection closed");
+                        drop(tcp);
+                    }
+                },
                 Err(e) => {
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;

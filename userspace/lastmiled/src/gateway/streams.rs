@@ -25,14 +25,25 @@ pub(super) async fn tunnel(
     tls: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
+    (handshake, timeout): (tokio::sync::OwnedSemaphorePermit, Duration),
 ) {
-    let accepted = match lastmile_tunnel::server::accept(tls, tcp, peer).await {
-        Ok(a) => a,
-        Err(e) => {
+    let accepted = match tokio::time::timeout(
+        timeout,
+        lastmile_tunnel::server::accept(tls, tcp, peer),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
             info!(%peer, error = %e, "tunnel handshake refused");
             return;
         }
+        Err(_) => {
+            info!(%peer, ?timeout, "tunnel handshake timed out ([gateway] handshake_timeout)");
+            return;
+        }
     };
+    drop(handshake);
     let session = accepted.identity.session.clone();
     let id = gw.next.fetch_add(1, Ordering::Relaxed);
     let (cut, cut_seen) = watch::channel(None);
