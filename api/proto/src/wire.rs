@@ -308,6 +308,9 @@ pub struct ConnectionAuthorized {
     pub session: String,
     pub device: String,
     pub session_expires_at: i64,
+    /// When the grant this connection rests on ends; `None`: it does not.
+    #[serde(default)]
+    pub grant_expires_at: Option<i64>,
     /// The credential, when the request named a recipient.
     #[serde(default)]
     pub credential: Option<Unlocked>,
@@ -453,7 +456,14 @@ pub struct Revocation {
     pub device: String,
     pub reason: String,
     pub at: i64,
+    /// Set when what ended is the user's access to this resource (a grant revoked, a
+    /// group left), not a session: `session` is then `*`, every session of the user.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
+
+/// The `session` of an access revocation: every session of its user.
+pub const ALL_SESSIONS: &str = "*";
 
 /// How an organisation treats a device it has not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -277,10 +277,32 @@ pub async fn change_user(
             .await?;
     }
     let mut q = sqlx::query(sql).bind(user);
-    if let Some(a) = arg {
+    if let Some(a) = &arg {
         q = q.bind(a);
     }
     q.execute(&mut *tx).await?;
+    let mut left_access = false;
+    if let UserChange::LeaveGroup(g) = &change {
+        // What the group gave ends now, unless another grant still gives it.
+        let resources: Vec<String> = sqlx::query(
+            "SELECT DISTINCT resource FROM grants WHERE subject_kind = 'group' AND subject = $1",
+        )
+        .bind(g)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("resource"))
+        .collect::<Result<_, _>>()?;
+        for r in &resources {
+            left_access |= crate::revocation::end_access(
+                &mut tx,
+                user,
+                r,
+                &format!("left group {g} ({actor})"),
+            )
+            .await?;
+        }
+    }
     let kind = if matches!(change, UserChange::Admin(_)) {
         "permission.change"
     } else {
@@ -289,6 +311,9 @@ pub async fn change_user(
     app.audit(kind, json!({"actor": actor, "user": user, "change": what}))
         .await?;
     tx.commit().await?;
+    if left_access {
+        app.revocations.nudge();
+    }
     Ok(())
 }
 
@@ -687,18 +712,49 @@ pub async fn list_grants(app: &App) -> Result<Vec<Grant>, ApiError> {
 
 pub async fn revoke_grant(app: &App, actor: &str, id: &str) -> Result<(), ApiError> {
     let mut tx = app.db.pool.begin().await?;
-    let row = sqlx::query("DELETE FROM grants WHERE id = $1 RETURNING resource")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no_such_grant", format!("there is no grant `{id}`")))?;
+    let row =
+        sqlx::query("DELETE FROM grants WHERE id = $1 RETURNING resource, subject_kind, subject")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found("no_such_grant", format!("there is no grant `{id}`"))
+            })?;
     let resource: String = row.try_get("resource")?;
+    let subject: String = row.try_get("subject")?;
+    // Whoever held access through this grant: open connections end unless another grant
+    // still covers them.
+    let users: Vec<String> = if row.try_get::<String, _>("subject_kind")? == "group" {
+        sqlx::query("SELECT user_name FROM group_members WHERE group_name = $1")
+            .bind(&subject)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("user_name"))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![subject]
+    };
+    let mut ended = Vec::new();
+    for u in &users {
+        if crate::revocation::end_access(
+            &mut tx,
+            u,
+            &resource,
+            &format!("grant {id} revoked by {actor}"),
+        )
+        .await?
+        {
+            ended.push(u.clone());
+        }
+    }
     app.audit(
         "grant.change",
-        json!({"actor": actor, "resource": resource, "change": "revoke", "grant": id}),
+        json!({"actor": actor, "resource": resource, "change": "revoke", "grant": id, "access_ended": ended}),
     )
     .await?;
     tx.commit().await?;
+    app.revocations.nudge();
     Ok(())
 }
 

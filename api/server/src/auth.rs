@@ -558,6 +558,7 @@ pub async fn revoke_session(
         device,
         reason: reason.to_owned(),
         at: t,
+        resource: None,
     }))
 }
 

@@ -39,13 +39,14 @@ fn row(r: &sqlx::any::AnyRow) -> Result<Revocation, sqlx::Error> {
         device: r.try_get("device_id")?,
         reason: r.try_get("reason")?,
         at: r.try_get("at")?,
+        resource: r.try_get("resource")?,
     })
 }
 
 /// Revocations after `since`, oldest first (at most `limit`).
 pub async fn after(db: &Db, since: i64, limit: i64) -> Result<Vec<Revocation>, sqlx::Error> {
     sqlx::query(
-        "SELECT seq, session_id, user_name, device_id, reason, at FROM revocations \
+        "SELECT seq, session_id, user_name, device_id, reason, at, resource FROM revocations \
          WHERE seq > $1 ORDER BY seq LIMIT $2",
     )
     .bind(since)
@@ -171,4 +172,41 @@ impl Feed {
             }
         }
     }
+}
+
+/// Within `tx`: records that `user`'s access to `resource` ended, unless an unexpired
+/// grant (to them or a group of theirs) still gives it. Gateways cut the user's open
+/// connections to the resource. The caller commits and then [`Revocations::nudge`]s.
+pub async fn end_access(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user: &str,
+    resource: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let t = crate::db::now();
+    let still: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM grants g WHERE g.resource = $1 AND (g.expires_at IS NULL OR g.expires_at > $3) AND \
+         ((g.subject_kind = 'user' AND g.subject = $2) OR \
+          (g.subject_kind = 'group' AND g.subject IN (SELECT group_name FROM group_members WHERE user_name = $2)))",
+    )
+    .bind(resource)
+    .bind(user)
+    .bind(t)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("n")?;
+    if still > 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO revocations (session_id, user_name, device_id, reason, at, resource) VALUES ($1, $2, '', $3, $4, $5)",
+    )
+    .bind(lastmile_proto::wire::ALL_SESSIONS)
+    .bind(user)
+    .bind(reason)
+    .bind(t)
+    .bind(resource)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
 }

@@ -250,6 +250,8 @@ pub struct Authorized {
     pub gateway: String,
     pub session: crate::auth::LiveSession,
     pub authorization: UnlockAuthorization,
+    /// When the grant it rests on ends (`None`: never).
+    pub grant_expires_at: Option<i64>,
 }
 
 /// Checks everything that lets a gateway act for a user on one connection to `resource`
@@ -429,10 +431,17 @@ pub async fn authorize(
         });
     }
 
+    // The latest end among the grants in force (none: one never ends).
+    let grant_expires_at = if expiries.iter().any(Option::is_none) {
+        None
+    } else {
+        expiries.iter().flatten().copied().filter(|e| *e > t).max()
+    };
     Ok(Authorized {
         gateway: gw.name.clone(),
         session,
         authorization: authz.clone(),
+        grant_expires_at,
     })
 }
 
@@ -480,6 +489,7 @@ async fn release(
         gateway,
         session,
         authorization: authz,
+        ..
     } = authorized;
     let resource = sqlx::query("SELECT credential, ssh_principals FROM resources WHERE name = $1")
         .bind(resource_name)
@@ -651,6 +661,7 @@ pub async fn authorize_connection(
         session: a.session.id.clone(),
         device: a.session.device.clone(),
         session_expires_at: a.session.expires_at,
+        grant_expires_at: a.grant_expires_at,
         credential,
     })
 }

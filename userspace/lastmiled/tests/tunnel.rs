@@ -626,3 +626,137 @@ async fn idle_handshakes_are_bounded_in_time_and_number() {
         b"still here"
     );
 }
+
+/// Waits until the open connection `s` is closed by the gateway; how long it took.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit + Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue,
+            Err(e) => panic!("still open after {:?}: {e}", started.elapsed()),
+        }
+    }
+}
+
+/// Open connections end within a second when the access they rest on does: a grant
+/// revoked, the user leaving the group a grant is for, and a grant's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_end_with_the_access_they_rest_on() {
+    let stack = Stack::start().await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    let gw = stack.gateway("gw1").await;
+    let listen = Listen::start(&alice, "echo");
+    let open = || {
+        let mut s = TcpStream::connect(listen.addr).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        s
+    };
+
+    // A revoked grant.
+    let mut s = open();
+    let grant = lastmile_api::admin::list_grants(&stack.app).await.unwrap()[0]
+        .id
+        .clone();
+    lastmile_api::admin::revoke_grant(&stack.app, "test", &grant)
+        .await
+        .unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(1));
+    assert!(
+        took < Duration::from_secs(1),
+        "grant revoked: cut after {took:?}"
+    );
+    gw.wait_event("connection.close", |e| {
+        e["error"]
+            .as_str()
+            .is_some_and(|s| s.contains("access revoked"))
+    });
+
+    // A grant to a group alice leaves; a second grant (direct, then revoked) first shows
+    // that a connection another grant still covers is left alone.
+    lastmile_api::admin::change_user(
+        &stack.app,
+        "test",
+        "alice",
+        lastmile_api::admin::UserChange::JoinGroup("dba".into()),
+    )
+    .await
+    .unwrap();
+    let group_grant = lastmile_api::admin::add_grant(
+        &stack.app,
+        "test",
+        lastmile_proto::wire::NewGrant {
+            resource: "echo".into(),
+            subject: lastmile_proto::wire::Subject::Group("dba".into()),
+            expires_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    let direct = lastmile_api::admin::add_grant(
+        &stack.app,
+        "test",
+        lastmile_proto::wire::NewGrant {
+            resource: "echo".into(),
+            subject: lastmile_proto::wire::Subject::User("alice".into()),
+            expires_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = open();
+    lastmile_api::admin::revoke_grant(&stack.app, "test", &direct.id)
+        .await
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_all(b"pong").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(
+        &b, b"pong",
+        "a connection the group's grant still covers was cut"
+    );
+    lastmile_api::admin::change_user(
+        &stack.app,
+        "test",
+        "alice",
+        lastmile_api::admin::UserChange::LeaveGroup("dba".into()),
+    )
+    .await
+    .unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(1));
+    assert!(
+        took < Duration::from_secs(1),
+        "left the group: cut after {took:?}"
+    );
+    lastmile_api::admin::revoke_grant(&stack.app, "test", &group_grant.id)
+        .await
+        .unwrap();
+
+    // A grant that expires in 2 seconds.
+    lastmile_api::admin::add_grant(
+        &stack.app,
+        "test",
+        lastmile_proto::wire::NewGrant {
+            resource: "echo".into(),
+            subject: lastmile_proto::wire::Subject::User("alice".into()),
+            expires_at: Some(lastmile_api_client::now() + 2),
+        },
+    )
+    .await
+    .unwrap();
+    let mut s = open();
+    let took = closed_within(&mut s, Duration::from_secs(3));
+    assert!(
+        took < Duration::from_secs(3),
+        "grant expiry: cut after {took:?}"
+    );
+    gw.wait_event("connection.close", |e| e["error"] == "grant expired");
+}

@@ -81,6 +81,9 @@ struct Gateway {
     connect_timeout: Duration,
     tunnels: Mutex<HashMap<String, Vec<Live>>>,
     next: AtomicU64,
+    /// Open connections by (user, resource), so an access revocation can end them.
+    access:
+        Mutex<HashMap<(String, String), Vec<(u64, tokio::sync::watch::Sender<Option<String>>)>>>,
     /// PostgreSQL connections' cancel keys.
     cancels: postgres::Cancels,
     /// TLS towards PostgreSQL clients that ask for it, per resource.
@@ -130,6 +133,28 @@ impl Gateway {
                 code: r.code.clone(),
                 message: r.message.clone(),
             })));
+    }
+
+    /// Ends `user`'s open connections to `resource`: their access ended.
+    fn end_access(&self, user: &str, resource: &str, reason: &str) {
+        let open = self
+            .access
+            .lock()
+            .ok()
+            .and_then(|mut a| a.remove(&(user.to_owned(), resource.to_owned())))
+            .unwrap_or_default();
+        for (_, cut) in &open {
+            cut.send_replace(Some(format!("access revoked: {reason}")));
+        }
+        if !open.is_empty() {
+            info!(
+                user,
+                resource,
+                reason,
+                connections = open.len(),
+                "access revoked: connections ended"
+            );
+        }
     }
 
     /// Cuts every tunnel of `session`.
@@ -227,6 +252,7 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         connect_timeout: config.connect_timeout,
         tunnels: Mutex::new(HashMap::new()),
         next: AtomicU64::new(1),
+        access: Mutex::new(HashMap::new()),
         cancels: postgres::Cancels::default(),
         server_tls: postgres::ServerTls::default(),
         log_query_params: config.log_query_params,

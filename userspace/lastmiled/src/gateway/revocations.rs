@@ -8,7 +8,8 @@ use tracing::warn;
 use super::Gateway;
 
 /// Follows the API's revocations (all sessions: the gateway's certificate sees them all)
-/// and cuts the tunnels of each revoked session. Reconnects, resuming after the last seen.
+/// and cuts the tunnels of each revoked session, and the connections of a user whose
+/// access to a resource ended. Reconnects, resuming after the last seen.
 pub(super) async fn watch_revocations(gw: Arc<Gateway>) {
     let mut since: Option<i64> = None;
     let mut backoff = Duration::from_millis(200);
@@ -25,7 +26,11 @@ pub(super) async fn watch_revocations(gw: Arc<Gateway>) {
                     match events.next().await {
                         Ok(Some(r)) => {
                             since = Some(r.seq);
-                            gw.revoke(&r.session, &r.reason);
+                            match &r.resource {
+                                // A user's access to one resource ended.
+                                Some(resource) => gw.end_access(&r.user, resource, &r.reason),
+                                None => gw.revoke(&r.session, &r.reason),
+                            }
                         }
                         Ok(None) => break,
                         Err(e) => {

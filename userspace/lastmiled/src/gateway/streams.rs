@@ -99,26 +99,44 @@ async fn streams(gw: Arc<Gateway>, accepted: Accepted, cut: watch::Receiver<Opti
 /// the user in their protocol before the stream goes.
 #[derive(Debug, Clone)]
 pub(super) struct Ending {
+    /// The tunnel's: its session was revoked.
     cut: watch::Receiver<Option<String>>,
-    expires: tokio::time::Instant,
+    /// This connection's: the user's access to the resource was revoked.
+    access: watch::Receiver<Option<String>>,
+    /// When the session or the grant ends, whichever is first, and which.
+    expires: (tokio::time::Instant, &'static str),
 }
 
 impl Ending {
     /// Resolves with the reason once the connection must end.
     pub(super) async fn wait(&mut self) -> String {
+        let (deadline, what) = self.expires;
         tokio::select! {
             changed = self.cut.wait_for(Option::is_some) => match changed {
                 Ok(reason) => reason.clone().unwrap_or_default(),
                 // The tunnel is gone; its streams go with it.
                 Err(_) => "tunnel closed".to_owned(),
             },
-            () = tokio::time::sleep_until(self.expires) => "session expired".to_owned(),
+            changed = self.access.wait_for(Option::is_some) => match changed {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "access revoked".to_owned(),
+            },
+            () = tokio::time::sleep_until(deadline) => what.to_owned(),
         }
     }
 
     fn revoked(&self) -> Option<String> {
-        self.cut.borrow().clone()
+        self.cut
+            .borrow()
+            .clone()
+            .or_else(|| self.access.borrow().clone())
     }
+}
+
+/// A deadline `at` (Unix seconds) from now.
+fn deadline(at: i64) -> tokio::time::Instant {
+    let left = at - lastmile_api_client::now();
+    tokio::time::Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
 }
 
 /// One authorized stream, handed to its resource kind's handler.
@@ -173,10 +191,21 @@ pub(super) struct CloseRecord {
     /// count, …).
     pub extra: serde_json::Map<String, serde_json::Value>,
     ending: Ending,
+    /// This connection's entry in the gateway's access table.
+    access: ((String, String), u64),
 }
 
 impl Drop for CloseRecord {
     fn drop(&mut self) {
+        if let Ok(mut a) = self.gw.access.lock() {
+            let (key, id) = &self.access;
+            if let Some(list) = a.get_mut(key) {
+                list.retain(|(i, _)| i != id);
+                if list.is_empty() {
+                    a.remove(key);
+                }
+            }
+        }
         let error = match self.ending.revoked() {
             Some(why) => Some(why),
             None => self.error.take(),
@@ -266,12 +295,23 @@ async fn open(
         None => None,
         Some(unlocked) => Some(open_credential(&key, &unlocked)?),
     };
-    let left = authorized.session_expires_at - lastmile_api_client::now();
+    // A connection outlives neither its session nor its grant.
+    let expires = match authorized.grant_expires_at {
+        Some(g) if g < authorized.session_expires_at => (deadline(g), "grant expired"),
+        _ => (deadline(authorized.session_expires_at), "session expired"),
+    };
+    let (access_cut, access) = watch::channel(None);
+    let access_id = gw.next.fetch_add(1, Ordering::Relaxed);
+    let access_key = (authorized.user.clone(), authorized.resource.name.clone());
+    if let Ok(mut a) = gw.access.lock() {
+        a.entry(access_key.clone())
+            .or_default()
+            .push((access_id, access_cut));
+    }
     let ending = Ending {
         cut,
-        // A connection does not outlive its session.
-        expires: tokio::time::Instant::now()
-            + Duration::from_secs(u64::try_from(left).unwrap_or(0)),
+        access,
+        expires,
     };
     let meter = Arc::new(Meter::default());
     let record = CloseRecord {
@@ -285,6 +325,7 @@ async fn open(
         error: None,
         extra: serde_json::Map::new(),
         ending: ending.clone(),
+        access: (access_key, access_id),
     };
     Ok(Connection {
         gw: gw.clone(),

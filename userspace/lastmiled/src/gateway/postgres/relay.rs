@@ -94,7 +94,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         tokio::select! {
             r = up => r,
             r = down => r,
-            why = ending.wait() => Err(Refusal::fatal("57P01", "session_ended", format!("lastmile: {why}; run `lastmile login` again"))),
+            why = ending.wait() => Err(ended(why)),
         }
     };
     drop(cancel);
@@ -130,6 +130,17 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         down = conn.meter.down(),
         "postgres session closed"
     );
+}
+
+/// What the client is told when its connection must end (§55.8: 57P01 admin_shutdown,
+/// the code a terminated backend gives).
+fn ended(why: String) -> Refusal {
+    let refusal = Refusal::fatal("57P01", "connection_ended", format!("lastmile: {why}"));
+    if why.starts_with("session") {
+        refusal.hint("run `lastmile login` again")
+    } else {
+        refusal.hint("ask an administrator for access to this resource")
+    }
 }
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, StatementLog> {
