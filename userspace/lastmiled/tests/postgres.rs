@@ -714,6 +714,20 @@ async fn hostile_input_closes_only_its_connection() {
             "{what}: {text}"
         );
     }
+    let after_login = gw
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "db.refused" && e["code"] == "protocol_violation")
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("invalid message from the client"))
+        })
+        .count();
+    assert_eq!(
+        after_login, 2,
+        "each framing error after login is an audit event"
+    );
     let mut s = logged_in(addr);
     s.write_all(b"Q\0\0\0\x20select").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();

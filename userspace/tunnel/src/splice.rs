@@ -37,7 +37,8 @@ impl Meter {
     }
 }
 
-fn h2_io(e: h2::Error) -> io::Error {
+/// An h2 error as an I/O error (the underlying one, when there is one).
+pub(crate) fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         e.into_io()
             .unwrap_or_else(|| io::Error::other("tunnel I/O"))

@@ -18,7 +18,7 @@ use bytes::{Buf as _, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::splice::Meter;
+use crate::splice::{Meter, h2_io};
 
 /// A stream carrying one user connection, seen from the gateway.
 #[derive(Debug)]
@@ -42,15 +42,6 @@ pub struct ClientReader {
 pub struct ClientWriter {
     send: SendStream<Bytes>,
     meter: Arc<Meter>,
-}
-
-fn h2_io(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        e.into_io()
-            .unwrap_or_else(|| io::Error::other("tunnel I/O"))
-    } else {
-        io::Error::other(e)
-    }
 }
 
 impl ClientStream {

@@ -293,9 +293,19 @@ impl Refusal {
     }
 }
 
-/// Tells the client (FATAL) and the audit log (`db.refused`) why the connection ends.
-async fn refuse<S: AsyncWrite + Unpin>(conn: &mut Connection, client: &mut S, refusal: Refusal) {
-    warn!(code = refusal.code, message = %refusal.message, "postgres connection refused");
+impl Refusal {
+    /// The FATAL ErrorResponse the client is sent, unless it is to be told nothing.
+    fn error_response(&self) -> Option<Vec<u8>> {
+        self.sqlstate.map(|sqlstate| {
+            message::error_response("FATAL", sqlstate, &self.message, None, self.hint.as_deref())
+        })
+    }
+}
+
+/// Records why the gateway ends the connection: in `connection.close` and as a
+/// `db.refused` event.
+fn record_refusal(conn: &mut Connection, refusal: &Refusal) {
+    warn!(code = refusal.code, message = %refusal.message, "postgres connection ended by the gateway");
     conn.record.error = Some(format!("{}: {}", refusal.code, refusal.message));
     conn.gw
         .sink
@@ -309,14 +319,12 @@ async fn refuse<S: AsyncWrite + Unpin>(conn: &mut Connection, client: &mut S, re
             code: refusal.code.to_owned(),
             message: refusal.message.clone(),
         })));
-    if let Some(sqlstate) = refusal.sqlstate {
-        let bytes = message::error_response(
-            "FATAL",
-            sqlstate,
-            &refusal.message,
-            None,
-            refusal.hint.as_deref(),
-        );
+}
+
+/// Tells the client (FATAL) and the audit log (`db.refused`) why the connection ends.
+async fn refuse<S: AsyncWrite + Unpin>(conn: &mut Connection, client: &mut S, refusal: Refusal) {
+    record_refusal(conn, &refusal);
+    if let Some(bytes) = refusal.error_response() {
         let _ = client.write_all(&bytes).await;
     }
     let _ = client.shutdown().await;

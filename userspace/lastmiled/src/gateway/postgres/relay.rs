@@ -108,17 +108,11 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     match result {
         Ok(()) => {}
         Err(refusal) => {
-            conn.record.error = Some(format!("{}: {}", refusal.code, refusal.message));
-            if let Some(sqlstate) = refusal.sqlstate
+            super::record_refusal(&mut conn, &refusal);
+            // Not in the middle of a server message: the client would misread it.
+            if let Some(bytes) = refusal.error_response()
                 && !shared.client_mid_message.load(Ordering::Acquire)
             {
-                let bytes = message::error_response(
-                    "FATAL",
-                    sqlstate,
-                    &refusal.message,
-                    None,
-                    refusal.hint.as_deref(),
-                );
                 let _ = to_client.write_all(&bytes).await;
             }
         }
