@@ -27,7 +27,7 @@ impl App {
         let db = Db::open(&config.database_url()).await?;
         let audit = config
             .audit
-            .writer(Some(&config.audit_file()))
+            .writer_keeping(Some(&config.audit_file()), crate::config::ALWAYS_AUDITED)
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
         Ok(Arc::new(Self {
