@@ -14,6 +14,9 @@ pub struct App {
     pub audit: lastmile_audit_sink::AuditWriter,
     pub revocations: Arc<Revocations>,
     pub kms: lastmile_vault::Kms,
+    /// Permits for logins being checked (`max_concurrent_logins`): bounds the argon2id
+    /// hashes, and their memory, that unauthenticated requests can make us run at once.
+    pub logins: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -30,7 +33,9 @@ impl App {
             .writer_keeping(Some(&config.audit_file()), crate::config::ALWAYS_AUDITED)
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
+        let logins = tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1));
         Ok(Arc::new(Self {
+            logins,
             db,
             pki,
             config,

@@ -177,8 +177,24 @@ fn dummy_hash() -> String {
         .clone()
 }
 
+/// Seconds a client refused for [`too_many_logins`] waits: about one argon2id hash.
+const LOGIN_RETRY_AFTER: u64 = 1;
+
+fn too_many_logins() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_logins",
+        format!(
+            "the API is checking as many logins as it allows at once; send the same request again in {LOGIN_RETRY_AFTER}s"
+        ),
+    )
+    .retry_after(LOGIN_RETRY_AFTER)
+}
+
 /// `POST /v1/login`.
 pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiError> {
+    // Before anything else, so a refused login leaves its challenge unspent for the retry.
+    let _permit = app.logins.try_acquire().map_err(|_| too_many_logins())?;
     let t = now();
     // The challenge is single use: consumed before anything else is checked.
     let consumed = sqlx::query(
@@ -359,6 +375,13 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
         .bind(&device)
         .fetch_optional(&app.db.pool)
         .await?;
+    // Read before the transaction, so that its first statement is a write: on SQLite a
+    // transaction that read first fails (SQLITE_BUSY_SNAPSHOT) instead of waiting when a
+    // concurrent login commits before its write.
+    let policy: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
+        .fetch_one(&app.db.pool)
+        .await?
+        .try_get("device_policy")?;
     let mut tx = app.db.pool.begin().await?;
     match known {
         Some(row) => {
@@ -413,10 +436,6 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
                 .await?;
         }
         None => {
-            let policy: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("device_policy")?;
             let status = if policy == "approval" {
                 "pending"
             } else {

@@ -50,6 +50,10 @@ pub struct ApiConfig {
     /// Default 5m.
     #[serde(with = "humantime_serde")]
     pub lockout: Duration,
+    /// Logins checked at once (each hashes a password with argon2id, 19 MiB); more are
+    /// refused with 429 `too_many_logins` and `Retry-After` rather than queued. Default
+    /// twice the CPUs.
+    pub max_concurrent_logins: usize,
     /// Where audit events are appended as JSON lines. Default `<data_dir>/audit.jsonl`.
     pub audit_file: Option<PathBuf>,
     /// Audit events (admin changes, logins, sessions, devices, decryptions): to
@@ -79,6 +83,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_failed_logins: 10,
             lockout: Duration::from_secs(300),
+            max_concurrent_logins: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             audit_file: None,
             audit: lastmile_audit_sink::SinkConfig::default(),
             kms: lastmile_vault::KmsConfig::default(),
@@ -134,6 +139,9 @@ impl ApiConfig {
         }
         if c.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024"));
+        }
+        if c.max_concurrent_logins == 0 {
+            return Err(invalid("max_concurrent_logins must be at least 1"));
         }
         c.audit
             .policy(ALWAYS_AUDITED)
