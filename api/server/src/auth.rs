@@ -191,6 +191,13 @@ fn too_many_logins() -> ApiError {
     .retry_after(LOGIN_RETRY_AFTER)
 }
 
+fn totp_replayed() -> ApiError {
+    ApiError::unauthorized(
+        "totp_replayed",
+        "this TOTP code was already used: wait for the next one",
+    )
+}
+
 /// `POST /v1/login`.
 pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiError> {
     // Before anything else, so a refused login leaves its challenge unspent for the retry.
@@ -278,16 +285,7 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
                 .await);
             }
             Some(step) if step <= user.totp_last_step => {
-                return Err(refuse_login(
-                    app,
-                    &req.user,
-                    true,
-                    ApiError::unauthorized(
-                        "totp_replayed",
-                        "this TOTP code was already used: wait for the next one",
-                    ),
-                )
-                .await);
+                return Err(refuse_login(app, &req.user, true, totp_replayed()).await);
             }
             Some(step) => totp_step = Some(step),
         }
@@ -494,18 +492,32 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
     .bind(session_expires_at)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    // The TOTP step is spent by compare-and-set: of two logins that read the same last
+    // step and both passed the check above, only the first to get here changes the row.
+    let spent = sqlx::query(if totp_step.is_some() {
+        "UPDATE users SET failed_logins = 0, locked_until = 0, totp_last_step = $1, \
+         password_hash = COALESCE($2, password_hash), \
+         password_one_time = CASE WHEN $2 IS NULL THEN password_one_time ELSE 0 END \
+         WHERE name = $3 AND totp_last_step < $1"
+    } else {
         "UPDATE users SET failed_logins = 0, locked_until = 0, \
          totp_last_step = CASE WHEN $1 > totp_last_step THEN $1 ELSE totp_last_step END, \
          password_hash = COALESCE($2, password_hash), \
          password_one_time = CASE WHEN $2 IS NULL THEN password_one_time ELSE 0 END \
-         WHERE name = $3",
-    )
+         WHERE name = $3"
+    })
     .bind(totp_step.unwrap_or(0))
     .bind(new_hash)
     .bind(&req.user)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if totp_step.is_some() && spent != 1 {
+        // Nothing of this login stays; the transaction's lock is released before the
+        // refusal is counted.
+        tx.rollback().await?;
+        return Err(refuse_login(app, &req.user, true, totp_replayed()).await);
+    }
     app.audit(
         "login",
         json!({"user": req.user, "device": device, "session": session, "totp": totp_step.is_some(), "password_changed": user.one_time}),

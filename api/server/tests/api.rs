@@ -970,3 +970,69 @@ async fn logins_past_the_bound_are_refused_with_retry_after() {
         assert_eq!(a.status(), 200, "{}", a.text().await.unwrap());
     }
 }
+
+/// Turns TOTP on for `user` and returns its base32 secret (from the otpauth URI).
+async fn totp_on(api: &support::Api, admin: &Session, user: &str) -> String {
+    let t: serde_json::Value = api
+        .client
+        .call(
+            admin,
+            Method::POST,
+            &format!("/v1/admin/users/{user}/totp-on"),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let uri = t["otpauth"].as_str().unwrap();
+    uri.split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// One TOTP code sent by several logins at once: exactly one of them logs in.
+async fn totp_code_used_concurrently(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (_, laptop) = api.user("alice").await;
+    let secret = totp_on(&api, &admin, "alice").await;
+    // Not too close to the end of a step, so every login sees the same code as current.
+    while now() % 30 > 20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let code = lastmile_api::secret::totp_now(&secret, now()).unwrap();
+    let login = || {
+        let (api, laptop, code) = (&api, &laptop, &code);
+        async move {
+            api.client
+                .login(&lastmile_api_client::Login {
+                    user: "alice",
+                    password: PASSWORD,
+                    totp: Some(code),
+                    new_password: None,
+                    device_key: &laptop.key,
+                    fingerprint: &laptop.fingerprint,
+                    device_name: "laptop",
+                })
+                .await
+        }
+    };
+    let (a, b, c) = tokio::join!(login(), login(), login());
+    let results = [a, b, c];
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Some("totp_replayed"), "{e}");
+        }
+    }
+}
+both_stores!(
+    a_totp_code_used_by_concurrent_logins_logs_in_once,
+    totp_code_used_concurrently
+);
