@@ -34,7 +34,7 @@ impl App {
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
         let logins = tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1));
-        Ok(Arc::new(Self {
+        let app = Arc::new(Self {
             logins,
             db,
             pki,
@@ -42,7 +42,14 @@ impl App {
             audit,
             revocations,
             kms,
-        }))
+        });
+        let sealed = crate::admin::seal_clear_totp_seeds(&app)
+            .await
+            .map_err(|e| anyhow::anyhow!("sealing TOTP seeds stored in the clear: {e}"))?;
+        if sealed > 0 {
+            tracing::info!(sealed, "TOTP seeds stored in the clear are sealed now");
+        }
+        Ok(app)
     }
 
     /// The task that feeds the revocation stream (see [`Revocations::tail`]).

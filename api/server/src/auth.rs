@@ -105,16 +105,32 @@ pub async fn challenge(
 struct UserRow {
     password_hash: String,
     one_time: bool,
-    totp_secret: Option<String>,
+    totp_secret: Option<TotpSeed>,
     totp_last_step: i64,
     disabled: bool,
     locked_until: i64,
 }
 
+enum TotpSeed {
+    Sealed(String),
+    Clear(String),
+}
+
+impl TotpSeed {
+    async fn open(&self, app: &App, user: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
+        match self {
+            Self::Clear(s) => Ok(zeroize::Zeroizing::new(s.clone())),
+            Self::Sealed(s) => secret::open_totp(&app.kms, &app.pki.organisation, user, s)
+                .await
+                .map_err(crate::vault::kms_error),
+        }
+    }
+}
+
 async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
     let row = sqlx::query(
-        "SELECT password_hash, password_one_time, totp_secret, totp_last_step, disabled, \
-         locked_until FROM users WHERE name = $1",
+        "SELECT password_hash, password_one_time, totp_secret, totp_sealed, totp_last_step, \
+         disabled, locked_until FROM users WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&app.db.pool)
@@ -123,7 +139,13 @@ async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
     Ok(Some(UserRow {
         password_hash: r.try_get("password_hash")?,
         one_time: r.try_get::<i64, _>("password_one_time")? != 0,
-        totp_secret: r.try_get("totp_secret")?,
+        totp_secret: match r.try_get::<Option<String>, _>("totp_sealed")? {
+            Some(sealed) => Some(TotpSeed::Sealed(sealed)),
+            // Stored before seeds were sealed, and not sealed at start yet.
+            None => r
+                .try_get::<Option<String>, _>("totp_secret")?
+                .map(TotpSeed::Clear),
+        },
         totp_last_step: r.try_get("totp_last_step")?,
         disabled: r.try_get::<i64, _>("disabled")? != 0,
         locked_until: r.try_get("locked_until")?,
@@ -271,7 +293,8 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
             )
             .await);
         };
-        match secret::totp_step_matching(secret, code, t) {
+        let secret = secret.open(app, &req.user).await?;
+        match secret::totp_step_matching(&secret, code, t) {
             None => {
                 return Err(refuse_login(
                     app,

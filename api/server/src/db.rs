@@ -63,6 +63,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "postgres",
         include_str!("../migrations/sqlite/0004_postgres.sql"),
     ),
+    (
+        5,
+        "totp_sealed",
+        include_str!("../migrations/sqlite/0005_totp_sealed.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -84,6 +89,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         4,
         "postgres",
         include_str!("../migrations/postgres/0004_postgres.sql"),
+    ),
+    (
+        5,
+        "totp_sealed",
+        include_str!("../migrations/postgres/0005_totp_sealed.sql"),
     ),
 ];
 

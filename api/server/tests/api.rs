@@ -1036,3 +1036,64 @@ both_stores!(
     a_totp_code_used_by_concurrent_logins_logs_in_once,
     totp_code_used_concurrently
 );
+
+async fn stored_totp(api: &support::Api, user: &str) -> (Option<String>, Option<String>) {
+    use sqlx::Row as _;
+    let r = sqlx::query("SELECT totp_secret, totp_sealed FROM users WHERE name = $1")
+        .bind(user)
+        .fetch_one(&api.app.db.pool)
+        .await
+        .unwrap();
+    (r.get("totp_secret"), r.get("totp_sealed"))
+}
+
+/// The TOTP seed is stored sealed by the KMS, never as its base32; a seed stored in the
+/// clear by an earlier version is sealed when the API starts, and still logs in.
+async fn totp_seeds_sealed(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (_, laptop) = api.user("alice").await;
+    let secret = totp_on(&api, &admin, "alice").await;
+    let (clear, sealed) = stored_totp(&api, "alice").await;
+    assert_eq!(clear, None);
+    let sealed = sealed.unwrap();
+    assert!(!sealed.contains(&secret), "{sealed}");
+    assert!(!sealed.to_lowercase().contains(&secret.to_lowercase()));
+    let login = |code: String| {
+        let (api, laptop) = (&api, &laptop);
+        async move {
+            api.client
+                .login(&lastmile_api_client::Login {
+                    user: "alice",
+                    password: PASSWORD,
+                    totp: Some(&code),
+                    new_password: None,
+                    device_key: &laptop.key,
+                    fingerprint: &laptop.fingerprint,
+                    device_name: "laptop",
+                })
+                .await
+        }
+    };
+    login(lastmile_api::secret::totp_now(&secret, now()).unwrap())
+        .await
+        .unwrap();
+
+    // A clear seed, as an earlier version stored it: sealed at the next start.
+    let old = lastmile_api::secret::new_totp_secret().unwrap();
+    sqlx::query(
+        "UPDATE users SET totp_secret = $1, totp_sealed = NULL, totp_last_step = 0 WHERE name = 'alice'",
+    )
+    .bind(&old)
+    .execute(&api.app.db.pool)
+    .await
+    .unwrap();
+    let _second = api.another_instance().await;
+    let (clear, sealed) = stored_totp(&api, "alice").await;
+    assert_eq!(clear, None);
+    assert!(!sealed.unwrap().contains(&old));
+    login(lastmile_api::secret::totp_now(&old, now()).unwrap())
+        .await
+        .unwrap();
+}
+both_stores!(totp_seeds_are_stored_sealed, totp_seeds_sealed);
