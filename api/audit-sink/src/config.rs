@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{AuditWriter, Policy, ServiceTarget, WriteError};
+use crate::{AuditWriter, Policy, PolicyError, ServiceTarget, WriteError};
 
 /// A component's audit section: its logging policy and destinations.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,10 +43,28 @@ fn default_spool() -> PathBuf {
 impl SinkConfig {
     /// The writer this section describes, also appending to `file` when given.
     pub fn writer(&self, file: Option<&Path>) -> Result<AuditWriter, WriteError> {
+        self.writer_keeping(file, &[])
+    }
+
+    /// The policy this section describes, for a component that always records
+    /// `always_kept`: refused when `kinds` leaves one of them out.
+    pub fn policy(&self, always_kept: &'static [&'static str]) -> Result<Policy, PolicyError> {
         let policy = Policy {
             kinds: self.kinds.iter().cloned().collect(),
+            always_kept,
             ..Policy::default()
         };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// As [`writer`](Self::writer), for a component that always records `always_kept`.
+    pub fn writer_keeping(
+        &self,
+        file: Option<&Path>,
+        always_kept: &'static [&'static str],
+    ) -> Result<AuditWriter, WriteError> {
+        let policy = self.policy(always_kept)?;
         let service = self.service.as_ref().map(|s| ServiceTarget {
             url: s.url.clone(),
             ca: s.ca.clone(),

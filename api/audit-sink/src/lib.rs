@@ -11,6 +11,7 @@
 //! The event schema is versioned: every event carries `"v"`; see `docs/audit-events.md`.
 
 mod config;
+pub mod files;
 mod policy;
 pub mod schema;
 mod seal;

@@ -26,6 +26,10 @@ pub enum QueryText {
 pub struct Policy {
     /// Kinds to keep; empty keeps every kind.
     pub kinds: BTreeSet<String>,
+    /// Kinds this component must always record, whatever `kinds` says (the API's
+    /// `credential.decrypt` and `connection.open`: an unlock must never go unrecorded).
+    /// A `kinds` list that leaves one out is refused by [`Policy::validate`].
+    pub always_kept: &'static [&'static str],
     pub query_text: QueryText,
     /// Key for [`QueryText::KeyedHash`].
     pub query_key: Option<Vec<u8>>,
@@ -37,11 +41,21 @@ pub enum PolicyError {
     MissingKey,
     #[error("an audit event must be a JSON object with a string \"kind\"")]
     NotAnEvent,
+    #[error(
+        "`kinds` leaves out \"{0}\", which this component always records (it cannot be \
+         filtered out): add \"{0}\" to `kinds`, or leave `kinds` empty to keep every kind"
+    )]
+    CannotFilterOut(&'static str),
 }
 
 impl Policy {
     /// Checks the policy can be applied.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if !self.kinds.is_empty()
+            && let Some(kind) = self.always_kept.iter().find(|k| !self.kinds.contains(**k))
+        {
+            return Err(PolicyError::CannotFilterOut(kind));
+        }
         match (&self.query_text, &self.query_key) {
             (QueryText::KeyedHash, None) => Err(PolicyError::MissingKey),
             (QueryText::KeyedHash, Some(k)) if k.len() < 16 => Err(PolicyError::MissingKey),
@@ -56,7 +70,8 @@ impl Policy {
             .get("kind")
             .and_then(Value::as_str)
             .ok_or(PolicyError::NotAnEvent)?;
-        if !self.kinds.is_empty() && !self.kinds.contains(kind) {
+        if !self.kinds.is_empty() && !self.kinds.contains(kind) && !self.always_kept.contains(&kind)
+        {
             return Ok(None);
         }
         let object = event.as_object_mut().ok_or(PolicyError::NotAnEvent)?;
@@ -99,6 +114,42 @@ mod tests {
         assert_eq!(p.apply(query()).unwrap(), None);
         assert!(p.apply(json!({"kind": "login"})).unwrap().is_some());
         assert_eq!(Policy::default().apply(query()).unwrap(), Some(query()));
+    }
+
+    #[test]
+    fn kinds_always_kept_cannot_be_filtered_out() {
+        let p = Policy {
+            kinds: ["login".to_string()].into(),
+            always_kept: &["credential.decrypt", "connection.open"],
+            ..Policy::default()
+        };
+        let e = p.validate().unwrap_err();
+        assert_eq!(e, PolicyError::CannotFilterOut("credential.decrypt"));
+        assert!(
+            e.to_string()
+                .contains("add \"credential.decrypt\" to `kinds`")
+        );
+        // Listing them, or listing nothing, is fine.
+        let listed = Policy {
+            kinds: ["login", "credential.decrypt", "connection.open"]
+                .map(String::from)
+                .into(),
+            ..p.clone()
+        };
+        listed.validate().unwrap();
+        Policy {
+            kinds: BTreeSet::new(),
+            ..p.clone()
+        }
+        .validate()
+        .unwrap();
+        // And they are kept even by a policy that skipped validation.
+        assert!(
+            p.apply(json!({"kind": "connection.open"}))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(p.apply(query()).unwrap(), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! file shrinks only as the service acknowledges events.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::Write as _,
     path::{Path, PathBuf},
 };
@@ -183,11 +183,7 @@ impl Spool {
         }
         let dir = self.dir();
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io(&self.path))?;
+        let mut f = crate::files::open_append(&self.path).map_err(io(&self.path))?;
         let written = f.write_all(&record).and_then(|()| f.sync_data());
         if let Err(e) = written {
             self.clean_len = None;
@@ -229,7 +225,7 @@ impl Spool {
         let mut name = self.path.file_name().unwrap_or_default().to_owned();
         name.push(".tmp");
         let tmp = self.path.with_file_name(name);
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = crate::files::create_replacement(&tmp).map_err(io(&tmp))?;
         f.write_all(&bytes)
             .and_then(|()| f.sync_all())
             .map_err(io(&tmp))?;
@@ -244,11 +240,7 @@ impl Spool {
             return Ok(());
         }
         let path = self.damaged_path();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
+        let mut f = crate::files::open_append(&path).map_err(io(&path))?;
         f.write_all(&damaged.concat())
             .and_then(|()| f.sync_all())
             .map_err(io(&path))
@@ -317,7 +309,10 @@ mod tests {
         spool.append(&[json!({"n": 1})]).unwrap();
         // The crash: half a record, then a new process.
         let whole = frame(&json!({"n": 2})).unwrap();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&whole[..5]).unwrap();
         let mut spool = Spool::new(&path);
         spool.append(&[json!({"n": 3}), json!({"n": 4})]).unwrap();

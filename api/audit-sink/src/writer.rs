@@ -6,7 +6,7 @@
 //! order, before the next event once the service answers again.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -114,11 +114,7 @@ impl AuditWriter {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir).map_err(io(dir))?;
                 }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(io(p))?;
+                let f = crate::files::open_append(p).map_err(io(p))?;
                 Some((p.to_owned(), Mutex::new(f)))
             }
             None => None,
@@ -275,4 +271,57 @@ fn tls_client(t: &ServiceTarget) -> Result<reqwest::Client, WriteError> {
         .timeout(std::time::Duration::from_secs(10))
         .build()
         .map_err(|e| tls(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+    use crate::files::{FILE_MODE, READER_GROUP};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn the_event_file_it_creates_is_not_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log").join("node-events.jsonl");
+        AuditWriter::new(Policy::default(), &[], Some(&path), None).unwrap();
+        assert_eq!(mode(&path), FILE_MODE, "{:o}", mode(&path));
+        if let Ok(Some(group)) = nix::unistd::Group::from_name(READER_GROUP)
+            && nix::unistd::geteuid().is_root()
+        {
+            let gid = std::fs::metadata(&path).unwrap().gid();
+            assert_eq!(gid, group.gid.as_raw());
+        }
+    }
+
+    #[test]
+    fn an_existing_event_file_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AuditWriter::new(Policy::default(), &[], Some(&path), None).unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn the_spool_it_creates_is_not_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit-spool.jsonl");
+        let mut spool = Spool::new(&path);
+        spool
+            .append(&[serde_json::json!({"v": 1, "kind": "login"})])
+            .unwrap();
+        assert_eq!(mode(&path), FILE_MODE);
+        // Rewritten (some events acknowledged), it stays so.
+        spool
+            .keep_only(&[serde_json::json!({"v": 1, "kind": "login"})])
+            .unwrap();
+        assert_eq!(mode(&path), FILE_MODE);
+    }
 }

@@ -552,6 +552,7 @@ async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing(
         kinds: ["query".to_string(), "login".to_string()].into(),
         query_text: QueryText::KeyedHash,
         query_key: Some(b"a key of at least sixteen bytes".to_vec()),
+        ..Policy::default()
     };
     let target = ServiceTarget {
         url: url(&s, ""),

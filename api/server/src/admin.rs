@@ -137,7 +137,7 @@ async fn user_groups(app: &App, user: &str) -> Result<Vec<String>, ApiError> {
 
 pub async fn list_users(app: &App) -> Result<Vec<User>, ApiError> {
     let rows = sqlx::query(
-        "SELECT name, admin, disabled, totp_secret, created_at FROM users ORDER BY name",
+        "SELECT name, admin, disabled, totp_secret, totp_sealed, created_at FROM users ORDER BY name",
     )
     .fetch_all(&app.db.pool)
     .await?;
@@ -149,7 +149,8 @@ pub async fn list_users(app: &App) -> Result<Vec<User>, ApiError> {
             name,
             admin: r.try_get::<i64, _>("admin")? != 0,
             disabled: r.try_get::<i64, _>("disabled")? != 0,
-            totp: r.try_get::<Option<String>, _>("totp_secret")?.is_some(),
+            totp: r.try_get::<Option<String>, _>("totp_sealed")?.is_some()
+                || r.try_get::<Option<String>, _>("totp_secret")?.is_some(),
             created_at: r.try_get("created_at")?,
         });
     }
@@ -349,6 +350,33 @@ pub async fn reset_password(
     })
 }
 
+/// Seals, under the KMS, TOTP seeds stored in the clear before seeds were sealed (run at
+/// start). Each row changes only if its clear seed is still the one read, so several
+/// instances starting at once, or a concurrent `totp-on`, are harmless.
+pub async fn seal_clear_totp_seeds(app: &App) -> Result<u64, ApiError> {
+    let rows = sqlx::query("SELECT name, totp_secret FROM users WHERE totp_secret IS NOT NULL")
+        .fetch_all(&app.db.pool)
+        .await?;
+    let mut sealed = 0;
+    for r in rows {
+        let name: String = r.try_get("name")?;
+        let clear: String = r.try_get("totp_secret")?;
+        let text = secret::seal_totp(&app.kms, &app.pki.organisation, &name, &clear)
+            .await
+            .map_err(crate::vault::kms_error)?;
+        sealed += sqlx::query(
+            "UPDATE users SET totp_sealed = $1, totp_secret = NULL WHERE name = $2 AND totp_secret = $3",
+        )
+        .bind(&text)
+        .bind(&name)
+        .bind(&clear)
+        .execute(&app.db.pool)
+        .await?
+        .rows_affected();
+    }
+    Ok(sealed)
+}
+
 /// Turns TOTP on (a new secret; the `otpauth://` URI to show once) or off (`None`).
 pub async fn set_totp(
     app: &App,
@@ -361,13 +389,24 @@ pub async fn set_totp(
     } else {
         None
     };
+    // Sealed like every other secret; the clear seed goes out once, in the URI.
+    let sealed = match &secret {
+        Some(s) => Some(
+            secret::seal_totp(&app.kms, &app.pki.organisation, user, s)
+                .await
+                .map_err(crate::vault::kms_error)?,
+        ),
+        None => None,
+    };
     let mut tx = app.db.pool.begin().await?;
-    let n = sqlx::query("UPDATE users SET totp_secret = $1, totp_last_step = 0 WHERE name = $2")
-        .bind(&secret)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let n = sqlx::query(
+        "UPDATE users SET totp_sealed = $1, totp_secret = NULL, totp_last_step = 0 WHERE name = $2",
+    )
+    .bind(&sealed)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if n != 1 {
         return Err(ApiError::not_found(
             "no_such_user",

@@ -14,6 +14,9 @@ pub struct App {
     pub audit: lastmile_audit_sink::AuditWriter,
     pub revocations: Arc<Revocations>,
     pub kms: lastmile_vault::Kms,
+    /// Permits for logins being checked (`max_concurrent_logins`): bounds the argon2id
+    /// hashes, and their memory, that unauthenticated requests can make us run at once.
+    pub logins: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -27,17 +30,26 @@ impl App {
         let db = Db::open(&config.database_url()).await?;
         let audit = config
             .audit
-            .writer(Some(&config.audit_file()))
+            .writer_keeping(Some(&config.audit_file()), crate::config::ALWAYS_AUDITED)
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
-        Ok(Arc::new(Self {
+        let logins = tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1));
+        let app = Arc::new(Self {
+            logins,
             db,
             pki,
             config,
             audit,
             revocations,
             kms,
-        }))
+        });
+        let sealed = crate::admin::seal_clear_totp_seeds(&app)
+            .await
+            .map_err(|e| anyhow::anyhow!("sealing TOTP seeds stored in the clear: {e}"))?;
+        if sealed > 0 {
+            tracing::info!(sealed, "TOTP seeds stored in the clear are sealed now");
+        }
+        Ok(app)
     }
 
     /// The task that feeds the revocation stream (see [`Revocations::tail`]).

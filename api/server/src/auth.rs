@@ -105,16 +105,32 @@ pub async fn challenge(
 struct UserRow {
     password_hash: String,
     one_time: bool,
-    totp_secret: Option<String>,
+    totp_secret: Option<TotpSeed>,
     totp_last_step: i64,
     disabled: bool,
     locked_until: i64,
 }
 
+enum TotpSeed {
+    Sealed(String),
+    Clear(String),
+}
+
+impl TotpSeed {
+    async fn open(&self, app: &App, user: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
+        match self {
+            Self::Clear(s) => Ok(zeroize::Zeroizing::new(s.clone())),
+            Self::Sealed(s) => secret::open_totp(&app.kms, &app.pki.organisation, user, s)
+                .await
+                .map_err(crate::vault::kms_error),
+        }
+    }
+}
+
 async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
     let row = sqlx::query(
-        "SELECT password_hash, password_one_time, totp_secret, totp_last_step, disabled, \
-         locked_until FROM users WHERE name = $1",
+        "SELECT password_hash, password_one_time, totp_secret, totp_sealed, totp_last_step, \
+         disabled, locked_until FROM users WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&app.db.pool)
@@ -123,7 +139,13 @@ async fn user_row(app: &App, name: &str) -> Result<Option<UserRow>, ApiError> {
     Ok(Some(UserRow {
         password_hash: r.try_get("password_hash")?,
         one_time: r.try_get::<i64, _>("password_one_time")? != 0,
-        totp_secret: r.try_get("totp_secret")?,
+        totp_secret: match r.try_get::<Option<String>, _>("totp_sealed")? {
+            Some(sealed) => Some(TotpSeed::Sealed(sealed)),
+            // Stored before seeds were sealed, and not sealed at start yet.
+            None => r
+                .try_get::<Option<String>, _>("totp_secret")?
+                .map(TotpSeed::Clear),
+        },
         totp_last_step: r.try_get("totp_last_step")?,
         disabled: r.try_get::<i64, _>("disabled")? != 0,
         locked_until: r.try_get("locked_until")?,
@@ -177,8 +199,31 @@ fn dummy_hash() -> String {
         .clone()
 }
 
+/// Seconds a client refused for [`too_many_logins`] waits: about one argon2id hash.
+const LOGIN_RETRY_AFTER: u64 = 1;
+
+fn too_many_logins() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_logins",
+        format!(
+            "the API is checking as many logins as it allows at once; send the same request again in {LOGIN_RETRY_AFTER}s"
+        ),
+    )
+    .retry_after(LOGIN_RETRY_AFTER)
+}
+
+fn totp_replayed() -> ApiError {
+    ApiError::unauthorized(
+        "totp_replayed",
+        "this TOTP code was already used: wait for the next one",
+    )
+}
+
 /// `POST /v1/login`.
 pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiError> {
+    // Before anything else, so a refused login leaves its challenge unspent for the retry.
+    let _permit = app.logins.try_acquire().map_err(|_| too_many_logins())?;
     let t = now();
     // The challenge is single use: consumed before anything else is checked.
     let consumed = sqlx::query(
@@ -248,7 +293,8 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
             )
             .await);
         };
-        match secret::totp_step_matching(secret, code, t) {
+        let secret = secret.open(app, &req.user).await?;
+        match secret::totp_step_matching(&secret, code, t) {
             None => {
                 return Err(refuse_login(
                     app,
@@ -262,16 +308,7 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
                 .await);
             }
             Some(step) if step <= user.totp_last_step => {
-                return Err(refuse_login(
-                    app,
-                    &req.user,
-                    true,
-                    ApiError::unauthorized(
-                        "totp_replayed",
-                        "this TOTP code was already used: wait for the next one",
-                    ),
-                )
-                .await);
+                return Err(refuse_login(app, &req.user, true, totp_replayed()).await);
             }
             Some(step) => totp_step = Some(step),
         }
@@ -359,6 +396,13 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
         .bind(&device)
         .fetch_optional(&app.db.pool)
         .await?;
+    // Read before the transaction, so that its first statement is a write: on SQLite a
+    // transaction that read first fails (SQLITE_BUSY_SNAPSHOT) instead of waiting when a
+    // concurrent login commits before its write.
+    let policy: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
+        .fetch_one(&app.db.pool)
+        .await?
+        .try_get("device_policy")?;
     let mut tx = app.db.pool.begin().await?;
     match known {
         Some(row) => {
@@ -413,10 +457,6 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
                 .await?;
         }
         None => {
-            let policy: String = sqlx::query("SELECT device_policy FROM org WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("device_policy")?;
             let status = if policy == "approval" {
                 "pending"
             } else {
@@ -475,18 +515,32 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
     .bind(session_expires_at)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    // The TOTP step is spent by compare-and-set: of two logins that read the same last
+    // step and both passed the check above, only the first to get here changes the row.
+    let spent = sqlx::query(if totp_step.is_some() {
+        "UPDATE users SET failed_logins = 0, locked_until = 0, totp_last_step = $1, \
+         password_hash = COALESCE($2, password_hash), \
+         password_one_time = CASE WHEN $2 IS NULL THEN password_one_time ELSE 0 END \
+         WHERE name = $3 AND totp_last_step < $1"
+    } else {
         "UPDATE users SET failed_logins = 0, locked_until = 0, \
          totp_last_step = CASE WHEN $1 > totp_last_step THEN $1 ELSE totp_last_step END, \
          password_hash = COALESCE($2, password_hash), \
          password_one_time = CASE WHEN $2 IS NULL THEN password_one_time ELSE 0 END \
-         WHERE name = $3",
-    )
+         WHERE name = $3"
+    })
     .bind(totp_step.unwrap_or(0))
     .bind(new_hash)
     .bind(&req.user)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if totp_step.is_some() && spent != 1 {
+        // Nothing of this login stays; the transaction's lock is released before the
+        // refusal is counted.
+        tx.rollback().await?;
+        return Err(refuse_login(app, &req.user, true, totp_replayed()).await);
+    }
     app.audit(
         "login",
         json!({"user": req.user, "device": device, "session": session, "totp": totp_step.is_some(), "password_changed": user.one_time}),

@@ -9,6 +9,10 @@ use std::{
 
 use serde::Deserialize;
 
+/// Audit kinds the API records whatever `[api.audit] kinds` says: a credential released
+/// or a connection opened with no record of it is what the audit log exists to prevent.
+pub const ALWAYS_AUDITED: &[&str] = &["credential.decrypt", "connection.open"];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -46,10 +50,15 @@ pub struct ApiConfig {
     /// Default 5m.
     #[serde(with = "humantime_serde")]
     pub lockout: Duration,
+    /// Logins checked at once (each hashes a password with argon2id, 19 MiB); more are
+    /// refused with 429 `too_many_logins` and `Retry-After` rather than queued. Default
+    /// twice the CPUs.
+    pub max_concurrent_logins: usize,
     /// Where audit events are appended as JSON lines. Default `<data_dir>/audit.jsonl`.
     pub audit_file: Option<PathBuf>,
     /// Audit events (admin changes, logins, sessions, devices, decryptions): to
-    /// `audit_file`, and wherever this section adds.
+    /// `audit_file`, and wherever this section adds. A `kinds` list must include
+    /// [`ALWAYS_AUDITED`] (`credential.decrypt`, `connection.open`), or be empty.
     pub audit: lastmile_audit_sink::SinkConfig,
     /// Where the vault's (and the CAs') master keys live: `kind = "local"` (the default:
     /// `<data_dir>/kms`) or `kind = "aws"` with `region`, `key_id`, and optionally
@@ -74,6 +83,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_failed_logins: 10,
             lockout: Duration::from_secs(300),
+            max_concurrent_logins: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             audit_file: None,
             audit: lastmile_audit_sink::SinkConfig::default(),
             kms: lastmile_vault::KmsConfig::default(),
@@ -130,6 +140,12 @@ impl ApiConfig {
         if c.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes must be at least 1024"));
         }
+        if c.max_concurrent_logins == 0 {
+            return Err(invalid("max_concurrent_logins must be at least 1"));
+        }
+        c.audit
+            .policy(ALWAYS_AUDITED)
+            .map_err(|e| invalid(&format!("[api.audit] {e}")))?;
         Ok(c)
     }
 
@@ -160,4 +176,35 @@ impl ApiConfig {
 /// Seconds in `d`, as the store keeps times.
 pub fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load(text: &str) -> Result<ApiConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.toml");
+        std::fs::write(&path, text).unwrap();
+        ApiConfig::load(Some(&path))
+    }
+
+    #[test]
+    fn audit_kinds_cannot_leave_out_decryptions_or_connections() {
+        for (kinds, missing) in [
+            (r#"["login"]"#, "credential.decrypt"),
+            (r#"["login", "credential.decrypt"]"#, "connection.open"),
+        ] {
+            let e = load(&format!("[api.audit]\nkinds = {kinds}\n")).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("leaves out \"{missing}\"")),
+                "{message}"
+            );
+        }
+        load("[api.audit]\nkinds = [\"login\", \"credential.decrypt\", \"connection.open\"]\n")
+            .unwrap();
+        load("[api.audit]\nkinds = []\n").unwrap();
+    }
 }

@@ -68,6 +68,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "access",
         include_str!("../migrations/sqlite/0005_access.sql"),
     ),
+    (
+        6,
+        "totp_sealed",
+        include_str!("../migrations/sqlite/0006_totp_sealed.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -94,6 +99,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         5,
         "access",
         include_str!("../migrations/postgres/0005_access.sql"),
+    ),
+    (
+        6,
+        "totp_sealed",
+        include_str!("../migrations/postgres/0006_totp_sealed.sql"),
     ),
 ];
 

@@ -59,6 +59,44 @@ pub fn new_totp_secret() -> Result<String, PkiError> {
     Ok(data_encoding::BASE32_NOPAD.encode(&random::<20>()?))
 }
 
+/// The KMS context a user's TOTP seed is sealed under.
+fn totp_context(organisation: &str, user: &str) -> lastmile_vault::Context {
+    lastmile_vault::Context::new([("lastmile:org", organisation), ("lastmile:totp", user)])
+}
+
+/// A TOTP seed sealed by the KMS, as stored (`users.totp_sealed`).
+pub async fn seal_totp(
+    kms: &lastmile_vault::Kms,
+    organisation: &str,
+    user: &str,
+    secret_b32: &str,
+) -> Result<String, lastmile_vault::KmsError> {
+    let sealed = lastmile_vault::envelope::seal(
+        kms,
+        &totp_context(organisation, user),
+        secret_b32.as_bytes(),
+    )
+    .await?;
+    serde_json::to_string(&sealed)
+        .map_err(|e| lastmile_vault::KmsError::Unavailable(format!("sealed TOTP seed: {e}")))
+}
+
+/// The base32 seed back from [`seal_totp`]'s text.
+pub async fn open_totp(
+    kms: &lastmile_vault::Kms,
+    organisation: &str,
+    user: &str,
+    stored: &str,
+) -> Result<zeroize::Zeroizing<String>, lastmile_vault::KmsError> {
+    let sealed: lastmile_vault::Sealed =
+        serde_json::from_str(stored).map_err(|_| lastmile_vault::KmsError::Refused)?;
+    let plain =
+        lastmile_vault::envelope::open(kms, &totp_context(organisation, user), &sealed).await?;
+    String::from_utf8(plain.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| lastmile_vault::KmsError::Refused)
+}
+
 /// The `otpauth://` URI authenticator apps scan.
 pub fn totp_uri(organisation: &str, user: &str, secret: &str) -> String {
     format!(

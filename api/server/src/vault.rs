@@ -32,7 +32,7 @@ use crate::{
     error::ApiError,
 };
 
-fn kms_error(e: KmsError) -> ApiError {
+pub(crate) fn kms_error(e: KmsError) -> ApiError {
     match e {
         KmsError::Refused => ApiError::internal(
             "the KMS refused to unwrap a stored credential (wrong key or context, or the stored ciphertext was changed)",

@@ -845,3 +845,255 @@ both_stores!(
     failed_logins_lock_the_user_until_an_admin_enables_them,
     lockout
 );
+
+/// A reqwest client trusting the organisation's CA, for looking at raw answers (headers).
+fn raw_client(ca: &str) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
+}
+
+/// A complete login request for `user` on `device`, with a fresh challenge.
+async fn login_request(
+    api: &support::Api,
+    user: &str,
+    password: &str,
+    totp: Option<&str>,
+    device: &Device,
+) -> wire::LoginRequest {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let device_key = lastmile_api_client::public_b64(&device.key);
+    let challenge: wire::Challenge = api
+        .client
+        .post(
+            "/v1/login/challenge",
+            &wire::ChallengeRequest {
+                user: user.to_owned(),
+                device_key: device_key.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let session_key = lastmile_api_client::public_b64(&new_key().unwrap());
+    let proof = wire::login_proof_message(
+        user,
+        &challenge.challenge,
+        &session_key,
+        &device.fingerprint,
+    );
+    wire::LoginRequest {
+        user: user.to_owned(),
+        password: password.to_owned(),
+        totp: totp.map(str::to_owned),
+        new_password: None,
+        challenge: challenge.challenge,
+        session_key,
+        device: wire::DeviceProof {
+            public_key: device_key,
+            fingerprint: device.fingerprint.clone(),
+            name: "test machine".to_owned(),
+            signature: base64::engine::general_purpose::STANDARD
+                .encode(device.key.sign(&proof).to_bytes()),
+        },
+    }
+}
+
+/// More logins at once than `max_concurrent_logins` are not queued: those past the bound
+/// get 429 `too_many_logins` with Retry-After, their challenge unspent; the rest succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_past_the_bound_are_refused_with_retry_after() {
+    let api = start(Store::Sqlite, |c| c.max_concurrent_logins = 1).await;
+    api.user("alice").await;
+    let http = raw_client(&api.ca);
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        requests.push(login_request(&api, "alice", PASSWORD, None, &Device::new()).await);
+    }
+    // Every login at once.
+    let answers = futures_util::future::join_all(
+        requests
+            .iter()
+            .map(|r| http.post(api.client.url("/v1/login")).json(r).send()),
+    )
+    .await;
+    let mut refused = Vec::new();
+    let mut succeeded = 0;
+    for (answer, request) in answers.into_iter().zip(&requests) {
+        let answer = answer.unwrap();
+        match answer.status().as_u16() {
+            200 => succeeded += 1,
+            429 => {
+                assert_eq!(
+                    answer
+                        .headers()
+                        .get("retry-after")
+                        .unwrap()
+                        .to_str()
+                        .unwrap(),
+                    "1"
+                );
+                let body: wire::ErrorBody = answer.json().await.unwrap();
+                assert_eq!(body.error, "too_many_logins", "{}", body.message);
+                refused.push(request);
+            }
+            other => panic!("login answered {other}: {}", answer.text().await.unwrap()),
+        }
+    }
+    eprintln!(
+        "{succeeded} logins went through, {} were refused",
+        refused.len()
+    );
+    assert!(succeeded >= 1);
+    assert!(!refused.is_empty(), "no login was refused past the bound");
+    // The challenge was not spent: the same request goes through after the wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for request in refused {
+        let a = http
+            .post(api.client.url("/v1/login"))
+            .json(request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.status(), 200, "{}", a.text().await.unwrap());
+    }
+}
+
+/// Turns TOTP on for `user` and returns its base32 secret (from the otpauth URI).
+async fn totp_on(api: &support::Api, admin: &Session, user: &str) -> String {
+    let t: serde_json::Value = api
+        .client
+        .call(
+            admin,
+            Method::POST,
+            &format!("/v1/admin/users/{user}/totp-on"),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let uri = t["otpauth"].as_str().unwrap();
+    uri.split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// One TOTP code sent by several logins at once: exactly one of them logs in.
+async fn totp_code_used_concurrently(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (_, laptop) = api.user("alice").await;
+    let secret = totp_on(&api, &admin, "alice").await;
+    // Not too close to the end of a step, so every login sees the same code as current.
+    while now() % 30 > 20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let code = lastmile_api::secret::totp_now(&secret, now()).unwrap();
+    let login = || {
+        let (api, laptop, code) = (&api, &laptop, &code);
+        async move {
+            api.client
+                .login(&lastmile_api_client::Login {
+                    user: "alice",
+                    password: PASSWORD,
+                    totp: Some(code),
+                    new_password: None,
+                    device_key: &laptop.key,
+                    fingerprint: &laptop.fingerprint,
+                    device_name: "laptop",
+                })
+                .await
+        }
+    };
+    let (a, b, c) = tokio::join!(login(), login(), login());
+    let results = [a, b, c];
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Some("totp_replayed"), "{e}");
+        }
+    }
+}
+both_stores!(
+    a_totp_code_used_by_concurrent_logins_logs_in_once,
+    totp_code_used_concurrently
+);
+
+async fn stored_totp(api: &support::Api, user: &str) -> (Option<String>, Option<String>) {
+    use sqlx::Row as _;
+    let r = sqlx::query("SELECT totp_secret, totp_sealed FROM users WHERE name = $1")
+        .bind(user)
+        .fetch_one(&api.app.db.pool)
+        .await
+        .unwrap();
+    (r.get("totp_secret"), r.get("totp_sealed"))
+}
+
+/// The TOTP seed is stored sealed by the KMS, never as its base32; a seed stored in the
+/// clear by an earlier version is sealed when the API starts, and still logs in.
+async fn totp_seeds_sealed(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let (_, laptop) = api.user("alice").await;
+    let secret = totp_on(&api, &admin, "alice").await;
+    let (clear, sealed) = stored_totp(&api, "alice").await;
+    assert_eq!(clear, None);
+    let sealed = sealed.unwrap();
+    assert!(!sealed.contains(&secret), "{sealed}");
+    assert!(!sealed.to_lowercase().contains(&secret.to_lowercase()));
+    let login = |code: String| {
+        let (api, laptop) = (&api, &laptop);
+        async move {
+            api.client
+                .login(&lastmile_api_client::Login {
+                    user: "alice",
+                    password: PASSWORD,
+                    totp: Some(&code),
+                    new_password: None,
+                    device_key: &laptop.key,
+                    fingerprint: &laptop.fingerprint,
+                    device_name: "laptop",
+                })
+                .await
+        }
+    };
+    login(lastmile_api::secret::totp_now(&secret, now()).unwrap())
+        .await
+        .unwrap();
+
+    // A clear seed, as an earlier version stored it: sealed at the next start.
+    let old = lastmile_api::secret::new_totp_secret().unwrap();
+    sqlx::query(
+        "UPDATE users SET totp_secret = $1, totp_sealed = NULL, totp_last_step = 0 WHERE name = 'alice'",
+    )
+    .bind(&old)
+    .execute(&api.app.db.pool)
+    .await
+    .unwrap();
+    let _second = api.another_instance().await;
+    let (clear, sealed) = stored_totp(&api, "alice").await;
+    assert_eq!(clear, None);
+    assert!(!sealed.unwrap().contains(&old));
+    login(lastmile_api::secret::totp_now(&old, now()).unwrap())
+        .await
+        .unwrap();
+}
+both_stores!(totp_seeds_are_stored_sealed, totp_seeds_sealed);
