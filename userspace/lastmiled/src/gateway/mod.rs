@@ -65,6 +65,12 @@ struct Live {
     cut: tokio::sync::watch::Sender<Option<String>>,
 }
 
+/// A user and a resource: what a grant gives.
+type Access = (String, String);
+
+/// Set to the reason when a connection's access ends.
+type AccessCut = tokio::sync::watch::Sender<Option<String>>;
+
 /// How long handlers have to tell their user a session was revoked before its tunnels
 /// are cut regardless.
 const REVOCATION_GRACE: Duration = Duration::from_millis(500);
@@ -82,8 +88,7 @@ struct Gateway {
     tunnels: Mutex<HashMap<String, Vec<Live>>>,
     next: AtomicU64,
     /// Open connections by (user, resource), so an access revocation can end them.
-    access:
-        Mutex<HashMap<(String, String), Vec<(u64, tokio::sync::watch::Sender<Option<String>>)>>>,
+    access: Mutex<HashMap<Access, Vec<(u64, AccessCut)>>>,
     /// PostgreSQL connections' cancel keys.
     cancels: postgres::Cancels,
     /// TLS towards PostgreSQL clients that ask for it, per resource.
