@@ -94,6 +94,10 @@ struct Route {
     password: Option<String>,
     /// The relay's processes (their descendants count too); empty for direct.
     relay: Vec<u32>,
+    /// pgbench's PGSSLMODE: `disable` on every path, so all compare alike (libpq's default
+    /// `prefer` gets TLS from lastmile's gateway, which the others do not offer), and
+    /// `require` on one more lastmile row to show what that TLS costs.
+    sslmode: &'static str,
 }
 
 /// pgbouncer in session pooling mode, in front of `pg`, run as the user PostgreSQL runs as.
@@ -273,7 +277,8 @@ fn pgbench(pg: &PgServer, route: &Route, args: &[&str], secs: u64) -> Run {
         .args(["-p", &route.addr.port().to_string(), "-U", pg.user()])
         .args(args)
         .args(["-T", &secs.to_string(), "-n", "lastmile"])
-        .env("PGCONNECT_TIMEOUT", "10");
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGSSLMODE", route.sslmode);
     match &route.password {
         Some(p) => cmd.env("PGPASSWORD", p),
         None => cmd.env_remove("PGPASSWORD"),
@@ -473,30 +478,42 @@ async fn run() {
             addr: pg_addr,
             password: password.clone(),
             relay: vec![],
+            sslmode: "disable",
         },
         Route {
             name: "pgbouncer (session)",
             addr: bouncer.addr,
             password: password.clone(),
             relay: vec![bouncer.child.id()],
+            sslmode: "disable",
         },
         Route {
             name: "ssh -L",
             addr: ssh.local[0],
             password: password.clone(),
             relay: vec![ssh.ssh_pid(), ssh.sshd_pid()],
+            sslmode: "disable",
         },
         Route {
             name: "lastmile tcp",
             addr: listen_tcp.addr,
             password: password.clone(),
             relay: vec![listen_tcp.child.id(), gw_pid],
+            sslmode: "disable",
         },
         Route {
             name: "lastmile postgres",
             addr: listen_pg.addr,
             password: None,
             relay: vec![listen_pg.child.id(), gw_pid],
+            sslmode: "disable",
+        },
+        Route {
+            name: "lastmile postgres+TLS",
+            addr: listen_pg.addr,
+            password: None,
+            relay: vec![listen_pg.child.id(), gw_pid],
+            sslmode: "require",
         },
     ];
     eprintln!(
@@ -556,7 +573,7 @@ async fn run() {
         "  relay CPU = utime+stime of the relay's processes (pgbouncer; ssh + sshd; lastmile listen + lastmiled gateway)"
     );
     println!(
-        "  {:<19} {:>8} {:>13}   {:>7} {:>12} {:>10} {:>10} {:>14}",
+        "  {:<22} {:>8} {:>13}   {:>7} {:>12} {:>10} {:>10} {:>14}",
         "path",
         "TPS",
         "relay µs/txn",
@@ -576,7 +593,7 @@ async fn run() {
         };
         let (p50, p99) = (pct(&mut t.logins, 0.5), pct(&mut t.logins, 0.99));
         println!(
-            "  {:<19} {:>8.0} {:>13}   {:>7.0} {:>12.2} {:>7.2} ms {:>7.2} ms {:>14}",
+            "  {:<22} {:>8.0} {:>13}   {:>7.0} {:>12.2} {:>7.2} ms {:>7.2} ms {:>14}",
             route.name,
             t.tps(),
             relay(t.cpu_per_tx()),
@@ -587,7 +604,7 @@ async fn run() {
             relay(t.cpu_per_conn()),
         );
     }
-    let [direct, _, ssh_t, tcp, pgr] = &mut tallies[..] else {
+    let [direct, _, ssh_t, tcp, pgr, _] = &mut tallies[..] else {
         unreachable!()
     };
     println!(

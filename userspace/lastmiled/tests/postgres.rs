@@ -1041,3 +1041,44 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
     }
     service.abort();
 }
+
+/// When the gateway cannot record statements at all (its event file on a full disk), no
+/// further statement runs: the client is told why and the connection ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_statement_runs_when_nothing_can_record_it() {
+    let pg = PgServer::start().unwrap();
+    roles(&pg);
+    let stack = Stack::start().await;
+    pg_resource(&stack, "orders", &pg, "app_scram", SCRAM_PASSWORD, &[]).await;
+    let alice = stack.user("alice").await;
+    grant(&stack, "orders", "alice").await;
+    let mut gw = stack.gateway("gw1").await;
+    // The disk is full: every write of the event file fails (ENOSPC).
+    gw.kill();
+    let _ = std::fs::remove_file(&gw.events);
+    std::os::unix::fs::symlink("/dev/full", &gw.events).unwrap();
+    gw.spawn();
+    let listen = Listen::start(&alice, "orders");
+    admin_sql(
+        &pg,
+        "CREATE TABLE ran (n int); GRANT ALL ON ran TO app_scram",
+    );
+    let out = psql(
+        &pg,
+        listen.addr,
+        "lastmile",
+        &[
+            "-c",
+            "insert into ran values (1)",
+            "-c",
+            "select pg_sleep(0.5)",
+            "-c",
+            "insert into ran values (2)",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "every statement ran unrecorded");
+    assert!(err.contains("cannot record statements"), "{err}");
+    // What ran before the first failed write is all that ran.
+    assert_eq!(admin_sql(&pg, "select count(*) from ran where n = 2"), "0");
+}
