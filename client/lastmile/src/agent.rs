@@ -561,6 +561,9 @@ impl Core {
         id: String,
     ) {
         let span = info_span!("connection", connection = %id, resource = %resource);
+        // Each batch the gateway sends is written as it comes: Nagle would hold a second
+        // small write (a TLS handshake's next record) for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         async {
             self.connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -352,6 +352,13 @@ pub struct EventSink {
 /// At most this many queued events go into one write (one sync).
 const BATCH: usize = 512;
 
+/// After the first event of a batch, how long the writer waits for more before it
+/// writes and syncs them. A gateway logging every statement of a busy database would
+/// otherwise sync once per statement or two (measured: a fifth of its CPU in
+/// fdatasync); events are never on a statement's path, so this costs no latency a user
+/// sees.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl EventSink {
     /// Starts the writer task (inside a tokio runtime).
     pub fn start(
@@ -370,8 +377,17 @@ impl EventSink {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
                 tokio::select! {
-                    n = events.recv_many(&mut batch, BATCH) => if n == 0 {
-                        return;
+                    n = events.recv_many(&mut batch, BATCH) => {
+                        if n == 0 {
+                            return;
+                        }
+                        let until = tokio::time::Instant::now() + GATHER;
+                        while batch.len() < BATCH {
+                            match tokio::time::timeout_at(until, events.recv_many(&mut batch, BATCH - batch.len())).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) => {}
+                            }
+                        }
                     },
                     _ = retry.tick() => {
                         if let Err(why) = writer.flush().await {
