@@ -383,7 +383,10 @@ impl EventSink {
                         }
                         let until = tokio::time::Instant::now() + GATHER;
                         while batch.len() < BATCH {
-                            match tokio::time::timeout_at(until, events.recv_many(&mut batch, BATCH - batch.len())).await {
+                            let room = BATCH - batch.len();
+                            match tokio::time::timeout_at(until, events.recv_many(&mut batch, room))
+                                .await
+                            {
                                 Ok(0) | Err(_) => break,
                                 Ok(_) => {}
                             }
