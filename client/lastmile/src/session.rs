@@ -514,7 +514,7 @@ mod reach_tests {
         Resource {
             name: "orders".into(),
             kind,
-            host: "10.0.0.5".into(),
+            host: "127.0.0.5".into(),
             port: 5432,
             protect: protect.iter().map(|p| (*p).to_owned()).collect(),
             upstream_tls: UpstreamTls::Disable,
@@ -530,9 +530,9 @@ mod reach_tests {
     fn postgres_resources_say_which_psql_to_run() {
         let r = resource(
             ResourceKind::Postgres,
-            &["10.20.0.0/24:5432", "[fd00::5]:5432"],
+            &["127.20.0.0/24:5432", "[::1]:5432"],
         );
-        assert_eq!(super::how_to_reach(&r), "psql -h fd00::5 -p 5432 -d app");
+        assert_eq!(super::how_to_reach(&r), "psql -h ::1 -p 5432 -d app");
         let r = resource(ResourceKind::Postgres, &[]);
         assert!(super::how_to_reach(&r).starts_with("lastmile listen orders"));
     }
