@@ -25,6 +25,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !args.no_setup {
         crate::setup::run()?;
     }
+    check_disk()?;
     if !crate::exec::is_root() {
         eprintln!(
             "note: not root: tests that need eBPF or cgroups will say SKIPPED; \
@@ -53,6 +54,41 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         vm_tests()?;
     }
     step(&format!("all tests passed in {:.0?}", started.elapsed()));
+    Ok(())
+}
+
+/// About what a full test run writes under `target/` (debug build with line tables, the
+/// eBPF release build, VM images), with room to spare.
+const DISK_NEEDED: u64 = 5 << 30;
+
+/// Says how much room the build has, and refuses to start one that cannot finish: a
+/// linker that runs out of disk dies with a bus error that names no cause.
+fn check_disk() -> anyhow::Result<()> {
+    let dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ".".into(), std::path::PathBuf::from);
+    let probe = if dir.exists() {
+        dir.clone()
+    } else {
+        ".".into()
+    };
+    let Some(free) = crate::exec::free_bytes(&probe) else {
+        return Ok(());
+    };
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    step(&format!(
+        "disk: {:.1} GiB free for {}",
+        gib(free),
+        dir.display()
+    ));
+    if free < DISK_NEEDED {
+        anyhow::bail!(
+            "only {:.1} GiB free where the build goes ({}); a full test run needs about {:.0} GiB: \
+             free some space (`cargo clean` removes old builds) or set CARGO_TARGET_DIR to a bigger disk",
+            gib(free),
+            dir.display(),
+            gib(DISK_NEEDED)
+        );
+    }
     Ok(())
 }
 
