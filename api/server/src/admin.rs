@@ -297,6 +297,7 @@ pub async fn change_user(
         for r in &resources {
             left_access |= crate::revocation::end_access(
                 &mut tx,
+                app.db.backend,
                 user,
                 r,
                 &format!("left group {g} ({actor})"),
@@ -778,6 +779,7 @@ pub async fn revoke_grant(app: &App, actor: &str, id: &str) -> Result<(), ApiErr
     for u in &users {
         if crate::revocation::end_access(
             &mut tx,
+            app.db.backend,
             u,
             &resource,
             &format!("grant {id} revoked by {actor}"),

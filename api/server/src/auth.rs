@@ -586,17 +586,19 @@ pub async fn revoke_session(
     let Some(row) = row else { return Ok(None) };
     let user: String = row.try_get("user_name")?;
     let device: String = row.try_get("device_id")?;
-    let seq: i64 = sqlx::query(
-        "INSERT INTO revocations (session_id, user_name, device_id, reason, at) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+    let seq = crate::revocation::append(
+        &mut tx,
+        app.db.backend,
+        &crate::revocation::New {
+            session,
+            user: &user,
+            device: &device,
+            reason,
+            at: t,
+            resource: None,
+        },
     )
-    .bind(session)
-    .bind(&user)
-    .bind(&device)
-    .bind(reason)
-    .bind(t)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("seq")?;
+    .await?;
     app.audit(
         "session.revoke",
         json!({"session": session, "user": user, "device": device, "reason": reason, "actor": actor}),

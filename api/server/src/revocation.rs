@@ -20,7 +20,7 @@ use lastmile_proto::wire::Revocation;
 use sqlx::Row as _;
 use tokio::sync::{Notify, broadcast};
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 
 #[derive(Debug)]
 pub struct Revocations {
@@ -179,6 +179,7 @@ impl Feed {
 /// connections to the resource. The caller commits and then [`Revocations::nudge`]s.
 pub async fn end_access(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     user: &str,
     resource: &str,
     reason: &str,
@@ -198,15 +199,69 @@ pub async fn end_access(
     if still > 0 {
         return Ok(false);
     }
-    sqlx::query(
-        "INSERT INTO revocations (session_id, user_name, device_id, reason, at, resource) VALUES ($1, $2, '', $3, $4, $5)",
+    append(
+        tx,
+        backend,
+        &New {
+            session: lastmile_proto::wire::ALL_SESSIONS,
+            user,
+            device: "",
+            reason,
+            at: t,
+            resource: Some(resource),
+        },
     )
-    .bind(lastmile_proto::wire::ALL_SESSIONS)
-    .bind(user)
-    .bind(reason)
-    .bind(t)
-    .bind(resource)
-    .execute(&mut **tx)
     .await?;
     Ok(true)
+}
+
+/// A revocation to [`append`].
+#[derive(Debug)]
+pub struct New<'a> {
+    pub session: &'a str,
+    pub user: &'a str,
+    pub device: &'a str,
+    pub reason: &'a str,
+    pub at: i64,
+    /// For access revocations: the resource whose access ended.
+    pub resource: Option<&'a str>,
+}
+
+/// Taken by every transaction that appends a revocation, on PostgreSQL.
+const APPEND_LOCK: i64 = 0x6c61_7374_7276; // "lastrv"
+
+/// Within `tx`: appends a revocation and returns its `seq`.
+///
+/// Readers take rows `seq > last` and never look back, so rows must become visible in
+/// `seq` order. On PostgreSQL a `seq` is drawn at the insert but seen only at the commit:
+/// two overlapping transactions can commit out of order, and a tailer that has read the
+/// later one would skip the earlier forever. A transaction-scoped advisory lock, taken
+/// before the insert and held to the commit, serialises revocations from insert to commit,
+/// so commit order is `seq` order. (SQLite already runs one write transaction at a time,
+/// holding its lock from the first write to the commit.) Revocations are rare; the lock
+/// costs nothing else.
+pub async fn append(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    new: &New<'_>,
+) -> Result<i64, sqlx::Error> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO revocations (session_id, user_name, device_id, reason, at, resource) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+    )
+    .bind(new.session)
+    .bind(new.user)
+    .bind(new.device)
+    .bind(new.reason)
+    .bind(new.at)
+    .bind(new.resource)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("seq")
 }

@@ -810,6 +810,51 @@ both_stores!(
     two_instances
 );
 
+/// Two revocations in overlapping transactions, the first to draw its `seq` committing
+/// last: a subscriber hears both (on PostgreSQL a `seq` drawn first can become visible
+/// after a later one, and a tailer that moved past the later one used to skip it).
+async fn overlapping(store: Store) {
+    use lastmile_api::revocation::{New, append};
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let mut stream = api.client.stream(&admin, "/v1/revocations").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new = |session: &'static str| New {
+        session,
+        user: "nobody",
+        device: "",
+        reason: "overlap test",
+        at: now(),
+        resource: None,
+    };
+    let backend = api.app.db.backend;
+    let mut first = api.app.db.pool.begin().await.unwrap();
+    let first_seq = append(&mut first, backend, &new("sess-first"))
+        .await
+        .unwrap();
+    let app = api.app.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = app.db.pool.begin().await.unwrap();
+        let seq = append(&mut tx, backend, &new("sess-second")).await.unwrap();
+        tx.commit().await.unwrap();
+        app.revocations.nudge();
+        seq
+    });
+    // Long enough for the tailer to read the second one, were it committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.commit().await.unwrap();
+    api.app.revocations.nudge();
+    let second_seq = second.await.unwrap();
+    assert!(first_seq < second_seq);
+    let mut buf = String::new();
+    let heard = [
+        next_revocation(&mut stream, &mut buf).await.session,
+        next_revocation(&mut stream, &mut buf).await.session,
+    ];
+    assert_eq!(heard, ["sess-first", "sess-second"]);
+}
+both_stores!(overlapping_revocations_are_all_heard_in_order, overlapping);
+
 async fn lockout(store: Store) {
     let api = start(store, |c| c.max_failed_logins = 3).await;
     let (_, laptop) = api.user("alice").await;
