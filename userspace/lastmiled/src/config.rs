@@ -184,7 +184,8 @@ pub struct NodeConfig {
     /// The protected targets.
     pub targets: Vec<TargetConfig>,
     /// Also protect every resource the API lists (with the `[api]` identity), kept
-    /// current every `resource_refresh`. Default false.
+    /// current every `resource_refresh`; the last list is remembered in
+    /// `[api] state_dir`/api-resources.json for starts with the API down. Default false.
     pub resources_from_api: bool,
     /// Default 5s.
     #[serde(with = "humantime_serde")]

@@ -405,6 +405,17 @@ impl Interceptor {
         }
     }
 
+    /// Adds `targets` to the protected set (or updates their ids) and removes nothing.
+    pub fn add_targets(
+        &mut self,
+        targets: &[(ProtectedTarget, TargetId)],
+    ) -> Result<(), InterceptError> {
+        for (t, id) in targets {
+            self.protect(t, *id)?;
+        }
+        Ok(())
+    }
+
     /// Makes the protected set exactly `targets`, without a moment where a target that
     /// stays protected is missing: new entries are written first, stale ones removed after.
     pub fn replace_targets(

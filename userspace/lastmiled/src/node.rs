@@ -27,13 +27,27 @@ use crate::{
 
 pub use agents::Agents;
 
-/// The protected targets by kernel id (their index in the configuration).
+/// The protected targets, each known to the kernel by [`target_id`] of its name.
 #[derive(Debug, Default)]
 pub struct TargetTable(Vec<TargetConfig>);
 
+/// A target's kernel id: FNV-1a (32 bits) of its name, so the same name has the same id
+/// in every run. Entries a previous run pinned therefore still name the right target
+/// (or, when the name is gone, none, and such connections are refused), which lets a
+/// start leave the pinned set alone until it knows the new list. The function must
+/// never change: pinned maps outlive the binary that wrote them.
+pub fn target_id(name: &str) -> TargetId {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    TargetId(h)
+}
+
 impl TargetTable {
     pub fn get(&self, id: u32) -> Option<TargetRef> {
-        let t = self.0.get(usize::try_from(id).ok()?)?;
+        let t = self.0.iter().find(|t| target_id(&t.name).0 == id)?;
         Some(TargetRef {
             name: t.name.clone(),
             kind: t.kind,
@@ -43,7 +57,14 @@ impl TargetTable {
     fn kernel_entries(&self) -> anyhow::Result<Vec<(ProtectedTarget, TargetId)>> {
         let mut out = Vec::new();
         for (i, t) in self.0.iter().enumerate() {
-            let id = TargetId(u32::try_from(i).context("too many targets")?);
+            let id = target_id(&t.name);
+            if let Some(other) = self.0.iter().take(i).find(|o| target_id(&o.name) == id) {
+                anyhow::bail!(
+                    "targets `{}` and `{}` have the same kernel id; rename one of them",
+                    other.name,
+                    t.name
+                );
+            }
             out.extend(t.protect.iter().map(|p| (*p, id)));
         }
         Ok(out)
@@ -113,21 +134,8 @@ async fn serve(
         .map(TcpListener::local_addr)
         .transpose()?;
 
-    let mut interceptor = Interceptor::load_pinned(&config.pin_dir)?;
-    let events = interceptor.take_events()?;
-    let targets = TargetTable(config.targets.clone());
-    interceptor.set_policy(&policy(&config, listen_v4, listen_v6))?;
-    interceptor.replace_targets(&targets.kernel_entries()?)?;
-    let attached = interceptor.attach(&cgroup)?;
-    info!(
-        cgroup = %cgroup.display(), %listen_v4, listen_v6 = ?listen_v6, pin_dir = %config.pin_dir.display(),
-        newly_attached = attached.new, replaced = attached.replaced, moved_here = attached.moved, targets = targets.0.len(), enforce = config.enforce,
-        "interception in place"
-    );
-    for t in &targets.0 {
-        info!(target = %t.name, kind = ?t.kind, protect = ?t.protect.iter().map(ToString::to_string).collect::<Vec<_>>(), "protecting");
-    }
-
+    // Everything that can refuse the start is checked before the kernel's maps are
+    // touched: a start that fails must leave the pinned interception as it was.
     let api_client = if config.resources_from_api {
         let identity = crate::gateway::Identity::load(&api.state_dir)
             .context("node.resources_from_api needs this host's identity with the API")?;
@@ -135,23 +143,66 @@ async fn serve(
     } else {
         None
     };
+    let remembered = if config.resources_from_api {
+        ApiList::load(&api.state_dir)?
+    } else {
+        None
+    };
+    let sink = EventSink::start(config.events.as_deref(), &config.audit)
+        .with_context(|| format!("cannot open the event file {:?}", config.events))?;
+    let agent_listener = agents::bind(&config.agent_socket)?;
+
+    let mut interceptor = Interceptor::load_pinned(&config.pin_dir)?;
+    let events = interceptor.take_events()?;
+    let api_targets_now = remembered.as_deref().map(api_targets).unwrap_or_default();
+    let targets = TargetTable(merge(&config.targets, &api_targets_now));
+    interceptor.set_policy(&policy(&config, listen_v4, listen_v6))?;
+    if config.resources_from_api && remembered.is_none() {
+        // Nothing known of the API's list yet: add the configured targets and leave
+        // whatever a previous run pinned, until the first list arrives.
+        interceptor.add_targets(&targets.kernel_entries()?)?;
+    } else {
+        interceptor.replace_targets(&targets.kernel_entries()?)?;
+    }
+    let attached = interceptor.attach(&cgroup)?;
+    info!(
+        cgroup = %cgroup.display(), %listen_v4, listen_v6 = ?listen_v6, pin_dir = %config.pin_dir.display(),
+        newly_attached = attached.new, replaced = attached.replaced, moved_here = attached.moved, targets = targets.0.len(),
+        from_api = ?remembered.as_ref().map(|_| api_targets_now.len()), enforce = config.enforce,
+        "interception in place"
+    );
+    if config.resources_from_api {
+        match &remembered {
+            Some(_) => info!(
+                targets = api_targets_now.len(),
+                "protecting the API's last list until it answers"
+            ),
+            None => {
+                info!("no list from the API yet; what was pinned stays protected until it answers")
+            }
+        }
+    }
+    for t in &targets.0 {
+        info!(target = %t.name, kind = ?t.kind, protect = ?t.protect.iter().map(ToString::to_string).collect::<Vec<_>>(), "protecting");
+    }
+
     let shared = Arc::new(Shared {
         interceptor: Mutex::new(interceptor),
         static_targets: Mutex::new(config.targets.clone()),
-        api_targets: Mutex::new(Vec::new()),
+        api_targets: Mutex::new(api_targets_now),
         targets: RwLock::new(targets),
         agents: Agents::default(),
         proc_cache: ProcCache::default(),
-        sink: EventSink::start(config.events.as_deref(), &config.audit)
-            .with_context(|| format!("cannot open the event file {:?}", config.events))?,
+        sink,
     });
-    let agent_listener = agents::bind(&config.agent_socket)?;
     info!(socket = %config.agent_socket.display(), "agents register here");
 
     if let Some(client) = api_client {
         tokio::spawn(follow_api_resources(
             client,
             config.resource_refresh,
+            ApiList::path(&api.state_dir),
+            remembered.is_some(),
             shared.clone(),
         ));
     }
@@ -223,29 +274,30 @@ fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<Socke
     }
 }
 
-/// Puts the configured and the API's targets into the kernel map and the table.
-fn apply_targets(shared: &Shared) -> anyhow::Result<usize> {
-    let mut all = shared
-        .static_targets
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
-    for t in shared
-        .api_targets
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .iter()
-    {
+/// The configured targets and the API's; a configured name wins.
+fn merge(configured: &[TargetConfig], from_api: &[TargetConfig]) -> Vec<TargetConfig> {
+    let mut all = configured.to_vec();
+    for t in from_api {
         if !all.iter().any(|s| s.name == t.name) {
             all.push(t.clone());
         }
     }
+    all
+}
+
+/// Puts the configured and the API's targets into the kernel map and the table.
+fn apply_targets(shared: &Shared) -> anyhow::Result<usize> {
+    let poisoned = || anyhow::anyhow!("poisoned");
+    let all = merge(
+        &shared.static_targets.lock().map_err(|_| poisoned())?,
+        &shared.api_targets.lock().map_err(|_| poisoned())?,
+    );
     let table = TargetTable(all);
     let entries = table.kernel_entries()?;
     shared
         .interceptor
         .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .map_err(|_| poisoned())?
         .replace_targets(&entries)?;
     let n = table.0.len();
     if let Ok(mut t) = shared.targets.write() {
@@ -254,12 +306,60 @@ fn apply_targets(shared: &Shared) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// The API's last list of resources, kept in the state directory so that a start with
+/// the API down protects what it protected before.
+struct ApiList;
+
+impl ApiList {
+    const FILE: &str = "api-resources.json";
+
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(Self::FILE)
+    }
+
+    /// The remembered list; `None` when there is none yet. A file that cannot be read
+    /// refuses the start: guessing would shrink what is protected.
+    fn load(state_dir: &Path) -> anyhow::Result<Option<Vec<lastmile_proto::wire::Resource>>> {
+        let path = Self::path(state_dir);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_slice(&text).map(Some).with_context(|| {
+            format!(
+                "{} is not a list of resources; remove it and start again with the API reachable",
+                path.display()
+            )
+        })
+    }
+
+    /// Replaces the file whole (write, sync, rename), so a crash leaves the old list or
+    /// the new one.
+    fn store(path: &Path, resources: &[lastmile_proto::wire::Resource]) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let tmp = path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec(resources)?)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+}
+
 /// Keeps the API's resources protected: every `refresh`, the list from `GET
-/// /v1/resources` (as this host's gateway identity) becomes the API part of the targets.
-/// When the API cannot be reached, the last list stays in force.
+/// /v1/resources` (as this host's gateway identity) becomes the API part of the targets
+/// and is remembered in `remember`. When the API cannot be reached, the last list stays
+/// in force. `applied` says whether the targets in force already are a full list (the
+/// remembered one); until then the first list is applied even when it looks unchanged,
+/// since it also clears what a previous run left pinned.
 async fn follow_api_resources(
     client: lastmile_api_client::ApiClient,
     refresh: std::time::Duration,
+    remember: PathBuf,
+    mut applied: bool,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -278,9 +378,15 @@ async fn follow_api_resources(
                         changed
                     })
                     .unwrap_or(false);
-                if changed {
+                if changed || !applied {
                     match apply_targets(&shared) {
-                        Ok(n) => info!(targets = n, "protected targets updated from the API"),
+                        Ok(n) => {
+                            applied = true;
+                            info!(targets = n, "protected targets updated from the API");
+                            if let Err(e) = ApiList::store(&remember, &resources) {
+                                warn!(error = %format!("{e:#}"), "cannot remember the API's list; a start with the API down will protect an older one");
+                            }
+                        }
                         Err(e) => error!(error = %e, "cannot apply the API's targets"),
                     }
                 }
@@ -403,4 +509,32 @@ pub(crate) fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: only called with owners of their descriptor (OwnedFd, aya's RingBuf), which
     // keep the same open descriptor until they are dropped together with the AsyncFd.
     Ok(unsafe { AsyncFd::register(inner) }?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinned maps outlive the binary: the id of a name must never change.
+    #[test]
+    fn target_ids_are_fnv1a_of_the_name() {
+        // FNV-1a 32-bit reference values.
+        assert_eq!(target_id("").0, 0x811c_9dc5);
+        assert_eq!(target_id("a").0, 0xe40c_292c);
+        assert_eq!(target_id("foobar").0, 0xbf9c_f968);
+    }
+
+    #[test]
+    fn configured_names_win_over_the_apis() {
+        let t = |name: &str, port: u16| TargetConfig {
+            name: name.into(),
+            kind: lastmile_handoff::TargetKind::Tcp,
+            protect: vec![format!("127.0.0.2:{port}").parse().unwrap()],
+        };
+        let all = merge(&[t("db", 1)], &[t("db", 2), t("web", 3)]);
+        assert_eq!(all, vec![t("db", 1), t("web", 3)]);
+        let table = TargetTable(all);
+        assert_eq!(table.get(target_id("web").0).unwrap().name, "web");
+        assert!(table.get(target_id("gone").0).is_none());
+    }
 }

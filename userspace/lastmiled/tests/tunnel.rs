@@ -760,3 +760,140 @@ async fn open_connections_end_with_the_access_they_rest_on() {
     );
     gw.wait_event("connection.close", |e| e["error"] == "grant expired");
 }
+
+/// A listener that counts the connections it accepts, and drops them.
+fn counting_listener(addr: &str) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let at = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            if s.is_ok() {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    (at, count)
+}
+
+/// Restarting a node never opens a window where a protected target is reached directly:
+/// not on a normal restart, not on a start that fails (no identity), not on a start with
+/// the API down (the API's last list is remembered). A local process connects in a loop
+/// throughout, and the target sees none of its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_never_leave_a_protected_target_reachable() {
+    if !support::have_root("restarts_never_leave_a_protected_target_reachable") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let stack = Stack::start().await;
+    let (target, reached) = counting_listener("127.0.0.2:0");
+    let protect = target.to_string();
+    stack.resource("db", target, &[&protect], &[]).await;
+    let gw = stack.gateway("gw1").await;
+    let cgroup = Arc::new(support::TestCgroup::new("restart"));
+    let api_conf = |url: &str, state: &std::path::Path| {
+        format!("[api]\nurl = {url:?}\nstate_dir = {state:?}\n")
+    };
+    let state = gw.dir.join("state");
+    let mut node = support::TestNode::start(
+        "restart",
+        &cgroup,
+        &api_conf(&stack.api_url, &state),
+        "resources_from_api = true\nresource_refresh = \"200ms\"",
+    );
+    let protected = |node: &support::TestNode| node.status()["protected_v4"] == 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !protected(&node) {
+        assert!(
+            Instant::now() < deadline,
+            "never protected: {}",
+            node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The gateway dials the target itself (marked); stop it so every connection the
+    // target sees is a leak.
+    drop(gw);
+
+    // uid 65533 has no agent: every redirected connect is refused by the node (or, while
+    // no node runs, by the kernel: nothing listens where it redirects).
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let looping = {
+        let (stop, attempts, protect, cgroup) = (
+            stop.clone(),
+            attempts.clone(),
+            protect.clone(),
+            cgroup.clone(),
+        );
+        std::thread::spawn(move || {
+            use std::os::unix::process::CommandExt as _;
+            while !stop.load(SeqCst) {
+                let out = cgroup
+                    .command(support::lastmiled())
+                    .args(["probe", &protect, "--count", "50", "--timeout-ms", "500"])
+                    .uid(65533)
+                    .gid(65533)
+                    .output()
+                    .unwrap();
+                let report: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                attempts.fetch_add(report["attempts"].as_u64().unwrap_or(0) as u32, SeqCst);
+            }
+        })
+    };
+
+    // 1. A plain restart.
+    node.stop();
+    node.spawn();
+    assert!(protected(&node), "{}", node.logs());
+
+    // 2. A start that fails: no identity. It must exit, leaving the pins as they were.
+    node.stop();
+    let empty = tempfile::tempdir().unwrap();
+    let good_config = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        good_config.replace(&format!("{state:?}"), &format!("{:?}", empty.path())),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::lastmiled())
+        .args(["node", "run", "--config"])
+        .arg(&node.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs this host's identity"), "{err}");
+    assert!(protected(&node), "a failed start emptied the protected set");
+
+    // 3. A start with the API down: the remembered list is protected from the start.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("https://localhost:{}", dead.local_addr().unwrap().port());
+    drop(dead);
+    std::fs::write(
+        &node.config,
+        good_config.replace(&format!("{:?}", stack.api_url), &format!("{dead_url:?}")),
+    )
+    .unwrap();
+    node.spawn();
+    assert!(protected(&node), "{}", node.logs());
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(protected(&node), "{}", node.logs());
+    assert!(
+        node.logs().contains("protecting the API's last list"),
+        "{}",
+        node.logs()
+    );
+
+    stop.store(true, SeqCst);
+    looping.join().unwrap();
+    assert!(attempts.load(SeqCst) > 50, "the connect loop barely ran");
+    assert_eq!(
+        reached.load(SeqCst),
+        0,
+        "the protected target was reached directly during a restart"
+    );
+}
