@@ -726,11 +726,43 @@ pub async fn authenticate(
     session_sig
         .verify(&session.session_key()?)
         .map_err(sig_error)?;
-    session.check_device(app, &device_sig.keyid).await?;
+    let replayed = || {
+        ApiError::unauthorized(
+            "replayed_nonce",
+            "this nonce was already used: the request is a replay (sign every request with a new nonce)",
+        )
+    };
+    if device_sig.keyid != session.device {
+        // The session signature does not cover the device signature's keyid, so a keyid
+        // changed on a captured request proves nothing. Only a signature by another
+        // registered device's own key, on a request not seen before, shows the session
+        // key in use elsewhere; that, and only that, revokes the session.
+        let key = registered_device_key(app, &device_sig.keyid).await?;
+        if !key.is_some_and(|k| device_sig.verify(&k).is_ok()) {
+            return Err(ApiError::unauthorized(
+                "bad_signature",
+                format!(
+                    "the `device` signature does not verify with the key of device `{}`",
+                    device_sig.keyid
+                ),
+            ));
+        }
+        if !spend_nonce(
+            app,
+            &session_sig.keyid,
+            &session_sig.nonce,
+            session_sig.created,
+        )
+        .await?
+        {
+            return Err(replayed());
+        }
+        return Err(session.presented_elsewhere(app, &device_sig.keyid).await);
+    }
     device_sig
         .verify(&session.device_key()?)
         .map_err(sig_error)?;
-    // Last, so that only a fully valid call spends its nonce.
+    // Only a call whose signatures both verify spends its nonce.
     if !spend_nonce(
         app,
         &session_sig.keyid,
@@ -739,11 +771,9 @@ pub async fn authenticate(
     )
     .await?
     {
-        return Err(ApiError::unauthorized(
-            "replayed_nonce",
-            "this nonce was already used: the request is a replay (sign every request with a new nonce)",
-        ));
+        return Err(replayed());
     }
+    session.check_standing()?;
     Ok(Caller {
         admin: session.admin,
         user: session.user,
@@ -797,24 +827,29 @@ impl LiveSession {
         verifying_key(key32(&self.device_key, "device key")?, "device key")
     }
 
-    /// Call only once the session key's signature has verified. A session presented
-    /// from a device other than its own is treated as stolen: it is revoked (and the
-    /// revocation published) before the refusal. Then the device must be trusted and
-    /// the user enabled.
-    pub async fn check_device(&self, app: &App, presented: &str) -> Result<(), ApiError> {
-        if presented != self.device {
-            revoke_session(
-                app,
-                &self.id,
-                &format!("presented from another device ({presented})"),
-                "api",
-            )
-            .await?;
-            return Err(ApiError::unauthorized(
-                "session_device_mismatch",
-                "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
-            ));
+    /// Call only once the session key's signature has verified and the request's nonce
+    /// is spent: this session was presented from device `presented`, not its own, so its
+    /// key was copied. It is revoked (and the revocation published); the error to answer
+    /// with is returned.
+    pub async fn presented_elsewhere(&self, app: &App, presented: &str) -> ApiError {
+        if let Err(e) = revoke_session(
+            app,
+            &self.id,
+            &format!("presented from another device ({presented})"),
+            "api",
+        )
+        .await
+        {
+            return e;
         }
+        ApiError::unauthorized(
+            "session_device_mismatch",
+            "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
+        )
+    }
+
+    /// The session's device must be trusted and its user enabled.
+    pub fn check_standing(&self) -> Result<(), ApiError> {
         if self.device_status != "trusted" {
             return Err(ApiError::forbidden(
                 "device_not_trusted",
@@ -829,6 +864,20 @@ impl LiveSession {
         }
         Ok(())
     }
+}
+
+/// The public key of registered device `id`, if there is one.
+async fn registered_device_key(app: &App, id: &str) -> Result<Option<VerifyingKey>, ApiError> {
+    let row = sqlx::query("SELECT public_key FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&app.db.pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let text: String = row.try_get("public_key")?;
+    Ok(Some(verifying_key(
+        key32(&text, "device key")?,
+        "device key",
+    )?))
 }
 
 /// Loads a session, refusing one that is unknown, revoked or expired.

@@ -385,7 +385,6 @@ pub async fn authorize(
             "the authorization is not signed by the session's key",
         ));
     }
-    session.check_device(app, &authz.device).await?;
     if !spend_nonce(
         app,
         &format!("authz:{}", session.id),
@@ -399,6 +398,11 @@ pub async fn authorize(
             "this authorization was already used: each connection needs its own",
         ));
     }
+    // The session key signed this device id: a mismatch is its holder's own doing.
+    if authz.device != session.device {
+        return Err(session.presented_elsewhere(app, &authz.device).await);
+    }
+    session.check_standing()?;
 
     // 3. The grant.
     let grants = sqlx::query(

@@ -810,6 +810,68 @@ both_stores!(
     two_instances
 );
 
+/// A captured request replayed with the device signature's keyid changed to another of
+/// the user's devices proves nothing about the session key and must not revoke the
+/// session (it used to: the mismatch was acted on before any device signature verified).
+async fn tampered_keyid(store: Store) {
+    let api = start(store, |_| {}).await;
+    let (alice, _) = api.user("alice").await;
+    let desktop = Device::new();
+    let on_desktop = api.login("alice", PASSWORD, None, &desktop).await.unwrap();
+    let n = nonce().unwrap();
+    let captured = api
+        .client
+        .sign(&alice, &Method::GET, "/v1/me", b"", now(), &n)
+        .unwrap();
+    let own = format!("keyid=\"{}\"", alice.login.device);
+    assert!(captured.signature_input.contains(&own));
+    let mut tampered = captured.clone();
+    tampered.signature_input = captured
+        .signature_input
+        .replace(&own, &format!("keyid=\"{}\"", on_desktop.login.device));
+    let a = api
+        .client
+        .send_signed(Method::GET, "/v1/me", &tampered, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("bad_signature"));
+    // An unknown device id: the same.
+    tampered.signature_input = captured
+        .signature_input
+        .replace(&own, "keyid=\"no-such-device\"");
+    let a = api
+        .client
+        .send_signed(Method::GET, "/v1/me", &tampered, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("bad_signature"));
+    // The original goes through (its nonce was not spent by the forgeries), once.
+    let a = api
+        .client
+        .send_signed(Method::GET, "/v1/me", &captured, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    let a = api
+        .client
+        .send_signed(Method::GET, "/v1/me", &captured, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(a.json::<()>().unwrap_err().code(), Some("replayed_nonce"));
+    // Alice's session lives on.
+    let a = api
+        .client
+        .call(&alice, Method::GET, "/v1/me", None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert!(api.audited("session.revoke").is_empty());
+}
+both_stores!(
+    a_changed_device_keyid_is_refused_without_revoking,
+    tampered_keyid
+);
+
 /// Two revocations in overlapping transactions, the first to draw its `seq` committing
 /// last: a subscriber hears both (on PostgreSQL a `seq` drawn first can become visible
 /// after a later one, and a tailer that moved past the later one used to skip it).
