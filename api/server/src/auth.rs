@@ -738,7 +738,7 @@ pub async fn authenticate(
         // registered device's own key, on a request not seen before, shows the session
         // key in use elsewhere; that, and only that, revokes the session.
         let key = registered_device_key(app, &device_sig.keyid).await?;
-        if !key.is_some_and(|k| device_sig.verify(&k).is_ok()) {
+        if key.is_none_or(|k| device_sig.verify(&k).is_err()) {
             return Err(ApiError::unauthorized(
                 "bad_signature",
                 format!(
