@@ -205,6 +205,79 @@ pub fn nonce() -> Result<String, ClientError> {
         .collect())
 }
 
+/// The organisation's CA signs gateways' certificates too, and they also carry
+/// `serverAuth`: a chain to the CA and the right name do not yet say the peer is the
+/// API. Its certificate must also name [`wire::uri::API`], which no other component's
+/// does. (rustls calls this "dangerous" because a custom verifier can weaken checks;
+/// this one runs every check webpki does first and only adds one.)
+#[derive(Debug)]
+struct ApiVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+fn names_api(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == wire::uri::API))
+}
+
+impl rustls::client::danger::ServerCertVerifier for ApiVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if !names_api(end_entity) {
+            return Err(rustls::Error::General(format!(
+                "the server at this address has a certificate from the organisation's CA that is not \
+                 the lastmile API's (it does not name {}): another lastmile component, a gateway \
+                 perhaps, answers here. Check the API URL",
+                wire::uri::API
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 impl ApiClient {
     /// `base` is `https://host:port`; `ca_pem` the organisation's CA; `identity` a
     /// client certificate chain and key (PEM), for gateways.
@@ -219,10 +292,17 @@ impl ApiClient {
             roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| tls(&e))?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls(&e))?
-            .with_root_certificates(roots);
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ApiVerifier { webpki }));
         let config = match identity {
             Some((cert, key)) => {
                 let certs = CertificateDer::pem_slice_iter(cert.as_bytes())

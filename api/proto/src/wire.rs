@@ -540,6 +540,9 @@ pub mod uri {
     pub fn gateway(name: &str) -> String {
         format!("urn:lastmile:gateway:{name}")
     }
+    /// The API's own certificate names this, and clients require it: a gateway's
+    /// certificate (also `serverAuth`, from the same CA) cannot stand in for the API.
+    pub const API: &str = "urn:lastmile:api";
     /// The gateway name in a gateway URI.
     pub fn gateway_name(uri: &str) -> Option<&str> {
         uri.strip_prefix("urn:lastmile:gateway:")

@@ -203,6 +203,79 @@ fn validity(params: &mut CertificateParams, not_after: i64) -> Result<(), PkiErr
     Ok(())
 }
 
+/// Whether a PEM certificate names the API ([`lastmile_proto::wire::uri::API`]).
+fn names_api(pem: &str) -> bool {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem.as_bytes()).next() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|n| {
+        matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == lastmile_proto::wire::uri::API)
+    })
+}
+
+/// An API certificate made before the API had a URI of its own: the same names, key
+/// and lifetime, plus the URI. The file is replaced atomically.
+fn reissue_with_api_uri(
+    dir: &Path,
+    old_pem: &str,
+    key_pem: &str,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<String, PkiError> {
+    let path = dir.join(TLS_CERT);
+    let invalid = |why: String| PkiError::Invalid {
+        path: path.clone(),
+        what: "PEM certificate",
+        why,
+    };
+    let key = KeyPair::from_pem(key_pem).map_err(|e| invalid(e.to_string()))?;
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let der =
+        CertificateDer::from_pem_slice(old_pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let (_, old) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| invalid(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "lastmile API");
+    if let Ok(Some(san)) = old.subject_alternative_name() {
+        for name in &san.value.general_names {
+            use x509_parser::extensions::GeneralName;
+            match name {
+                GeneralName::DNSName(d) => params
+                    .subject_alt_names
+                    .push(SanType::DnsName((*d).to_owned().try_into()?)),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    params.subject_alt_names.extend(ip.map(SanType::IpAddress));
+                }
+                _ => {}
+            }
+        }
+    }
+    params
+        .subject_alt_names
+        .push(SanType::URI(lastmile_proto::wire::uri::API.try_into()?));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, old.validity().not_after.timestamp())?;
+    let pem = params.signed_by(&key, issuer)?.pem();
+    let tmp = path.with_extension("crt.new");
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, pem.as_bytes(), 0o644)?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(pem)
+}
+
 fn ssh_ca(comment: String) -> Result<PrivateKey, PkiError> {
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&random::<32>()?));
     key.set_comment(comment);
@@ -246,6 +319,8 @@ impl Pki {
         let mut tls = CertificateParams::new(api_names.to_vec())?;
         tls.distinguished_name
             .push(DnType::CommonName, "lastmile API");
+        tls.subject_alt_names
+            .push(SanType::URI(lastmile_proto::wire::uri::API.try_into()?));
         tls.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut tls, crate::db::now() + 2 * 365 * 86_400)?;
         let tls_cert = tls.signed_by(&tls_key, &issuer)?;
@@ -368,13 +443,22 @@ impl Pki {
         let ssh = |name: &str, text: &str| {
             PrivateKey::from_openssh(text).map_err(|e| invalid(name, "OpenSSH private key")(&e))
         };
+        let mut tls_cert_pem = read(dir, TLS_CERT)?;
+        if !names_api(&tls_cert_pem) {
+            tls_cert_pem = reissue_with_api_uri(dir, &tls_cert_pem, &tls_key_pem, &issuer)?;
+            tracing::info!(
+                path = %dir.join(TLS_CERT).display(),
+                "the API's certificate was re-issued to name {} (clients now require it)",
+                lastmile_proto::wire::uri::API
+            );
+        }
         Ok(Self {
             organisation,
             ca_pem,
             issuer,
             ssh_user_ca: ssh(SSH_USER_CA, &user_pem)?,
             ssh_host_ca: ssh(SSH_HOST_CA, &host_pem)?,
-            tls_cert_pem: read(dir, TLS_CERT)?,
+            tls_cert_pem,
             tls_key_pem: tls_key_pem.to_string(),
         })
     }

@@ -281,3 +281,117 @@ both_stores!(
     gateways_enroll_once_renew_and_bad_certificates_are_refused,
     gateway_lifecycle
 );
+
+/// A gateway's certificate (same CA, `serverAuth`, a name the client dials) cannot stand
+/// in for the API: the client requires the API's own URI, and says what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_certificate_cannot_stand_in_for_the_api() {
+    let api = start(Store::Sqlite, |_| {}).await;
+    let admin = api.admin().await;
+    let token: GatewayToken = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/admin/gateways/tokens",
+            Some(&json!({"name": "gw1", "addresses": ["localhost"]})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cert: GatewayCertificate = api
+        .client
+        .post(
+            "/v1/gateways/enroll",
+            &Enroll {
+                token: token.token,
+                csr: csr(&key),
+            },
+        )
+        .await
+        .unwrap();
+    // The API's own certificate names it.
+    assert!(sans(&api.app.pki.tls_cert_pem).contains(&format!("URI({})", wire::uri::API)));
+
+    // The gateway's key and certificate, serving TLS on loopback as if it were the API.
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let chain = CertificateDer::pem_slice_iter(cert.certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, der)
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let impostor = ApiClient::new(&format!("https://localhost:{port}"), &api.ca, None).unwrap();
+    let e = impostor
+        .get::<serde_json::Value>("/v1/ca")
+        .await
+        .unwrap_err();
+    let chain = {
+        let mut out = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            out.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        out
+    };
+    assert!(chain.contains("is not the lastmile API's"), "{chain}");
+    server.abort();
+}
+
+/// An API certificate made before the API had a URI of its own is re-issued on load,
+/// with its names kept: clients that require the URI go on working after an upgrade.
+#[tokio::test]
+async fn an_older_api_certificate_is_reissued_with_the_api_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lastmile_api::ApiConfig {
+        data_dir: dir.path().join("api"),
+        ..lastmile_api::ApiConfig::default()
+    };
+    let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
+        .await
+        .unwrap();
+    let keys = config.keys_dir();
+    lastmile_api::pki::Pki::create(&keys, "acme", &["api.internal".to_owned()], &kms)
+        .await
+        .unwrap();
+    // What an older release wrote: the names, no URI.
+    let old_key = KeyPair::generate().unwrap();
+    let old = CertificateParams::new(vec!["api.internal".to_owned()])
+        .unwrap()
+        .self_signed(&old_key)
+        .unwrap();
+    std::fs::write(keys.join("api-tls.crt"), old.pem()).unwrap();
+    assert!(!sans(&old.pem()).iter().any(|n| n.contains(wire::uri::API)));
+
+    let pki = lastmile_api::pki::Pki::load(&keys, &kms).await.unwrap();
+    let names = sans(&pki.tls_cert_pem);
+    assert!(
+        names.contains(&format!("URI({})", wire::uri::API)),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("api.internal")),
+        "{names:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(keys.join("api-tls.crt")).unwrap(),
+        pki.tls_cert_pem
+    );
+}
