@@ -1,0 +1,6 @@
+//! The SSH last mile (placeholder docs, rewritten with the bridge).
+
+pub mod exec_log;
+pub mod policy;
+pub mod principal;
+pub mod recording;
