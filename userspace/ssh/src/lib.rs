@@ -4,3 +4,4 @@ pub mod exec_log;
 pub mod policy;
 pub mod principal;
 pub mod recording;
+pub mod sftp_log;
