@@ -1,5 +1,7 @@
 //! The SSH last mile (placeholder docs, rewritten with the bridge).
 
+pub mod bridge;
+pub mod events;
 pub mod exec_log;
 pub mod policy;
 pub mod principal;
