@@ -279,16 +279,6 @@ impl Fixture {
         cmd
     }
 
-    fn ssh(&self, login: &str, extra: &[&str], command: &str) -> Output {
-        let mut cmd = self.client_options("ssh");
-        cmd.args(["-p", &self.bridge_port.to_string()])
-            .args(extra)
-            .arg(format!("{login}@127.0.0.1"))
-            .arg(command)
-            .stdin(Stdio::null());
-        cmd.output().unwrap_or_else(|e| panic!("ssh: {e}"))
-    }
-
     async fn ssh_async(&self, login: &str, extra: &[&str], command: &str) -> Output {
         let mut cmd = self.client_options("ssh");
         cmd.args(["-p", &self.bridge_port.to_string()])
@@ -511,7 +501,6 @@ async fn a_pty_session_is_recorded_as_asciicast() {
     assert_eq!(bytes.len() as u64, recording.size);
     let cast = cast::parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
     assert!(cast.events.iter().any(|e| e.data.contains("recorded-42")));
-    let _ = fx.ssh(&fx.user, &[], "true");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! request goes through the policy first; allowed ones are opened on the target and
 //! relayed; each reply to the user is the target's own reply to the same request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -867,12 +867,6 @@ pub(crate) fn open_channels(shared: &Shared) -> Vec<ChannelId> {
     shared
         .open
         .lock()
-        .map(|open| {
-            open.iter()
-                .copied()
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect()
-        })
+        .map(|open| open.iter().copied().collect())
         .unwrap_or_default()
 }
