@@ -563,3 +563,55 @@ async fn revocation_cuts_a_running_session_within_a_second_and_says_why() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_beyond_the_limit_are_refused_and_audited() {
+    let policy = ChannelPolicy {
+        max_channels: 8,
+        ..ChannelPolicy::default()
+    };
+    let Some(fx) = fixture(policy).await else {
+        return;
+    };
+    // Our own upstream client, pointed at the bridge: it trusts the same host CA.
+    let host_ca =
+        russh::keys::ssh_key::PublicKey::read_openssh_file(fx.path("host_ca.pub")).unwrap();
+    let stream = TcpStream::connect(("127.0.0.1", fx.bridge_port))
+        .await
+        .unwrap();
+    let principal = lastmile_ssh::principal::choose(&fx.user, &[fx.user.clone()]).unwrap();
+    let login = UpstreamLogin {
+        key: Arc::new(russh::keys::load_secret_key(fx.path("conn"), None).unwrap()),
+        certificate: None,
+    };
+    let trust = HostTrust::CertificateAuthority {
+        authorities: vec![host_ca],
+        host_name: "127.0.0.1".to_owned(),
+    };
+    let handle = bridge::upstream::connect(stream, trust, &principal, &login)
+        .await
+        .unwrap();
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        match handle.channel_open_session().await {
+            Ok(channel) => opened.push(channel),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!((opened.len(), refused), (8, 12));
+    fx.wait_for(
+        "too many channels",
+        |e| matches!(e, SshEvent::Refused { reason, .. } if reason.contains("too many channels")),
+    )
+    .await;
+    // The connection itself still works.
+    let channel = opened.pop().unwrap();
+    channel.exec(true, "echo still-here").await.unwrap();
+    let mut out = Vec::new();
+    let mut reader = channel.into_stream();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(text(&out), "still-here\n");
+}
