@@ -579,7 +579,8 @@ async fn channels_beyond_the_limit_are_refused_and_audited() {
     let stream = TcpStream::connect(("127.0.0.1", fx.bridge_port))
         .await
         .unwrap();
-    let principal = lastmile_ssh::principal::choose(&fx.user, &[fx.user.clone()]).unwrap();
+    let principal =
+        lastmile_ssh::principal::choose(&fx.user, std::slice::from_ref(&fx.user)).unwrap();
     let login = UpstreamLogin {
         key: Arc::new(russh::keys::load_secret_key(fx.path("conn"), None).unwrap()),
         certificate: None,
