@@ -1,0 +1,872 @@
+//! The russh server handler: the SSH server the user's `ssh` talks to. Every channel and
+//! request goes through the policy first; allowed ones are opened on the target and
+//! relayed; each reply to the user is the target's own reply to the same request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use russh::client;
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, Disconnect, Pty, Sig};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::upstream::{self, Upstream};
+use super::{BridgeError, GatewaySession, Shared};
+use crate::events::SshEvent;
+use crate::exec_log::ExecCommand;
+use crate::policy::{Decision, Request};
+use crate::principal::{self, Principal};
+use crate::recording::{CastHeader, MonotonicClock, Recorder, RecordingId};
+
+use super::relay::{self, Audit, ChannelLogs, Counters};
+
+/// How long a channel request waits for the target's reply before it is failed. The
+/// session loop is held meanwhile (russh answers requests from the handler), so a target
+/// that never answers must not hold it for ever.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct PtyInfo {
+    term: String,
+    cols: u32,
+    rows: u32,
+}
+
+struct ChannelState {
+    upstream: Arc<ChannelWriteHalf<client::Msg>>,
+    replies: mpsc::UnboundedReceiver<bool>,
+    logs: Arc<Mutex<ChannelLogs>>,
+    counters: Arc<Counters>,
+    audit: Audit,
+    pty: Option<PtyInfo>,
+    done: Arc<AtomicBool>,
+}
+
+impl ChannelState {
+    async fn target_reply(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(REPLY_TIMEOUT, self.replies.recv()).await,
+            Ok(Some(true))
+        )
+    }
+}
+
+pub(crate) struct Gateway {
+    session: GatewaySession,
+    target: Option<TcpStream>,
+    upstream: Option<Arc<client::Handle<Upstream>>>,
+    principal: Option<Principal>,
+    /// Set when the login cannot proceed; said to the user once authentication is over,
+    /// in a DISCONNECT they see (RFC 4253 §11.1), rather than as a bare auth failure.
+    fatal: Option<String>,
+    channels: HashMap<ChannelId, ChannelState>,
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub(crate) fn new(session: GatewaySession, target: TcpStream, shared: Arc<Shared>) -> Self {
+        Self {
+            session,
+            target: Some(target),
+            upstream: None,
+            principal: None,
+            fatal: None,
+            channels: HashMap::new(),
+            shared,
+        }
+    }
+
+    fn emit(&self, event: SshEvent) {
+        self.session.events.event(event);
+    }
+
+    fn audit(&self, channel: ChannelId) -> Audit {
+        Audit {
+            connection: self.session.connection.clone(),
+            channel: u32::from(channel),
+            events: self.session.events.clone(),
+        }
+    }
+
+    /// RFC 4252 §5: the user name arrives with every authentication request. The tunnel
+    /// already proved who the user is, so any method is accepted; the name picks the
+    /// principal and, on the first request, the login to the target happens here.
+    async fn admit(&mut self, login: &str) -> Auth {
+        if self.upstream.is_some() || self.fatal.is_some() {
+            return Auth::Accept;
+        }
+        let principal = match principal::choose(login, &self.session.resource.ssh_principals) {
+            Ok(principal) => principal,
+            Err(refused) => {
+                self.emit(SshEvent::Refused {
+                    connection: self.session.connection.clone(),
+                    channel: None,
+                    what: format!("login as {login:?}"),
+                    reason: refused.to_string(),
+                });
+                self.fatal = Some(format!("lastmile: {refused}"));
+                return Auth::Accept;
+            }
+        };
+        let Some(target) = self.target.take() else {
+            return Auth::reject();
+        };
+        match upstream::connect(
+            target,
+            self.session.resource.host_trust.clone(),
+            &principal,
+            &self.session.login,
+        )
+        .await
+        {
+            Ok(handle) => {
+                info!(connection = %self.session.connection, %principal, "logged in to the target");
+                let handle = Arc::new(handle);
+                if let Ok(mut slot) = self.shared.upstream.lock() {
+                    *slot = Some(handle.clone());
+                }
+                if let Ok(mut slot) = self.shared.principal.lock() {
+                    *slot = Some(principal.to_string());
+                }
+                self.upstream = Some(handle);
+                self.emit(SshEvent::SessionOpened {
+                    connection: self.session.connection.clone(),
+                    login: login.to_owned(),
+                    principal: principal.to_string(),
+                });
+                self.principal = Some(principal);
+            }
+            Err(error) => {
+                let chain = error_chain(&error);
+                warn!(connection = %self.session.connection, "upstream login failed: {chain}");
+                self.emit(SshEvent::Incomplete {
+                    connection: self.session.connection.clone(),
+                    channel: None,
+                    what: format!("login to the target failed: {chain}"),
+                });
+                self.fatal = Some(format!("lastmile: {chain}"));
+            }
+        }
+        Auth::Accept
+    }
+
+    /// Refuse a request the policy turned down: the audit event, a line on the channel's
+    /// stderr (RFC 4254 §5.2, data type 1) the user reads, and the failure reply.
+    fn refused(
+        &self,
+        channel: Option<ChannelId>,
+        decision: Decision,
+        session: &mut Session,
+    ) -> Result<bool, BridgeError> {
+        let Decision::Refuse { what, reason } = &decision else {
+            return Ok(false);
+        };
+        info!(connection = %self.session.connection, "refused {what}: {reason}");
+        self.emit(SshEvent::Refused {
+            connection: self.session.connection.clone(),
+            channel: channel.map(u32::from),
+            what: what.clone(),
+            reason: reason.to_string(),
+        });
+        if let Some(channel) = channel {
+            if let Some(message) = decision.message() {
+                session.extended_data(channel, 1, Bytes::from(message + "\r\n"))?;
+            }
+            session.channel_failure(channel)?;
+        }
+        Ok(true)
+    }
+
+    fn open_channels(&mut self) -> usize {
+        self.channels
+            .retain(|_, state| !state.done.load(Ordering::Relaxed));
+        self.channels.len()
+    }
+
+    async fn start_channel(
+        &mut self,
+        user: Channel<Msg>,
+        upstream: Channel<client::Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+        kind: String,
+    ) {
+        reply.accept().await;
+        let id = user.id();
+        let (_ignored, user_writer) = user.split();
+        let (upstream_reader, upstream_writer) = upstream.split();
+        let upstream_writer = Arc::new(upstream_writer);
+        let (replies_tx, replies) = mpsc::unbounded_channel();
+        let logs = Arc::new(Mutex::new(ChannelLogs::default()));
+        let counters = Arc::new(Counters::default());
+        let done = Arc::new(AtomicBool::new(false));
+        if let Ok(mut all) = self.shared.counters.lock() {
+            all.push(counters.clone());
+        }
+        if let Ok(mut open) = self.shared.open.lock() {
+            open.insert(id);
+        }
+        self.emit(SshEvent::ChannelOpened {
+            connection: self.session.connection.clone(),
+            channel: u32::from(id),
+            kind,
+        });
+        let relay_done = done.clone();
+        let shared = self.shared.clone();
+        let task = relay::target_to_user(
+            upstream_reader,
+            user_writer,
+            session.handle(),
+            id,
+            replies_tx,
+            logs.clone(),
+            counters.clone(),
+            self.audit(id),
+            upstream_writer.clone(),
+        );
+        tokio::spawn(async move {
+            task.await;
+            relay_done.store(true, Ordering::Relaxed);
+            if let Ok(mut open) = shared.open.lock() {
+                open.remove(&id);
+            }
+        });
+        self.channels.insert(
+            id,
+            ChannelState {
+                upstream: upstream_writer,
+                replies,
+                logs,
+                counters,
+                audit: self.audit(id),
+                pty: None,
+                done,
+            },
+        );
+    }
+
+    fn start_recording(&mut self, channel: ChannelId, title: String) {
+        let Some(store) = self.session.recordings.clone() else {
+            return;
+        };
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let (cols, rows, term) = match &state.pty {
+            Some(pty) => (pty.cols.max(1), pty.rows.max(1), pty.term.clone()),
+            None => (80, 24, String::new()),
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut header = CastHeader::new(cols, rows, now).with_title(title);
+        if !term.is_empty() {
+            header = header.with_env("TERM", &term);
+        }
+        let started = RecordingId::new(format!(
+            "{}-{}",
+            self.session.connection,
+            u32::from(channel)
+        ))
+        .and_then(|id| {
+            Recorder::start(
+                store.as_ref(),
+                &id,
+                &header,
+                Box::new(MonotonicClock::start()),
+            )
+        });
+        match started {
+            Ok(recorder) => relay::lock(&state.logs).recorder = Some(recorder),
+            Err(error) => state
+                .audit
+                .incomplete(format!("recording not started: {error}")),
+        }
+    }
+
+    fn title(&self, what: &str) -> String {
+        format!(
+            "{}@{} {what}",
+            self.principal
+                .as_ref()
+                .map(Principal::as_str)
+                .unwrap_or_default(),
+            self.session.resource.name
+        )
+    }
+}
+
+fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), BridgeError> {
+    if ok {
+        session.channel_success(channel)?;
+    } else {
+        session.channel_failure(channel)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl server::Handler for Gateway {
+    type Error = BridgeError;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.admit(user).await)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.admit(user).await)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.admit(user).await)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(message) = self.fatal.take() {
+            session.disconnect(Disconnect::ByApplication, &message, "en")?;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let open_channels = self.open_channels();
+        if self.refused(
+            None,
+            self.session
+                .resource
+                .policy
+                .decide(Request::OpenSession { open_channels }),
+            session,
+        )? {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        let Some(upstream) = self.upstream.clone() else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        match upstream.channel_open_session().await {
+            Ok(up) => {
+                self.start_channel(channel, up, reply, session, "session".to_owned())
+                    .await
+            }
+            Err(error) => {
+                self.audit(channel.id())
+                    .incomplete(format!("the target refused a session channel: {error}"));
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let open_channels = self.open_channels();
+        let decision = self
+            .session
+            .resource
+            .policy
+            .decide(Request::OpenDirectTcpip {
+                host: host_to_connect,
+                port: port_to_connect,
+                open_channels,
+            });
+        if self.refused(None, decision, session)? {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let Some(upstream) = self.upstream.clone() else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        match upstream
+            .channel_open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(up) => {
+                let kind = format!("direct-tcpip to {host_to_connect}:{port_to_connect}");
+                self.start_channel(channel, up, reply, session, kind).await
+            }
+            Err(error) => {
+                self.audit(channel.id())
+                    .incomplete(format!("the target refused direct-tcpip: {error}"));
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let decision = self
+            .session
+            .resource
+            .policy
+            .decide(Request::OpenOther { kind: "x11" });
+        self.refused(None, decision, session)?;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let decision = self.session.resource.policy.decide(Request::OpenOther {
+            kind: "forwarded-tcpip",
+        });
+        self.refused(None, decision, session)?;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let decision = self.session.resource.policy.decide(Request::OpenOther {
+            kind: "direct-streamlocal@openssh.com",
+        });
+        self.refused(None, decision, session)?;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(state) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        state
+            .counters
+            .to_target
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let broken = {
+            let mut logs = relay::lock(&state.logs);
+            logs.saw_from_user(data, &state.audit);
+            logs.broken
+        };
+        // Waiting here for the target's window is the backpressure: russh reads no more
+        // from the user until this returns.
+        if broken
+            || state
+                .upstream
+                .data_bytes(Bytes::copy_from_slice(data))
+                .await
+                .is_err()
+        {
+            let _ = state.upstream.close().await;
+            session.close(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        code: u32,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(state) = self.channels.get(&channel) {
+            let _ = state
+                .upstream
+                .extended_data_bytes(code, Bytes::copy_from_slice(data))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(state) = self.channels.get(&channel) {
+            let _ = state.upstream.eof().await;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(state) = self.channels.remove(&channel) {
+            let _ = state.upstream.close().await;
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.refused(
+            Some(channel),
+            self.session.resource.policy.decide(Request::Pty),
+            session,
+        )? {
+            return Ok(());
+        }
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return reply(session, channel, false);
+        };
+        let sent = state
+            .upstream
+            .request_pty(
+                true, term, col_width, row_height, pix_width, pix_height, modes,
+            )
+            .await;
+        let ok = sent.is_ok() && state.target_reply().await;
+        if ok {
+            state.pty = Some(PtyInfo {
+                term: term.to_owned(),
+                cols: col_width,
+                rows: row_height,
+            });
+        }
+        reply(session, channel, ok)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let decision = self.session.resource.policy.decide(Request::Env {
+            name: variable_name,
+        });
+        // A refused variable is audited but not shouted at the user: OpenSSH sends LANG and
+        // LC_* on every login, and sshd refuses unlisted ones just as quietly.
+        if let Decision::Refuse { what, reason } = decision {
+            self.emit(SshEvent::Refused {
+                connection: self.session.connection.clone(),
+                channel: Some(u32::from(channel)),
+                what,
+                reason: reason.to_string(),
+            });
+            return reply(session, channel, false);
+        }
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return reply(session, channel, false);
+        };
+        let sent = state
+            .upstream
+            .set_env(true, variable_name, variable_value)
+            .await;
+        let ok = sent.is_ok() && state.target_reply().await;
+        reply(session, channel, ok)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.refused(
+            Some(channel),
+            self.session.resource.policy.decide(Request::Shell),
+            session,
+        )? {
+            return Ok(());
+        }
+        self.start_recording(channel, self.title("shell"));
+        self.emit(SshEvent::Started {
+            connection: self.session.connection.clone(),
+            channel: u32::from(channel),
+            what: "shell".to_owned(),
+        });
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return reply(session, channel, false);
+        };
+        let sent = state.upstream.request_shell(true).await;
+        let ok = sent.is_ok() && state.target_reply().await;
+        reply(session, channel, ok)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = ExecCommand::parse(data);
+        let decision = self.session.resource.policy.decide(Request::Exec(&command));
+        if self.refused(Some(channel), decision, session)? {
+            return Ok(());
+        }
+        debug!(connection = %self.session.connection, "exec {:?}", command.text);
+        self.emit(SshEvent::Exec {
+            connection: self.session.connection.clone(),
+            channel: u32::from(channel),
+            command: command.clone(),
+        });
+        let interactive = self
+            .channels
+            .get(&channel)
+            .is_some_and(|state| state.pty.is_some());
+        if interactive {
+            self.start_recording(channel, self.title(&command.text));
+        }
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return reply(session, channel, false);
+        };
+        let sent = state.upstream.exec(true, command.raw).await;
+        let ok = sent.is_ok() && state.target_reply().await;
+        reply(session, channel, ok)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let decision = self
+            .session
+            .resource
+            .policy
+            .decide(Request::Subsystem { name });
+        if self.refused(Some(channel), decision, session)? {
+            return Ok(());
+        }
+        self.emit(SshEvent::Started {
+            connection: self.session.connection.clone(),
+            channel: u32::from(channel),
+            what: format!("subsystem {name}"),
+        });
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return reply(session, channel, false);
+        };
+        if name == "sftp" {
+            relay::lock(&state.logs).sftp = Some(crate::sftp_log::SftpLog::default());
+        }
+        let sent = state.upstream.request_subsystem(true, name).await;
+        let ok = sent.is_ok() && state.target_reply().await;
+        reply(session, channel, ok)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // RFC 4254 §6.7: window-change never wants a reply.
+        if let Some(state) = self.channels.get(&channel) {
+            {
+                let mut logs = relay::lock(&state.logs);
+                if let Some(recorder) = &mut logs.recorder
+                    && let Err(error) = recorder.resize(col_width, row_height)
+                {
+                    state
+                        .audit
+                        .incomplete(format!("recording stopped: {error}"));
+                    logs.recorder = None;
+                }
+            }
+            let _ = state
+                .upstream
+                .window_change(col_width, row_height, pix_width, pix_height)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // RFC 4254 §6.9: signal never wants a reply.
+        if let Some(state) = self.channels.get(&channel) {
+            let _ = state.upstream.signal(signal).await;
+        }
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Relaying X11 is not built: refused even where the policy would allow it.
+        let decision = match self.session.resource.policy.decide(Request::X11) {
+            Decision::Allow => Decision::Refuse {
+                what: "X11 forwarding (ssh -X)".to_owned(),
+                reason: crate::policy::RefusalReason::Unknown,
+            },
+            refused => refused,
+        };
+        self.refused(Some(channel), decision, session)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // russh sends the failure reply itself from the returned false.
+        let decision = match self.session.resource.policy.decide(Request::AgentForward) {
+            Decision::Allow => Decision::Refuse {
+                what: "agent forwarding (ssh -A)".to_owned(),
+                reason: crate::policy::RefusalReason::Unknown,
+            },
+            refused => refused,
+        };
+        if let Decision::Refuse { what, reason } = &decision {
+            self.emit(SshEvent::Refused {
+                connection: self.session.connection.clone(),
+                channel: Some(u32::from(channel)),
+                what: what.clone(),
+                reason: reason.to_string(),
+            });
+            if let Some(message) = decision.message() {
+                session.extended_data(channel, 1, Bytes::from(message + "\r\n"))?;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let what = format!("tcpip-forward {address}:{port}");
+        let decision = match self
+            .session
+            .resource
+            .policy
+            .decide(Request::RemoteForward { what: &what })
+        {
+            Decision::Allow => Decision::Refuse {
+                what: format!("remote forwarding ({what})"),
+                reason: crate::policy::RefusalReason::Unknown,
+            },
+            refused => refused,
+        };
+        self.refused(None, decision, session)?;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let what = format!("streamlocal-forward {socket_path}");
+        let decision = self
+            .session
+            .resource
+            .policy
+            .decide(Request::RemoteForward { what: &what });
+        let decision = match decision {
+            Decision::Allow => Decision::Refuse {
+                what,
+                reason: crate::policy::RefusalReason::Unknown,
+            },
+            refused => refused,
+        };
+        self.refused(None, decision, session)?;
+        Ok(false)
+    }
+}
+
+/// The channels still open, for the ending notice.
+pub(crate) fn open_channels(shared: &Shared) -> Vec<ChannelId> {
+    shared
+        .open
+        .lock()
+        .map(|open| open.iter().copied().collect())
+        .unwrap_or_default()
+}
