@@ -361,8 +361,9 @@ struct Since {
     since: Option<String>,
 }
 
-/// `GET /v1/revocations`: server-sent events, one `revoke` event per revocation, its id
-/// the revocation's `seq`. A gateway (client certificate) sees every revocation; a user's
+/// `GET /v1/revocations`: server-sent events: first a `position` event (id and data: the
+/// `seq` the feed starts after), then one `revoke` event per revocation, its id the
+/// revocation's `seq`. A gateway (client certificate) sees every revocation; a user's
 /// agent (signed call) sees its own user's; an admin sees all.
 async fn revocations(
     State(app): State<Arc<App>>,
@@ -400,7 +401,14 @@ async fn revocations(
         })?),
     };
     let feed = Feed::start(app.db.clone(), &app.revocations, since, visible).await?;
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+    // First, where the feed starts, so a subscriber that came without `since` knows
+    // where to resume from should the stream break before any revocation.
+    let position = feed.position();
+    let start = Event::default()
+        .event("position")
+        .id(position.to_string())
+        .data(position.to_string());
+    let revokes = futures_util::stream::unfold(feed, |mut feed| async move {
         let r = feed.next().await?;
         let event = Event::default()
             .event("revoke")
@@ -409,6 +417,9 @@ async fn revocations(
             .unwrap_or_else(|_| Event::default().comment("unserialisable revocation"));
         Some((Ok::<_, Infallible>(event), feed))
     });
+    use futures_util::StreamExt as _;
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, Infallible>(start) }).chain(revokes);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

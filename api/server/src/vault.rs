@@ -625,6 +625,8 @@ pub async fn authorize_connection(
 ) -> Result<lastmile_proto::wire::ConnectionAuthorized, ApiError> {
     require_gateway(peer, "open a connection")?;
     let req: lastmile_proto::wire::ConnectionRequest = crate::error::json(body)?;
+    // Read before the session is checked: a revocation after the check is after this.
+    let revocations_after = app.revocations.last();
     let a = authorize(
         app,
         peer,
@@ -667,5 +669,6 @@ pub async fn authorize_connection(
         session_expires_at: a.session.expires_at,
         grant_expires_at: a.grant_expires_at,
         credential,
+        revocations_after: Some(revocations_after),
     })
 }

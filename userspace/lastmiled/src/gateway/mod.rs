@@ -95,6 +95,8 @@ struct Gateway {
     server_tls: postgres::ServerTls,
     /// Whether `db.query` events carry bound parameters.
     log_query_params: bool,
+    /// Where the revocation stream must resume from.
+    revocations: revocations::Position,
 }
 
 /// An error and its causes, each once, as `a: b: c`.
@@ -261,6 +263,7 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         cancels: postgres::Cancels::default(),
         server_tls: postgres::ServerTls::default(),
         log_query_params: config.log_query_params,
+        revocations: revocations::Position::default(),
     });
     info!(gateway = %gw.name, listen = %local, %announce, "gateway serving tunnels");
     tokio::spawn(revocations::watch_revocations(gw.clone()));

@@ -291,6 +291,7 @@ async fn open(
     }
     let key = age::x25519::Identity::generate();
     let mut authorized = authorize(gw, header, Some(&key.to_public().to_string())).await?;
+    gw.revocations.authorized(authorized.revocations_after);
     let credential = match authorized.credential.take() {
         None => None,
         Some(unlocked) => Some(open_credential(&key, &unlocked)?),
