@@ -319,6 +319,10 @@ pub struct ConnectionAuthorized {
     /// not yet followed the stream resumes from the lowest it holds.
     #[serde(default)]
     pub revocations_after: Option<i64>,
+    /// The connection's id, chosen by the API (the authorization's `connection` is the
+    /// client's hint). Events, logs and SSH certificate key ids use this one.
+    #[serde(default)]
+    pub connection: String,
 }
 
 /// `POST /v1/gateways/resource-certificate`: a gateway asks for a TLS server certificate

@@ -139,7 +139,13 @@ pub struct DbCancel {
 /// What the gateway records when a relayed connection ends.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayClose {
+    /// The API's id for the connection.
     pub connection: String,
+    /// The id the client proposed (it carries the node's socket cookie).
+    pub client_connection: String,
+    /// The kernel's socket cookie of the client's connection, when the node handed it
+    /// over (the join key to `kernel.connect`).
+    pub sock_cookie: Option<u64>,
     pub session: String,
     pub user: String,
     pub resource: String,
@@ -469,7 +475,9 @@ mod tests {
     #[test]
     fn the_gateways_events_meet_the_audit_schema() {
         let close = Event::now(EventBody::ConnectionClose(GatewayClose {
-            connection: "sock-1-ab".into(),
+            connection: "conn_1".into(),
+            client_connection: "sock-1-ab".into(),
+            sock_cookie: Some(1),
             session: "ses_1".into(),
             user: "alice".into(),
             resource: "echo".into(),

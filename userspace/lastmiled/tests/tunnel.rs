@@ -534,9 +534,10 @@ async fn a_redirected_connection_goes_through_agent_tunnel_and_gateway() {
         e["kind"] == "kernel.connect" && e["sock_cookie"] == cookie
     });
     let close = gw.wait_event("connection.close", |e| {
-        e["connection"]
+        e["client_connection"]
             .as_str()
             .is_some_and(|c| c.starts_with(&format!("sock-{cookie}-")))
+            && e["sock_cookie"] == cookie
     });
     assert_eq!(close["user"], "alice");
     assert_eq!(close["bytes_up"], 24);
