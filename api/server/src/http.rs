@@ -284,7 +284,7 @@ async fn my_resources(
 ) -> Reply {
     match &peer.0 {
         Some(gw) => {
-            active_gateway(&app, &gw.name).await?;
+            active_gateway(&app, gw).await?;
             ok(admin::list_resources(&app).await?)
         }
         None => {
@@ -301,7 +301,7 @@ async fn gateway_endpoints(
     req: Request,
 ) -> Reply {
     match &peer.0 {
-        Some(gw) => active_gateway(&app, &gw.name).await?,
+        Some(gw) => active_gateway(&app, gw).await?,
         None => {
             Signed::from_request(req, &app).await?;
         }
@@ -309,8 +309,9 @@ async fn gateway_endpoints(
     ok(gateways::endpoints(&app).await?)
 }
 
-async fn active_gateway(app: &App, name: &str) -> Result<(), ApiError> {
-    if gateways::is_active(app, name).await? {
+async fn active_gateway(app: &App, gw: &crate::vault::GatewayPeer) -> Result<(), ApiError> {
+    let name = &gw.name;
+    if gateways::is_active(app, gw).await? {
         Ok(())
     } else {
         Err(ApiError::forbidden(
@@ -329,7 +330,7 @@ async fn announce(
 ) -> Reply {
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "announce a tunnel")?;
     let a: wire::Announce = json(&b)?;
-    ok(gateways::announce(&app, &gw.name, &a).await?)
+    ok(gateways::announce(&app, gw, &a).await?)
 }
 
 async fn resource_certificate(
@@ -339,7 +340,7 @@ async fn resource_certificate(
 ) -> Reply {
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold a resource's certificate")?;
     let r: wire::ResourceCertificateRequest = json(&b)?;
-    ok(gateways::resource_certificate(&app, &gw.name, &r).await?)
+    ok(gateways::resource_certificate(&app, gw, &r).await?)
 }
 
 async fn authorize_connection(
@@ -374,7 +375,7 @@ async fn revocations(
 ) -> Reply {
     let visible: Box<dyn Fn(&wire::Revocation) -> bool + Send + Sync> = match &peer.0 {
         Some(gw) => {
-            active_gateway(&app, &gw.name).await?;
+            active_gateway(&app, gw).await?;
             Box::new(|_| true)
         }
         None => {
@@ -440,7 +441,7 @@ async fn renew(
         "renew its certificate (with its current one)",
     )?;
     let r: wire::Renew = json(&b)?;
-    ok(gateways::renew(&app, &gw.name, &r.csr).await?)
+    ok(gateways::renew(&app, gw, &r.csr).await?)
 }
 
 async fn unlock(

@@ -275,10 +275,13 @@ pub async fn authorize(
 ) -> Result<Authorized, ApiError> {
     let (method, uri, headers, body) = signed;
     let gw = require_gateway(peer, "act for a user")?;
-    if !crate::gateways::is_active(app, &gw.name).await? {
+    if !crate::gateways::is_active(app, gw).await? {
         return Err(ApiError::forbidden(
             "gateway_revoked",
-            format!("gateway `{}` was revoked or is not enrolled", gw.name),
+            format!(
+                "gateway `{}` was revoked or is not enrolled with this certificate",
+                gw.name
+            ),
         ));
     }
     let key = gw
