@@ -2,4 +2,5 @@
 
 pub mod device;
 pub mod httpsig;
+pub mod target;
 pub mod wire;

@@ -436,30 +436,12 @@ pub fn stored_name<T: serde::Serialize>(v: &T) -> String {
 
 /// Checks one `protect` entry: `ADDR:PORT`, `[ADDR6]:PORT` or `PREFIX/LEN:PORT` (the
 /// node's syntax).
+/// The node's own parser: what a node could not intercept is refused here, not listed
+/// as protected and skipped with a warning on every node.
 fn check_protect(spec: &str) -> Result<(), String> {
-    let (addr, port) = spec
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{spec}` has no :PORT"))?;
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("`{spec}`: `{port}` is not a port (1-65535)"))?;
-    let addr = addr.trim_start_matches('[').trim_end_matches(']');
-    let (ip, len) = match addr.split_once('/') {
-        Some((ip, len)) => (ip, Some(len)),
-        None => (addr, None),
-    };
-    let ip: std::net::IpAddr = ip
-        .parse()
-        .map_err(|_| format!("`{spec}`: `{ip}` is not an IP address"))?;
-    if let Some(len) = len {
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        len.parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("`{spec}`: prefix length must be 0-{max}"))?;
-    }
-    Ok(())
+    spec.parse::<lastmile_proto::target::ProtectedTarget>()
+        .map(|_| ())
+        .map_err(|e| format!("`{spec}`: {e}"))
 }
 
 pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), ApiError> {

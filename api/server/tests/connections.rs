@@ -25,6 +25,41 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
         .await
         .unwrap();
     assert_eq!(a.status, 204, "{}", a.body);
+    // What a node could not intercept is refused here, with the node's reason: a
+    // network with host bits set, a name, a bad port.
+    for (protect, says) in [
+        ("10.30.0.1/24:22", "did you mean 10.30.0.0/24"),
+        ("db.internal:5432", "is not an IP address"),
+        ("127.0.0.2:0", "not a valid port"),
+        ("[::1/129]:22", "too long"),
+    ] {
+        let bad = json!({"name": "bad", "kind": "tcp", "host": "127.0.0.1", "port": 7, "protect": [protect]});
+        let a = api
+            .client
+            .call(&admin, Method::PUT, "/v1/admin/resources/bad", Some(&bad))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 400, "{protect}: {}", a.body);
+        assert!(a.body.contains(says), "{protect}: {}", a.body);
+    }
+    let network = json!({"name": "net", "kind": "tcp", "host": "127.0.0.1", "port": 7, "protect": ["10.30.0.0/24:22"]});
+    let a = api
+        .client
+        .call(
+            &admin,
+            Method::PUT,
+            "/v1/admin/resources/net",
+            Some(&network),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    let a = api
+        .client
+        .call(&admin, Method::DELETE, "/v1/admin/resources/net", None)
+        .await
+        .unwrap();
+    assert!(a.status < 300, "{}", a.body);
     let (alice, _) = api.user("alice").await;
     let (bob, _) = api.user("bob").await;
     let grant = json!({"resource": "echo", "subject": {"user": "alice"}});

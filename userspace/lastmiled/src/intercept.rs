@@ -32,7 +32,7 @@ use lastmile_ebpf_common::{
     names,
 };
 
-use crate::target::ProtectedTarget;
+use crate::target::{KernelKey as _, ProtectedTarget};
 
 /// The kernel object built from `ebpf/lastmile-ebpf` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lastmile-ebpf"));
