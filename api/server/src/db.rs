@@ -73,6 +73,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "totp_sealed",
         include_str!("../migrations/sqlite/0006_totp_sealed.sql"),
     ),
+    (7, "ssh", include_str!("../migrations/sqlite/0007_ssh.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -104,6 +105,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "totp_sealed",
         include_str!("../migrations/postgres/0006_totp_sealed.sql"),
+    ),
+    (
+        7,
+        "ssh",
+        include_str!("../migrations/postgres/0007_ssh.sql"),
     ),
 ];
 

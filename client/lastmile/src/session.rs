@@ -523,6 +523,9 @@ mod reach_tests {
             database_user: None,
             databases: vec!["app".into()],
             upstream_ca: None,
+            ssh_host_ca: vec![],
+            ssh_host_keys: vec![],
+            ssh_allow_port_forwarding: false,
         }
     }
 

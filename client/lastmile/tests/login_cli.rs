@@ -102,6 +102,9 @@ async fn login_status_resources_logout() {
         database_user: None,
         databases: vec![],
         upstream_ca: None,
+        ssh_host_ca: vec![],
+        ssh_host_keys: vec![],
+        ssh_allow_port_forwarding: false,
     };
     admin::put_resource(&app, "test", db).await.unwrap();
     admin::add_grant(

@@ -132,6 +132,9 @@ impl Stack {
                 database_user: None,
                 databases: vec![],
                 upstream_ca: None,
+                ssh_host_ca: vec![],
+                ssh_host_keys: vec![],
+                ssh_allow_port_forwarding: false,
             },
         )
         .await
