@@ -17,6 +17,8 @@ fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
         Command::new(env!("CARGO_BIN_EXE_lastmile"))
             .args(args)
             .env("LASTMILE_HOME", home)
+            // `login` writes ~/.ssh/known_hosts for ssh resources: never the real one.
+            .env("HOME", home)
             // The agent `login` starts must not touch a real node on this machine.
             .env("LASTMILE_NODE_SOCKET", home.join("no-node.sock")),
         stdin,

@@ -209,7 +209,9 @@ impl Stack {
             let out = lastmile_testkit::run_with_stdin(
                 Command::new(lastmile_bin())
                     .args(&args)
-                    .env("LASTMILE_HOME", &home),
+                    .env("LASTMILE_HOME", &home)
+                    // `lastmile login` writes ~/.ssh/known_hosts: never the real one.
+                    .env("HOME", &home),
                 &stdin,
             )
             .unwrap();
