@@ -414,8 +414,13 @@ pub struct Listen {
 
 impl Listen {
     pub fn start(home: &Path, resource: &str) -> Self {
+        Self::start_on(home, resource, 0)
+    }
+
+    /// The same on `port` (0: any).
+    pub fn start_on(home: &Path, resource: &str, port: u16) -> Self {
         let mut child = Command::new(lastmile_bin())
-            .args(["listen", resource, "--port", "0"])
+            .args(["listen", resource, "--port", &port.to_string()])
             .env("LASTMILE_HOME", home)
             .env("RUST_LOG", "info,h2=warn,rustls=warn")
             .stdout(Stdio::piped())

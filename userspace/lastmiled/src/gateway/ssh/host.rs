@@ -21,12 +21,11 @@ pub(super) const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 /// Renew a resource's host certificate when less than this is left of it.
 const RENEW_BEFORE_SECS: i64 = 3600;
 
-/// A fresh Ed25519 key (the seed from rcgen's generator, which the gateway already uses
-/// for its own identity).
+/// A fresh Ed25519 key, its seed from the system's random source.
 pub(in crate::gateway) fn new_ed25519() -> Result<PrivateKey, String> {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| e.to_string())?;
-    let seed = lastmile_tunnel::tls::ed25519_seed(&pair.serialize_der())
-        .ok_or_else(|| "rcgen made a key that is not Ed25519".to_owned())?;
+    let seed = zeroize::Zeroizing::new(
+        lastmile_api_client::random32().map_err(|e| format!("no randomness: {e}"))?,
+    );
     let keypair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
     Ok(PrivateKey::from(keypair))
 }

@@ -1,0 +1,484 @@
+//! The SSH last mile end to end: the real OpenSSH `ssh` and `scp` → `lastmile listen`
+//! (the agent's core) → mutual TLS → `lastmiled gateway` → a real sshd on loopback that
+//! trusts the organisation's SSH user CA and presents a host certificate from its SSH host
+//! CA. The user's `ssh` trusts only the known_hosts line `lastmile login` wrote. Needs
+//! root (sshd) and OpenSSH; otherwise it says SKIPPED and passes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/stack.rs"]
+#[allow(dead_code)]
+mod stack;
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use lastmile_proto::wire::{
+    CredentialKind, NewGrant, Resource, ResourceKind, Subject, UpstreamTls,
+};
+use stack::{Listen, Stack};
+
+fn skip_reason() -> Option<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: sshd needs root");
+    }
+    if !Path::new("/usr/sbin/sshd").exists() || Command::new("ssh").arg("-V").output().is_err() {
+        return Some("OpenSSH is not installed (apt-get install openssh-server openssh-client)");
+    }
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct Sshd {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sshd {
+    /// Connections sshd has seen so far.
+    fn connections(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("Connection from")
+            .count()
+    }
+}
+
+/// A real sshd on 127.0.0.1 trusting the organisation's SSH user CA for root (through
+/// AuthorizedPrincipalsFile), presenting a host certificate from its SSH host CA for
+/// 127.0.0.1: what the README tells an ops team to set up.
+fn sshd(stack: &Stack, dir: &Path) -> Sshd {
+    let bundle = stack.app.pki.bundle();
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "target", "-f"])
+        .arg(dir.join("host_key")));
+    let public = ssh_key::PublicKey::read_openssh_file(&dir.join("host_key.pub")).unwrap();
+    let certificate = stack
+        .app
+        .pki
+        .ssh_host_certificate(
+            &public,
+            &["127.0.0.1".to_owned()],
+            "test target",
+            lastmile_api_client::now() + 3600,
+        )
+        .unwrap();
+    std::fs::write(dir.join("host_key-cert.pub"), certificate).unwrap();
+    std::fs::write(dir.join("user_ca.pub"), format!("{}\n", bundle.ssh_user_ca)).unwrap();
+    std::fs::create_dir_all(dir.join("principals")).unwrap();
+    std::fs::write(dir.join("principals/root"), "root\n").unwrap();
+    let port = free_port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\n\
+             TrustedUserCAKeys {d}/user_ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
+             AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPidFile none\n\
+             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let log = dir.join("sshd.log");
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd { child, log, port }
+}
+
+async fn ssh_resource(
+    stack: &Stack,
+    name: &str,
+    sshd_port: u16,
+    protect_port: u16,
+    pinned: Vec<String>,
+    users: &[&str],
+) {
+    lastmile_api::admin::put_resource(
+        &stack.app,
+        "test",
+        Resource {
+            name: name.into(),
+            kind: ResourceKind::Ssh,
+            host: "127.0.0.1".into(),
+            port: sshd_port,
+            protect: vec![format!("127.0.0.1:{protect_port}")],
+            upstream_tls: UpstreamTls::Disable,
+            credential: Some(CredentialKind::SshCertificate),
+            ssh_principals: vec!["root".into()],
+            database_user: None,
+            databases: vec![],
+            upstream_ca: None,
+            ssh_host_ca: vec![],
+            ssh_host_keys: pinned,
+            ssh_allow_port_forwarding: false,
+        },
+    )
+    .await
+    .unwrap();
+    for u in users {
+        lastmile_api::admin::add_grant(
+            &stack.app,
+            "test",
+            NewGrant {
+                resource: name.into(),
+                subject: Subject::User((*u).into()),
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// `tool` as the user runs it: no config, no agent, no key of their own, and only the
+/// known_hosts file `lastmile login` wrote in their (test) home.
+fn client(tool: &str, home: &Path) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentityAgent=none",
+    ])
+    .args([
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+    ])
+    .arg("-o")
+    .arg(format!(
+        "UserKnownHostsFile={}",
+        home.join(".ssh/known_hosts").display()
+    ))
+    .args(["-o", "ConnectTimeout=10"])
+    .env("HOME", home)
+    .stdin(Stdio::null());
+    cmd
+}
+
+async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn ssh(home: &Path, port: u16, login: &str, command: &str) -> Command {
+    let mut cmd = client("ssh", home);
+    cmd.args(["-p", &port.to_string()])
+        .arg(format!("{login}@127.0.0.1"))
+        .arg(command);
+    cmd
+}
+
+/// Makes user `name`; `login` logs them in from their (test) home.
+async fn new_user(stack: &Stack, name: &str) -> impl AsyncFnOnce() -> PathBuf {
+    let otp = lastmile_api::admin::add_user(
+        &stack.app,
+        "test",
+        lastmile_proto::wire::NewUser {
+            name: name.into(),
+            admin: false,
+            groups: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let home = stack.dir.path().join(format!("home-{name}"));
+    let name = name.to_owned();
+    async move || {
+        stack
+            .login(
+                &home,
+                &name,
+                &format!("{}\n{}\n", otp.one_time_password, stack::PASSWORD),
+            )
+            .await;
+        home
+    }
+}
+
+fn session_of(home: &Path) -> String {
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("session.json")).unwrap()).unwrap();
+    saved["login"]["session"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_and_scp_through_the_gateway_with_a_certificate_login() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED ssh_and_scp_through_the_gateway_with_a_certificate_login: {reason}");
+        return;
+    }
+    let stack = Stack::start().await;
+    let dir = stack.dir.path().join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sshd = sshd(&stack, &dir);
+    let login_alice = new_user(&stack, "alice").await;
+    let port = free_port();
+    ssh_resource(&stack, "web", sshd.port, port, vec![], &["alice"]).await;
+    // The same target, but the resource pins a key the target does not have.
+    let stranger = dir.join("stranger");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+        .arg(&stranger));
+    let pinned = std::fs::read_to_string(dir.join("stranger.pub")).unwrap();
+    let pinned_port = free_port();
+    ssh_resource(
+        &stack,
+        "web-pinned",
+        sshd.port,
+        pinned_port,
+        vec![pinned.trim().to_owned()],
+        &["alice"],
+    )
+    .await;
+    let gw = stack.gateway("gw1").await;
+    let alice = login_alice().await;
+
+    // `lastmile login` wrote the @cert-authority block, and only that.
+    let known = std::fs::read_to_string(alice.join(".ssh/known_hosts")).unwrap();
+    let host_ca = stack.app.pki.bundle().ssh_host_ca;
+    let ca_key: Vec<&str> = host_ca.split_whitespace().take(2).collect();
+    assert!(
+        known.contains(&format!(
+            "@cert-authority [127.0.0.1]:{port} {} lastmile:acme:web\n",
+            ca_key.join(" ")
+        )),
+        "{known}"
+    );
+    assert!(known.starts_with("# lastmile:begin acme\n"), "{known}");
+
+    let listen = Listen::start_on(&alice, "web", port);
+    let out = output(ssh(&alice, port, "root", "echo hi; exit 3")).await;
+    assert_eq!(
+        text(&out.stdout),
+        "hi\n",
+        "stderr: {}\n{}",
+        text(&out.stderr),
+        listen.stderr()
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let exec = gw.wait_event("ssh.exec", |e| e["command"]["text"] == "echo hi; exit 3");
+    assert_eq!(exec["user"], "alice");
+    assert_eq!(exec["resource"], "web");
+    assert_eq!(exec["session"], session_of(&alice).as_str());
+    let connection = exec["connection"].as_str().unwrap().to_owned();
+    let opened = gw.wait_event("ssh.session", |e| {
+        e["phase"] == "open" && e["connection"] == connection.as_str()
+    });
+    assert_eq!(
+        (&opened["login"], &opened["principal"]),
+        (&"root".into(), &"root".into())
+    );
+    let closed = gw.wait_event("ssh.session", |e| {
+        e["phase"] == "close" && e["connection"] == connection.as_str()
+    });
+    assert_eq!(closed["exit_status"], 3);
+    assert!(closed["bytes_to_user"].as_u64().unwrap() > 0, "{closed}");
+    let close = gw.wait_event("connection.close", |e| {
+        e["connection"] == connection.as_str()
+    });
+    assert_eq!(close["principal"], "root");
+    for e in gw.events() {
+        lastmile_audit_sink::schema::check(&e).unwrap_or_else(|err| panic!("{err}: {e}"));
+    }
+    // Nothing for the target on the user's side: no key, no certificate.
+    for entry in std::fs::read_dir(&alice).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains("cert") && !name.starts_with("id_"), "{name}");
+    }
+
+    // scp both ways (sftp mode).
+    let local = stack.dir.path().join("up.txt");
+    std::fs::write(&local, "payload through lastmile\n").unwrap();
+    let remote = dir.join("remote.txt");
+    let mut up = client("scp", &alice);
+    up.args(["-P", &port.to_string()])
+        .arg(&local)
+        .arg(format!("root@127.0.0.1:{}", remote.display()));
+    let out = output(up).await;
+    assert!(out.status.success(), "scp up: {}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&remote).unwrap(),
+        "payload through lastmile\n"
+    );
+    std::fs::write(&remote, "and back again\n").unwrap();
+    let back = stack.dir.path().join("back.txt");
+    let mut down = client("scp", &alice);
+    down.args(["-P", &port.to_string()])
+        .arg(format!("root@127.0.0.1:{}", remote.display()))
+        .arg(&back);
+    let out = output(down).await;
+    assert!(out.status.success(), "scp down: {}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "and back again\n");
+    gw.wait_event("ssh.sftp", |e| {
+        e["op"] == "open"
+            && e["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("remote.txt"))
+    });
+
+    // A principal the resource does not list: refused, saying which it does.
+    let out = output(ssh(&alice, port, "deploy", "id")).await;
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("root"), "{stderr}");
+    gw.wait_event("ssh.refused", |e| {
+        e["what"].as_str().is_some_and(|w| w.contains("deploy"))
+    });
+
+    // A target whose host key is not the pinned one: refused, and an event.
+    let pinned_listen = Listen::start_on(&alice, "web-pinned", pinned_port);
+    let mut known_pinned = client("ssh", &alice);
+    known_pinned.args([
+        "-p",
+        &pinned_port.to_string(),
+        "root@127.0.0.1",
+        "echo never",
+    ]);
+    let out = output(known_pinned).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!text(&out.stdout).contains("never"));
+    assert!(
+        text(&out.stderr).contains("host key"),
+        "{}",
+        text(&out.stderr)
+    );
+    gw.wait_event("ssh.refused", |e| {
+        e["resource"] == "web-pinned" && e["what"] == "target host key"
+    });
+    drop(pinned_listen);
+
+    // A user without a grant never reaches sshd.
+    let seen = sshd.connections();
+    let bob = stack.user("bob").await;
+    // `lastmile listen` itself says no; and past it (a grant gone after listen started)
+    // the gateway refuses the stream before dialling the target.
+    let (code, _, err) = stack
+        .lastmile(&bob, &["listen", "web", "--port", "0"], "")
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("not among your resources"), "{err}");
+    let grant = lastmile_api::admin::add_grant(
+        &stack.app,
+        "test",
+        NewGrant {
+            resource: "web".into(),
+            subject: Subject::User("bob".into()),
+            expires_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    let bob_port = free_port();
+    let bob_listen = Listen::start_on(&bob, "web", bob_port);
+    lastmile_api::admin::revoke_grant(&stack.app, "test", &grant.id)
+        .await
+        .unwrap();
+    let out = output(ssh(&bob, bob_port, "root", "echo never")).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!text(&out.stdout).contains("never"));
+    gw.wait_event("gateway.refused", |e| {
+        e["resource"] == "web" && e["user"] == "bob"
+    });
+    assert_eq!(
+        sshd.connections(),
+        seen,
+        "a user without a grant reached sshd"
+    );
+    drop(bob_listen);
+
+    // Revocation cuts an interactive session within a second.
+    let mut running = client("ssh", &alice);
+    running
+        .args([
+            "-tt",
+            "-p",
+            &port.to_string(),
+            "root@127.0.0.1",
+            "echo started; sleep 30",
+        ])
+        .stdin(Stdio::piped());
+    let running = tokio::task::spawn_blocking(move || running.output().unwrap());
+    gw.wait_event("ssh.exec", |e| {
+        e["command"]["text"] == "echo started; sleep 30"
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lastmile_api::admin::revoke(&stack.app, "test", &session_of(&alice), Some("test"))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("ssh still running 5 s after revocation")
+        .unwrap();
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_ne!(out.status.code(), Some(0));
+    let both = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        both.contains("started") && both.contains("session revoked"),
+        "stdout: {} stderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    drop(listen);
+
+    // `lastmile logout` takes the block out again.
+    let (code, _, err) = stack.lastmile(&alice, &["logout"], "").await;
+    assert_eq!(code, 0, "{err}");
+    let known = std::fs::read_to_string(alice.join(".ssh/known_hosts")).unwrap();
+    assert!(!known.contains("lastmile"), "{known}");
+}
