@@ -482,3 +482,148 @@ async fn ssh_and_scp_through_the_gateway_with_a_certificate_login() {
     let known = std::fs::read_to_string(alice.join(".ssh/known_hosts")).unwrap();
     assert!(!known.contains("lastmile"), "{known}");
 }
+
+/// A tmux server of the test's own (its socket in the test's directory), killed when
+/// dropped.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.socket);
+        c
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        run(self.cmd().args(["send-keys", "-t", "t"]).args(keys));
+    }
+
+    fn screen(&self) -> String {
+        text(&run(self.cmd().args(["capture-pane", "-p", "-t", "t"])).stdout)
+    }
+
+    /// Waits until the screen shows `what` (at most 10 s).
+    fn wait_for(&self, what: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.screen().contains(what) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never saw {what:?} on:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_shell_through_a_pty_works_and_is_recorded() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED an_interactive_shell_through_a_pty_works_and_is_recorded: {reason}");
+        return;
+    }
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!(
+            "SKIPPED an_interactive_shell_through_a_pty_works_and_is_recorded: no tmux (apt-get install tmux)"
+        );
+        return;
+    }
+    let stack = Stack::start().await;
+    let dir = stack.dir.path().join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sshd = sshd(&stack, &dir);
+    let login_alice = new_user(&stack, "alice").await;
+    let port = free_port();
+    ssh_resource(&stack, "web", sshd.port, port, vec![], &["alice"]).await;
+    let gw = stack.gateway("gw1").await;
+    let alice = login_alice().await;
+    let _listen = Listen::start_on(&alice, "web", port);
+
+    let ssh = client("ssh", &alice);
+    let mut line: Vec<String> = vec!["env".into(), format!("HOME={}", alice.display())];
+    line.push(ssh.get_program().to_string_lossy().into_owned());
+    line.extend(ssh.get_args().map(|a| a.to_string_lossy().into_owned()));
+    line.extend([
+        "-tt".into(),
+        "-p".into(),
+        port.to_string(),
+        "root@127.0.0.1".into(),
+    ]);
+    let tmux = Tmux {
+        socket: stack.dir.path().join("tmux.sock"),
+    };
+    run(tmux
+        .cmd()
+        .args(["new-session", "-d", "-s", "t", "-x", "100", "-y", "30"])
+        .args(&line));
+    // A prompt, then a command typed and its output seen.
+    tmux.keys(&["export PS1='ready> '", "Enter"]);
+    tmux.wait_for("ready> ");
+    tmux.keys(&["echo typed-$((40 + 2))", "Enter"]);
+    tmux.wait_for("typed-42");
+    // A resize reaches the target's terminal.
+    run(tmux
+        .cmd()
+        .args(["resize-window", "-t", "t", "-x", "120", "-y", "40"]));
+    tmux.keys(&["stty size", "Enter"]);
+    tmux.wait_for("40 120");
+    // Ctrl-C stops a sleep at once.
+    tmux.keys(&["sleep 30; echo not-$((6 * 7))", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo after-ctrl-c", "Enter"]);
+    let took = tmux.wait_for("after-ctrl-c");
+    assert!(took < Duration::from_secs(5), "Ctrl-C took {took:?}");
+    assert!(!tmux.screen().contains("not-42"), "{}", tmux.screen());
+    tmux.keys(&["exit", "Enter"]);
+
+    // The recording is on disk, its digest in the log, and it parses as asciicast v2
+    // with the output, the typed input and the resize.
+    let recorded = gw.wait_event("ssh.recording", |_| true);
+    let location = PathBuf::from(recorded["location"].as_str().unwrap());
+    assert!(
+        location.starts_with(gw.dir.join("state").join("recordings")),
+        "{location:?}"
+    );
+    let bytes = std::fs::read(&location).unwrap();
+    assert_eq!(recorded["size"], bytes.len() as u64);
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(recorded["sha256"], digest.as_str());
+    let cast = text(&bytes);
+    let mut lines = cast.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    let events: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |code: &str| {
+        events
+            .iter()
+            .filter(|e| e[1] == code)
+            .map(|e| e[2].as_str().unwrap().to_owned())
+            .collect::<String>()
+    };
+    assert!(of("o").contains("typed-42"), "{cast}");
+    assert!(of("i").contains("echo typed"), "{cast}");
+    assert!(
+        events.iter().any(|e| e[1] == "r" && e[2] == "120x40"),
+        "{cast}"
+    );
+    let dir_mode = std::fs::metadata(location.parent().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(dir_mode.permissions().mode() & 0o777, 0o700);
+    gw.wait_event("ssh.session", |e| e["phase"] == "close");
+}
