@@ -627,3 +627,81 @@ async fn an_interactive_shell_through_a_pty_works_and_is_recorded() {
     assert_eq!(dir_mode.permissions().mode() & 0o777, 0o700);
     gw.wait_event("ssh.session", |e| e["phase"] == "close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_through_the_kernel_redirect_reaches_the_target() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED ssh_through_the_kernel_redirect_reaches_the_target: {reason}");
+        return;
+    }
+    let stack = Stack::start().await;
+    let dir = stack.dir.path().join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sshd = sshd(&stack, &dir);
+    let login_alice = new_user(&stack, "alice").await;
+    // The protected address is the target's own: the node redirects what the user's
+    // ssh dials there, in the test's cgroup only.
+    ssh_resource(&stack, "web", sshd.port, sshd.port, vec![], &["alice"]).await;
+    let gw = stack.gateway("gw1").await;
+    let alice = login_alice().await;
+    let known = std::fs::read_to_string(alice.join(".ssh/known_hosts")).unwrap();
+    assert!(
+        known.contains(&format!("@cert-authority [127.0.0.1]:{} ", sshd.port)),
+        "{known}"
+    );
+
+    let cgroup = support::TestCgroup::new("ssh");
+    let api = format!(
+        "[api]\nurl = {:?}\nstate_dir = {:?}\n",
+        stack.api_url,
+        gw.dir.join("state")
+    );
+    let node = support::TestNode::start(
+        "ssh",
+        &cgroup,
+        &api,
+        "resources_from_api = true\nresource_refresh = \"200ms\"",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status()["protected_v4"] != 1 {
+        assert!(Instant::now() < deadline, "not protected: {}", node.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uid = 65534;
+    let agent = stack::AgentProcess::start(&alice, &node.agent_socket, uid);
+    let before = sshd.connections();
+    let out = {
+        use std::os::unix::process::CommandExt as _;
+        let plain = client("ssh", &alice);
+        let mut cmd = cgroup.command("ssh");
+        cmd.args(plain.get_args())
+            .args([
+                "-p",
+                &sshd.port.to_string(),
+                "root@127.0.0.1",
+                "echo hi; exit 3",
+            ])
+            .env("HOME", &alice)
+            .stdin(Stdio::null())
+            .uid(uid)
+            .gid(uid);
+        output(cmd).await
+    };
+    assert_eq!(
+        text(&out.stdout),
+        "hi\n",
+        "stderr: {}\nagent: {}\ngateway: {}",
+        text(&out.stderr),
+        agent.logs(),
+        gw.logs()
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let handoff = node.wait_event("handoff", |e| {
+        e["kind"] == "node.handoff" && e["uid"] == uid
+    });
+    assert!(handoff["sock_cookie"].as_u64().is_some());
+    let exec = gw.wait_event("ssh.exec", |e| e["command"]["text"] == "echo hi; exit 3");
+    assert_eq!(exec["user"], "alice");
+    // sshd saw one connection: the gateway's, not the user's own.
+    assert_eq!(sshd.connections(), before + 1);
+}
