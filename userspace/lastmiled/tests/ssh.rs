@@ -111,7 +111,7 @@ fn sshd(stack: &Stack, dir: &Path) -> Sshd {
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\n\
              TrustedUserCAKeys {d}/user_ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
-             AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPidFile none\n\
              Subsystem sftp internal-sftp\nLogLevel VERBOSE\n"
         ),
@@ -398,6 +398,12 @@ async fn ssh_and_scp_through_the_gateway_with_a_certificate_login() {
     );
     gw.wait_event("ssh.refused", |e| {
         e["resource"] == "web-pinned" && e["what"] == "target host key"
+    });
+    gw.wait_event("connection.close", |e| {
+        e["resource"] == "web-pinned"
+            && e["error"]
+                .as_str()
+                .is_some_and(|s| s.contains("pinned keys"))
     });
     drop(pinned_listen);
 
@@ -704,4 +710,60 @@ async fn ssh_through_the_kernel_redirect_reaches_the_target() {
     assert_eq!(exec["user"], "alice");
     // sshd saw one connection: the gateway's, not the user's own.
     assert_eq!(sshd.connections(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_key_resource_logs_in_with_the_vaults_key() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED an_ssh_key_resource_logs_in_with_the_vaults_key: {reason}");
+        return;
+    }
+    let stack = Stack::start().await;
+    let dir = stack.dir.path().join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sshd = sshd(&stack, &dir);
+    // The key the vault holds, and the only one sshd's authorized_keys lists.
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "stored", "-f"])
+        .arg(dir.join("stored")));
+    std::fs::copy(dir.join("stored.pub"), dir.join("authorized_keys")).unwrap();
+    let secret = std::fs::read(dir.join("stored")).unwrap();
+    std::fs::remove_file(dir.join("stored")).unwrap();
+    let login_alice = new_user(&stack, "alice").await;
+    let port = free_port();
+    ssh_resource(&stack, "web-key", sshd.port, port, vec![], &["alice"]).await;
+    let mut r = lastmile_api::admin::resource(&stack.app, "web-key")
+        .await
+        .unwrap();
+    r.credential = Some(CredentialKind::SshKey);
+    lastmile_api::admin::put_resource(&stack.app, "test", r)
+        .await
+        .unwrap();
+    lastmile_api::vault::set_credential(
+        &stack.app,
+        "test",
+        "web-key",
+        CredentialKind::SshKey,
+        zeroize::Zeroizing::new(secret.clone()),
+    )
+    .await
+    .unwrap();
+    let gw = stack.gateway("gw1").await;
+    let alice = login_alice().await;
+    let _listen = Listen::start_on(&alice, "web-key", port);
+    let out = output(ssh(&alice, port, "root", "echo stored-key; exit 7")).await;
+    assert_eq!(
+        text(&out.stdout),
+        "stored-key\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(7));
+    gw.wait_event("ssh.session", |e| {
+        e["phase"] == "open" && e["principal"] == "root"
+    });
+    assert!(
+        String::from_utf8_lossy(&std::fs::read(dir.join("sshd.log")).unwrap())
+            .contains("Accepted publickey for root"),
+    );
 }

@@ -27,6 +27,9 @@ pub(super) struct Audit {
     pub context: Context,
     /// The principal the target accepted, for `connection.close`.
     pub principal: Mutex<Option<String>>,
+    /// Why the connection as a whole failed (a login refused, an untrusted target), for
+    /// `connection.close`'s `error`.
+    pub failure: Mutex<Option<String>>,
 }
 
 impl lastmile_ssh::events::EventSink for Audit {
@@ -35,6 +38,25 @@ impl lastmile_ssh::events::EventSink for Audit {
             && let Ok(mut p) = self.principal.lock()
         {
             *p = Some(principal.clone());
+        }
+        let failed = match &event {
+            SshEvent::Refused {
+                channel: None,
+                what,
+                reason,
+                ..
+            } => Some(format!("refused {what}: {reason}")),
+            SshEvent::Incomplete {
+                channel: None,
+                what,
+                ..
+            } => Some(what.clone()),
+            _ => None,
+        };
+        if let Some(why) = failed
+            && let Ok(mut f) = self.failure.lock()
+        {
+            f.get_or_insert(why);
         }
         let (kind, detail) = record(event);
         let c = &self.context;

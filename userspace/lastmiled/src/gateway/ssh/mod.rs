@@ -138,6 +138,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
             gateway: gw.name.clone(),
         },
         principal: Mutex::new(None),
+        failure: Mutex::new(None),
     });
     let recordings = gw
         .ssh_recordings
@@ -167,6 +168,8 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
     .await;
     if let Err(e) = result {
         conn.record.error = Some(super::chain(&e));
+    } else if let Some(why) = audit.failure.lock().ok().and_then(|f| f.clone()) {
+        conn.record.error = Some(why);
     }
     if let Some(p) = audit.principal.lock().ok().and_then(|p| p.clone()) {
         conn.record.extra.insert("principal".into(), p.into());
