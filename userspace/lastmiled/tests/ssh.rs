@@ -1,4 +1,5 @@
-//! The SSH last mile end to end: the real OpenSSH `ssh` and `scp` → `lastmile listen`
+//! The SSH last mile end to end: the real OpenSSH `ssh`, `scp`, `sftp` and `rsync -e ssh`
+//! → `lastmile listen`
 //! (the agent's core) → mutual TLS → `lastmiled gateway` → a real sshd on loopback that
 //! trusts the organisation's SSH user CA and presents a host certificate from its SSH host
 //! CA. The user's `ssh` trusts only the known_hosts line `lastmile login` wrote. Needs
@@ -256,9 +257,11 @@ fn session_of(home: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ssh_and_scp_through_the_gateway_with_a_certificate_login() {
+async fn ssh_scp_sftp_and_rsync_through_the_gateway_with_a_certificate_login() {
     if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED ssh_and_scp_through_the_gateway_with_a_certificate_login: {reason}");
+        eprintln!(
+            "SKIPPED ssh_scp_sftp_and_rsync_through_the_gateway_with_a_certificate_login: {reason}"
+        );
         return;
     }
     let stack = Stack::start().await;
@@ -369,6 +372,83 @@ async fn ssh_and_scp_through_the_gateway_with_a_certificate_login() {
                 .as_str()
                 .is_some_and(|p| p.ends_with("remote.txt"))
     });
+
+    // Legacy scp (-O: `scp -t` run on the target), logged as a transfer.
+    let mut legacy = client("scp", &alice);
+    legacy
+        .args(["-O", "-P", &port.to_string()])
+        .arg(&local)
+        .arg(format!(
+            "root@127.0.0.1:{}",
+            dir.join("legacy.txt").display()
+        ));
+    let out = output(legacy).await;
+    assert!(out.status.success(), "scp -O: {}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("legacy.txt")).unwrap(),
+        "payload through lastmile\n"
+    );
+    gw.wait_event("ssh.exec", |e| !e["command"]["scp"].is_null());
+    // sftp put, ls and get in one batch.
+    std::fs::write(
+        stack.dir.path().join("batch"),
+        format!(
+            "put {} {}\nls {}\nget {} {}\n",
+            local.display(),
+            dir.join("via-sftp.txt").display(),
+            dir.display(),
+            dir.join("via-sftp.txt").display(),
+            stack.dir.path().join("via-sftp-back.txt").display()
+        ),
+    )
+    .unwrap();
+    let mut sftp = client("sftp", &alice);
+    sftp.args(["-P", &port.to_string(), "-b"])
+        .arg(stack.dir.path().join("batch"))
+        .arg("root@127.0.0.1");
+    let out = output(sftp).await;
+    assert!(out.status.success(), "sftp: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("via-sftp.txt"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(stack.dir.path().join("via-sftp-back.txt")).unwrap(),
+        "payload through lastmile\n"
+    );
+
+    // rsync -e ssh, when rsync is installed.
+    if Command::new("rsync").arg("--version").output().is_ok() {
+        let tree = stack.dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("a.txt"), "alpha\n").unwrap();
+        std::fs::write(tree.join("sub/b.txt"), vec![b'b'; 300_000]).unwrap();
+        let plain = client("ssh", &alice);
+        let mut e = vec!["ssh".to_owned()];
+        e.extend(plain.get_args().map(|a| a.to_string_lossy().into_owned()));
+        e.extend(["-p".to_owned(), port.to_string()]);
+        let mut rsync = Command::new("rsync");
+        rsync
+            .args(["-a", "-e", &e.join(" ")])
+            .arg(format!("{}/", tree.display()))
+            .arg(format!("root@127.0.0.1:{}/synced/", dir.display()))
+            .env("HOME", &alice)
+            .stdin(Stdio::null());
+        let out = output(rsync).await;
+        assert!(out.status.success(), "rsync: {}", text(&out.stderr));
+        assert_eq!(
+            std::fs::read(dir.join("synced/sub/b.txt")).unwrap().len(),
+            300_000
+        );
+        gw.wait_event("ssh.exec", |e| {
+            e["command"]["text"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("rsync --server"))
+        });
+    } else {
+        eprintln!("rsync part SKIPPED: rsync is not installed (apt-get install rsync)");
+    }
 
     // A principal the resource does not list: refused, saying which it does.
     let out = output(ssh(&alice, port, "deploy", "id")).await;
