@@ -1,7 +1,6 @@
 //! The SSH last mile end to end: the real OpenSSH `ssh`, `scp`, `sftp` and `rsync -e ssh`
-//! → `lastmile listen`
-//! (the agent's core) → mutual TLS → `lastmiled gateway` → a real sshd on loopback that
-//! trusts the organisation's SSH user CA and presents a host certificate from its SSH host
+//! → `lastmile listen` (the agent's core) → mutual TLS → `lastmiled gateway` → a real
+//! sshd on loopback that trusts the organisation's SSH user CA and presents a host certificate from its SSH host
 //! CA. The user's `ssh` trusts only the known_hosts line `lastmile login` wrote. Needs
 //! root (sshd) and OpenSSH; otherwise it says SKIPPED and passes.
 #![allow(
@@ -457,6 +456,31 @@ async fn ssh_scp_sftp_and_rsync_through_the_gateway_with_a_certificate_login() {
     assert!(stderr.contains("root"), "{stderr}");
     gw.wait_event("ssh.refused", |e| {
         e["what"].as_str().is_some_and(|w| w.contains("deploy"))
+    });
+
+    // A port forward the resource does not allow (ssh -W opens direct-tcpip at once),
+    // and X11: refused, each an event.
+    let mut forward = client("ssh", &alice);
+    forward.args([
+        "-p",
+        &port.to_string(),
+        "-W",
+        "127.0.0.1:9",
+        "root@127.0.0.1",
+    ]);
+    let out = output(forward).await;
+    assert_ne!(out.status.code(), Some(0));
+    gw.wait_event("ssh.refused", |e| {
+        e["what"] == "port forwarding (direct-tcpip) to 127.0.0.1:9"
+    });
+    let mut x11 = client("ssh", &alice);
+    x11.args(["-p", &port.to_string(), "-o", "ForwardX11=yes"])
+        .args(["root@127.0.0.1", "echo x11-$((1 + 1))"])
+        .env("DISPLAY", "127.0.0.1:99");
+    let out = output(x11).await;
+    assert_eq!(text(&out.stdout), "x11-2\n", "{}", text(&out.stderr));
+    gw.wait_event("ssh.refused", |e| {
+        e["what"].as_str().is_some_and(|w| w.contains("X11"))
     });
 
     // A target whose host key is not the pinned one: refused, and an event.
