@@ -562,7 +562,18 @@ pub fn how_to_reach(r: &Resource) -> String {
         .unwrap_or_default();
     match (r.kind, target) {
         (ResourceKind::Postgres, Some((host, port))) => format!("psql -h {host} -p {port}{db}"),
-        (ResourceKind::Ssh, Some((host, port))) => format!("ssh -p {port} {host}"),
+        (ResourceKind::Ssh, Some((host, port))) => {
+            let login = r
+                .ssh_principals
+                .first()
+                .map(|p| format!("{p}@"))
+                .unwrap_or_default();
+            if port == "22" {
+                format!("ssh {login}{host}")
+            } else {
+                format!("ssh -p {port} {login}{host}")
+            }
+        }
         (ResourceKind::Tcp, Some((host, port))) => format!("connect to {host}:{port}"),
         (ResourceKind::Postgres, None) => format!(
             "lastmile listen {} --port 15432, then psql -h 127.0.0.1 -p 15432{db}",
@@ -607,5 +618,14 @@ mod reach_tests {
         assert_eq!(super::how_to_reach(&r), "psql -h ::1 -p 5432 -d app");
         let r = resource(ResourceKind::Postgres, &[]);
         assert!(super::how_to_reach(&r).starts_with("lastmile listen orders"));
+    }
+
+    #[test]
+    fn ssh_resources_say_which_ssh_to_run() {
+        let mut r = resource(ResourceKind::Ssh, &["10.1.2.3:22"]);
+        r.ssh_principals = vec!["deploy".into(), "root".into()];
+        assert_eq!(super::how_to_reach(&r), "ssh deploy@10.1.2.3");
+        r.protect = vec!["127.0.0.2:2222".into()];
+        assert_eq!(super::how_to_reach(&r), "ssh -p 2222 deploy@127.0.0.2");
     }
 }
