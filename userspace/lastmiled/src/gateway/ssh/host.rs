@@ -128,8 +128,8 @@ impl SshHosts {
         }
     }
 
-    /// How the gateway checks `resource`'s target: its pinned keys when it has any, else
-    /// its host CAs, else the organisation's own SSH host CA. Never on first use.
+    /// How the gateway checks `resource`'s target: its pinned keys and/or its host CAs;
+    /// with neither, the organisation's own SSH host CA. Never on first use.
     pub(super) async fn trust(
         &self,
         gw: &Gateway,
@@ -144,20 +144,24 @@ impl SshHosts {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        if !resource.ssh_host_keys.is_empty() {
-            return Ok(HostTrust::PinnedKeys(parse(
-                "ssh_host_keys",
-                &resource.ssh_host_keys,
-            )?));
-        }
-        let authorities = if resource.ssh_host_ca.is_empty() {
-            vec![self.organisation_ca(gw).await?]
-        } else {
-            parse("ssh_host_ca", &resource.ssh_host_ca)?
-        };
-        Ok(HostTrust::CertificateAuthority {
-            authorities,
-            host_name: resource.host.clone(),
+        let keys = parse("ssh_host_keys", &resource.ssh_host_keys)?;
+        let authorities = parse("ssh_host_ca", &resource.ssh_host_ca)?;
+        let host_name = resource.host.clone();
+        Ok(match (keys.is_empty(), authorities.is_empty()) {
+            (false, false) => HostTrust::KeysOrCertificateAuthority {
+                keys,
+                authorities,
+                host_name,
+            },
+            (false, true) => HostTrust::PinnedKeys(keys),
+            (true, false) => HostTrust::CertificateAuthority {
+                authorities,
+                host_name,
+            },
+            (true, true) => HostTrust::CertificateAuthority {
+                authorities: vec![self.organisation_ca(gw).await?],
+                host_name,
+            },
         })
     }
 
