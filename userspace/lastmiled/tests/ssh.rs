@@ -449,6 +449,9 @@ async fn ssh_scp_sftp_and_rsync_through_the_gateway_with_a_certificate_login() {
         eprintln!("rsync part SKIPPED: rsync is not installed (apt-get install rsync)");
     }
 
+    // One host certificate served every connection so far (it lasts a day).
+    assert_eq!(host_certificates(&stack), 1);
+
     // A principal the resource does not list: refused, saying which it does.
     let out = output(ssh(&alice, port, "deploy", "id")).await;
     assert_ne!(out.status.code(), Some(0));
@@ -822,7 +825,9 @@ async fn an_ssh_key_resource_logs_in_with_the_vaults_key() {
         eprintln!("SKIPPED an_ssh_key_resource_logs_in_with_the_vaults_key: {reason}");
         return;
     }
-    let stack = Stack::start().await;
+    // Host certificates shorter than the gateway's renewal margin (an hour): it asks
+    // for a new one for each connection.
+    let stack = Stack::start_with(|c| c.ssh_host_certificate_ttl = Duration::from_secs(1800)).await;
     let dir = stack.dir.path().join("target");
     std::fs::create_dir_all(&dir).unwrap();
     let sshd = sshd(&stack, &dir);
@@ -870,4 +875,16 @@ async fn an_ssh_key_resource_logs_in_with_the_vaults_key() {
         String::from_utf8_lossy(&std::fs::read(dir.join("sshd.log")).unwrap())
             .contains("Accepted publickey for root"),
     );
+    let out = output(ssh(&alice, port, "root", "true")).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(host_certificates(&stack), 2);
+}
+
+/// How many SSH host certificates the API issued (its audit log says).
+fn host_certificates(stack: &Stack) -> usize {
+    std::fs::read_to_string(stack.dir.path().join("api").join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"ssh_host_certificate\""))
+        .count()
 }
