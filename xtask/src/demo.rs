@@ -126,10 +126,15 @@ fn audit(bin: &Path, dir: &Path, events: &Path) -> anyhow::Result<()> {
     // Stands for write-once storage off the log's host; verify needs it as its anchor.
     let witness = dir.join("audit-witness");
     let origin = "demo.lastmile/audit";
-    step("`lastmile-audit init`: a log with its own signing key");
+    // On a real host the key goes on another filesystem than the data; here, another
+    // directory stands for it.
+    let signing_key = dir.join("audit-keys").join("signing.key");
+    step("`lastmile-audit init`: a log with its own signing key, kept apart from its data");
     let out = Command::new(bin.join("lastmile-audit"))
         .args(["init", "--origin", origin, "--data-dir"])
         .arg(&data)
+        .arg("--signing-key")
+        .arg(&signing_key)
         .output()?;
     if !out.status.success() {
         bail!(
@@ -155,6 +160,8 @@ fn audit(bin: &Path, dir: &Path, events: &Path) -> anyhow::Result<()> {
             .arg(&witness)
             .arg("--data-dir")
             .arg(&data)
+            .arg("--signing-key")
+            .arg(&signing_key)
             .stdin(std::fs::File::open(events)?),
     )?;
     step("`lastmile audit verify`, anchored by the witness's checkpoints");

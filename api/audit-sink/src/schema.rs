@@ -197,6 +197,11 @@ pub const KINDS: &[Kind] = &[
         what: "an agent registered with the node, or went away",
         required: &["uid", "registered"],
     },
+    Kind {
+        name: "events.dropped",
+        what: "a node or gateway dropped events: its writer's queue was full",
+        required: &["count"],
+    },
 ];
 
 /// The kind named `name`, if version 1 has it.

@@ -61,6 +61,9 @@ pub fn checkpoints_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("checkpoints")
 }
 
+/// Where the signing key is when no other place is configured. Deployments should set
+/// one on another filesystem than the data (`signing_key`): a key beside the log lets
+/// whoever can rewrite the log re-sign it.
 pub fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("signing.key")
 }
@@ -73,12 +76,24 @@ fn note_name(size: u64) -> String {
     format!("{size:020}.note")
 }
 
-/// Creates the log's signing key (`signing.key`, mode 0600) and writes its public half
-/// (`verifier.vkey`). Refuses to replace an existing key.
+/// Creates the log's signing key (`signing.key` in the data directory, mode 0600) and
+/// writes its public half (`verifier.vkey`). Refuses to replace an existing key.
 pub fn init_key(data_dir: &Path, name: &str) -> Result<NoteVerifier, PublishError> {
+    init_key_at(data_dir, &key_path(data_dir), name)
+}
+
+/// [`init_key`] with the key at `path` (its directory is created, mode 0700).
+pub fn init_key_at(data_dir: &Path, path: &Path, name: &str) -> Result<NoteVerifier, PublishError> {
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode_0700()
+            .create(parent)
+            .map_err(io(parent))?;
+    }
     let signer = NoteSigner::generate(name)?;
-    let path = key_path(data_dir);
+    let path = path.to_owned();
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -104,8 +119,29 @@ impl Mode0600 for OpenOptions {
     }
 }
 
+trait Mode0700 {
+    fn mode_0700(&mut self) -> &mut Self;
+}
+
+impl Mode0700 for std::fs::DirBuilder {
+    fn mode_0700(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, 0o700)
+    }
+}
+
 pub fn load_signer(data_dir: &Path, name: &str) -> Result<NoteSigner, PublishError> {
-    let path = key_path(data_dir);
+    load_signer_at(&key_path(data_dir), name)
+}
+
+/// Whether `a` and `b` are on the same filesystem (`None`: one cannot be looked at).
+pub fn same_filesystem(a: &Path, b: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    Some(fs::metadata(a).ok()?.dev() == fs::metadata(b).ok()?.dev())
+}
+
+/// The signing key at `path`.
+pub fn load_signer_at(path: &Path, name: &str) -> Result<NoteSigner, PublishError> {
+    let path = path.to_owned();
     let bytes = fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => PublishError::NoKey(path.clone()),
         _ => PublishError::Io {

@@ -28,6 +28,10 @@ enum Command {
         /// The log's name in its checkpoints, e.g. `audit.example.org/lastmile`.
         #[arg(long)]
         origin: String,
+        /// Where to make the signing key: on another filesystem than the data (default
+        /// DATA_DIR/signing.key, which the service warns about).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
     },
     /// Append events, one JSON object per line of standard input, as a local writer.
     /// Each batch is durable before "acked <last seq>" is printed; a checkpoint is signed
@@ -57,6 +61,9 @@ struct LogArgs {
     /// The log's origin (as given to `init`).
     #[arg(long)]
     origin: String,
+    /// The signing key (as given to `init`; default DATA_DIR/signing.key).
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
     /// Where checkpoints are also written, once each (write-once storage).
     #[arg(long)]
     witness: Option<PathBuf>,
@@ -77,8 +84,13 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Init { data_dir, origin } => {
-            let verifier = checkpoints::init_key(&data_dir, &origin)?;
+        Command::Init {
+            data_dir,
+            origin,
+            signing_key,
+        } => {
+            let key = signing_key.unwrap_or_else(|| checkpoints::key_path(&data_dir));
+            let verifier = checkpoints::init_key_at(&data_dir, &key, &origin)?;
             println!("{verifier}");
         }
         Command::Append { log, writer, batch } => append(&log, &writer, batch.max(1))?,
@@ -101,8 +113,15 @@ fn unix_now() -> u64 {
 }
 
 fn append(args: &LogArgs, writer: &str, batch: usize) -> anyhow::Result<()> {
-    let (mut log, recovered, mut publisher) =
-        lastmile_audit::open_for_writing(&args.data_dir, &args.origin, args.witness.clone())?;
+    let (mut log, recovered, mut publisher) = lastmile_audit::open_for_writing(
+        &args.data_dir,
+        &args
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| checkpoints::key_path(&args.data_dir)),
+        &args.origin,
+        args.witness.clone(),
+    )?;
     if recovered.torn_bytes_cut > 0 {
         eprintln!(
             "recovered: cut {} bytes of an unfinished write",

@@ -56,6 +56,12 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// The log's name in its checkpoints.
     pub origin: String,
+    /// The checkpoint signing key (made by `lastmile-audit init --signing-key`). Put it
+    /// on another filesystem than `data_dir` (another disk, a mount only this service
+    /// reads): a key beside the log lets whoever can rewrite the log re-sign it.
+    /// Default `<data_dir>/signing.key`, which is warned about at start.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
     /// Where to listen. Default 127.0.0.1:7443.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -98,6 +104,13 @@ struct ConfigFile {
 }
 
 impl ServeConfig {
+    /// Where the signing key is.
+    pub fn signing_key(&self) -> PathBuf {
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| crate::checkpoints::key_path(&self.data_dir))
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -159,8 +172,12 @@ impl IntoResponse for Refusal {
 /// Runs the service until the process is stopped.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let tls = tls_config(&config)?;
-    let (log, recovered, publisher) =
-        crate::open_for_writing(&config.data_dir, &config.origin, config.witness.clone())?;
+    let (log, recovered, publisher) = crate::open_for_writing(
+        &config.data_dir,
+        &config.signing_key(),
+        &config.origin,
+        config.witness.clone(),
+    )?;
     info!(
         entries = recovered.entries,
         torn_bytes_cut = recovered.torn_bytes_cut,

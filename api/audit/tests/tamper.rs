@@ -390,8 +390,13 @@ fn a_log_changed_while_closed_is_refused_at_open() {
             .replace("\"n\":42", "\"n\":43");
         records[42] = forged_record(text.as_bytes());
     });
-    let err =
-        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap_err();
+    let err = lastmile_audit::open_for_writing(
+        &f.data,
+        &checkpoints::key_path(&f.data),
+        ORIGIN,
+        Some(f.witness.clone()),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
         "{err}"
@@ -399,8 +404,13 @@ fn a_log_changed_while_closed_is_refused_at_open() {
     assert!(err.to_string().contains("lastmile audit verify"), "{err}");
     // With its own checkpoints gone, the witness still remembers.
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
-    let err =
-        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap_err();
+    let err = lastmile_audit::open_for_writing(
+        &f.data,
+        &checkpoints::key_path(&f.data),
+        ORIGIN,
+        Some(f.witness.clone()),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
         "{err}"
@@ -419,8 +429,13 @@ fn entries_after_the_last_checkpoint_are_adopted_at_open() {
     )
     .unwrap();
     drop(log);
-    let (log, _, _) =
-        lastmile_audit::open_for_writing(&f.data, ORIGIN, Some(f.witness.clone())).unwrap();
+    let (log, _, _) = lastmile_audit::open_for_writing(
+        &f.data,
+        &checkpoints::key_path(&f.data),
+        ORIGIN,
+        Some(f.witness.clone()),
+    )
+    .unwrap();
     assert_eq!(log.size(), 101);
 }
 
@@ -518,4 +533,51 @@ fn coverage_names_what_the_witness_holds_and_what_only_the_log_does() {
         said[2].starts_with("2 entries (103-104) are after the last checkpoint"),
         "{said:?}"
     );
+}
+
+/// The signing key can live away from the data (`signing_key`): the log opens, signs
+/// and verifies with it, no key is written beside the data, and a log opened without
+/// saying where the key is finds none there.
+#[test]
+fn the_signing_key_can_live_away_from_the_data() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = tmp.path().join("keys").join("audit-signing.key");
+    let verifier = checkpoints::init_key_at(&data, &key, ORIGIN).unwrap();
+    assert!(!checkpoints::key_path(&data).exists());
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(key.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    let (mut log, _, mut publisher) =
+        lastmile_audit::open_for_writing(&data, &key, ORIGIN, None).unwrap();
+    log.append(
+        vec![serde_json::json!({"kind": "login"})],
+        "gw-1",
+        SystemTime::now(),
+    )
+    .unwrap();
+    publisher
+        .publish(log.size(), log.root(), 1_800_000_000)
+        .unwrap();
+    let note = fs::read_dir(checkpoints_dir(&data))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    assert!(checkpoints::open_note(&fs::read_to_string(note).unwrap(), &verifier).is_ok());
+    drop((log, publisher));
+    let err = lastmile_audit::open_for_writing(&data, &checkpoints::key_path(&data), ORIGIN, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("no signing key at"), "{err}");
 }

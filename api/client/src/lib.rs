@@ -92,10 +92,12 @@ impl Session {
 }
 
 /// A server-sent event stream of revocations (`GET /v1/revocations`).
+/// A revocation stream (`GET /v1/revocations`), read one event at a time.
 #[derive(Debug)]
 pub struct Revocations {
     response: reqwest::Response,
     buffer: String,
+    position: Option<i64>,
 }
 
 impl Revocations {
@@ -103,7 +105,14 @@ impl Revocations {
         Self {
             response,
             buffer: String::new(),
+            position: None,
         }
+    }
+
+    /// The `seq` to resume after (`?since=`) if the stream breaks now: the last
+    /// revocation read, or where the API said the stream starts.
+    pub fn position(&self) -> Option<i64> {
+        self.position
     }
 
     /// The next revocation; `Ok(None)` when the stream ends.
@@ -112,20 +121,28 @@ impl Revocations {
             // One event ends at a blank line; its `data:` lines carry the JSON.
             if let Some(end) = self.buffer.find("\n\n") {
                 let event: String = self.buffer.drain(..end + 2).collect();
-                let data: String = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
+                let field = |name: &str| -> String {
+                    event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(name))
+                        .map(str::trim_start)
+                        .collect()
+                };
+                let data = field("data:");
                 if data.is_empty() {
                     continue;
                 }
-                return serde_json::from_str(&data).map(Some).map_err(|_| {
-                    ClientError::Unexpected {
-                        status: 200,
-                        body: data,
-                    }
-                });
+                let unexpected = || ClientError::Unexpected {
+                    status: 200,
+                    body: data.clone(),
+                };
+                if field("event:") == "position" {
+                    self.position = Some(data.trim().parse().map_err(|_| unexpected())?);
+                    continue;
+                }
+                let r: wire::Revocation = serde_json::from_str(&data).map_err(|_| unexpected())?;
+                self.position = Some(r.seq);
+                return Ok(Some(r));
             }
             match self.response.chunk().await? {
                 Some(bytes) => self

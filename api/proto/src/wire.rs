@@ -326,6 +326,15 @@ pub struct ConnectionAuthorized {
     /// The credential, when the request named a recipient.
     #[serde(default)]
     pub credential: Option<Unlocked>,
+    /// The revocation stream's position before this authorization checked the session:
+    /// any revocation that can end this connection comes after it. A gateway that has
+    /// not yet followed the stream resumes from the lowest it holds.
+    #[serde(default)]
+    pub revocations_after: Option<i64>,
+    /// The connection's id, chosen by the API (the authorization's `connection` is the
+    /// client's hint). Events, logs and SSH certificate key ids use this one.
+    #[serde(default)]
+    pub connection: String,
 }
 
 /// `POST /v1/gateways/resource-certificate`: a gateway asks for a TLS server certificate

@@ -59,7 +59,7 @@ pub fn device_id(public_key: &[u8; 32]) -> String {
     format!("dev_{hex}")
 }
 
-fn new_id(prefix: &str) -> Result<String, ApiError> {
+pub(crate) fn new_id(prefix: &str) -> Result<String, ApiError> {
     let r = random::<16>().map_err(ApiError::internal)?;
     Ok(format!(
         "{prefix}_{}",

@@ -73,7 +73,12 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "totp_sealed",
         include_str!("../migrations/sqlite/0006_totp_sealed.sql"),
     ),
-    (7, "ssh", include_str!("../migrations/sqlite/0007_ssh.sql")),
+    (
+        7,
+        "gateway_keys",
+        include_str!("../migrations/sqlite/0007_gateway_keys.sql"),
+    ),
+    (8, "ssh", include_str!("../migrations/sqlite/0008_ssh.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -108,8 +113,13 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     ),
     (
         7,
+        "gateway_keys",
+        include_str!("../migrations/postgres/0007_gateway_keys.sql"),
+    ),
+    (
+        8,
         "ssh",
-        include_str!("../migrations/postgres/0007_ssh.sql"),
+        include_str!("../migrations/postgres/0008_ssh.sql"),
     ),
 ];
 

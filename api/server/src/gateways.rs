@@ -9,7 +9,7 @@ use serde_json::json;
 use sha2::Digest as _;
 use sqlx::Row as _;
 
-use crate::{app::App, config::secs, db::now, error::ApiError, pki::random};
+use crate::{app::App, config::secs, db::now, error::ApiError, pki::random, vault::GatewayPeer};
 
 fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes())
@@ -127,14 +127,34 @@ pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertific
     let addresses: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("addresses")?)
         .map_err(ApiError::internal)?;
     let cert = issue(app, &name, &addresses, csr).await?;
+    let key = certificate_key(&cert.certificate)?;
+    if key_revoked(&mut tx, &key).await? {
+        return Err(ApiError::forbidden(
+            "gateway_key_revoked",
+            "this key belonged to a revoked gateway certificate: enroll with a new key \
+             (remove gateway.key from the gateway's state_dir, then enroll again)",
+        ));
+    }
+    // Enrolling a name again retires the key it had: its certificate stops working.
+    let previous: Option<String> = sqlx::query("SELECT key FROM gateways WHERE name = $1")
+        .bind(&name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("key"))
+        .transpose()?
+        .flatten();
+    if let Some(old) = previous.filter(|old| *old != key) {
+        revoke_key(&mut tx, &name, &old, t).await?;
+    }
     sqlx::query(
-        "INSERT INTO gateways (name, addresses, cert_expires_at, enrolled_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (name) DO UPDATE SET addresses = $2, cert_expires_at = $3, enrolled_at = $4, revoked_at = NULL",
+        "INSERT INTO gateways (name, addresses, cert_expires_at, enrolled_at, key) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (name) DO UPDATE SET addresses = $2, cert_expires_at = $3, enrolled_at = $4, key = $5, revoked_at = NULL",
     )
     .bind(&name)
     .bind(serde_json::to_string(&addresses).map_err(ApiError::internal)?)
     .bind(cert.expires_at)
     .bind(t)
+    .bind(&key)
     .execute(&mut *tx)
     .await?;
     app.audit("gateway.change", json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "enroll", "expires_at": cert.expires_at}))
@@ -144,30 +164,51 @@ pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertific
 }
 
 /// `POST /v1/gateways/renew`: the caller proved (mutual TLS) it holds a valid
-/// certificate for `name`.
-pub async fn renew(app: &App, name: &str, csr: &str) -> Result<GatewayCertificate, ApiError> {
-    let mut tx = app.db.pool.begin().await?;
-    let row = sqlx::query("SELECT addresses, revoked_at FROM gateways WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| {
-            ApiError::forbidden(
-                "unknown_gateway",
-                format!("gateway `{name}` is not enrolled"),
-            )
-        })?;
-    if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+/// certificate for `peer`'s name and key. A CSR for another key rotates the key: the
+/// old one is revoked with the old certificate.
+pub async fn renew(
+    app: &App,
+    peer: &GatewayPeer,
+    csr: &str,
+) -> Result<GatewayCertificate, ApiError> {
+    let name = peer.name.as_str();
+    if !is_active(app, peer).await? {
         return Err(ApiError::forbidden(
             "gateway_revoked",
-            format!("gateway `{name}` was revoked; enroll it again with a new token"),
+            format!(
+                "gateway `{name}` was revoked, or this certificate's key is no longer its key; enroll it again with a new token"
+            ),
         ));
     }
+    let mut tx = app.db.pool.begin().await?;
+    let row =
+        sqlx::query("SELECT addresses, key FROM gateways WHERE name = $1 AND revoked_at IS NULL")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                ApiError::forbidden(
+                    "gateway_revoked",
+                    format!("gateway `{name}` was revoked; enroll it again with a new token"),
+                )
+            })?;
     let addresses: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("addresses")?)
         .map_err(ApiError::internal)?;
+    let old: Option<String> = row.try_get("key")?;
     let cert = issue(app, name, &addresses, csr).await?;
-    sqlx::query("UPDATE gateways SET cert_expires_at = $1 WHERE name = $2")
+    let key = certificate_key(&cert.certificate)?;
+    if key_revoked(&mut tx, &key).await? {
+        return Err(ApiError::forbidden(
+            "gateway_key_revoked",
+            "the CSR's key belonged to a revoked gateway certificate: renew with a new key",
+        ));
+    }
+    if let Some(old) = old.filter(|old| *old != key) {
+        revoke_key(&mut tx, name, &old, now()).await?;
+    }
+    sqlx::query("UPDATE gateways SET cert_expires_at = $1, key = $2 WHERE name = $3")
         .bind(cert.expires_at)
+        .bind(&key)
         .bind(name)
         .execute(&mut *tx)
         .await?;
@@ -177,16 +218,89 @@ pub async fn renew(app: &App, name: &str, csr: &str) -> Result<GatewayCertificat
     Ok(cert)
 }
 
-/// Whether `name` is an enrolled, unrevoked gateway.
-pub async fn is_active(app: &App, name: &str) -> Result<bool, ApiError> {
+/// Whether `peer` is an enrolled, unrevoked gateway presenting its current key. A
+/// gateway enrolled before keys were recorded has its key taken from its first
+/// certificate seen.
+pub async fn is_active(app: &App, peer: &GatewayPeer) -> Result<bool, ApiError> {
+    let Some(key) = peer.key.as_ref().map(hex) else {
+        return Ok(false);
+    };
+    let row = sqlx::query(
+        "SELECT key, (SELECT COUNT(*) FROM revoked_gateway_keys r WHERE r.key = $2) AS revoked \
+         FROM gateways WHERE name = $1 AND revoked_at IS NULL",
+    )
+    .bind(&peer.name)
+    .bind(&key)
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    if row.try_get::<i64, _>("revoked")? > 0 {
+        return Ok(false);
+    }
+    match row.try_get::<Option<String>, _>("key")? {
+        Some(current) => Ok(current == key),
+        None => {
+            let n = sqlx::query("UPDATE gateways SET key = $1 WHERE name = $2 AND key IS NULL")
+                .bind(&key)
+                .bind(&peer.name)
+                .execute(&app.db.pool)
+                .await?
+                .rows_affected();
+            // Another request may have filled it in first, with another key.
+            Ok(n == 1 || {
+                let now: Option<String> = sqlx::query("SELECT key FROM gateways WHERE name = $1")
+                    .bind(&peer.name)
+                    .fetch_one(&app.db.pool)
+                    .await?
+                    .try_get("key")?;
+                now.as_deref() == Some(key.as_str())
+            })
+        }
+    }
+}
+
+fn hex(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hex Ed25519 key of a PEM gateway certificate this API just issued.
+fn certificate_key(pem: &str) -> Result<String, ApiError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(ApiError::internal)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(ApiError::internal)?;
+    let raw = <[u8; 32]>::try_from(cert.public_key().subject_public_key.data.as_ref())
+        .map_err(|_| ApiError::internal("a gateway certificate's key is not 32 bytes"))?;
+    Ok(hex(&raw))
+}
+
+async fn key_revoked(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &str,
+) -> Result<bool, ApiError> {
     Ok(
-        sqlx::query("SELECT COUNT(*) AS n FROM gateways WHERE name = $1 AND revoked_at IS NULL")
-            .bind(name)
-            .fetch_one(&app.db.pool)
+        sqlx::query("SELECT COUNT(*) AS n FROM revoked_gateway_keys WHERE key = $1")
+            .bind(key)
+            .fetch_one(&mut **tx)
             .await?
             .try_get::<i64, _>("n")?
-            == 1,
+            > 0,
     )
+}
+
+async fn revoke_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    name: &str,
+    key: &str,
+    at: i64,
+) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO revoked_gateway_keys (key, name, revoked_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
+        .bind(key)
+        .bind(name)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> {
@@ -203,6 +317,15 @@ pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> 
             "no_such_gateway",
             format!("there is no active gateway `{name}`"),
         ));
+    }
+    // The key stays revoked when the name is enrolled again.
+    let key: Option<String> = sqlx::query("SELECT key FROM gateways WHERE name = $1")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("key")?;
+    if let Some(key) = key {
+        revoke_key(&mut tx, name, &key, now()).await?;
     }
     app.audit(
         "gateway.change",
@@ -231,7 +354,18 @@ pub async fn list(app: &App) -> Result<Vec<Gateway>, ApiError> {
 
 /// Records where agents reach `name`'s tunnel. The host must be one of the addresses its
 /// certificate names, or agents could not verify it.
-pub async fn announce(app: &App, name: &str, a: &Announce) -> Result<GatewayEndpoint, ApiError> {
+pub async fn announce(
+    app: &App,
+    peer: &GatewayPeer,
+    a: &Announce,
+) -> Result<GatewayEndpoint, ApiError> {
+    let name = peer.name.as_str();
+    if !is_active(app, peer).await? {
+        return Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!("gateway `{name}` was revoked or is not enrolled with this certificate"),
+        ));
+    }
     let bad = || {
         ApiError::bad_request(
             "bad_tunnel",
@@ -327,10 +461,11 @@ pub fn resource_names(r: &lastmile_proto::wire::Resource) -> Vec<String> {
 /// resource, for gateway `name` to present to clients that ask for TLS.
 pub async fn resource_certificate(
     app: &App,
-    name: &str,
+    peer: &GatewayPeer,
     req: &lastmile_proto::wire::ResourceCertificateRequest,
 ) -> Result<lastmile_proto::wire::ResourceCertificate, ApiError> {
-    if !is_active(app, name).await? {
+    let name = peer.name.as_str();
+    if !is_active(app, peer).await? {
         return Err(ApiError::forbidden(
             "gateway_revoked",
             format!("gateway `{name}` was revoked or is not enrolled"),
@@ -390,10 +525,11 @@ pub fn ssh_host_principals(r: &lastmile_proto::wire::Resource) -> Vec<String> {
 /// accepts the gateway as the target.
 pub async fn ssh_host_certificate(
     app: &App,
-    name: &str,
+    peer: &GatewayPeer,
     req: &lastmile_proto::wire::SshHostCertificateRequest,
 ) -> Result<lastmile_proto::wire::SshHostCertificate, ApiError> {
-    if !is_active(app, name).await? {
+    let name = peer.name.as_str();
+    if !is_active(app, peer).await? {
         return Err(ApiError::forbidden(
             "gateway_revoked",
             format!("gateway `{name}` was revoked or is not enrolled"),

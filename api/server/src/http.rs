@@ -289,7 +289,7 @@ async fn my_resources(
 ) -> Reply {
     match &peer.0 {
         Some(gw) => {
-            active_gateway(&app, &gw.name).await?;
+            active_gateway(&app, gw).await?;
             ok(admin::list_resources(&app).await?)
         }
         None => {
@@ -306,7 +306,7 @@ async fn gateway_endpoints(
     req: Request,
 ) -> Reply {
     match &peer.0 {
-        Some(gw) => active_gateway(&app, &gw.name).await?,
+        Some(gw) => active_gateway(&app, gw).await?,
         None => {
             Signed::from_request(req, &app).await?;
         }
@@ -314,8 +314,9 @@ async fn gateway_endpoints(
     ok(gateways::endpoints(&app).await?)
 }
 
-async fn active_gateway(app: &App, name: &str) -> Result<(), ApiError> {
-    if gateways::is_active(app, name).await? {
+async fn active_gateway(app: &App, gw: &crate::vault::GatewayPeer) -> Result<(), ApiError> {
+    let name = &gw.name;
+    if gateways::is_active(app, gw).await? {
         Ok(())
     } else {
         Err(ApiError::forbidden(
@@ -334,7 +335,7 @@ async fn announce(
 ) -> Reply {
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "announce a tunnel")?;
     let a: wire::Announce = json(&b)?;
-    ok(gateways::announce(&app, &gw.name, &a).await?)
+    ok(gateways::announce(&app, gw, &a).await?)
 }
 
 async fn resource_certificate(
@@ -344,7 +345,7 @@ async fn resource_certificate(
 ) -> Reply {
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold a resource's certificate")?;
     let r: wire::ResourceCertificateRequest = json(&b)?;
-    ok(gateways::resource_certificate(&app, &gw.name, &r).await?)
+    ok(gateways::resource_certificate(&app, gw, &r).await?)
 }
 
 async fn ssh_host_certificate(
@@ -354,7 +355,7 @@ async fn ssh_host_certificate(
 ) -> Reply {
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold an SSH host certificate")?;
     let r: wire::SshHostCertificateRequest = json(&b)?;
-    ok(gateways::ssh_host_certificate(&app, &gw.name, &r).await?)
+    ok(gateways::ssh_host_certificate(&app, gw, &r).await?)
 }
 
 async fn authorize_connection(
@@ -376,8 +377,9 @@ struct Since {
     since: Option<String>,
 }
 
-/// `GET /v1/revocations`: server-sent events, one `revoke` event per revocation, its id
-/// the revocation's `seq`. A gateway (client certificate) sees every revocation; a user's
+/// `GET /v1/revocations`: server-sent events: first a `position` event (id and data: the
+/// `seq` the feed starts after), then one `revoke` event per revocation, its id the
+/// revocation's `seq`. A gateway (client certificate) sees every revocation; a user's
 /// agent (signed call) sees its own user's; an admin sees all.
 async fn revocations(
     State(app): State<Arc<App>>,
@@ -388,7 +390,7 @@ async fn revocations(
 ) -> Reply {
     let visible: Box<dyn Fn(&wire::Revocation) -> bool + Send + Sync> = match &peer.0 {
         Some(gw) => {
-            active_gateway(&app, &gw.name).await?;
+            active_gateway(&app, gw).await?;
             Box::new(|_| true)
         }
         None => {
@@ -415,7 +417,14 @@ async fn revocations(
         })?),
     };
     let feed = Feed::start(app.db.clone(), &app.revocations, since, visible).await?;
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+    // First, where the feed starts, so a subscriber that came without `since` knows
+    // where to resume from should the stream break before any revocation.
+    let position = feed.position();
+    let start = Event::default()
+        .event("position")
+        .id(position.to_string())
+        .data(position.to_string());
+    let revokes = futures_util::stream::unfold(feed, |mut feed| async move {
         let r = feed.next().await?;
         let event = Event::default()
             .event("revoke")
@@ -424,6 +433,9 @@ async fn revocations(
             .unwrap_or_else(|_| Event::default().comment("unserialisable revocation"));
         Some((Ok::<_, Infallible>(event), feed))
     });
+    use futures_util::StreamExt as _;
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, Infallible>(start) }).chain(revokes);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -444,7 +456,7 @@ async fn renew(
         "renew its certificate (with its current one)",
     )?;
     let r: wire::Renew = json(&b)?;
-    ok(gateways::renew(&app, &gw.name, &r.csr).await?)
+    ok(gateways::renew(&app, gw, &r.csr).await?)
 }
 
 async fn unlock(

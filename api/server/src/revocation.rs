@@ -145,6 +145,11 @@ impl Feed {
         })
     }
 
+    /// Where this feed starts: it yields revocations after this `seq`.
+    pub fn position(&self) -> i64 {
+        self.last_sent
+    }
+
     /// The next revocation this subscriber may see; `None` when the API shuts down.
     pub async fn next(&mut self) -> Option<Revocation> {
         loop {

@@ -247,6 +247,10 @@ pub(crate) fn require_gateway<'a>(
 /// device-bound session, and the user's signed authorization for this one connection.
 #[derive(Debug)]
 pub struct Authorized {
+    /// This connection's id, chosen here. (The client's `authorization.connection` is
+    /// only a hint, recorded as `client_connection`: it carries the node's socket cookie,
+    /// the join key to kernel events, but a client could name anything.)
+    pub connection: String,
     pub gateway: String,
     pub session: crate::auth::LiveSession,
     pub authorization: UnlockAuthorization,
@@ -271,10 +275,13 @@ pub async fn authorize(
 ) -> Result<Authorized, ApiError> {
     let (method, uri, headers, body) = signed;
     let gw = require_gateway(peer, "act for a user")?;
-    if !crate::gateways::is_active(app, &gw.name).await? {
+    if !crate::gateways::is_active(app, gw).await? {
         return Err(ApiError::forbidden(
             "gateway_revoked",
-            format!("gateway `{}` was revoked or is not enrolled", gw.name),
+            format!(
+                "gateway `{}` was revoked or is not enrolled with this certificate",
+                gw.name
+            ),
         ));
     }
     let key = gw
@@ -442,6 +449,7 @@ pub async fn authorize(
         expiries.iter().flatten().copied().filter(|e| *e > t).max()
     };
     Ok(Authorized {
+        connection: crate::auth::new_id("conn")?,
         gateway: gw.name.clone(),
         session,
         authorization: authz.clone(),
@@ -514,7 +522,8 @@ async fn release(
     let event = |version: i64, kind: CredentialKind| {
         json!({
             "resource": resource_name, "session": session.id, "user": session.user, "device": session.device,
-            "gateway": gateway, "connection": authz.connection, "version": version, "kind": stored_name(&kind),
+            "gateway": gateway, "connection": authorized.connection, "client_connection": authz.connection,
+            "version": version, "kind": stored_name(&kind),
         })
     };
     let declared: Option<String> = resource.try_get("credential")?;
@@ -547,7 +556,10 @@ async fn release(
             .ssh_user_certificate(
                 &key,
                 &principals,
-                &format!("{}@{}/{}", session.user, resource_name, authz.connection),
+                &format!(
+                    "{}@{}/{}",
+                    session.user, resource_name, authorized.connection
+                ),
                 now() + secs(app.config.ssh_certificate_ttl),
             )
             .map_err(ApiError::internal)?;
@@ -625,6 +637,8 @@ pub async fn authorize_connection(
 ) -> Result<lastmile_proto::wire::ConnectionAuthorized, ApiError> {
     require_gateway(peer, "open a connection")?;
     let req: lastmile_proto::wire::ConnectionRequest = crate::error::json(body)?;
+    // Read before the session is checked: a revocation after the check is after this.
+    let revocations_after = app.revocations.last();
     let a = authorize(
         app,
         peer,
@@ -638,7 +652,8 @@ pub async fn authorize_connection(
     app.audit(
         "connection.open",
         json!({
-            "connection": a.authorization.connection, "session": a.session.id, "resource": req.resource,
+            "connection": a.connection, "client_connection": a.authorization.connection,
+            "session": a.session.id, "resource": req.resource,
             "user": a.session.user, "device": a.session.device, "gateway": a.gateway,
         }),
     )
@@ -667,5 +682,7 @@ pub async fn authorize_connection(
         session_expires_at: a.session.expires_at,
         grant_expires_at: a.grant_expires_at,
         credential,
+        revocations_after: Some(revocations_after),
+        connection: a.connection.clone(),
     })
 }

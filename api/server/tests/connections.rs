@@ -137,7 +137,11 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
     assert_eq!(ok.session, alice.login.session);
     let opened = api.audited("connection.open");
     assert_eq!(opened.len(), 1);
-    assert_eq!(opened[0]["connection"], authz.connection);
+    // The API names the connection; the client's id is kept as a hint.
+    assert_eq!(opened[0]["client_connection"], authz.connection);
+    assert_eq!(opened[0]["connection"], ok.connection.as_str());
+    assert!(ok.connection.starts_with("conn_"), "{}", ok.connection);
+    assert_ne!(ok.connection, authz.connection);
     assert_eq!(opened[0]["gateway"], "gw1");
     // Each authorization opens one connection.
     let a = gw.post("/v1/connections/authorize", &req).await;

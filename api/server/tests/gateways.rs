@@ -395,3 +395,138 @@ async fn an_older_api_certificate_is_reissued_with_the_api_uri() {
         pki.tls_cert_pem
     );
 }
+
+/// A revoked gateway's certificate stays dead when its name is enrolled again (it used
+/// to come back to life: the API knew gateways only by name), and a renewal to a new key
+/// retires the old one.
+async fn revoked_certificate(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let enroll = |key: KeyPair| {
+        let api = &api;
+        let admin = &admin;
+        async move {
+            let token: GatewayToken = api
+                .client
+                .call(
+                    admin,
+                    Method::POST,
+                    "/v1/admin/gateways/tokens",
+                    Some(&json!({"name": "gw1", "addresses": ["127.0.0.1"]})),
+                )
+                .await
+                .unwrap()
+                .json()
+                .unwrap();
+            let cert: GatewayCertificate = api
+                .client
+                .post(
+                    "/v1/gateways/enroll",
+                    &Enroll {
+                        token: token.token,
+                        csr: csr(&key),
+                    },
+                )
+                .await
+                .unwrap();
+            ApiClient::new(
+                &api.base,
+                &api.ca,
+                Some((&cert.certificate, &key.serialize_pem())),
+            )
+            .unwrap()
+        }
+    };
+    let key_a = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let pem_a = key_a.serialize_pem();
+    let a = enroll(key_a).await;
+    assert!(a.get::<Vec<wire::Resource>>("/v1/resources").await.is_ok());
+    let r = api
+        .client
+        .call(&admin, Method::DELETE, "/v1/admin/gateways/gw1", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    let b = enroll(KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()).await;
+    assert!(b.get::<Vec<wire::Resource>>("/v1/resources").await.is_ok());
+
+    // Certificate A, still within its lifetime, is refused everywhere.
+    let e = a
+        .get::<Vec<wire::Resource>>("/v1/resources")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("gateway_revoked"), "{e}");
+    let e = a
+        .post::<_, GatewayCertificate>(
+            "/v1/gateways/renew",
+            &Renew {
+                csr: csr(&KeyPair::from_pem(&pem_a).unwrap()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("gateway_revoked"), "{e}");
+    let s = a.stream_unsigned("/v1/revocations").await.unwrap();
+    assert_eq!(s.status(), 403);
+    let body = serde_json::to_vec(&json!({"resource": "x", "recipient": "age1x"})).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(
+        &KeyPair::from_pem(&pem_a).unwrap().serialized_der()[16..48]
+            .try_into()
+            .unwrap(),
+    );
+    for path in ["/v1/connections/authorize", "/v1/credentials/unlock"] {
+        let r = a
+            .call_as_gateway("gw1", &key, Method::POST, path, &body)
+            .await
+            .unwrap();
+        assert!(r.body.contains("gateway_revoked"), "{path}: {}", r.body);
+    }
+    // Key A cannot be enrolled again either.
+    let token: GatewayToken = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/admin/gateways/tokens",
+            Some(&json!({"name": "gw9"})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let e = api
+        .client
+        .post::<_, GatewayCertificate>(
+            "/v1/gateways/enroll",
+            &Enroll {
+                token: token.token,
+                csr: csr(&KeyPair::from_pem(&pem_a).unwrap()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("gateway_key_revoked"), "{e}");
+
+    // B renews to key C: B's certificate (key B) is retired with it.
+    let key_c = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let renewed: GatewayCertificate = b
+        .post("/v1/gateways/renew", &Renew { csr: csr(&key_c) })
+        .await
+        .unwrap();
+    let c = ApiClient::new(
+        &api.base,
+        &api.ca,
+        Some((&renewed.certificate, &key_c.serialize_pem())),
+    )
+    .unwrap();
+    assert!(c.get::<Vec<wire::Resource>>("/v1/resources").await.is_ok());
+    let e = b
+        .get::<Vec<wire::Resource>>("/v1/resources")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("gateway_revoked"), "{e}");
+}
+both_stores!(
+    a_revoked_gateway_certificate_stays_revoked_after_re_enrollment,
+    revoked_certificate
+);

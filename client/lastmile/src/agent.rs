@@ -306,19 +306,29 @@ impl Core {
         }
     }
 
-    /// Follows the user's revocations; its own session's ends the agent's work.
+    /// Follows the user's revocations; its own session's ends the agent's work. Each
+    /// (re)connection is a signed call, so a session revoked while the stream was down
+    /// is refused there; the stream also resumes after the last position it had.
     async fn watch_revocations(self: Arc<Self>) {
         let mut backoff = FIRST_BACKOFF;
+        let mut since: Option<i64> = None;
         loop {
             if self.revoked().is_some() {
                 return;
             }
             let session = self.session();
-            match self.api.stream(&session, "/v1/revocations").await {
+            let path = match since {
+                Some(s) => format!("/v1/revocations?since={s}"),
+                None => "/v1/revocations".to_owned(),
+            };
+            match self.api.stream(&session, &path).await {
                 Ok(resp) if resp.status().is_success() => {
                     backoff = FIRST_BACKOFF;
                     let mut events = Revocations::new(resp);
-                    while let Ok(Some(r)) = events.next().await {
+                    loop {
+                        let next = events.next().await;
+                        since = events.position().or(since);
+                        let Ok(Some(r)) = next else { break };
                         if r.session == session.login.session {
                             self.set_revoked(format!("session revoked: {}", r.reason))
                                 .await;

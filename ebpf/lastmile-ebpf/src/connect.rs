@@ -148,7 +148,10 @@ fn lookup_v4(port: u16, ip4: u32) -> Option<TargetInfo> {
 }
 
 /// Decides what happens to a connect to a protected target, records it, and reports it.
-/// Connections from other network namespaces are left alone, unrecorded.
+/// Connections from other network namespaces cannot be redirected (the listener lives in
+/// the host's): without `enforce` they are left alone, unrecorded; with it they are
+/// refused and recorded, since a process in a container's namespace could otherwise
+/// reach a protected target through its own network.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn decide(
@@ -163,17 +166,24 @@ fn decide(
 ) -> Decision {
     // SAFETY: the helpers take the program's own context pointer.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    if config.host_netns_cookie == 0 || netns_cookie != config.host_netns_cookie {
+    let enforce = config.flags & FLAG_ENFORCE != 0;
+    let other_netns = config.host_netns_cookie == 0 || netns_cookie != config.host_netns_cookie;
+    if other_netns {
         count(Stat::OtherNetns);
-        return Decision::PassedThrough;
+        if !enforce {
+            return Decision::PassedThrough;
+        }
     }
     // SAFETY: in sock_addr programs `sk` points at the connecting socket.
     let mark = unsafe { sa.__bindgen_anon_1.sk.as_ref() }.map(|sk| sk.mark);
     let decision = if config.exempt_mark != 0 && mark == Some(config.exempt_mark) {
         count(Stat::Exempt);
         Decision::Exempt
+    } else if other_netns {
+        count(Stat::Refused);
+        Decision::Refused
     } else if listener_port == [0, 0] {
-        if config.flags & FLAG_ENFORCE != 0 {
+        if enforce {
             count(Stat::Refused);
             Decision::Refused
         } else {

@@ -85,6 +85,13 @@ pub enum EventBody {
     SshRecording(SshRecord),
     #[serde(rename = "ssh.incomplete")]
     SshIncomplete(SshRecord),
+    /// Events were dropped because the writer's queue was full (a flood: a local user
+    /// looping `connect()` to a protected target, a stalled disk).
+    #[serde(rename = "events.dropped")]
+    EventsDropped {
+        /// How many since the last such event.
+        count: u64,
+    },
 }
 
 /// One `ssh.*` event: who and where, and the bridge's own fields (see
@@ -166,7 +173,13 @@ pub struct DbCancel {
 /// What the gateway records when a relayed connection ends.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayClose {
+    /// The API's id for the connection.
     pub connection: String,
+    /// The id the client proposed (it carries the node's socket cookie).
+    pub client_connection: String,
+    /// The kernel's socket cookie of the client's connection, when the node handed it
+    /// over (the join key to `kernel.connect`).
+    pub sock_cookie: Option<u64>,
     pub session: String,
     pub user: String,
     pub resource: String,
@@ -370,11 +383,19 @@ fn parse_ppid(stat: &str) -> Option<u32> {
 /// configured. One task writes them, in order; `write` only queues.
 #[derive(Debug)]
 pub struct EventSink {
-    queue: tokio::sync::mpsc::UnboundedSender<Value>,
+    queue: tokio::sync::mpsc::Sender<Value>,
     /// Set while events cannot be recorded anywhere (the file and the spool both fail):
     /// handlers that must not act unlogged (a database statement) check it.
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Events refused since the writer last reported them (it writes an
+    /// `events.dropped` with the count), like the kernel ring buffer's drop counter.
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// At most this many events wait for the writer; more are counted and dropped, so a
+/// flood cannot grow the daemon's memory without bound (each queued event is a few
+/// hundred bytes to a few KiB).
+const QUEUE: usize = 8192;
 
 /// At most this many queued events go into one write (one sync).
 const BATCH: usize = 512;
@@ -392,11 +413,21 @@ impl EventSink {
         file: Option<&Path>,
         audit: &crate::config::AuditConfig,
     ) -> Result<Self, lastmile_audit_sink::WriteError> {
+        Self::start_with_queue(file, audit, QUEUE)
+    }
+
+    fn start_with_queue(
+        file: Option<&Path>,
+        audit: &crate::config::AuditConfig,
+        capacity: usize,
+    ) -> Result<Self, lastmile_audit_sink::WriteError> {
         let to_stdout = file.is_none() && audit.service.is_none();
         let writer = audit.writer(file)?;
-        let (queue, mut events) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let (queue, mut events) = tokio::sync::mpsc::channel::<Value>(capacity.max(1));
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failed = failing.clone();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lost = dropped.clone();
         tokio::spawn(async move {
             // Spooled events (the service was down) go out within this long of its return,
             // even when no new event comes to push them.
@@ -430,6 +461,14 @@ impl EventSink {
                         continue;
                     }
                 };
+                let n = lost.swap(0, std::sync::atomic::Ordering::AcqRel);
+                if n > 0
+                    && let Ok(v) =
+                        serde_json::to_value(Event::now(EventBody::EventsDropped { count: n }))
+                {
+                    tracing::warn!(count = n, "events dropped: the writer's queue was full");
+                    batch.push(v);
+                }
                 if to_stdout {
                     for event in batch.drain(..) {
                         println!("{event}");
@@ -451,22 +490,33 @@ impl EventSink {
                 }
             }
         });
-        Ok(Self { queue, failing })
+        Ok(Self {
+            queue,
+            failing,
+            dropped,
+        })
     }
 
-    /// Whether the last write failed everywhere it was to go.
+    /// Whether events cannot be recorded now: the last write failed everywhere it was
+    /// to go, or the queue is full and events are being dropped.
     pub fn failing(&self) -> bool {
         self.failing.load(std::sync::atomic::Ordering::Acquire)
+            || self.dropped.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
-    /// Queues one event for writing.
+    /// Queues one event for writing; when the queue is full, counts it as dropped.
     pub fn write(&self, event: &Event) {
         match serde_json::to_value(event) {
-            Ok(v) => {
-                if self.queue.send(v).is_err() {
+            Ok(v) => match self.queue.try_send(v) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                     tracing::error!("the event writer has stopped; event lost");
                 }
-            }
+            },
             Err(e) => tracing::error!(error = %e, "event not serializable"),
         }
     }
@@ -475,6 +525,50 @@ impl EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood past the queue is counted, not queued: what fits is written, then one
+    /// `events.dropped` with the count.
+    #[test]
+    fn a_flood_past_the_queue_is_counted_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let sink =
+                EventSink::start_with_queue(Some(&file), &crate::config::AuditConfig::default(), 4)
+                    .unwrap();
+            // The writer cannot run until this task yields: 4 fit, 96 do not.
+            for uid in 0..100 {
+                sink.write(&Event::now(EventBody::Agent {
+                    uid,
+                    pid: None,
+                    registered: true,
+                }));
+            }
+            assert!(sink.failing(), "dropping events must read as failing");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let lines = std::fs::read_to_string(&file).unwrap_or_default();
+                if lines.contains("events.dropped") {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{lines}");
+            }
+            let events: Vec<Value> = std::fs::read_to_string(&file)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(events.len(), 5, "{events:?}");
+            assert_eq!(events[4]["kind"], "events.dropped");
+            assert_eq!(events[4]["count"], 96);
+            assert!(!sink.failing());
+        });
+    }
 
     #[test]
     fn ppid_survives_a_command_with_parentheses() {
@@ -496,7 +590,9 @@ mod tests {
     #[test]
     fn the_gateways_events_meet_the_audit_schema() {
         let close = Event::now(EventBody::ConnectionClose(GatewayClose {
-            connection: "sock-1-ab".into(),
+            connection: "conn_1".into(),
+            client_connection: "sock-1-ab".into(),
+            sock_cookie: Some(1),
             session: "ses_1".into(),
             user: "alice".into(),
             resource: "echo".into(),

@@ -150,7 +150,6 @@ async fn serve(
     };
     let sink = EventSink::start(config.events.as_deref(), &config.audit)
         .with_context(|| format!("cannot open the event file {:?}", config.events))?;
-    let agent_listener = agents::bind(&config.agent_socket)?;
 
     let mut interceptor = Interceptor::load_pinned(&config.pin_dir)?;
     let events = interceptor.take_events()?;
@@ -195,6 +194,10 @@ async fn serve(
         proc_cache: ProcCache::default(),
         sink,
     });
+    // Bound once interception is in place: the socket's appearance says the node is
+    // ready (tests and service managers wait for it). A failure here leaves the new
+    // targets protected, which is safe.
+    let agent_listener = agents::bind(&config.agent_socket)?;
     info!(socket = %config.agent_socket.display(), "agents register here");
 
     if let Some(client) = api_client {

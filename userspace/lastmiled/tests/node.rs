@@ -217,6 +217,17 @@ fn psql_and_ssh_without_a_session_are_told_to_log_in() {
         "ssh said: {stderr}"
     );
 
+    // The sink writes in batches: wait for both refusals.
+    let refused = || {
+        node.events()
+            .iter()
+            .filter(|e| e["kind"] == "node.refused_no_agent")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while refused() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let kinds: Vec<String> = node
         .events()
         .iter()

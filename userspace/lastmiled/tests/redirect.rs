@@ -331,6 +331,57 @@ fn other_network_namespaces_are_untouched() {
     drop(listener);
 }
 
+/// With `enforce`, a process of the cgroup in another network namespace (a container
+/// with a network of its own) cannot reach a protected target: its connect is refused,
+/// not passed through, since it cannot be redirected there.
+#[test]
+fn with_enforce_other_network_namespaces_are_refused() {
+    if !have_root("with_enforce_other_network_namespaces_are_refused") {
+        return;
+    }
+    let cgroup = TestCgroup::new("netns-enforce");
+    let netns = TestNetns::new("enforce");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free_port();
+    let protected: ProtectedTarget = format!("127.0.0.2:{port}").parse().unwrap();
+    let mut i = interceptor(&cgroup, Some(listener.local_addr().unwrap()), None, true);
+    i.protect(&protected, TargetId(1)).unwrap();
+    // A server in the namespace, on the protected address, that must never be reached.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = netns.on_thread(move || {
+        let l = TcpListener::bind(format!("127.0.0.2:{port}")).unwrap();
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        l.accept().is_ok()
+    });
+    ready_rx.recv().unwrap();
+    let out = cgroup
+        .command("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            lastmiled(),
+            "probe",
+            &protected.to_string(),
+            "--send",
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the connect went through");
+    assert!(err.contains("EPERM"), "{err}");
+    assert!(
+        !server.join().unwrap(),
+        "the namespace's server was reached"
+    );
+    let c = i.counters().unwrap();
+    assert_eq!((c.refused, c.other_netns, c.redirected), (1, 1, 0), "{c:?}");
+    drop(listener);
+}
+
 #[test]
 fn marked_connections_are_exempt() {
     if !have_root("marked_connections_are_exempt") {

@@ -534,9 +534,10 @@ async fn a_redirected_connection_goes_through_agent_tunnel_and_gateway() {
         e["kind"] == "kernel.connect" && e["sock_cookie"] == cookie
     });
     let close = gw.wait_event("connection.close", |e| {
-        e["connection"]
+        e["client_connection"]
             .as_str()
             .is_some_and(|c| c.starts_with(&format!("sock-{cookie}-")))
+            && e["sock_cookie"] == cookie
     });
     assert_eq!(close["user"], "alice");
     assert_eq!(close["bytes_up"], 24);
@@ -896,4 +897,115 @@ async fn restarts_never_leave_a_protected_target_reachable() {
         0,
         "the protected target was reached directly during a restart"
     );
+}
+
+/// A TCP proxy on loopback that can be stopped (every connection cut, the port closed)
+/// and started again on the same port: the API going away and coming back, as the
+/// gateway sees it.
+struct Outage {
+    port: u16,
+    to: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Outage {
+    fn new(to: std::net::SocketAddr) -> Self {
+        let mut o = Self {
+            port: 0,
+            to,
+            task: None,
+        };
+        o.start();
+        o
+    }
+
+    fn start(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .unwrap();
+        let listener = socket.listen(64).unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let to = self.to;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut a, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Cuts every connection (the JoinSet goes with the task) and closes the port.
+    fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Revocations made while a gateway cannot reach the API are applied when it comes
+/// back: the gateway resumes its revocation stream from the position the API gave it
+/// (it used to resume "from now" when it had seen no revocation yet, and the open
+/// connection lived on until its session ended). An access revocation is used because
+/// the user's agent, which follows its own session's revocations directly, would cut a
+/// revoked session's connections itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_made_while_the_api_is_unreachable_are_applied_on_its_return() {
+    let stack = Stack::start().await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    let mut gw = stack.gateway("gw1").await;
+    // The gateway reaches the API through a proxy the test can stop.
+    let api_port: u16 = stack.api_url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut outage = Outage::new(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)));
+    gw.kill();
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        config.replace(
+            &format!("{:?}", stack.api_url),
+            &format!("\"https://localhost:{}\"", outage.port),
+        ),
+    )
+    .unwrap();
+    gw.spawn();
+    let listen = Listen::start(&alice, "echo");
+    let mut s = TcpStream::connect(listen.addr).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    // Let the gateway's revocation stream start.
+    std::thread::sleep(Duration::from_millis(300));
+
+    outage.stop();
+    let grant = lastmile_api::admin::list_grants(&stack.app).await.unwrap()[0]
+        .id
+        .clone();
+    lastmile_api::admin::revoke_grant(&stack.app, "test", &grant)
+        .await
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"pong").unwrap();
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"pong", "cut while the API was unreachable?");
+
+    outage.start();
+    let took = closed_within(&mut s, Duration::from_secs(5));
+    eprintln!("cut {took:?} after the API came back");
+    assert!(
+        took < Duration::from_millis(1500),
+        "cut {took:?} after the API's return ({})",
+        gw.logs()
+    );
+    gw.wait_event("connection.close", |e| {
+        e["error"]
+            .as_str()
+            .is_some_and(|s| s.contains("access revoked"))
+    });
 }

@@ -43,8 +43,12 @@ pub mod settings {
     /// frames interleave streams finely, so an interactive stream waits behind at most
     /// one 16 KiB frame of a bulk one.
     pub const MAX_FRAME: u32 = 16 << 10;
-    /// Streams one tunnel carries at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-    pub const MAX_STREAMS: u32 = 65_536;
+    /// Streams one tunnel carries at once (SETTINGS_MAX_CONCURRENT_STREAMS). Each is a
+    /// connection to a resource at the gateway, with its buffers and an upstream socket:
+    /// one user's tunnel must not be able to hold tens of thousands. 1,024 is far above
+    /// what a person or a connection pool opens; past it, new connections wait for a
+    /// slot (h2 flow control) rather than fail.
+    pub const MAX_STREAMS: u32 = 1024;
     /// How much a splice reads from a socket at a time.
     pub const READ_CHUNK: usize = 256 << 10;
     /// The tunnel's socket is read through a buffer this large: rustls asks for at most

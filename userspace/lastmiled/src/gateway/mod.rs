@@ -101,6 +101,8 @@ struct Gateway {
     ssh_hosts: ssh::SshHosts,
     /// Where SSH sessions are recorded.
     ssh_recordings: Option<Arc<lastmile_ssh::recording::LocalDirStore>>,
+    /// Where the revocation stream must resume from.
+    revocations: revocations::Position,
 }
 
 /// An error and its causes, each once, as `a: b: c`.
@@ -275,6 +277,7 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         log_query_params: config.log_query_params,
         ssh_hosts: ssh::SshHosts::new(ssh_host_key),
         ssh_recordings: Some(ssh_recordings),
+        revocations: revocations::Position::default(),
     });
     info!(gateway = %gw.name, listen = %local, %announce, "gateway serving tunnels");
     tokio::spawn(revocations::watch_revocations(gw.clone()));

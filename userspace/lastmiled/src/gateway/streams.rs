@@ -144,8 +144,11 @@ pub(super) struct Connection {
     pub gw: Arc<Gateway>,
     pub identity: Arc<SessionIdentity>,
     pub header: StreamHeader,
-    /// The connection's id (from the user's authorization), as the audit log knows it.
+    /// The connection's id, as the API chose it and the audit log knows it.
     pub id: String,
+    /// The kernel's socket cookie of the user's connection, from the id the client
+    /// proposed (`sock-COOKIE-…`), when the node handed it over.
+    pub sock_cookie: Option<u64>,
     pub authorized: ConnectionAuthorized,
     /// The resource's credential, opened for this connection only.
     pub credential: Option<Credential>,
@@ -190,6 +193,8 @@ pub(super) struct CloseRecord {
     gw: Arc<Gateway>,
     identity: Arc<SessionIdentity>,
     connection: String,
+    client_connection: String,
+    sock_cookie: Option<u64>,
     resource: String,
     pub upstream: Option<SocketAddr>,
     meter: Arc<Meter>,
@@ -222,6 +227,8 @@ impl Drop for CloseRecord {
             .sink
             .write(&Event::now(EventBody::ConnectionClose(GatewayClose {
                 connection: std::mem::take(&mut self.connection),
+                client_connection: std::mem::take(&mut self.client_connection),
+                sock_cookie: self.sock_cookie,
                 session: self.identity.session.clone(),
                 user: self.identity.user.clone(),
                 resource: std::mem::take(&mut self.resource),
@@ -247,7 +254,8 @@ async fn stream(
         // Already answered; recorded here.
         Err(r) => return gw.refused(&identity, None, &r),
     };
-    let span = info_span!("stream", connection = %header.authorization.connection, resource = %header.resource);
+    // `connection` is the client's proposal until the API names it (`id`).
+    let span = info_span!("stream", connection = %header.authorization.connection, id = tracing::field::Empty, resource = %header.resource);
     async {
         match open(&gw, &identity, &header, cut).await {
             Ok(conn) => {
@@ -304,6 +312,7 @@ async fn open(
         Some(&ssh_public),
     )
     .await?;
+    gw.revocations.authorized(authorized.revocations_after);
     let credential = match authorized.credential.take() {
         None => None,
         Some(unlocked) => Some(open_credential(&key, ssh_key, &unlocked)?),
@@ -326,11 +335,21 @@ async fn open(
         access,
         expires,
     };
+    // The API names the connection; an older API that does not keeps the client's.
+    let id = if authorized.connection.is_empty() {
+        a.connection.clone()
+    } else {
+        authorized.connection.clone()
+    };
+    tracing::Span::current().record("id", id.as_str());
+    let sock_cookie = sock_cookie(&a.connection);
     let meter = Arc::new(Meter::default());
     let record = CloseRecord {
         gw: gw.clone(),
         identity: identity.clone(),
-        connection: a.connection.clone(),
+        connection: id.clone(),
+        client_connection: a.connection.clone(),
+        sock_cookie,
         resource: authorized.resource.name.clone(),
         upstream: None,
         meter: meter.clone(),
@@ -344,13 +363,25 @@ async fn open(
         gw: gw.clone(),
         identity: identity.clone(),
         header: header.clone(),
-        id: a.connection.clone(),
+        id,
+        sock_cookie,
         authorized,
         credential,
         ending,
         meter,
         record,
     })
+}
+
+/// The socket cookie in a client connection id `sock-COOKIE-…` (the agent's name for a
+/// connection the node handed over); `None` for any other.
+pub(super) fn sock_cookie(client_connection: &str) -> Option<u64> {
+    client_connection
+        .strip_prefix("sock-")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn open_credential(
@@ -401,5 +432,15 @@ fn open_credential(
         CredentialKind::SshCertificate => Err(fail(
             "an ssh-certificate answer with a sealed secret".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_socket_cookie_is_read_from_agent_connection_ids() {
+        assert_eq!(super::sock_cookie("sock-4242-ab12cd"), Some(4242));
+        assert_eq!(super::sock_cookie("listen-4242-ab12cd"), None);
+        assert_eq!(super::sock_cookie("sock-x-1"), None);
     }
 }

@@ -1,5 +1,11 @@
 //! The agent socket: agents register for their uid (taken from SO_PEERCRED), and
 //! redirected connections are handed to them.
+//!
+//! Which uid: the kernel attributes a connection to the connecting process's *real* uid
+//! (`bpf_get_current_uid_gid`), the user who ran the program (a setuid program's
+//! connections count as its invoker's), while SO_PEERCRED gives the agent's *effective*
+//! uid. So that the two mean the same user, an agent whose real and effective uids differ
+//! is refused.
 
 use std::{
     collections::HashMap,
@@ -188,6 +194,21 @@ async fn serve_agent(fd: OwnedFd, shared: Arc<Shared>) {
         Ok(Ok(None)) | Ok(Err(_)) => return,
         Err(_) => return refuse("no registration within 5 s".into()),
     }
+    match std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .as_deref()
+        .and_then(real_and_effective_uid)
+    {
+        Some((real, effective)) if real == effective => {}
+        Some((real, effective)) => {
+            return refuse(format!(
+                "this agent runs with real uid {real} and effective uid {effective}: connections are \
+                 attributed to the real uid, so an agent must run with both the same (start it as \
+                 the user whose connections it carries, not through a setuid program)"
+            ));
+        }
+        None => return refuse(format!("cannot read the uids of agent process {pid}")),
+    }
     if let Err(e) = send_message(
         fd.get_ref().as_raw_fd(),
         &NodeMessage::Registered {
@@ -246,5 +267,25 @@ async fn read_datagram(fd: &AsyncFd<OwnedFd>) -> Result<Option<Vec<u8>>, Handoff
             }
             Err(_would_block) => continue,
         }
+    }
+}
+
+/// The real and effective uids on the `Uid:` line of `/proc/PID/status` (proc(5): real,
+/// effective, saved set, filesystem).
+fn real_and_effective_uid(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(str::parse::<u32>);
+    Some((ids.next()?.ok()?, ids.next()?.ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uids_are_read_from_proc_status() {
+        let status =
+            "Name:\tlastmile\nUmask:\t0022\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(super::real_and_effective_uid(status), Some((1000, 0)));
+        assert_eq!(super::real_and_effective_uid("Name:\tx\n"), None);
+        assert_eq!(super::real_and_effective_uid("Uid:\tx\t1\n"), None);
     }
 }

@@ -120,7 +120,7 @@ fn record(conn: &super::Connection, cancelled: Option<String>, outcome: &str) {
             user: conn.identity.user.clone(),
             resource: conn.authorized.resource.name.clone(),
             gateway: conn.gw.name.clone(),
-            sock_cookie: super::sock_cookie(&conn.id),
+            sock_cookie: conn.sock_cookie,
             cancelled,
             outcome: outcome.to_owned(),
         })));

@@ -315,7 +315,7 @@ fn record_refusal(conn: &mut Connection, refusal: &Refusal) {
             user: conn.identity.user.clone(),
             resource: conn.authorized.resource.name.clone(),
             gateway: conn.gw.name.clone(),
-            sock_cookie: sock_cookie(&conn.id),
+            sock_cookie: conn.sock_cookie,
             code: refusal.code.to_owned(),
             message: refusal.message.clone(),
         })));
@@ -328,23 +328,4 @@ async fn refuse<S: AsyncWrite + Unpin>(conn: &mut Connection, client: &mut S, re
         let _ = client.write_all(&bytes).await;
     }
     let _ = client.shutdown().await;
-}
-
-/// The socket cookie in a connection id made by the agent (`sock-<cookie>-<nonce>`), so
-/// statements join the kernel's connect event.
-pub(super) fn sock_cookie(connection: &str) -> Option<u64> {
-    connection
-        .strip_prefix("sock-")
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|c| c.parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_socket_cookie_is_read_from_agent_connection_ids() {
-        assert_eq!(super::sock_cookie("sock-4242-ab12cd"), Some(4242));
-        assert_eq!(super::sock_cookie("listen-4242-ab12cd"), None);
-        assert_eq!(super::sock_cookie("sock-x-1"), None);
-    }
 }

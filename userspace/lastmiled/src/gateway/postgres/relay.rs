@@ -53,6 +53,7 @@ const READ: usize = 64 << 10;
 
 struct Shared {
     conn_id: String,
+    sock_cookie: Option<u64>,
     log: Mutex<StatementLog>,
     statements: AtomicU64,
     /// Whether the last batch sent to the client ended inside a message, so nothing may
@@ -74,6 +75,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     } = session;
     let shared = Arc::new(Shared {
         conn_id: conn.id.clone(),
+        sock_cookie: conn.sock_cookie,
         log: Mutex::new(StatementLog::new(conn.gw.log_query_params)),
         statements: AtomicU64::new(0),
         client_mid_message: AtomicBool::new(false),
@@ -326,7 +328,7 @@ fn record(conn: &Connection, shared: &Shared, database: &str, s: Statement) {
         user: conn.identity.user.clone(),
         resource: conn.authorized.resource.name.clone(),
         gateway: conn.gw.name.clone(),
-        sock_cookie: super::sock_cookie(&shared.conn_id),
+        sock_cookie: shared.sock_cookie,
         database: database.to_owned(),
         protocol: match s.protocol {
             Protocol::Simple => "simple",
