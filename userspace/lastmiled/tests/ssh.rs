@@ -543,6 +543,12 @@ async fn ssh_scp_sftp_and_rsync_through_the_gateway_with_a_certificate_login() {
     let out = output(ssh(&bob, bob_port, "root", "echo never")).await;
     assert_ne!(out.status.code(), Some(0));
     assert!(!text(&out.stdout).contains("never"));
+    // Told in SSH terms (a disconnect message ssh prints), not a bare hang-up.
+    assert!(
+        text(&out.stderr).contains("no grant"),
+        "{}",
+        text(&out.stderr)
+    );
     gw.wait_event("gateway.refused", |e| {
         e["resource"] == "web" && e["user"] == "bob"
     });
