@@ -28,6 +28,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssh-server", "a real sshd for the last-mile tests"),
     ("openssh-client", "the real ssh"),
     (
+        "tmux",
+        "drives an interactive ssh session through a pty in the SSH tests",
+    ),
+    (
         "pgbouncer",
         "a real pooler between gateway and database in tests",
     ),

@@ -123,14 +123,46 @@ pub const KINDS: &[Kind] = &[
         required: &["connection", "session", "outcome"],
     },
     Kind {
-        name: "ssh.command",
-        what: "a command run over SSH (exec, or a shell line)",
-        required: &["connection", "session", "command"],
+        name: "ssh.session",
+        what: "an SSH connection through a gateway opened (the principal the target accepted) or closed (channels, bytes, duration, exit status)",
+        required: &["connection", "session", "resource", "phase"],
     },
     Kind {
-        name: "session.recording",
-        what: "a terminal recording, by reference (asciicast v2)",
-        required: &["connection", "session", "recording"],
+        name: "ssh.channel",
+        what: "an SSH channel opened or closed, with its bytes and exit status",
+        required: &["connection", "session", "resource", "channel", "phase"],
+    },
+    Kind {
+        name: "ssh.exec",
+        what: "an SSH exec request, with the exact command line, before it runs",
+        required: &["connection", "session", "resource", "command"],
+    },
+    Kind {
+        name: "ssh.sftp",
+        what: "an SFTP operation (open, transfer totals, remove, rename, mkdir, …) read off the subsystem",
+        required: &["connection", "session", "resource", "op"],
+    },
+    Kind {
+        name: "ssh.refused",
+        what: "an SSH request the gateway refused (principal not allowed, channel or forwarding the policy refuses, untrusted target host key)",
+        required: &["connection", "session", "resource", "what", "reason"],
+    },
+    Kind {
+        name: "ssh.recording",
+        what: "a terminal recording (asciicast v2) on stable storage, by its SHA-256, size and location",
+        required: &[
+            "connection",
+            "session",
+            "resource",
+            "sha256",
+            "size",
+            "location",
+        ],
+    },
+    Kind {
+        name: "ssh.incomplete",
+        what: "something the SSH audit trail is missing because it failed (a recording not written, an SFTP stream not followed)",
+        required: &["connection", "session", "resource", "what"],
     },
     Kind {
         name: "kernel.connect",

@@ -190,6 +190,18 @@ pub struct Resource {
     /// certificate must chain to; without, the gateway host's system roots.
     #[serde(default)]
     pub upstream_ca: Option<String>,
+    /// For `ssh`: the OpenSSH CA public keys (one per entry) whose host certificates the
+    /// gateway accepts from the target. With neither this nor `ssh_host_keys`, the
+    /// organisation's own SSH host CA (the `/v1/ca` bundle's `ssh_host_ca`): lastmile
+    /// never trusts a target's host key on first use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_ca: Vec<String>,
+    /// For `ssh`: the target's host keys (OpenSSH public key lines), pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_keys: Vec<String>,
+    /// For `ssh`: whether users may forward ports through the target (`ssh -L`, `-J`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ssh_allow_port_forwarding: bool,
 }
 
 /// What the gateway logs in with.
@@ -334,6 +346,26 @@ pub struct ResourceCertificateRequest {
     pub resource: String,
     /// A PEM PKCS#10 request signed by the gateway's key for this certificate.
     pub csr: String,
+}
+
+/// `POST /v1/gateways/ssh-host-certificate`: the gateway's SSH host key, to be
+/// certified by the organisation's SSH host CA for an `ssh` resource's names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshHostCertificateRequest {
+    pub resource: String,
+    /// An OpenSSH public key line (the gateway's host key).
+    pub public_key: String,
+}
+
+/// The answer: an OpenSSH host certificate (one line) for the protected names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SshHostCertificate {
+    pub resource: String,
+    pub certificate: String,
+    /// Its principals: the resource's name and each protected host or address.
+    pub principals: Vec<String>,
+    pub expires_at: i64,
 }
 
 /// The answer: a certificate naming the resource's host and protected addresses.

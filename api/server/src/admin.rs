@@ -487,6 +487,7 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
         ));
     }
     check_postgres_fields(&r)?;
+    check_ssh_fields(&r)?;
     let t = now();
     let protect = serde_json::to_string(&r.protect).map_err(ApiError::internal)?;
     let mut tx = app.db.pool.begin().await?;
@@ -497,10 +498,11 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
         .try_get::<i64, _>("n")?
         != 0;
     sqlx::query(
-        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, ssh_principals, database_user, databases, upstream_ca, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $8, $8) \
+        "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, ssh_principals, database_user, databases, upstream_ca, \
+         ssh_host_ca, ssh_host_keys, ssh_allow_port_forwarding, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13, $14, $15, $8, $8) \
          ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, ssh_principals = $9, \
-         database_user = $10, databases = $11, upstream_ca = $12, updated_at = $8",
+         database_user = $10, databases = $11, upstream_ca = $12, ssh_host_ca = $13, ssh_host_keys = $14, ssh_allow_port_forwarding = $15, updated_at = $8",
     )
     .bind(&r.name)
     .bind(stored_name(&r.kind))
@@ -514,6 +516,9 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     .bind(r.database_user.as_deref())
     .bind(serde_json::to_string(&r.databases).map_err(ApiError::internal)?)
     .bind(r.upstream_ca.as_deref())
+    .bind(serde_json::to_string(&r.ssh_host_ca).map_err(ApiError::internal)?)
+    .bind(serde_json::to_string(&r.ssh_host_keys).map_err(ApiError::internal)?)
+    .bind(i64::from(r.ssh_allow_port_forwarding))
     .execute(&mut *tx)
     .await?;
     app.audit(
@@ -550,11 +555,16 @@ fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, ApiError> {
         databases: serde_json::from_str(&r.try_get::<String, _>("databases")?)
             .map_err(ApiError::internal)?,
         upstream_ca: r.try_get("upstream_ca")?,
+        ssh_host_ca: serde_json::from_str(&r.try_get::<String, _>("ssh_host_ca")?)
+            .map_err(ApiError::internal)?,
+        ssh_host_keys: serde_json::from_str(&r.try_get::<String, _>("ssh_host_keys")?)
+            .map_err(ApiError::internal)?,
+        ssh_allow_port_forwarding: r.try_get::<i64, _>("ssh_allow_port_forwarding")? != 0,
     })
 }
 
 const RESOURCE_COLUMNS: &str = "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential, r.ssh_principals, \
-     r.database_user, r.databases, r.upstream_ca";
+     r.database_user, r.databases, r.upstream_ca, r.ssh_host_ca, r.ssh_host_keys, r.ssh_allow_port_forwarding";
 
 /// What a `postgres` resource needs to be usable, checked when it is saved rather than
 /// at a user's first connection.
@@ -583,6 +593,33 @@ fn check_postgres_fields(r: &Resource) -> Result<(), ApiError> {
             "bad_resource",
             "upstream_ca must be PEM certificates (-----BEGIN CERTIFICATE-----), at most 64 KiB",
         ));
+    }
+    Ok(())
+}
+
+/// The SSH host trust of a resource must parse as OpenSSH public keys when it is saved,
+/// so a typo is an error for the administrator rather than a refusal for every user.
+fn check_ssh_fields(r: &Resource) -> Result<(), ApiError> {
+    for (field, lines) in [
+        ("ssh_host_ca", &r.ssh_host_ca),
+        ("ssh_host_keys", &r.ssh_host_keys),
+    ] {
+        if lines.len() > 64 {
+            return Err(ApiError::bad_request(
+                "bad_resource",
+                format!("{field}: at most 64 keys"),
+            ));
+        }
+        for line in lines {
+            if ssh_key::PublicKey::from_openssh(line.trim()).is_err() {
+                return Err(ApiError::bad_request(
+                    "bad_resource",
+                    format!(
+                        "{field}: `{line}` is not an OpenSSH public key line (`ssh-ed25519 AAAA…`)"
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }

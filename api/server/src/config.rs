@@ -67,6 +67,10 @@ pub struct ApiConfig {
     /// How long an unlock's SSH user certificate lasts. Default 5m.
     #[serde(with = "humantime_serde")]
     pub ssh_certificate_ttl: Duration,
+    /// How long a gateway's SSH host certificate for a resource lasts (gateways renew it
+    /// an hour before it ends). Default 1d.
+    #[serde(with = "humantime_serde")]
+    pub ssh_host_certificate_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -88,6 +92,7 @@ impl Default for ApiConfig {
             audit: lastmile_audit_sink::SinkConfig::default(),
             kms: lastmile_vault::KmsConfig::default(),
             ssh_certificate_ttl: Duration::from_secs(300),
+            ssh_host_certificate_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

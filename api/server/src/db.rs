@@ -78,6 +78,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "gateway_keys",
         include_str!("../migrations/sqlite/0007_gateway_keys.sql"),
     ),
+    (8, "ssh", include_str!("../migrations/sqlite/0008_ssh.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -114,6 +115,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         7,
         "gateway_keys",
         include_str!("../migrations/postgres/0007_gateway_keys.sql"),
+    ),
+    (
+        8,
+        "ssh",
+        include_str!("../migrations/postgres/0008_ssh.sql"),
     ),
 ];
 

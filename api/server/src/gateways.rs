@@ -502,3 +502,77 @@ pub async fn resource_certificate(
         expires_at,
     })
 }
+
+/// The principals of a gateway's SSH host certificate for `r`: the resource's name and
+/// each protected host or address without its port (a prefix names no one host). These
+/// are what users dial, and what `lastmile login`'s `@cert-authority` line covers.
+pub fn ssh_host_principals(r: &lastmile_proto::wire::Resource) -> Vec<String> {
+    let mut names = vec![r.name.clone()];
+    for p in &r.protect {
+        if let Some((host, _)) = p.rsplit_once(':') {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if !host.is_empty() && !host.contains('/') && !names.iter().any(|n| n == host) {
+                names.push(host.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// `POST /v1/gateways/ssh-host-certificate`: an OpenSSH host certificate for gateway
+/// `name`'s SSH host key, naming an `ssh` resource's protected names, so the user's
+/// `ssh` (trusting the SSH host CA through `lastmile login`'s `@cert-authority` line)
+/// accepts the gateway as the target.
+pub async fn ssh_host_certificate(
+    app: &App,
+    peer: &GatewayPeer,
+    req: &lastmile_proto::wire::SshHostCertificateRequest,
+) -> Result<lastmile_proto::wire::SshHostCertificate, ApiError> {
+    let name = peer.name.as_str();
+    if !is_active(app, peer).await? {
+        return Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!("gateway `{name}` was revoked or is not enrolled"),
+        ));
+    }
+    let resource = crate::admin::resource(app, &req.resource).await?;
+    if resource.kind != lastmile_proto::wire::ResourceKind::Ssh {
+        return Err(ApiError::bad_request(
+            "not_ssh",
+            format!(
+                "resource `{}` is not an ssh resource: only those get SSH host certificates",
+                resource.name
+            ),
+        ));
+    }
+    let key = ssh_key::PublicKey::from_openssh(req.public_key.trim()).map_err(|_| {
+        ApiError::bad_request(
+            "bad_ssh_public_key",
+            "public_key is not an OpenSSH public key line",
+        )
+    })?;
+    let principals = ssh_host_principals(&resource);
+    let expires_at = now() + secs(app.config.ssh_host_certificate_ttl);
+    let certificate = app
+        .pki
+        .ssh_host_certificate(
+            &key,
+            &principals,
+            &format!("gateway:{name}/{}", resource.name),
+            expires_at,
+        )
+        .map_err(ApiError::internal)?;
+    let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
+    app.audit(
+        "gateway.change",
+        json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "ssh_host_certificate", "resource": resource.name,
+               "principals": principals, "key": fingerprint, "expires_at": expires_at}),
+    )
+    .await?;
+    Ok(lastmile_proto::wire::SshHostCertificate {
+        resource: resource.name,
+        certificate,
+        principals,
+        expires_at,
+    })
+}

@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/gateways/renew"),
     ("post", "/v1/gateways/announce"),
     ("post", "/v1/gateways/resource-certificate"),
+    ("post", "/v1/gateways/ssh-host-certificate"),
     ("get", "/v1/gateways"),
     ("post", "/v1/connections/authorize"),
     ("post", "/v1/credentials/unlock"),
@@ -194,6 +195,10 @@ pub fn routes(app: Arc<App>) -> Router {
         .route(
             "/v1/gateways/resource-certificate",
             post(resource_certificate),
+        )
+        .route(
+            "/v1/gateways/ssh-host-certificate",
+            post(ssh_host_certificate),
         )
         .route("/v1/gateways", get(gateway_endpoints))
         .route("/v1/connections/authorize", post(authorize_connection))
@@ -341,6 +346,16 @@ async fn resource_certificate(
     let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold a resource's certificate")?;
     let r: wire::ResourceCertificateRequest = json(&b)?;
     ok(gateways::resource_certificate(&app, gw, &r).await?)
+}
+
+async fn ssh_host_certificate(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Body(b): Body,
+) -> Reply {
+    let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold an SSH host certificate")?;
+    let r: wire::SshHostCertificateRequest = json(&b)?;
+    ok(gateways::ssh_host_certificate(&app, gw, &r).await?)
 }
 
 async fn authorize_connection(

@@ -190,6 +190,18 @@ enum Resources {
         /// must chain to (default: the gateway host's system roots).
         #[arg(long)]
         upstream_ca: Option<PathBuf>,
+        /// For ssh: a file of OpenSSH CA public keys whose host certificates the gateway
+        /// accepts from the target (default, with no --ssh-host-keys either: the
+        /// organisation's own SSH host CA; a target's key is never trusted on first use).
+        #[arg(long)]
+        ssh_host_ca: Option<PathBuf>,
+        /// For ssh: a file of the target's OpenSSH host public keys, pinned (for example
+        /// the output of `ssh-keyscan`, or /etc/ssh/ssh_host_*_key.pub).
+        #[arg(long)]
+        ssh_host_keys: Option<PathBuf>,
+        /// For ssh: let users forward ports through the target (`ssh -L`, `-J`).
+        #[arg(long)]
+        ssh_allow_port_forwarding: bool,
     },
     Delete {
         name: String,
@@ -454,7 +466,12 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 database_user,
                 databases,
                 upstream_ca,
+                ssh_host_ca,
+                ssh_host_keys,
+                ssh_allow_port_forwarding,
             } => {
+                let ssh_host_ca = ssh_key_lines(ssh_host_ca.as_deref(), "--ssh-host-ca")?;
+                let ssh_host_keys = ssh_key_lines(ssh_host_keys.as_deref(), "--ssh-host-keys")?;
                 let upstream_ca = upstream_ca
                     .map(|f| {
                         std::fs::read_to_string(&f)
@@ -473,6 +490,9 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                     database_user,
                     databases,
                     upstream_ca,
+                    ssh_host_ca,
+                    ssh_host_keys,
+                    ssh_allow_port_forwarding,
                 };
                 admin::put_resource(&app, &who, r.clone()).await?;
                 print(out, &r, |r| format!("resource {} saved", r.name))
@@ -783,4 +803,29 @@ async fn init(config: ApiConfig, org: &str, admin_name: &str, out: Output) -> an
             )
         },
     )
+}
+
+/// The OpenSSH public key lines of `file` (blank lines, comments and a leading
+/// `@cert-authority PATTERN` or `ssh-keyscan`'s `HOST` dropped), for `flag`.
+fn ssh_key_lines(file: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Vec<String>> {
+    let Some(file) = file else {
+        return Ok(vec![]);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading {flag} {}", file.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let start = words
+                .iter()
+                .position(|w| {
+                    w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("sk-")
+                })
+                .unwrap_or(0);
+            words.get(start..).unwrap_or_default().join(" ")
+        })
+        .collect())
 }

@@ -581,6 +581,41 @@ impl Pki {
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
 
+    /// An OpenSSH host certificate for `key` (a gateway's SSH host key), valid for
+    /// exactly `principals` (the names users dial), signed by the SSH host CA.
+    pub fn ssh_host_certificate(
+        &self,
+        key: &ssh_key::PublicKey,
+        principals: &[String],
+        key_id: &str,
+        valid_before: i64,
+    ) -> Result<String, PkiError> {
+        let ssh = |e: ssh_key::Error| PkiError::Ssh(e.to_string());
+        if principals.is_empty() {
+            return Err(PkiError::Ssh(
+                "no principals: refusing to sign a host certificate valid for every host".into(),
+            ));
+        }
+        let after = u64::try_from(crate::db::now() - 300).unwrap_or(0);
+        let before = u64::try_from(valid_before).unwrap_or(0);
+        let mut b = ssh_key::certificate::Builder::new(
+            random::<16>()?.to_vec(),
+            key.key_data().clone(),
+            after,
+            before,
+        )
+        .map_err(ssh)?;
+        b.serial(u64::from_be_bytes(random::<8>()?)).map_err(ssh)?;
+        b.cert_type(ssh_key::certificate::CertType::Host)
+            .map_err(ssh)?;
+        b.key_id(key_id).map_err(ssh)?;
+        for p in principals {
+            b.valid_principal(p.clone()).map_err(ssh)?;
+        }
+        let cert = b.sign(&self.ssh_host_ca).map_err(ssh)?;
+        cert.to_openssh().map_err(ssh)
+    }
+
     /// A short-lived OpenSSH user certificate for `key` (a gateway's per-connection key),
     /// valid for exactly `principals`, signed by the SSH user CA. Only `permit-pty`: no
     /// agent, port or X11 forwarding.

@@ -90,6 +90,9 @@ async fn enrollment_and_login(store: Store) {
         database_user: None,
         databases: vec![],
         upstream_ca: None,
+        ssh_host_ca: vec![],
+        ssh_host_keys: vec![],
+        ssh_allow_port_forwarding: false,
     };
     let put = api
         .client

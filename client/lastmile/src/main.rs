@@ -6,6 +6,7 @@
 
 mod agent;
 mod audit;
+mod known_hosts;
 mod session;
 
 use clap::{Parser, Subcommand};

@@ -270,6 +270,15 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
         &home.join("session.json"),
         Zeroizing::new(serde_json::to_vec(&saved)?).as_slice(),
     )?;
+    let known_hosts = match ssh_known_hosts(&home, &client, &session).await {
+        Ok(note) => note,
+        Err(e) => {
+            eprintln!(
+                "warning: ~/.ssh/known_hosts not updated for lastmile's ssh resources: {e:#}"
+            );
+            None
+        }
+    };
     let agent_pid = if a.no_agent {
         None
     } else {
@@ -280,7 +289,7 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"user": l.user, "device": l.device, "session": l.session, "session_expires_at": l.session_expires_at, "agent_pid": agent_pid})
+                &serde_json::json!({"user": l.user, "device": l.device, "session": l.session, "session_expires_at": l.session_expires_at, "agent_pid": agent_pid, "known_hosts": known_hosts})
             )?
         ),
         Output::Text => {
@@ -290,6 +299,11 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
                 l.device,
                 when(l.session_expires_at)
             );
+            if let Some(path) = &known_hosts {
+                println!(
+                    "ssh: the organisation's SSH host CA is trusted for your ssh resources in {path}"
+                );
+            }
             if let Some(pid) = agent_pid {
                 println!(
                     "agent started (pid {pid}); its log: {}",
@@ -298,6 +312,58 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// What `lastmile login` wrote to known_hosts, for `logout`.
+#[derive(Serialize, Deserialize)]
+struct KnownHostsState {
+    organisation: String,
+    path: PathBuf,
+}
+
+/// Writes (or refreshes) lastmile's `@cert-authority` block in `~/.ssh/known_hosts` for
+/// the `ssh` resources the user can reach; the file's path when it holds one.
+async fn ssh_known_hosts(
+    home: &Path,
+    client: &ApiClient,
+    session: &Session,
+) -> anyhow::Result<Option<String>> {
+    let bundle: lastmile_proto::wire::CaBundle = client
+        .get("/v1/ca")
+        .await
+        .context("reading the organisation's SSH host CA")?;
+    let list: Vec<Resource> = client
+        .call(session, Method::GET, "/v1/resources", None)
+        .await?
+        .json()
+        .map_err(explain)?;
+    let path = crate::known_hosts::default_path()?;
+    let block = crate::known_hosts::block(&bundle.organisation, &bundle.ssh_host_ca, &list);
+    crate::known_hosts::update(&path, &bundle.organisation, block.as_deref())?;
+    let state = home.join(crate::known_hosts::STATE_FILE);
+    if block.is_some() {
+        let s = KnownHostsState {
+            organisation: bundle.organisation,
+            path: path.clone(),
+        };
+        write_private(&state, &serde_json::to_vec(&s)?)?;
+        Ok(Some(path.display().to_string()))
+    } else {
+        let _ = std::fs::remove_file(&state);
+        Ok(None)
+    }
+}
+
+/// Takes lastmile's block out of the known_hosts file `login` wrote it to.
+fn forget_ssh_known_hosts(home: &Path) -> anyhow::Result<()> {
+    let state = home.join(crate::known_hosts::STATE_FILE);
+    let Ok(text) = std::fs::read_to_string(&state) else {
+        return Ok(());
+    };
+    let s: KnownHostsState = serde_json::from_str(&text).context("reading known_hosts.json")?;
+    crate::known_hosts::update(&s.path, &s.organisation, None)?;
+    std::fs::remove_file(&state).context("removing known_hosts.json")?;
     Ok(())
 }
 
@@ -460,6 +526,9 @@ pub async fn logout() -> anyhow::Result<()> {
         .call(&session, Method::POST, "/v1/logout", None)
         .await;
     std::fs::remove_file(home.join("session.json")).context("removing the session")?;
+    if let Err(e) = forget_ssh_known_hosts(&home) {
+        eprintln!("warning: lastmile's lines are still in ~/.ssh/known_hosts: {e:#}");
+    }
     match answer {
         Ok(a) if a.status == 204 => {
             println!("logged out; session {} revoked", session.login.session)
@@ -493,7 +562,18 @@ pub fn how_to_reach(r: &Resource) -> String {
         .unwrap_or_default();
     match (r.kind, target) {
         (ResourceKind::Postgres, Some((host, port))) => format!("psql -h {host} -p {port}{db}"),
-        (ResourceKind::Ssh, Some((host, port))) => format!("ssh -p {port} {host}"),
+        (ResourceKind::Ssh, Some((host, port))) => {
+            let login = r
+                .ssh_principals
+                .first()
+                .map(|p| format!("{p}@"))
+                .unwrap_or_default();
+            if port == "22" {
+                format!("ssh {login}{host}")
+            } else {
+                format!("ssh -p {port} {login}{host}")
+            }
+        }
         (ResourceKind::Tcp, Some((host, port))) => format!("connect to {host}:{port}"),
         (ResourceKind::Postgres, None) => format!(
             "lastmile listen {} --port 15432, then psql -h 127.0.0.1 -p 15432{db}",
@@ -523,6 +603,9 @@ mod reach_tests {
             database_user: None,
             databases: vec!["app".into()],
             upstream_ca: None,
+            ssh_host_ca: vec![],
+            ssh_host_keys: vec![],
+            ssh_allow_port_forwarding: false,
         }
     }
 
@@ -535,5 +618,14 @@ mod reach_tests {
         assert_eq!(super::how_to_reach(&r), "psql -h ::1 -p 5432 -d app");
         let r = resource(ResourceKind::Postgres, &[]);
         assert!(super::how_to_reach(&r).starts_with("lastmile listen orders"));
+    }
+
+    #[test]
+    fn ssh_resources_say_which_ssh_to_run() {
+        let mut r = resource(ResourceKind::Ssh, &["10.1.2.3:22"]);
+        r.ssh_principals = vec!["deploy".into(), "root".into()];
+        assert_eq!(super::how_to_reach(&r), "ssh deploy@10.1.2.3");
+        r.protect = vec!["127.0.0.2:2222".into()];
+        assert_eq!(super::how_to_reach(&r), "ssh -p 2222 deploy@127.0.0.2");
     }
 }

@@ -17,6 +17,8 @@ fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
         Command::new(env!("CARGO_BIN_EXE_lastmile"))
             .args(args)
             .env("LASTMILE_HOME", home)
+            // `login` writes ~/.ssh/known_hosts for ssh resources: never the real one.
+            .env("HOME", home)
             // The agent `login` starts must not touch a real node on this machine.
             .env("LASTMILE_NODE_SOCKET", home.join("no-node.sock")),
         stdin,
@@ -102,6 +104,9 @@ async fn login_status_resources_logout() {
         database_user: None,
         databases: vec![],
         upstream_ca: None,
+        ssh_host_ca: vec![],
+        ssh_host_keys: vec![],
+        ssh_allow_port_forwarding: false,
     };
     admin::put_resource(&app, "test", db).await.unwrap();
     admin::add_grant(

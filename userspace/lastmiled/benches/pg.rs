@@ -381,6 +381,9 @@ async fn postgres_resource(stack: &Stack, name: &str, pg: &PgServer, user: &str)
             database_user: Some(pg.user().into()),
             databases: vec![],
             upstream_ca: None,
+            ssh_host_ca: vec![],
+            ssh_host_keys: vec![],
+            ssh_allow_port_forwarding: false,
         },
     )
     .await

@@ -102,6 +102,10 @@ pub struct GatewayConfig {
     /// protocol). Off by default: parameters are often the sensitive part. The audit
     /// policy's `query_text` applies to the text either way.
     pub log_query_params: bool,
+    /// Where `ssh` resources' interactive sessions are recorded (asciicast v2, one file
+    /// per channel, referenced from `ssh.recording` events by SHA-256); created 0700.
+    /// Default `<state_dir>/recordings`.
+    pub recordings: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -117,6 +121,7 @@ impl Default for GatewayConfig {
             handshake_timeout: std::time::Duration::from_secs(10),
             max_handshakes: 256,
             renew_before: std::time::Duration::from_secs(8 * 3600),
+            recordings: None,
         }
     }
 }

@@ -71,6 +71,20 @@ pub enum EventBody {
     /// A client's cancel request, and whether it reached a server.
     #[serde(rename = "db.cancel")]
     DbCancel(DbCancel),
+    #[serde(rename = "ssh.session")]
+    SshSession(SshRecord),
+    #[serde(rename = "ssh.channel")]
+    SshChannel(SshRecord),
+    #[serde(rename = "ssh.exec")]
+    SshExec(SshRecord),
+    #[serde(rename = "ssh.sftp")]
+    SshSftp(SshRecord),
+    #[serde(rename = "ssh.refused")]
+    SshRefused(SshRecord),
+    #[serde(rename = "ssh.recording")]
+    SshRecording(SshRecord),
+    #[serde(rename = "ssh.incomplete")]
+    SshIncomplete(SshRecord),
     /// Events were dropped because the writer's queue was full (a flood: a local user
     /// looping `connect()` to a protected target, a stalled disk).
     #[serde(rename = "events.dropped")]
@@ -78,6 +92,19 @@ pub enum EventBody {
         /// How many since the last such event.
         count: u64,
     },
+}
+
+/// One `ssh.*` event: who and where, and the bridge's own fields (see
+/// docs/audit-events.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct SshRecord {
+    pub connection: String,
+    pub session: String,
+    pub user: String,
+    pub resource: String,
+    pub gateway: String,
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, Value>,
 }
 
 /// One statement on a database connection.

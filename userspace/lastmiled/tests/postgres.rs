@@ -93,6 +93,9 @@ async fn pg_resource(
             database_user: Some(user.into()),
             databases: databases.iter().map(|d| (*d).to_owned()).collect(),
             upstream_ca: None,
+            ssh_host_ca: vec![],
+            ssh_host_keys: vec![],
+            ssh_allow_port_forwarding: false,
         },
     )
     .await

@@ -7,18 +7,20 @@ use reqwest::Method;
 use super::Gateway;
 
 /// Asks the API whether this stream may open, and for the resource's credential sealed
-/// to `recipient` (the API releases one only to handlers that log in: not for `tcp`).
+/// to `recipient` (the API releases one only to handlers that log in: not for `tcp`);
+/// for an `ssh-certificate` resource, a user certificate for `ssh_public_key`.
 pub(super) async fn authorize(
     gw: &Gateway,
     header: &StreamHeader,
     recipient: Option<&str>,
+    ssh_public_key: Option<&str>,
 ) -> Result<ConnectionAuthorized, Refusal> {
     let body = serde_json::to_vec(&ConnectionRequest {
         resource: header.resource.clone(),
         authorization: Some(header.authorization.clone()),
         authorization_signature: Some(header.signature.clone()),
         recipient: recipient.map(str::to_owned),
-        ssh_public_key: None,
+        ssh_public_key: ssh_public_key.map(str::to_owned),
     })
     .map_err(|e| {
         Refusal::new(

@@ -19,13 +19,15 @@
 //! - [`authorize`]: the API call that lets a stream open;
 //! - [`upstream`]: connections to resources (TCP with the exempt mark, and TLS);
 //! - the handlers, one per resource kind: [`tcp`] relays bytes, [`postgres`] speaks
-//!   PostgreSQL and logs in with the resource's credential.
+//!   PostgreSQL and logs in with the resource's credential, [`ssh`] is the SSH server
+//!   the user's `ssh` reaches and logs in to the target with a certificate or key.
 
 mod authorize;
 mod identity;
 mod postgres;
 mod renewal;
 mod revocations;
+mod ssh;
 mod streams;
 mod tcp;
 mod upstream;
@@ -95,6 +97,10 @@ struct Gateway {
     server_tls: postgres::ServerTls,
     /// Whether `db.query` events carry bound parameters.
     log_query_params: bool,
+    /// The SSH host key and its certificates per `ssh` resource.
+    ssh_hosts: ssh::SshHosts,
+    /// Where SSH sessions are recorded.
+    ssh_recordings: Option<Arc<lastmile_ssh::recording::LocalDirStore>>,
     /// Where the revocation stream must resume from.
     revocations: revocations::Position,
 }
@@ -249,6 +255,12 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         .context("the API refused this gateway's announcement")?;
     let sink = EventSink::start(config.events.as_deref(), &config.audit)
         .with_context(|| format!("cannot open the event file {:?}", config.events))?;
+    let ssh_host_key = ssh::load_or_create_host_key(&api_config.state_dir)?;
+    let recordings_dir = config
+        .recordings
+        .clone()
+        .unwrap_or_else(|| api_config.state_dir.join("recordings"));
+    let ssh_recordings = ssh::recordings(&recordings_dir)?;
     let gw = Arc::new(Gateway {
         name: identity.name.clone(),
         key: identity.key.clone(),
@@ -263,6 +275,8 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         cancels: postgres::Cancels::default(),
         server_tls: postgres::ServerTls::default(),
         log_query_params: config.log_query_params,
+        ssh_hosts: ssh::SshHosts::new(ssh_host_key),
+        ssh_recordings: Some(ssh_recordings),
         revocations: revocations::Position::default(),
     });
     info!(gateway = %gw.name, listen = %local, %announce, "gateway serving tunnels");

@@ -171,6 +171,14 @@ impl std::fmt::Debug for Connection {
 /// A credential in gateway memory, zeroized when dropped.
 pub(super) enum Credential {
     Password(Zeroizing<Vec<u8>>),
+    /// A stored OpenSSH private key (`ssh-key`); ssh-key zeroizes it on drop.
+    SshKey(Box<russh::keys::PrivateKey>),
+    /// The API's short-lived user certificate for this connection's own key
+    /// (`ssh-certificate`).
+    SshCertificate {
+        key: Box<russh::keys::PrivateKey>,
+        certificate: Box<russh::keys::Certificate>,
+    },
 }
 
 impl std::fmt::Debug for Credential {
@@ -255,18 +263,7 @@ async fn stream(
                 match kind {
                     ResourceKind::Tcp => super::tcp::serve(conn, incoming).await,
                     ResourceKind::Postgres => super::postgres::serve(conn, incoming).await,
-                    ResourceKind::Ssh => {
-                        let r = Refusal::new(
-                            http::StatusCode::NOT_IMPLEMENTED,
-                            "protocol_not_supported",
-                            format!(
-                                "this gateway does not relay `ssh` resources yet; `{}` is one",
-                                conn.authorized.resource.name
-                            ),
-                        );
-                        gw.refused(&identity, Some(&header), &r);
-                        incoming.refuse(&r);
-                    }
+                    ResourceKind::Ssh => super::ssh::serve(conn, incoming).await,
                 }
             }
             Err(r) => {
@@ -298,11 +295,27 @@ async fn open(
         ));
     }
     let key = age::x25519::Identity::generate();
-    let mut authorized = authorize(gw, header, Some(&key.to_public().to_string())).await?;
+    // Also a key for SSH, in case the resource logs in with a certificate: the API signs
+    // one for its public half, and the private half never leaves this connection.
+    let ssh_key = super::ssh::connection_key().map_err(|e| {
+        Refusal::new(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("making this connection's SSH key: {e}"),
+        )
+    })?;
+    let ssh_public = ssh_key.public_key().to_openssh().unwrap_or_default();
+    let mut authorized = authorize(
+        gw,
+        header,
+        Some(&key.to_public().to_string()),
+        Some(&ssh_public),
+    )
+    .await?;
     gw.revocations.authorized(authorized.revocations_after);
     let credential = match authorized.credential.take() {
         None => None,
-        Some(unlocked) => Some(open_credential(&key, &unlocked)?),
+        Some(unlocked) => Some(open_credential(&key, ssh_key, &unlocked)?),
     };
     // A connection outlives neither its session nor its grant.
     let expires = match authorized.grant_expires_at {
@@ -373,6 +386,7 @@ pub(super) fn sock_cookie(client_connection: &str) -> Option<u64> {
 
 fn open_credential(
     key: &age::x25519::Identity,
+    ssh_key: russh::keys::PrivateKey,
     unlocked: &lastmile_proto::wire::Unlocked,
 ) -> Result<Credential, Refusal> {
     let fail = |why: String| {
@@ -382,15 +396,17 @@ fn open_credential(
             format!("the API's sealed credential for this connection could not be opened: {why}"),
         )
     };
-    match unlocked.kind {
-        CredentialKind::Password => {}
-        other => {
-            return Err(Refusal::new(
-                http::StatusCode::NOT_IMPLEMENTED,
-                "credential_not_supported",
-                format!("this gateway cannot log in with a {other:?} credential yet"),
-            ));
-        }
+    if unlocked.kind == CredentialKind::SshCertificate {
+        let text = unlocked
+            .ssh_certificate
+            .as_deref()
+            .ok_or_else(|| fail("the answer carries no SSH certificate".into()))?;
+        let certificate = russh::keys::Certificate::from_openssh(text.trim())
+            .map_err(|e| fail(format!("the SSH certificate: {e}")))?;
+        return Ok(Credential::SshCertificate {
+            key: Box::new(ssh_key),
+            certificate: Box::new(certificate),
+        });
     }
     use base64::Engine as _;
     let sealed = unlocked
@@ -400,8 +416,23 @@ fn open_credential(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(sealed)
         .map_err(|e| fail(e.to_string()))?;
-    let secret = age::decrypt(key, &bytes).map_err(|e| fail(e.to_string()))?;
-    Ok(Credential::Password(Zeroizing::new(secret)))
+    let secret = Zeroizing::new(age::decrypt(key, &bytes).map_err(|e| fail(e.to_string()))?);
+    match unlocked.kind {
+        CredentialKind::SshKey => {
+            let key = russh::keys::PrivateKey::from_openssh(secret.as_slice())
+                .map_err(|e| fail(format!("the stored SSH key: {e}")))?;
+            if key.is_encrypted() {
+                return Err(fail(
+                    "the stored SSH key is passphrase-protected: store it without a passphrase (the vault encrypts it)".into(),
+                ));
+            }
+            Ok(Credential::SshKey(Box::new(key)))
+        }
+        CredentialKind::Password => Ok(Credential::Password(secret)),
+        CredentialKind::SshCertificate => Err(fail(
+            "an ssh-certificate answer with a sealed secret".into(),
+        )),
+    }
 }
 
 #[cfg(test)]

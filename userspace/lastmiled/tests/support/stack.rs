@@ -132,6 +132,9 @@ impl Stack {
                 database_user: None,
                 databases: vec![],
                 upstream_ca: None,
+                ssh_host_ca: vec![],
+                ssh_host_keys: vec![],
+                ssh_allow_port_forwarding: false,
             },
         )
         .await
@@ -206,7 +209,9 @@ impl Stack {
             let out = lastmile_testkit::run_with_stdin(
                 Command::new(lastmile_bin())
                     .args(&args)
-                    .env("LASTMILE_HOME", &home),
+                    .env("LASTMILE_HOME", &home)
+                    // `lastmile login` writes ~/.ssh/known_hosts: never the real one.
+                    .env("HOME", &home),
                 &stdin,
             )
             .unwrap();
@@ -409,8 +414,13 @@ pub struct Listen {
 
 impl Listen {
     pub fn start(home: &Path, resource: &str) -> Self {
+        Self::start_on(home, resource, 0)
+    }
+
+    /// The same on `port` (0: any).
+    pub fn start_on(home: &Path, resource: &str, port: u16) -> Self {
         let mut child = Command::new(lastmile_bin())
-            .args(["listen", resource, "--port", "0"])
+            .args(["listen", resource, "--port", &port.to_string()])
             .env("LASTMILE_HOME", home)
             .env("RUST_LOG", "info,h2=warn,rustls=warn")
             .stdout(Stdio::piped())

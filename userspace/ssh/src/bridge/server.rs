@@ -143,11 +143,22 @@ impl Gateway {
             Err(error) => {
                 let chain = error_chain(&error);
                 warn!(connection = %self.session.connection, "upstream login failed: {chain}");
-                self.emit(SshEvent::Incomplete {
-                    connection: self.session.connection.clone(),
-                    channel: None,
-                    what: format!("login to the target failed: {chain}"),
-                });
+                // A target that is not the one the resource trusts is a refusal the
+                // security team looks for, not a gap in the trail.
+                if matches!(error, upstream::UpstreamError::HostKey(_)) {
+                    self.emit(SshEvent::Refused {
+                        connection: self.session.connection.clone(),
+                        channel: None,
+                        what: "target host key".to_owned(),
+                        reason: chain.clone(),
+                    });
+                } else {
+                    self.emit(SshEvent::Incomplete {
+                        connection: self.session.connection.clone(),
+                        channel: None,
+                        what: format!("login to the target failed: {chain}"),
+                    });
+                }
                 self.fatal = Some(format!("lastmile: {chain}"));
             }
         }

@@ -29,6 +29,14 @@ pub enum HostTrust {
     },
     /// The target's host key is one of these.
     PinnedKeys(Vec<PublicKey>),
+    /// Both: a plain host key must be one of `keys`, a host certificate must be signed
+    /// by one of `authorities` for `host_name` (a target offering a certificate is
+    /// judged by the certificate alone).
+    KeysOrCertificateAuthority {
+        keys: Vec<PublicKey>,
+        authorities: Vec<PublicKey>,
+        host_name: String,
+    },
 }
 
 /// The credential for the target: a fresh per-connection key with the API's short-lived
@@ -94,6 +102,23 @@ pub fn verify_host(
         HostTrust::CertificateAuthority { authorities, .. } if authorities.is_empty() => {
             Err(HostKeyError::NothingTrusted)
         }
+        HostTrust::KeysOrCertificateAuthority {
+            keys,
+            authorities,
+            host_name,
+        } => match presented {
+            PublicKeyOrCertificate::PublicKey { .. } => {
+                verify_host(&HostTrust::PinnedKeys(keys.clone()), presented, now)
+            }
+            PublicKeyOrCertificate::Certificate(_) => verify_host(
+                &HostTrust::CertificateAuthority {
+                    authorities: authorities.clone(),
+                    host_name: host_name.clone(),
+                },
+                presented,
+                now,
+            ),
+        },
         HostTrust::PinnedKeys(keys) => match presented {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
                 if keys
@@ -168,7 +193,10 @@ impl client::Handler for Upstream {
 
 fn client_config(trust: &HostTrust) -> client::Config {
     let mut preferred = russh::Preferred::default();
-    if matches!(trust, HostTrust::CertificateAuthority { .. }) {
+    if matches!(
+        trust,
+        HostTrust::CertificateAuthority { .. } | HostTrust::KeysOrCertificateAuthority { .. }
+    ) {
         // russh asks for host certificates only when told to (Preferred::host_key_certificates).
         preferred.host_key_certificates = Cow::Owned(vec![
             Algorithm::Ed25519,
@@ -289,6 +317,22 @@ mod tests {
         assert!(verify_host(&pinned, &good, 0).is_ok());
         assert!(matches!(
             verify_host(&pinned, &other, 0),
+            Err(HostKeyError::NotPinned)
+        ));
+    }
+
+    #[test]
+    fn with_both_a_plain_key_must_be_pinned() {
+        let trust = HostTrust::KeysOrCertificateAuthority {
+            keys: vec![key(1).public_key().clone()],
+            authorities: vec![key(9).public_key().clone()],
+            host_name: "web-1".to_owned(),
+        };
+        let good = PublicKeyOrCertificate::from(key(1).public_key().clone());
+        let other = PublicKeyOrCertificate::from(key(2).public_key().clone());
+        assert!(verify_host(&trust, &good, 0).is_ok());
+        assert!(matches!(
+            verify_host(&trust, &other, 0),
             Err(HostKeyError::NotPinned)
         ));
     }

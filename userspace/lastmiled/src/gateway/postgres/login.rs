@@ -96,7 +96,11 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let password = match conn.credential.take() {
         Some(Credential::Password(p)) => p,
-        None => Zeroizing::new(Vec::new()),
+        // An SSH credential on a postgres resource logs in with no password: the
+        // server says what it wants.
+        Some(Credential::SshKey(_) | Credential::SshCertificate { .. }) | None => {
+            Zeroizing::new(Vec::new())
+        }
     };
     let mut auth = Authenticator::new(
         Credentials {
