@@ -30,9 +30,10 @@ const USER: u32 = 65534;
 
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
-    "a gateway that unlocks the vault's credentials and logs in upstream (gateway protocols): today it relays `tcp` resources only",
+    "this demo stops at the node's refusal: psql and ssh through the gateway to a real PostgreSQL and sshd, \
+     credentials injected, run in the tests (userspace/lastmiled/tests/postgres.rs, ssh.rs), not here yet",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
-    "logging in to PostgreSQL and sshd on the last mile (gateway protocols)",
+    "`lastmile recordings list|play|export|verify` for SSH session recordings",
 ];
 
 /// A child stopped with SIGTERM (then SIGKILL) when dropped.
