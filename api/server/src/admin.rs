@@ -439,9 +439,14 @@ pub fn stored_name<T: serde::Serialize>(v: &T) -> String {
 /// The node's own parser: what a node could not intercept is refused here, not listed
 /// as protected and skipped with a warning on every node.
 fn check_protect(spec: &str) -> Result<(), String> {
-    spec.parse::<lastmile_proto::target::ProtectedTarget>()
+    use lastmile_proto::target::{ProtectedTarget, TargetParseError};
+    spec.parse::<ProtectedTarget>()
         .map(|_| ())
-        .map_err(|e| format!("`{spec}`: {e}"))
+        .map_err(|e| match e {
+            // These name the whole entry already.
+            TargetParseError::MissingPort(_) => format!("protect: {e}"),
+            _ => format!("protect `{spec}`: {e}"),
+        })
 }
 
 pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), ApiError> {

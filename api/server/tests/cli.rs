@@ -104,7 +104,7 @@ fn init_and_admin_commands() {
         ],
     );
     assert!(!ok);
-    assert!(err.contains("has no :PORT"), "{err}");
+    assert!(err.contains("`127.0.0.2` has no port"), "{err}");
     let (ok, out, err) = api(
         &config,
         &[
