@@ -340,7 +340,7 @@ fn matches(
 }
 
 /// Every entry of the source, as JSON.
-fn load(source: &Source) -> anyhow::Result<Vec<Value>> {
+pub(crate) fn load(source: &Source) -> anyhow::Result<Vec<Value>> {
     match (&source.data_dir, &source.url) {
         (Some(dir), None) => {
             let entries = read_entries(dir)?;

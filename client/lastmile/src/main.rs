@@ -2,11 +2,13 @@
 //!
 //! `login`, `status`, `resources`, `logout`: the user's identity on this machine (see
 //! `session.rs`); `agent` and `listen`: carrying connections through the tunnel (see
-//! `agent.rs`); `audit …`: reading and verifying the audit log.
+//! `agent.rs`); `audit …`: reading and verifying the audit log; `recordings …`: SSH
+//! session recordings, played and verified against the audit log.
 
 mod agent;
 mod audit;
 mod known_hosts;
+mod recordings;
 mod session;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: Box<audit::Command>,
     },
+    /// SSH session recordings: list, play, export, and verify them against the audit log.
+    Recordings {
+        #[command(subcommand)]
+        command: Box<recordings::Command>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +88,13 @@ fn main() -> std::process::ExitCode {
         }
         Command::Ca { path } => run(Box::pin(async move { session::ca(path).map(|()| ok) })),
         Command::Audit { command } => match audit::run(*command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("lastmile: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
+        Command::Recordings { command } => match recordings::run(*command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("lastmile: {e:#}");

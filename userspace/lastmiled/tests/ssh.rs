@@ -745,6 +745,41 @@ async fn an_interactive_shell_through_a_pty_works_and_is_recorded() {
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(dir_mode.permissions().mode() & 0o777, 0o700);
     gw.wait_event("ssh.session", |e| e["phase"] == "close");
+
+    // `lastmile recordings`: listed, played, verified against the log; one changed byte
+    // is reported.
+    let recordings = location.parent().unwrap().to_owned();
+    let id = location.file_stem().unwrap().to_string_lossy().into_owned();
+    let cli = |args: &[&str]| {
+        let out = Command::new(stack::lastmile_bin())
+            .arg("recordings")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir_arg = recordings.to_str().unwrap();
+    let events_arg = gw.events.to_str().unwrap();
+    let (code, out, err) = cli(&["list", "--dir", dir_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&id), "{out}");
+    let (code, out, err) = cli(&["play", &id, "--dir", dir_arg, "--speed", "1000"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("typed-42"), "{out}");
+    let (code, out, err) = cli(&["verify", "--dir", dir_arg, "--events", events_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 verified, 0 changed"), "{out}");
+    let mut edited = bytes.clone();
+    let at = cast.find("typed-42").unwrap();
+    edited[at] = b'T';
+    std::fs::write(&location, &edited).unwrap();
+    let (code, out, err) = cli(&["verify", "--dir", dir_arg, "--events", events_arg]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&format!("CHANGED  {id}")), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
