@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: lastmile's main job on one machine, with what exists today: the node
-//! and the hand-off, the audit log, the control plane and vault, and a connection carried
-//! through an agent's tunnel and a gateway.
+//! `cargo xtask demo`: lastmile's main job on one machine: the node and the hand-off, the
+//! audit log, the control plane and vault, a connection carried through an agent's tunnel
+//! and a gateway, and the real `psql` reaching a real PostgreSQL through them, the gateway
+//! logging in with the vault's password, which the user never sees.
 //!
 //! It runs `lastmiled node` on its embedded defaults (every process on the host, pins
 //! under /sys/fs/bpf/lastmile, agents on /run/lastmile/node.sock) with three protected
@@ -30,8 +31,8 @@ const USER: u32 = 65534;
 
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
-    "this demo stops at the node's refusal: psql and ssh through the gateway to a real PostgreSQL and sshd, \
-     credentials injected, run in the tests (userspace/lastmiled/tests/postgres.rs, ssh.rs), not here yet",
+    "ssh through the gateway to a real sshd (certificates at both ends, recorded sessions) runs in the tests \
+     (userspace/lastmiled/tests/ssh.rs), not in this demo yet",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
     "`lastmile recordings list|play|export|verify` for SSH session recordings",
 ];
@@ -263,6 +264,11 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     let alice_otp = one_time_password(&String::from_utf8_lossy(&added.stdout))?;
     eprintln!("    alice's one-time password (shown once): {alice_otp}");
+    step(
+        "a real PostgreSQL (throwaway, on loopback) with a database `orders` and its role `orders`",
+    );
+    let pg = orders_database()?;
+    let pg_port = pg.port().to_string();
     must(&mut api(&[
         "resources",
         "put",
@@ -272,7 +278,10 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "--host",
         "127.0.0.1",
         "--port",
-        "5432",
+        &pg_port,
+        // The throwaway server has no TLS; a real one would keep the default (require).
+        "--upstream-tls",
+        "disable",
         "--protect",
         POSTGRES,
         "--credential",
@@ -409,6 +418,41 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         );
     }
     drop(upstream);
+    step(&format!(
+        "alice's psql connects to {POSTGRES} (orders-db) with no password: the gateway logs in to PostgreSQL as `orders` with the vault's password and logs each statement"
+    ));
+    let (pg_host, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
+    let out = Command::new(pg.bin_dir().join("psql"))
+        .args([
+            "-h", pg_host, "-p", pg_port, "-U", "alice", "-d", "orders", "-w", "-X",
+        ])
+        .args([
+            "-c",
+            "create table if not exists notes (note text, written_by text default current_user)",
+            "-c",
+            "insert into notes (note) values ('hello from alice')",
+            "-c",
+            "select note, written_by, current_user as logged_in_as from notes",
+        ])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("HOME", &home)
+        .env_remove("PGPASSWORD")
+        .uid(USER)
+        .gid(USER)
+        .output()
+        .context("running psql")?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    for line in said.lines() {
+        eprintln!("    {line}");
+    }
+    if !out.status.success() || !said.contains("hello from alice") {
+        bail!(
+            "psql did not get through: {}{}\nagent: {}",
+            said,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(home.join("agent.log")).unwrap_or_default()
+        );
+    }
     step("`lastmile status`: the session, the agent, the node, the gateway");
     thread::sleep(Duration::from_millis(300));
     must(&mut user(&["status"]))?;
@@ -444,6 +488,25 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         eprintln!("    {line}");
     }
     Ok(())
+}
+
+/// A throwaway PostgreSQL (stopped when dropped) with the role `orders` (password
+/// `demo-password`, SCRAM) owning a database `orders`: what the orders-db resource logs in
+/// to with the password the vault holds.
+fn orders_database() -> anyhow::Result<lastmile_testkit::PgServer> {
+    let pg = lastmile_testkit::PgServer::start().context("starting PostgreSQL")?;
+    must(
+        Command::new(pg.bin_dir().join("psql"))
+            .arg(pg.url())
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-c",
+                "SET password_encryption = 'scram-sha-256'; CREATE ROLE orders LOGIN PASSWORD 'demo-password'",
+                "-c",
+                "CREATE DATABASE orders OWNER orders",
+            ]),
+    )?;
+    Ok(pg)
 }
 
 /// Enrolls gateway gw-1, starts it, and starts the node again, now taking its protected
