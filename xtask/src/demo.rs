@@ -366,7 +366,11 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::chown(&home, Some(USER), Some(USER))?;
     let user = |args: &[&str]| {
         let mut c = Command::new(bin.join("lastmile"));
-        c.env("LASTMILE_HOME", &home).args(args).uid(USER).gid(USER);
+        c.env("LASTMILE_HOME", &home)
+            .env("HOME", &home)
+            .args(args)
+            .uid(USER)
+            .gid(USER);
         c
     };
     {
