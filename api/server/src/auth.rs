@@ -726,11 +726,23 @@ pub async fn authenticate(
     session_sig
         .verify(&session.session_key()?)
         .map_err(sig_error)?;
-    let replayed = || {
-        ApiError::unauthorized(
-            "replayed_nonce",
-            "this nonce was already used: the request is a replay (sign every request with a new nonce)",
+    // Spends the request's nonce; a nonce already spent is a replay.
+    let spend = || async {
+        if spend_nonce(
+            app,
+            &session_sig.keyid,
+            &session_sig.nonce,
+            session_sig.created,
         )
+        .await?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "replayed_nonce",
+                "this nonce was already used: the request is a replay (sign every request with a new nonce)",
+            ))
+        }
     };
     if device_sig.keyid != session.device {
         // The session signature does not cover the device signature's keyid, so a keyid
@@ -747,32 +759,14 @@ pub async fn authenticate(
                 ),
             ));
         }
-        if !spend_nonce(
-            app,
-            &session_sig.keyid,
-            &session_sig.nonce,
-            session_sig.created,
-        )
-        .await?
-        {
-            return Err(replayed());
-        }
+        spend().await?;
         return Err(session.presented_elsewhere(app, &device_sig.keyid).await);
     }
     device_sig
         .verify(&session.device_key()?)
         .map_err(sig_error)?;
     // Only a call whose signatures both verify spends its nonce.
-    if !spend_nonce(
-        app,
-        &session_sig.keyid,
-        &session_sig.nonce,
-        session_sig.created,
-    )
-    .await?
-    {
-        return Err(replayed());
-    }
+    spend().await?;
     session.check_standing()?;
     Ok(Caller {
         admin: session.admin,

@@ -171,15 +171,7 @@ pub async fn renew(
     peer: &GatewayPeer,
     csr: &str,
 ) -> Result<GatewayCertificate, ApiError> {
-    let name = peer.name.as_str();
-    if !is_active(app, peer).await? {
-        return Err(ApiError::forbidden(
-            "gateway_revoked",
-            format!(
-                "gateway `{name}` was revoked, or this certificate's key is no longer its key; enroll it again with a new token"
-            ),
-        ));
-    }
+    let name = require_active(app, peer).await?;
     let mut tx = app.db.pool.begin().await?;
     let row =
         sqlx::query("SELECT addresses, key FROM gateways WHERE name = $1 AND revoked_at IS NULL")
@@ -359,13 +351,7 @@ pub async fn announce(
     peer: &GatewayPeer,
     a: &Announce,
 ) -> Result<GatewayEndpoint, ApiError> {
-    let name = peer.name.as_str();
-    if !is_active(app, peer).await? {
-        return Err(ApiError::forbidden(
-            "gateway_revoked",
-            format!("gateway `{name}` was revoked or is not enrolled with this certificate"),
-        ));
-    }
+    let name = require_active(app, peer).await?;
     let bad = || {
         ApiError::bad_request(
             "bad_tunnel",
@@ -445,16 +431,36 @@ pub async fn endpoints(app: &App) -> Result<Vec<GatewayEndpoint>, ApiError> {
 /// The names a resource's TLS certificate is valid for: its host, and each single
 /// protected address (a prefix names no one host).
 pub fn resource_names(r: &lastmile_proto::wire::Resource) -> Vec<String> {
-    let mut names = vec![r.host.clone()];
+    with_protected_hosts(vec![r.host.clone()], r)
+}
+
+/// `names`, then each single protected host or address of `r` without its port (a
+/// prefix names no one host) not among them yet.
+fn with_protected_hosts(mut names: Vec<String>, r: &lastmile_proto::wire::Resource) -> Vec<String> {
     for p in &r.protect {
         if let Some((host, _)) = p.rsplit_once(':') {
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            if !host.contains('/') && !names.iter().any(|n| n == host) {
+            if !host.is_empty() && !host.contains('/') && !names.iter().any(|n| n == host) {
                 names.push(host.to_owned());
             }
         }
     }
     names
+}
+
+/// `peer`'s name, when it is an enrolled, unrevoked gateway presenting its current key.
+pub async fn require_active<'a>(app: &App, peer: &'a GatewayPeer) -> Result<&'a str, ApiError> {
+    if is_active(app, peer).await? {
+        Ok(peer.name.as_str())
+    } else {
+        Err(ApiError::forbidden(
+            "gateway_revoked",
+            format!(
+                "gateway `{}` was revoked, is not enrolled, or this certificate's key is no longer its key; enroll it again with a new token",
+                peer.name
+            ),
+        ))
+    }
 }
 
 /// `POST /v1/gateways/resource-certificate`: a TLS certificate for a `postgres`
@@ -464,13 +470,7 @@ pub async fn resource_certificate(
     peer: &GatewayPeer,
     req: &lastmile_proto::wire::ResourceCertificateRequest,
 ) -> Result<lastmile_proto::wire::ResourceCertificate, ApiError> {
-    let name = peer.name.as_str();
-    if !is_active(app, peer).await? {
-        return Err(ApiError::forbidden(
-            "gateway_revoked",
-            format!("gateway `{name}` was revoked or is not enrolled"),
-        ));
-    }
+    let name = require_active(app, peer).await?;
     let resource = crate::admin::resource(app, &req.resource).await?;
     if resource.kind != lastmile_proto::wire::ResourceKind::Postgres {
         return Err(ApiError::bad_request(
@@ -507,16 +507,7 @@ pub async fn resource_certificate(
 /// each protected host or address without its port (a prefix names no one host). These
 /// are what users dial, and what `lastmile login`'s `@cert-authority` line covers.
 pub fn ssh_host_principals(r: &lastmile_proto::wire::Resource) -> Vec<String> {
-    let mut names = vec![r.name.clone()];
-    for p in &r.protect {
-        if let Some((host, _)) = p.rsplit_once(':') {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if !host.is_empty() && !host.contains('/') && !names.iter().any(|n| n == host) {
-                names.push(host.to_owned());
-            }
-        }
-    }
-    names
+    with_protected_hosts(vec![r.name.clone()], r)
 }
 
 /// `POST /v1/gateways/ssh-host-certificate`: an OpenSSH host certificate for gateway
@@ -528,13 +519,7 @@ pub async fn ssh_host_certificate(
     peer: &GatewayPeer,
     req: &lastmile_proto::wire::SshHostCertificateRequest,
 ) -> Result<lastmile_proto::wire::SshHostCertificate, ApiError> {
-    let name = peer.name.as_str();
-    if !is_active(app, peer).await? {
-        return Err(ApiError::forbidden(
-            "gateway_revoked",
-            format!("gateway `{name}` was revoked or is not enrolled"),
-        ));
-    }
+    let name = require_active(app, peer).await?;
     let resource = crate::admin::resource(app, &req.resource).await?;
     if resource.kind != lastmile_proto::wire::ResourceKind::Ssh {
         return Err(ApiError::bad_request(

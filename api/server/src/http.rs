@@ -315,17 +315,7 @@ async fn gateway_endpoints(
 }
 
 async fn active_gateway(app: &App, gw: &crate::vault::GatewayPeer) -> Result<(), ApiError> {
-    let name = &gw.name;
-    if gateways::is_active(app, gw).await? {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "gateway_revoked",
-            format!(
-                "gateway `{name}` was revoked or is not enrolled; enroll it again with a new token"
-            ),
-        ))
-    }
+    gateways::require_active(app, gw).await.map(|_| ())
 }
 
 async fn announce(

@@ -275,15 +275,7 @@ pub async fn authorize(
 ) -> Result<Authorized, ApiError> {
     let (method, uri, headers, body) = signed;
     let gw = require_gateway(peer, "act for a user")?;
-    if !crate::gateways::is_active(app, gw).await? {
-        return Err(ApiError::forbidden(
-            "gateway_revoked",
-            format!(
-                "gateway `{}` was revoked or is not enrolled with this certificate",
-                gw.name
-            ),
-        ));
-    }
+    crate::gateways::require_active(app, gw).await?;
     let key = gw
         .key
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
