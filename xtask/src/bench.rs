@@ -26,6 +26,9 @@ pub enum Which {
     /// pgbench TPS, relay CPU per transaction and new-connection cost through lastmile
     /// (tcp and postgres resources) next to direct, pgbouncer and `ssh -L`.
     Pg,
+    /// `scp` of 1 GiB and the keystroke round trip of an interactive `ssh` through lastmile
+    /// next to a direct login and `ssh -J` through a second sshd (needs root: sshd).
+    Ssh,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -59,6 +62,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             // The bench runs the `lastmile` binary next to its own; build it first.
             must(cargo().args(["build", "--release", "-p", "lastmile", "--bin", "lastmile"]))?;
             must(cargo().args(["bench", "-p", "lastmiled", "--bench", "pg"]))
+        }
+        Which::Ssh => {
+            step("bench ssh");
+            // The bench runs the `lastmile` binary next to its own; build it first.
+            must(cargo().args(["build", "--release", "-p", "lastmile", "--bin", "lastmile"]))?;
+            must(cargo().args(["bench", "-p", "lastmiled", "--bench", "ssh"]))
         }
         Which::Audit => {
             step("bench audit");
