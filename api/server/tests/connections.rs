@@ -28,7 +28,7 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
     // What a node could not intercept is refused here, with the node's reason: a
     // network with host bits set, a name, a bad port.
     for (protect, says) in [
-        ("10.30.0.1/24:22", "did you mean 10.30.0.0/24"),
+        ("127.30.0.1/24:22", "did you mean 127.30.0.0/24"),
         ("db.internal:5432", "is not an IP address"),
         ("127.0.0.2:0", "not a valid port"),
         ("[::1/129]:22", "too long"),
@@ -42,7 +42,7 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
         assert_eq!(a.status, 400, "{protect}: {}", a.body);
         assert!(a.body.contains(says), "{protect}: {}", a.body);
     }
-    let network = json!({"name": "net", "kind": "tcp", "host": "127.0.0.1", "port": 7, "protect": ["10.30.0.0/24:22"]});
+    let network = json!({"name": "net", "kind": "tcp", "host": "127.0.0.1", "port": 7, "protect": ["127.30.0.0/24:22"]});
     let a = api
         .client
         .call(

@@ -22,8 +22,8 @@ async fn a_gateway_gets_an_ssh_host_certificate_for_the_protected_names() {
     let api = start(Store::Sqlite, |_| {}).await;
     let admin = api.admin().await;
     let web = json!({
-        "name": "web-1", "kind": "ssh", "host": "10.9.0.5", "port": 22,
-        "protect": ["127.0.0.2:22", "[::1]:2222", "10.0.0.0/8:22", "127.0.0.2:2200"],
+        "name": "web-1", "kind": "ssh", "host": "127.0.0.9", "port": 22,
+        "protect": ["127.0.0.2:22", "[::1]:2222", "127.8.0.0/16:22", "127.0.0.2:2200"],
         "credential": "ssh-certificate", "ssh_principals": ["deploy"],
         "ssh_host_keys": [GATEWAY_KEY], "ssh_allow_port_forwarding": true,
     });
@@ -51,7 +51,7 @@ async fn a_gateway_gets_an_ssh_host_certificate_for_the_protected_names() {
     assert!(saved.ssh_host_ca.is_empty());
     assert!(saved.ssh_allow_port_forwarding);
     // A key that does not parse is the administrator's error, at once.
-    let bad = json!({"name": "web-2", "kind": "ssh", "host": "10.9.0.6", "port": 22,
+    let bad = json!({"name": "web-2", "kind": "ssh", "host": "127.0.0.10", "port": 22,
         "ssh_host_ca": ["ssh-ed25519 not-base64"]});
     let put = api
         .client

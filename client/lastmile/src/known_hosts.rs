@@ -170,7 +170,7 @@ mod tests {
         Resource {
             name: name.into(),
             kind: ResourceKind::Ssh,
-            host: "10.0.0.5".into(),
+            host: "127.0.0.5".into(),
             port: 22,
             protect: protect.iter().map(|p| (*p).to_owned()).collect(),
             upstream_tls: UpstreamTls::Disable,
@@ -192,29 +192,29 @@ mod tests {
         let r = ssh(
             "web",
             &[
-                "10.1.2.3:22",
+                "127.0.0.3:22",
                 "127.0.0.2:2222",
                 "[::1]:22",
-                "[fd00::1]:2200",
-                "10.0.0.0/8:22",
+                "[::1]:2200",
+                "127.8.0.0/16:22",
             ],
         );
         assert_eq!(
             patterns(&r),
-            ["10.1.2.3", "[127.0.0.2]:2222", "::1", "[fd00::1]:2200"]
+            ["127.0.0.3", "[127.0.0.2]:2222", "::1", "[::1]:2200"]
         );
     }
 
     #[test]
     fn the_block_is_replaced_and_removed_and_nothing_else_changes() {
-        let mut db = ssh("db", &["10.9.9.9:5432"]);
+        let mut db = ssh("db", &["127.0.0.9:5432"]);
         db.kind = ResourceKind::Postgres;
-        let list = [ssh("web", &["10.1.2.3:22"]), db, ssh("none", &[])];
+        let list = [ssh("web", &["127.0.0.3:22"]), db, ssh("none", &[])];
         let b = block("acme", CA, &list).unwrap();
         assert_eq!(b.len(), 4, "{b:?}");
         assert_eq!(
             b[2],
-            "@cert-authority 10.1.2.3 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKcwKrwYb+slyVnT19lOoUZJGSU1nRhw2irl+40qW96k lastmile:acme:web"
+            "@cert-authority 127.0.0.3 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKcwKrwYb+slyVnT19lOoUZJGSU1nRhw2irl+40qW96k lastmile:acme:web"
         );
         let mine = "github.com ssh-ed25519 AAAA1\n# a comment\n[h]:2 ssh-rsa AAAA2"; // no final newline
         let once = replace(mine, "acme", Some(&b));
@@ -235,7 +235,7 @@ mod tests {
     fn update_writes_atomically_keeps_the_mode_and_leaves_an_unchanged_file_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".ssh").join("known_hosts");
-        let b = block("acme", CA, &[ssh("web", &["10.1.2.3:22"])]).unwrap();
+        let b = block("acme", CA, &[ssh("web", &["127.0.0.3:22"])]).unwrap();
         assert!(update(&path, "acme", Some(&b)).unwrap());
         let ssh_dir = std::fs::metadata(path.parent().unwrap()).unwrap();
         assert_eq!(ssh_dir.permissions().mode() & 0o777, 0o700);

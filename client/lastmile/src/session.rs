@@ -622,9 +622,9 @@ mod reach_tests {
 
     #[test]
     fn ssh_resources_say_which_ssh_to_run() {
-        let mut r = resource(ResourceKind::Ssh, &["10.1.2.3:22"]);
+        let mut r = resource(ResourceKind::Ssh, &["127.0.0.3:22"]);
         r.ssh_principals = vec!["deploy".into(), "root".into()];
-        assert_eq!(super::how_to_reach(&r), "ssh deploy@10.1.2.3");
+        assert_eq!(super::how_to_reach(&r), "ssh deploy@127.0.0.3");
         r.protect = vec!["127.0.0.2:2222".into()];
         assert_eq!(super::how_to_reach(&r), "ssh -p 2222 deploy@127.0.0.2");
     }
