@@ -33,6 +33,8 @@ mod support {
         env!("CARGO_BIN_EXE_lastmiled")
     }
 }
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "baselines/ssh_forward.rs"]
 mod ssh_forward;
 #[path = "../tests/support/stack.rs"]
@@ -40,7 +42,6 @@ mod ssh_forward;
 mod stack;
 
 use std::{
-    collections::HashMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
@@ -186,57 +187,15 @@ impl Pgbouncer {
     }
 }
 
-/// The parent pid and utime + stime (clock ticks) of process `pid`, from /proc/PID/stat.
-fn stat_ticks(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After "(comm)": state, ppid, ...; utime and stime are the stat's fields 14 and 15.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some((num(1)? as u32, num(11)? + num(12)?))
-}
-
-fn ticks_to_us(ticks: u64) -> f64 {
-    // SAFETY: sysconf reads a constant and touches no memory of ours.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 * 1e6 / per_sec
-}
-
 /// utime + stime (µs) of `roots` and all their live descendants.
 fn cpu_us(roots: &[u32]) -> f64 {
-    if roots.is_empty() {
-        return 0.0;
-    }
-    let procs: HashMap<u32, (u32, u64)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter_map(|pid| Some((pid, stat_ticks(pid)?)))
-        .collect();
-    let counted = |mut pid: u32| {
-        loop {
-            if roots.contains(&pid) {
-                return true;
-            }
-            match procs.get(&pid) {
-                Some(&(ppid, _)) if ppid > 1 => pid = ppid,
-                _ => return false,
-            }
-        }
-    };
-    ticks_to_us(
-        procs
-            .iter()
-            .filter(|(pid, _)| counted(**pid))
-            .map(|(_, (_, t))| t)
-            .sum(),
-    )
+    cpu::tree_secs(roots, false) * 1e6
 }
 
 /// This process's own utime + stime (µs), children not included: the API, which lastmile
 /// asks per connection, runs here.
 fn own_cpu_us() -> f64 {
-    ticks_to_us(stat_ticks(std::process::id()).unwrap().1)
+    cpu::ticks_to_secs(cpu::stat_ticks(std::process::id(), false).unwrap().1) * 1e6
 }
 
 /// Runs `cmd` to the end, killing it after `limit`.
@@ -350,10 +309,7 @@ fn login_ms(addr: SocketAddr, user: &str, password: Option<&str>) -> f64 {
     ms
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use cpu::pct;
 
 fn admin_sql(pg: &PgServer, sql: &str) {
     let out = Command::new(pg.bin_dir().join("psql"))

@@ -34,6 +34,8 @@ mod support {
         env!("CARGO_BIN_EXE_lastmiled")
     }
 }
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "../tests/support/ssh_target.rs"]
 #[allow(dead_code)]
 mod ssh_target;
@@ -42,7 +44,6 @@ mod ssh_target;
 mod stack;
 
 use std::{
-    collections::HashMap,
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -181,50 +182,11 @@ fn keygen(path: &Path) {
         .arg(path));
 }
 
-/// utime + stime + cutime + cstime (clock ticks) and the parent of process `pid`: its own
-/// CPU and that of the children it has reaped (sshd's session processes end with their
-/// connection, and their time lands in the listener's cutime).
-fn stat_ticks(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some((num(1)? as u32, num(11)? + num(12)? + num(13)? + num(14)?))
-}
-
-fn ticks_to_secs(ticks: u64) -> f64 {
-    // SAFETY: sysconf reads a constant and touches no memory of ours.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / per_sec
-}
-
-/// CPU seconds of `roots` and all their live descendants (and what they reaped).
+/// CPU seconds of `roots` and all their live descendants, with what they reaped (sshd's
+/// session processes end with their connection, and their time lands in the listener's
+/// cutime).
 fn cpu_secs(roots: &[u32]) -> f64 {
-    if roots.is_empty() {
-        return 0.0;
-    }
-    let procs: HashMap<u32, (u32, u64)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter_map(|pid| Some((pid, stat_ticks(pid)?)))
-        .collect();
-    let counted = |mut pid: u32| loop {
-        if roots.contains(&pid) {
-            return true;
-        }
-        match procs.get(&pid) {
-            Some(&(ppid, _)) if ppid > 1 => pid = ppid,
-            _ => return false,
-        }
-    };
-    ticks_to_secs(
-        procs
-            .iter()
-            .filter(|(pid, _)| counted(**pid))
-            .map(|(_, (_, t))| t)
-            .sum(),
-    )
+    cpu::tree_secs(roots, true)
 }
 
 /// Runs `cmd` to the end (killed after `limit`): its wall time, its CPU seconds with all
@@ -333,10 +295,7 @@ impl Tally {
     }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
+use cpu::pct;
 
 /// One `scp -q` of `src` to `dst` on `route`.
 fn scp(clients: &Clients, route: &Route, src: &Path, dst: &Path, mib: u64, t: &mut Tally) {
