@@ -22,7 +22,11 @@
 //! The body is the three lines the checkpoint spec mandates (origin, tree size in
 //! decimal, root hash in standard base64) plus one extension line, `time
 //! <unix-seconds>`, which lastmile always writes and always requires. Signatures are
-//! Ed25519 (signed-note signature type `0x01`) over the body text.
+//! Ed25519 (signed-note signature type `0x01`) over the body text, or, for a signing
+//! key held by a KMS that cannot sign Ed25519, ECDSA over P-256 with SHA-256
+//! (type `0x02`, "as implemented by github.com/transparency-dev/witness": the verifier
+//! key carries the DER SubjectPublicKeyInfo, the key ID is the first four bytes of its
+//! SHA-256, and the signature is ASN.1 DER).
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,6 +42,18 @@ use crate::merkle::Hash;
 /// Signed-note signature type identifier of Ed25519 (c2sp.org/signed-note, "Signature
 /// types"). It is hashed into the key ID and prefixes the key in the verifier key text.
 pub const ED25519_ALGORITHM: u8 = 0x01;
+
+/// Signed-note signature type identifier of ECDSA (c2sp.org/signed-note, "Signature
+/// types"); lastmile accepts it on NIST P-256 only, the curve the spec recommends.
+pub const ECDSA_ALGORITHM: u8 = 0x02;
+
+/// The DER prefix of every P-256 SubjectPublicKeyInfo with an uncompressed point
+/// (RFC 5480 section 2: `id-ecPublicKey` with the `secp256r1` named curve, then a BIT
+/// STRING of 66 bytes); the 65-byte point follows. A KMS's `GetPublicKey` gives this form.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
 
 /// Start of every signature line: em dash (U+2014) and a space (signed-note "Format").
 const SIGNATURE_LINE_PREFIX: &str = "\u{2014} ";
@@ -119,14 +135,16 @@ pub enum CheckpointError {
         "invalid key name {0:?}: it must be non-empty, without spaces, control characters or '+'"
     )]
     InvalidKeyName(String),
-    /// The bytes are not a valid Ed25519 public key.
-    #[error("the public key is not a valid Ed25519 point")]
-    InvalidPublicKey,
+    /// The bytes are not a valid public key of the signature type.
+    #[error("the public key is not {0}")]
+    InvalidPublicKey(&'static str),
     /// The verifier key text is not `<name>+<8 hex digits>+<base64 key>`.
     #[error("malformed verifier key: {0}")]
     MalformedVerifierKey(&'static str),
     /// The verifier key is for another signature type than Ed25519.
-    #[error("verifier key has signature type {0:#04x}; only Ed25519 (0x01) is supported")]
+    #[error(
+        "verifier key has signature type {0:#04x}; only Ed25519 (0x01) and ECDSA P-256 (0x02) are supported"
+    )]
     UnsupportedAlgorithm(u8),
     /// The key ID in the verifier key text is not the one its name and key give.
     #[error("verifier key states key ID {stated:08x}, but its name and key give {computed:08x}")]
@@ -314,7 +332,7 @@ impl NoteSigner {
     pub fn verifier(&self) -> NoteVerifier {
         NoteVerifier {
             name: self.name.clone(),
-            key: self.key.verifying_key(),
+            key: PublicKey::Ed25519(self.key.verifying_key()),
             key_id: self.key_id,
         }
     }
@@ -323,26 +341,59 @@ impl NoteSigner {
 /// A public key that checkpoints are checked against, with its key name and key ID.
 ///
 /// Its text form is the standard verifier key `<name>+<key ID as 8 hex digits>+<base64
-/// of 0x01 || 32-byte public key>`, as used by Go's `golang.org/x/mod/sumdb/note` and
-/// the transparency-log ecosystem.
+/// of the signature type || public key>`, as used by Go's `golang.org/x/mod/sumdb/note`
+/// and the transparency-log ecosystem: `0x01 || 32-byte Ed25519 key`, or `0x02 || DER
+/// SubjectPublicKeyInfo` of a P-256 key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoteVerifier {
     name: String,
-    key: VerifyingKey,
+    key: PublicKey,
     key_id: u32,
+}
+
+/// The public half of a signing key, by signature type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PublicKey {
+    Ed25519(VerifyingKey),
+    /// The DER SubjectPublicKeyInfo of a P-256 key, checked to be of that form.
+    EcdsaP256(Vec<u8>),
 }
 
 impl NoteVerifier {
     /// A verifier from a key name and a 32-byte Ed25519 public key.
     pub fn new(name: &str, public_key: [u8; 32]) -> Result<Self, CheckpointError> {
         check_key_name(name)?;
-        let key =
-            VerifyingKey::from_bytes(&public_key).map_err(|_| CheckpointError::InvalidPublicKey)?;
+        let key = VerifyingKey::from_bytes(&public_key)
+            .map_err(|_| CheckpointError::InvalidPublicKey("a valid Ed25519 point"))?;
         let key_id = compute_key_id(name, &key);
         Ok(Self {
             name: name.to_string(),
-            key,
+            key: PublicKey::Ed25519(key),
             key_id,
+        })
+    }
+
+    /// A verifier from a key name and the DER SubjectPublicKeyInfo of a NIST P-256 key
+    /// (what a KMS's `GetPublicKey` returns for an `ECC_NIST_P256` key), for signature
+    /// type 0x02. The key ID is `SHA-256(SPKI)[:4]`, as signed-note specifies for that
+    /// type (the name is not hashed in).
+    pub fn ecdsa_p256(name: &str, spki_der: &[u8]) -> Result<Self, CheckpointError> {
+        check_key_name(name)?;
+        spki_der
+            .strip_prefix(P256_SPKI_PREFIX.as_slice())
+            .filter(|p| p.len() == 65 && p.first() == Some(&0x04))
+            .map(|_| ())
+            .ok_or(CheckpointError::InvalidPublicKey(
+                "the DER SubjectPublicKeyInfo of a NIST P-256 key with an uncompressed point",
+            ))?;
+        // ring checks that the point is on the curve when it verifies: a key that is not
+        // has every signature refused (BadSignature), none accepted.
+        let digest: [u8; 32] = Sha256::digest(spki_der).into();
+        let [a, b, c, d, ..] = digest;
+        Ok(Self {
+            name: name.to_string(),
+            key: PublicKey::EcdsaP256(spki_der.to_vec()),
+            key_id: u32::from_be_bytes([a, b, c, d]),
         })
     }
 
@@ -375,13 +426,16 @@ impl NoteVerifier {
         let (&algorithm, key) = key_data
             .split_first()
             .ok_or(CheckpointError::MalformedVerifierKey("the key is empty"))?;
-        if algorithm != ED25519_ALGORITHM {
-            return Err(CheckpointError::UnsupportedAlgorithm(algorithm));
-        }
-        let key: [u8; 32] = key.try_into().map_err(|_| {
-            CheckpointError::MalformedVerifierKey("an Ed25519 key must be 32 bytes")
-        })?;
-        let verifier = Self::new(name, key)?;
+        let verifier = match algorithm {
+            ED25519_ALGORITHM => {
+                let key: [u8; 32] = key.try_into().map_err(|_| {
+                    CheckpointError::MalformedVerifierKey("an Ed25519 key must be 32 bytes")
+                })?;
+                Self::new(name, key)?
+            }
+            ECDSA_ALGORITHM => Self::ecdsa_p256(name, key)?,
+            other => return Err(CheckpointError::UnsupportedAlgorithm(other)),
+        };
         if verifier.key_id != stated {
             return Err(CheckpointError::KeyIdMismatch {
                 stated,
@@ -401,17 +455,47 @@ impl NoteVerifier {
         self.key_id
     }
 
-    /// The 32-byte Ed25519 public key.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.key.to_bytes()
+    /// The signed-note signature type of the key (0x01 or 0x02).
+    pub fn algorithm(&self) -> u8 {
+        match self.key {
+            PublicKey::Ed25519(_) => ED25519_ALGORITHM,
+            PublicKey::EcdsaP256(_) => ECDSA_ALGORITHM,
+        }
+    }
+
+    /// The key's bytes as the verifier key text carries them, after the type byte: the
+    /// 32-byte Ed25519 key, or the P-256 key's DER SubjectPublicKeyInfo.
+    pub fn public_key(&self) -> &[u8] {
+        match &self.key {
+            PublicKey::Ed25519(k) => k.as_bytes(),
+            PublicKey::EcdsaP256(spki) => spki,
+        }
+    }
+
+    /// Whether `signature` is this key's over `text` (Ed25519 strict verification, or
+    /// ECDSA P-256 over SHA-256 of the text, ASN.1 DER).
+    fn verifies(&self, text: &[u8], signature: &[u8]) -> bool {
+        match &self.key {
+            PublicKey::Ed25519(key) => {
+                Signature::from_slice(signature).is_ok_and(|s| key.verify_strict(text, &s).is_ok())
+            }
+            PublicKey::EcdsaP256(spki) => {
+                let point = spki.get(P256_SPKI_PREFIX.len()..).unwrap_or_default();
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_ASN1,
+                    point,
+                )
+                .verify(text, signature)
+                .is_ok()
+            }
+        }
     }
 }
 
 impl fmt::Display for NoteVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut key_data = Vec::with_capacity(33);
-        key_data.push(ED25519_ALGORITHM);
-        key_data.extend_from_slice(self.key.as_bytes());
+        let mut key_data = vec![self.algorithm()];
+        key_data.extend_from_slice(self.public_key());
         write!(
             f,
             "{}+{:08x}+{}",
@@ -441,14 +525,38 @@ pub fn sign(checkpoint: &Checkpoint, signer: &NoteSigner) -> Result<String, Chec
 /// Signs any note text ending in a newline.
 fn sign_text(text: &str, signer: &NoteSigner) -> String {
     let signature = signer.key.sign(text.as_bytes());
-    let mut blob = Vec::with_capacity(KEY_ID_LEN + Signature::BYTE_SIZE);
-    blob.extend_from_slice(&signer.key_id.to_be_bytes());
-    blob.extend_from_slice(&signature.to_bytes());
+    note_text(text, &signer.name, signer.key_id, &signature.to_bytes())
+}
+
+/// A note text, a blank line and one signature line.
+fn note_text(text: &str, name: &str, key_id: u32, signature: &[u8]) -> String {
+    let mut blob = Vec::with_capacity(KEY_ID_LEN + signature.len());
+    blob.extend_from_slice(&key_id.to_be_bytes());
+    blob.extend_from_slice(signature);
     format!(
-        "{text}\n{SIGNATURE_LINE_PREFIX}{} {}\n",
-        signer.name,
+        "{text}\n{SIGNATURE_LINE_PREFIX}{name} {}\n",
         BASE64.encode(blob)
     )
+}
+
+/// The signed note of a checkpoint whose body (`checkpoint.body()`) was signed
+/// elsewhere, by the key behind `verifier` (a KMS, which never hands out its key): for
+/// type 0x02 the ASN.1 DER ECDSA signature over the body. The signature is checked
+/// before the note is returned, so a wrong key or a garbled answer is never published.
+pub fn attach_signature(
+    checkpoint: &Checkpoint,
+    verifier: &NoteVerifier,
+    signature: &[u8],
+) -> Result<String, CheckpointError> {
+    check_origin(&checkpoint.origin)?;
+    let note = note_text(
+        &checkpoint.body(),
+        &verifier.name,
+        verifier.key_id,
+        signature,
+    );
+    open_text(&note, verifier)?;
+    Ok(note)
 }
 
 /// Opens a signed checkpoint: requires a valid signature by `verifier` (same key name
@@ -517,15 +625,12 @@ fn open_text<'a>(note: &'a str, verifier: &NoteVerifier) -> Result<&'a str, Chec
         // "If the key name and ID match a known key, verifiers MUST verify the
         // signature. If a signature from a known key fails to verify, clients SHOULD
         // reject the whole note." verify_strict also refuses malleable signatures.
-        let bad = || CheckpointError::BadSignature {
-            name: verifier.name.clone(),
-            key_id: verifier.key_id,
-        };
-        let signature = Signature::from_slice(signature).map_err(|_| bad())?;
-        verifier
-            .key
-            .verify_strict(text.as_bytes(), &signature)
-            .map_err(|_| bad())?;
+        if !verifier.verifies(text.as_bytes(), signature) {
+            return Err(CheckpointError::BadSignature {
+                name: verifier.name.clone(),
+                key_id: verifier.key_id,
+            });
+        }
         verified = true;
     }
     if !verified {
@@ -931,7 +1036,10 @@ mod tests {
         assert_eq!(BASE64.decode(key).unwrap().len(), 33);
         assert_eq!(NoteVerifier::parse(&text).unwrap(), v);
         assert_eq!(text.parse::<NoteVerifier>().unwrap(), v);
-        assert_eq!(NoteVerifier::new(ORIGIN, v.public_key()).unwrap(), v);
+        assert_eq!(
+            NoteVerifier::new(ORIGIN, v.public_key().try_into().unwrap()).unwrap(),
+            v
+        );
         // Upper-case hex is accepted, as in Go's parser.
         let upper = format!("{name}+{}+{key}", id.to_uppercase());
         assert_eq!(NoteVerifier::parse(&upper).unwrap(), v);
@@ -965,11 +1073,17 @@ mod tests {
         malformed(&format!("{name}+{id}+{}", BASE64.encode(&key_data)));
 
         key_data.pop();
-        key_data[0] = 0x02;
+        key_data[0] = 0x03;
         assert_eq!(
             NoteVerifier::parse(&format!("{name}+{id}+{}", BASE64.encode(&key_data))),
-            Err(CheckpointError::UnsupportedAlgorithm(0x02))
+            Err(CheckpointError::UnsupportedAlgorithm(0x03))
         );
+        // An Ed25519 key under the ECDSA type is not a P-256 SubjectPublicKeyInfo.
+        key_data[0] = 0x02;
+        assert!(matches!(
+            NoteVerifier::parse(&format!("{name}+{id}+{}", BASE64.encode(&key_data))),
+            Err(CheckpointError::InvalidPublicKey(_))
+        ));
         assert!(matches!(
             NoteVerifier::parse(&format!("{name}+00000000+{key}")),
             Err(CheckpointError::KeyIdMismatch { stated: 0, .. })
@@ -999,7 +1113,7 @@ mod tests {
                 "{bad:?}"
             );
             assert!(matches!(
-                NoteVerifier::new(bad, signer().verifier().public_key()),
+                NoteVerifier::new(bad, signer().verifier().public_key().try_into().unwrap()),
                 Err(CheckpointError::InvalidKeyName(_))
             ));
         }
@@ -1018,5 +1132,91 @@ mod tests {
                 .key_id(),
             s.key_id()
         );
+    }
+
+    /// A note made outside this crate (Python's `cryptography`, ECDSA P-256 over
+    /// SHA-256, DER signature; key ID SHA-256 of the SPKI) opens with the verifier key
+    /// text made the same way: signature type 0x02 as c2sp.org/signed-note defines it.
+    #[test]
+    fn an_ecdsa_p256_note_signed_elsewhere_opens() {
+        let vkey = "lastmile.example/audit+4ea046cc+AjBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABCHk498ji20a7KM1t4uKC/6vUCOVzzvVNqUP5hnRkdyLSbw02p785X/QUmPGb/zjCzxS0D/jF8dZEXgzIxlSNgA=";
+        let note = "lastmile.example/audit\n4\nm81RJAr0AFFo8DMSG6hb5abtTw5qX6wmIGZym4+/3ss=\ntime 1700000000\n\n\u{2014} lastmile.example/audit TqBGzDBFAiBT9Djuam1sfH3VAQRUJMOIN0QZ+9CRI/nHD+EynIIX9AIhAMwq1kJzt0GGcrVg1B0f6AbwyHDHS7Km6kUTemqUKGpq\n";
+        let v = NoteVerifier::parse(vkey).unwrap();
+        assert_eq!(v.algorithm(), ECDSA_ALGORITHM);
+        assert_eq!(v.key_id(), 0x4ea0_46cc);
+        assert_eq!(v.to_string(), vkey);
+        let c = open(note, &v).unwrap();
+        assert_eq!((c.size, c.time), (4, 1_700_000_000));
+        // One changed character of the body, and the signature no longer verifies.
+        let changed = note.replacen("\n4\n", "\n5\n", 1);
+        assert!(matches!(
+            open(&changed, &v),
+            Err(CheckpointError::BadSignature { .. })
+        ));
+        // The Ed25519 key of the same name has another key ID: its verifier ignores
+        // the ECDSA line and finds no signature of its own.
+        assert!(matches!(
+            open(note, &signer().verifier()),
+            Err(CheckpointError::NoSignatureByKey { .. })
+        ));
+    }
+
+    fn p256_key() -> (ring::signature::EcdsaKeyPair, Vec<u8>) {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(key.public_key().as_ref());
+        (key, spki)
+    }
+
+    /// What a KMS does: sign the body elsewhere; `attach_signature` makes the note and
+    /// refuses a signature that is not the key's.
+    #[test]
+    fn attach_signature_checks_what_it_is_given() {
+        let (key, spki) = p256_key();
+        let v = NoteVerifier::ecdsa_p256(ORIGIN, &spki).unwrap();
+        let c = checkpoint();
+        let rng = ring::rand::SystemRandom::new();
+        let sig = key.sign(&rng, c.body().as_bytes()).unwrap();
+        let note = attach_signature(&c, &v, sig.as_ref()).unwrap();
+        assert_eq!(open(&note, &v).unwrap(), c);
+        assert_eq!(NoteVerifier::parse(&v.to_string()).unwrap(), v);
+        // A signature over another body, or garbage, is refused, not published.
+        let mut eight = checkpoint();
+        eight.size = 8;
+        let other = key.sign(&rng, eight.body().as_bytes()).unwrap();
+        assert!(matches!(
+            attach_signature(&c, &v, other.as_ref()),
+            Err(CheckpointError::BadSignature { .. })
+        ));
+        assert!(attach_signature(&c, &v, b"not a signature").is_err());
+        // Another key's signature does not verify under this key.
+        let (other_key, _) = p256_key();
+        let foreign = other_key.sign(&rng, c.body().as_bytes()).unwrap();
+        assert!(attach_signature(&c, &v, foreign.as_ref()).is_err());
+    }
+
+    #[test]
+    fn ecdsa_keys_that_are_not_p256_spki_are_refused() {
+        let (_, spki) = p256_key();
+        for bad in [&spki[..90], &spki[1..], b"".as_slice()] {
+            assert!(matches!(
+                NoteVerifier::ecdsa_p256(ORIGIN, bad),
+                Err(CheckpointError::InvalidPublicKey(_))
+            ));
+        }
+        // A compressed point (0x02/0x03 prefix) is not the form a KMS gives.
+        let mut compressed = spki.clone();
+        compressed[26] = 0x02;
+        assert!(NoteVerifier::ecdsa_p256(ORIGIN, &compressed).is_err());
+        // Signature types other than 0x01 and 0x02 are named in the refusal.
+        let text = format!("{ORIGIN}+00000000+{}", BASE64.encode([0x04u8; 33]));
+        assert!(matches!(
+            NoteVerifier::parse(&text),
+            Err(CheckpointError::UnsupportedAlgorithm(0x04))
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! Every audit entry becomes a leaf of an append-only Merkle tree, built exactly as
 //! RFC 6962 section 2.1 / RFC 9162 section 2.1 define it ([`merkle`]). The log
 //! periodically signs its tree head as a C2SP checkpoint (<https://c2sp.org/tlog-checkpoint>,
-//! a <https://c2sp.org/signed-note> with an Ed25519 signature; [`checkpoint`]). With a
+//! a <https://c2sp.org/signed-note> with an Ed25519 or ECDSA P-256 signature; [`checkpoint`]). With a
 //! signed checkpoint in hand, anyone can demand
 //!
 //! - an inclusion proof (RFC 9162 section 2.1.3) that a given entry is in the log, and
@@ -20,7 +20,7 @@ pub mod checkpoint;
 pub mod merkle;
 
 pub use checkpoint::{
-    BodyError, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, open, sign,
+    BodyError, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, attach_signature, open, sign,
 };
 pub use merkle::{
     CompactTree, Hash, ProofError, consistency_proof, empty_root, inclusion_proof, leaf_hash,

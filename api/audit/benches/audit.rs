@@ -43,6 +43,10 @@ fn event(n: u64) -> serde_json::Value {
 }
 
 fn main() {
+    // Publishing is async (a KMS may sign); a file key never waits, a runtime drives it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let sample = lastmile_audit::envelope::Envelope {
         event: event(12345),
@@ -94,7 +98,7 @@ fn main() {
     let mut publisher = Publisher::new(
         &data,
         ORIGIN,
-        checkpoints::load_signer(&data, ORIGIN).unwrap(),
+        checkpoints::Signer::File(checkpoints::load_signer(&data, ORIGIN).unwrap()),
         Some(tmp.path().join("w")),
     )
     .unwrap();
@@ -107,12 +111,14 @@ fn main() {
         log.append(events, "gw-1", SystemTime::now()).unwrap();
         n += BATCH as u64;
         if last_checkpoint.elapsed() >= Duration::from_secs(1) {
-            publisher.publish(log.size(), log.root(), 1).unwrap();
+            rt.block_on(publisher.publish(log.size(), log.root(), 1))
+                .unwrap();
             checkpoints_signed += 1;
             last_checkpoint = Instant::now();
         }
     }
-    publisher.publish(log.size(), log.root(), 2).unwrap();
+    rt.block_on(publisher.publish(log.size(), log.root(), 2))
+        .unwrap();
     checkpoints_signed += 1;
     let append_per_s = n as f64 / started.elapsed().as_secs_f64();
     println!(
@@ -134,7 +140,7 @@ fn main() {
     let mut publisher = Publisher::new(
         &data,
         ORIGIN,
-        checkpoints::load_signer(&data, ORIGIN).unwrap(),
+        checkpoints::Signer::File(checkpoints::load_signer(&data, ORIGIN).unwrap()),
         None,
     )
     .unwrap();
@@ -144,7 +150,8 @@ fn main() {
         log.append(events, "gw-1", SystemTime::now()).unwrap();
         n += 10_000;
         if n % 100_000 == 0 {
-            publisher.publish(log.size(), log.root(), n).unwrap();
+            rt.block_on(publisher.publish(log.size(), log.root(), n))
+                .unwrap();
         }
     }
     drop(log);

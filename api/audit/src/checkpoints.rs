@@ -14,7 +14,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lastmile_audit_log::{Checkpoint, CheckpointError, Hash, NoteSigner, NoteVerifier, sign};
+use std::time::Duration;
+
+use lastmile_audit_log::{
+    Checkpoint, CheckpointError, Hash, NoteSigner, NoteVerifier, attach_signature, sign,
+};
+use lastmile_vault::{AwsConfig, AwsKms, KmsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -48,6 +53,114 @@ pub enum PublishError {
     BadKey(PathBuf),
     #[error("no signing key at {}: run `lastmile-audit init` first", .0.display())]
     NoKey(PathBuf),
+    #[error("the KMS that holds the signing key failed")]
+    Kms(#[from] KmsError),
+    #[error(
+        "{} already names another verifier key ({existing}); this data directory belongs to \
+         a log signed by that key",
+        path.display()
+    )]
+    OtherVerifier { path: PathBuf, existing: String },
+}
+
+/// How long a KMS has to sign one checkpoint. Past it the attempt fails like any other
+/// failure to publish (appends are refused until one succeeds); the log is never held
+/// longer than this by a slow KMS.
+pub const KMS_SIGN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the log's signing key is.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// An Ed25519 key in a file, made by `lastmile-audit init`.
+    File(PathBuf),
+    /// An `ECC_NIST_P256` `SIGN_VERIFY` key held by a KMS (AWS KMS or a server that
+    /// speaks its API): each checkpoint is signed by the KMS (ECDSA, signed-note type
+    /// 0x02) and the private key never reaches this host.
+    Kms(AwsConfig),
+}
+
+/// What signs checkpoints.
+#[derive(Debug)]
+pub enum Signer {
+    File(NoteSigner),
+    Kms { kms: AwsKms, verifier: NoteVerifier },
+}
+
+impl Signer {
+    /// The signer of `source`, with key name `origin`. A file key is read; a KMS key's
+    /// public half is fetched, which also checks that the KMS answers and that the key is
+    /// a P-256 signing key.
+    pub async fn load(source: &KeySource, origin: &str) -> Result<Self, PublishError> {
+        match source {
+            KeySource::File(path) => Ok(Self::File(load_signer_at(path, origin)?)),
+            KeySource::Kms(config) => {
+                let kms = AwsKms::new(config)?;
+                let spki = tokio::time::timeout(KMS_SIGN_TIMEOUT, kms.p256_public_key())
+                    .await
+                    .map_err(|_| kms_timeout("GetPublicKey"))??;
+                let verifier = NoteVerifier::ecdsa_p256(origin, &spki)?;
+                Ok(Self::Kms { kms, verifier })
+            }
+        }
+    }
+
+    /// The key that opens this signer's notes.
+    pub fn verifier(&self) -> NoteVerifier {
+        match self {
+            Self::File(s) => s.verifier(),
+            Self::Kms { verifier, .. } => verifier.clone(),
+        }
+    }
+
+    /// The signed note of `checkpoint`. A KMS's signature is checked against the key's
+    /// public half before it is used.
+    async fn sign(&self, checkpoint: &Checkpoint) -> Result<String, PublishError> {
+        match self {
+            Self::File(s) => Ok(sign(checkpoint, s)?),
+            Self::Kms { kms, verifier } => {
+                let body = checkpoint.body();
+                let signature =
+                    tokio::time::timeout(KMS_SIGN_TIMEOUT, kms.sign_ecdsa_p256(body.as_bytes()))
+                        .await
+                        .map_err(|_| kms_timeout("Sign"))??;
+                Ok(attach_signature(checkpoint, verifier, &signature)?)
+            }
+        }
+    }
+}
+
+fn kms_timeout(call: &str) -> KmsError {
+    KmsError::Unavailable(format!(
+        "no answer to {call} within {} s",
+        KMS_SIGN_TIMEOUT.as_secs()
+    ))
+}
+
+/// Records a KMS-held key's verifier in `data_dir` (`verifier.vkey`) for a new log, as
+/// `init` does for a file key; a data directory already recording another key is
+/// refused, the same key again is not (so `init` can be run twice).
+pub fn init_verifier(data_dir: &Path, verifier: &NoteVerifier) -> Result<(), PublishError> {
+    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let path = verifier_path(data_dir);
+    let text = format!("{verifier}\n");
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut f) => f
+            .write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io(&path)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let existing = fs::read_to_string(&path).map_err(io(&path))?;
+            if existing == text {
+                Ok(())
+            } else {
+                Err(PublishError::OtherVerifier {
+                    path,
+                    existing: existing.trim().to_owned(),
+                })
+            }
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
@@ -158,7 +271,7 @@ pub fn load_signer_at(path: &Path, name: &str) -> Result<NoteSigner, PublishErro
 /// Publishes signed checkpoints of one log.
 #[derive(Debug)]
 pub struct Publisher {
-    signer: NoteSigner,
+    signer: Signer,
     origin: String,
     dir: PathBuf,
     witness: Option<PathBuf>,
@@ -179,7 +292,7 @@ impl Publisher {
     pub fn new(
         data_dir: &Path,
         origin: &str,
-        signer: NoteSigner,
+        signer: Signer,
         witness: Option<PathBuf>,
     ) -> Result<Self, PublishError> {
         let dir = checkpoints_dir(data_dir);
@@ -219,7 +332,7 @@ impl Publisher {
 
     /// Signs and publishes a checkpoint of (`size`, `root`) unless one of that size exists.
     /// Returns the note when one was published.
-    pub fn publish(
+    pub async fn publish(
         &mut self,
         size: u64,
         root: Hash,
@@ -234,7 +347,7 @@ impl Publisher {
             root,
             time,
         };
-        let mut note = sign(&checkpoint, &self.signer)?;
+        let mut note = self.signer.sign(&checkpoint).await?;
         // The witness first: if it shows a fork, publish nothing locally either.
         if let Some(w) = &self.witness {
             self.check_witness_holds_last(w)?;
@@ -440,37 +553,37 @@ mod tests {
         if !key_path(&data).exists() {
             init_key(&data, ORIGIN).unwrap();
         }
-        let signer = load_signer(&data, ORIGIN).unwrap();
+        let signer = Signer::File(load_signer(&data, ORIGIN).unwrap());
         Publisher::new(&data, ORIGIN, signer, Some(tmp.join("witness"))).unwrap()
     }
 
-    #[test]
-    fn the_same_tree_signed_again_after_a_crash_is_no_fork() {
+    #[tokio::test]
+    async fn the_same_tree_signed_again_after_a_crash_is_no_fork() {
         let tmp = tempfile::tempdir().unwrap();
         let mut p = publisher(tmp.path());
         let root = leaf_hash(b"one");
-        let first = p.publish(1, root, 100).unwrap().unwrap();
+        let first = p.publish(1, root, 100).await.unwrap().unwrap();
         // The crash: the witness got its copy, the data directory did not.
         fs::remove_file(checkpoints_dir(&tmp.path().join("data")).join(note_name(1))).unwrap();
         let mut p = publisher(tmp.path());
         assert_eq!(
-            p.publish(1, root, 200).unwrap(),
+            p.publish(1, root, 200).await.unwrap(),
             Some(first),
             "the witness's note stands"
         );
-        let err = p.publish(2, leaf_hash(b"two"), 300).map(|_| ());
+        let err = p.publish(2, leaf_hash(b"two"), 300).await.map(|_| ());
         assert!(err.is_ok(), "{err:?}");
     }
 
-    #[test]
-    fn a_witness_that_lost_the_last_note_stops_publishing() {
+    #[tokio::test]
+    async fn a_witness_that_lost_the_last_note_stops_publishing() {
         let tmp = tempfile::tempdir().unwrap();
         let mut p = publisher(tmp.path());
-        p.publish(1, leaf_hash(b"one"), 100).unwrap();
+        p.publish(1, leaf_hash(b"one"), 100).await.unwrap();
         // Unmounted: the mount point is an empty directory again.
         fs::rename(tmp.path().join("witness"), tmp.path().join("witness.real")).unwrap();
         fs::create_dir(tmp.path().join("witness")).unwrap();
-        let err = p.publish(2, leaf_hash(b"two"), 200).unwrap_err();
+        let err = p.publish(2, leaf_hash(b"two"), 200).await.unwrap_err();
         assert!(
             matches!(err, PublishError::WitnessLost { size: 1, .. }),
             "{err}"

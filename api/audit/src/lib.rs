@@ -49,26 +49,28 @@ pub enum OpenError {
 }
 
 /// Opens the log in `data_dir` for appending, with the publisher of its checkpoints
-/// (signing key `signing_key`, made by `lastmile-audit init`; a key on the same
-/// filesystem as the data is warned about). Refuses a log that does not
+/// signed by the key at `key` (a file made by `lastmile-audit init`, or a KMS key; a key
+/// file on the same filesystem as the data is warned about). Refuses a log that does not
 /// match the newest checkpoint it published (in its own directory and in the witness):
 /// fewer entries than it vouches for, or a different root over them. Entries after it
 /// (acknowledged, not yet signed, when the log stopped) are adopted.
-pub fn open_for_writing(
+pub async fn open_for_writing(
     data_dir: &Path,
-    signing_key: &Path,
+    key: &checkpoints::KeySource,
     origin: &str,
     witness: Option<PathBuf>,
 ) -> Result<(log::Log, log::Recovered, checkpoints::Publisher), OpenError> {
     // The key first: no key means no `init`, and then nothing should be created here.
-    let signer = checkpoints::load_signer_at(signing_key, origin)?;
-    if checkpoints::same_filesystem(signing_key, data_dir) == Some(true) {
+    let signer = checkpoints::Signer::load(key, origin).await?;
+    if let checkpoints::KeySource::File(path) = key
+        && checkpoints::same_filesystem(path, data_dir) == Some(true)
+    {
         tracing::warn!(
-            key = %signing_key.display(),
+            key = %path.display(),
             data = %data_dir.display(),
             "the log's signing key is on the same filesystem as its data: whoever can rewrite \
              the log there can re-sign it; set `signing_key` to a path on another filesystem \
-             (or keep it on another host)"
+             (or keep it on another host, or in a KMS: `signing_kms`)"
         );
     }
     let (log, recovered) = log::Log::open(data_dir, log::DEFAULT_SEGMENT_BYTES)?;

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use lastmile_audit::checkpoints;
+use lastmile_audit::checkpoints::{self, KeySource, Signer};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "lastmile's tamper-evident audit log")]
@@ -30,8 +30,10 @@ enum Command {
         origin: String,
         /// Where to make the signing key: on another filesystem than the data (default
         /// DATA_DIR/signing.key, which the service warns about).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kms_key_id")]
         signing_key: Option<PathBuf>,
+        #[command(flatten)]
+        kms: KmsArgs,
     },
     /// Append events, one JSON object per line of standard input, as a local writer.
     /// Each batch is durable before "acked <last seq>" is printed; a checkpoint is signed
@@ -62,11 +64,45 @@ struct LogArgs {
     #[arg(long)]
     origin: String,
     /// The signing key (as given to `init`; default DATA_DIR/signing.key).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kms_key_id")]
     signing_key: Option<PathBuf>,
+    #[command(flatten)]
+    kms: KmsArgs,
     /// Where checkpoints are also written, once each (write-once storage).
     #[arg(long)]
     witness: Option<PathBuf>,
+}
+
+/// A signing key held by a KMS (AWS KMS or a server speaking its API) instead of a file:
+/// an ECC_NIST_P256 key for SIGN_VERIFY. Credentials come from AWS_ACCESS_KEY_ID and
+/// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN).
+#[derive(Debug, clap::Args)]
+struct KmsArgs {
+    /// The KMS key (id, ARN or alias/…) that signs checkpoints.
+    #[arg(long)]
+    kms_key_id: Option<String>,
+    /// The KMS's region.
+    #[arg(long, default_value = "us-east-1", requires = "kms_key_id")]
+    kms_region: String,
+    /// The KMS's endpoint (default: the region's AWS endpoint).
+    #[arg(long, requires = "kms_key_id")]
+    kms_endpoint: Option<String>,
+}
+
+impl KmsArgs {
+    /// The key source: the KMS key when one is named, else the key file.
+    fn source(&self, signing_key: Option<PathBuf>, data_dir: &std::path::Path) -> KeySource {
+        match &self.kms_key_id {
+            Some(key_id) => KeySource::Kms(lastmile_vault::AwsConfig {
+                endpoint: self.kms_endpoint.clone(),
+                region: self.kms_region.clone(),
+                key_id: key_id.clone(),
+                access_key_id: None,
+                secret_access_key: None,
+            }),
+            None => KeySource::File(signing_key.unwrap_or_else(|| checkpoints::key_path(data_dir))),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,9 +124,17 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             data_dir,
             origin,
             signing_key,
+            kms,
         } => {
-            let key = signing_key.unwrap_or_else(|| checkpoints::key_path(&data_dir));
-            let verifier = checkpoints::init_key_at(&data_dir, &key, &origin)?;
+            let verifier = match kms.source(signing_key, &data_dir) {
+                KeySource::File(key) => checkpoints::init_key_at(&data_dir, &key, &origin)?,
+                source @ KeySource::Kms(_) => {
+                    let signer = runtime()?.block_on(Signer::load(&source, &origin))?;
+                    let verifier = signer.verifier();
+                    checkpoints::init_verifier(&data_dir, &verifier)?;
+                    verifier
+                }
+            };
             println!("{verifier}");
         }
         Command::Append { log, writer, batch } => append(&log, &writer, batch.max(1))?,
@@ -105,6 +149,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// A runtime for the KMS calls of the local commands.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -113,15 +164,14 @@ fn unix_now() -> u64 {
 }
 
 fn append(args: &LogArgs, writer: &str, batch: usize) -> anyhow::Result<()> {
-    let (mut log, recovered, mut publisher) = lastmile_audit::open_for_writing(
-        &args.data_dir,
-        &args
-            .signing_key
-            .clone()
-            .unwrap_or_else(|| checkpoints::key_path(&args.data_dir)),
-        &args.origin,
-        args.witness.clone(),
-    )?;
+    let runtime = runtime()?;
+    let (mut log, recovered, mut publisher) =
+        runtime.block_on(lastmile_audit::open_for_writing(
+            &args.data_dir,
+            &args.kms.source(args.signing_key.clone(), &args.data_dir),
+            &args.origin,
+            args.witness.clone(),
+        ))?;
     if recovered.torn_bytes_cut > 0 {
         eprintln!(
             "recovered: cut {} bytes of an unfinished write",
@@ -161,7 +211,7 @@ fn append(args: &LogArgs, writer: &str, batch: usize) -> anyhow::Result<()> {
             stdout.flush()?;
         }
         if done || last_checkpoint.elapsed() >= Duration::from_secs(1) {
-            publisher.publish(log.size(), log.root(), unix_now())?;
+            runtime.block_on(publisher.publish(log.size(), log.root(), unix_now()))?;
             last_checkpoint = Instant::now();
         }
     }

@@ -62,6 +62,12 @@ pub struct ServeConfig {
     /// Default `<data_dir>/signing.key`, which is warned about at start.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// A signing key held by a KMS instead (`[audit.signing_kms]`: `region`, `key_id`,
+    /// optional `endpoint`, credentials as for `[api.kms]`): an `ECC_NIST_P256` key for
+    /// `SIGN_VERIFY` that signs every checkpoint (ECDSA, signed-note type 0x02), so no
+    /// key to re-sign the log is on this host. Exclusive with `signing_key`.
+    #[serde(default)]
+    pub signing_kms: Option<lastmile_vault::AwsConfig>,
     /// Where to listen. Default 127.0.0.1:7443.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -105,10 +111,14 @@ struct ConfigFile {
 
 impl ServeConfig {
     /// Where the signing key is.
-    pub fn signing_key(&self) -> PathBuf {
-        self.signing_key
-            .clone()
-            .unwrap_or_else(|| crate::checkpoints::key_path(&self.data_dir))
+    pub fn signing_key(&self) -> checkpoints::KeySource {
+        match (&self.signing_kms, &self.signing_key) {
+            (Some(kms), _) => checkpoints::KeySource::Kms(kms.clone()),
+            (None, Some(path)) => checkpoints::KeySource::File(path.clone()),
+            (None, None) => {
+                checkpoints::KeySource::File(crate::checkpoints::key_path(&self.data_dir))
+            }
+        }
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -116,6 +126,13 @@ impl ServeConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: ConfigFile = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid lastmile-audit config", path.display()))?;
+        if file.audit.signing_key.is_some() && file.audit.signing_kms.is_some() {
+            anyhow::bail!(
+                "{}: both signing_key and [audit.signing_kms] are set; the log has one signing \
+                 key: keep the one it was initialised with",
+                path.display()
+            );
+        }
         Ok(file.audit)
     }
 }
@@ -177,7 +194,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         &config.signing_key(),
         &config.origin,
         config.witness.clone(),
-    )?;
+    )
+    .await?;
     info!(
         entries = recovered.entries,
         torn_bytes_cut = recovered.torn_bytes_cut,
@@ -430,7 +448,7 @@ async fn own_the_log(
                 None => return,
             },
             _ = tick.tick() => {
-                let result = checkpoint(&log, &mut publisher);
+                let result = checkpoint(&log, &mut publisher).await;
                 unverifiable = alert(unverifiable, result);
                 continue;
             }
@@ -520,6 +538,20 @@ async fn own_the_log(
     }
 }
 
+/// An error and each of its causes, once each, as `{:#}` prints an anyhow error.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A failure to make the log verifiable, since when, and when it was last reported.
 struct Unverifiable {
     why: String,
@@ -529,12 +561,16 @@ struct Unverifiable {
 /// How often a failure that persists is reported again.
 const ALERT_AGAIN: Duration = Duration::from_secs(60);
 
-fn checkpoint(log: &Log, publisher: &mut Publisher) -> Result<(), checkpoints::PublishError> {
+async fn checkpoint(log: &Log, publisher: &mut Publisher) -> Result<(), checkpoints::PublishError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    if publisher.publish(log.size(), log.root(), now)?.is_some() {
+    if publisher
+        .publish(log.size(), log.root(), now)
+        .await?
+        .is_some()
+    {
         info!(size = log.size(), "checkpoint signed");
     }
     Ok(())
@@ -553,7 +589,7 @@ fn alert(
             None
         }
         (state, Err(e)) => {
-            let why = e.to_string();
+            let why = error_chain(&e);
             let due = state
                 .as_ref()
                 .is_none_or(|u| u.why != why || u.last_alert.elapsed() >= ALERT_AGAIN);

@@ -15,7 +15,7 @@ use std::{
 };
 
 use lastmile_audit::{
-    checkpoints::{self, Publisher, checkpoints_dir},
+    checkpoints::{self, KeySource, Publisher, Signer, checkpoints_dir},
     log::{Log, segments_dir},
     segment::{self, list_segments},
     verify::{Anchors, Problem, Report, Source, verify},
@@ -23,6 +23,20 @@ use lastmile_audit::{
 use lastmile_audit_log::{Checkpoint, NoteSigner, NoteVerifier, sign};
 
 const ORIGIN: &str = "test.lastmile/audit";
+
+/// Runs one of the log's async calls (publishing and opening are async since a KMS may
+/// sign; with a key file nothing waits).
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn key_file(data: &Path) -> KeySource {
+    KeySource::File(checkpoints::key_path(data))
+}
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -38,16 +52,14 @@ fn fixture() -> Fixture {
     let witness = tmp.path().join("witness");
     let verifier = checkpoints::init_key(&data, ORIGIN).unwrap();
     let (mut log, _) = Log::open(&data, 1 << 20).unwrap();
-    let signer = checkpoints::load_signer(&data, ORIGIN).unwrap();
+    let signer = Signer::File(checkpoints::load_signer(&data, ORIGIN).unwrap());
     let mut publisher = Publisher::new(&data, ORIGIN, signer, Some(witness.clone())).unwrap();
     for batch in 0..4u64 {
         let events = (0..25)
             .map(|i| serde_json::json!({ "kind": "query", "n": batch * 25 + i }))
             .collect();
         log.append(events, "gw-1", SystemTime::now()).unwrap();
-        publisher
-            .publish(log.size(), log.root(), 1_800_000_000 + batch)
-            .unwrap();
+        block(publisher.publish(log.size(), log.root(), 1_800_000_000 + batch)).unwrap();
     }
     Fixture {
         _tmp: tmp,
@@ -218,7 +230,7 @@ fn a_tail_cut_below_a_published_checkpoint_is_found() {
     let publisher = Publisher::new(
         &f.data,
         ORIGIN,
-        checkpoints::load_signer(&f.data, ORIGIN).unwrap(),
+        Signer::File(checkpoints::load_signer(&f.data, ORIGIN).unwrap()),
         None,
     )
     .unwrap();
@@ -259,11 +271,11 @@ fn a_fork_is_found() {
         let mut p = Publisher::new(
             &f.data,
             ORIGIN,
-            checkpoints::load_signer(&f.data, ORIGIN).unwrap(),
+            Signer::File(checkpoints::load_signer(&f.data, ORIGIN).unwrap()),
             Some(f.witness.clone()),
         )
         .unwrap();
-        p.publish(100, other.root, 1_800_000_009).unwrap_err()
+        block(p.publish(100, other.root, 1_800_000_009)).unwrap_err()
     };
     assert!(
         publisher_err.to_string().contains("FORK"),
@@ -291,10 +303,8 @@ fn a_log_rebuilt_and_resigned_with_another_key_is_refused() {
     let (log, _) = Log::open(&f.data, 1 << 20).unwrap();
     let forger = NoteSigner::generate(ORIGIN).unwrap();
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
-    let mut publisher = Publisher::new(&f.data, ORIGIN, forger, None).unwrap();
-    publisher
-        .publish(log.size(), log.root(), 1_900_000_000)
-        .unwrap();
+    let mut publisher = Publisher::new(&f.data, ORIGIN, Signer::File(forger), None).unwrap();
+    block(publisher.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
 
     // Against the pinned key and without the witness: nothing vouches for the log.
     let report = verify(&f.data, &f.verifier, &Anchors::default());
@@ -390,12 +400,12 @@ fn a_log_changed_while_closed_is_refused_at_open() {
             .replace("\"n\":42", "\"n\":43");
         records[42] = forged_record(text.as_bytes());
     });
-    let err = lastmile_audit::open_for_writing(
+    let err = block(lastmile_audit::open_for_writing(
         &f.data,
-        &checkpoints::key_path(&f.data),
+        &key_file(&f.data),
         ORIGIN,
         Some(f.witness.clone()),
-    )
+    ))
     .unwrap_err();
     assert!(
         matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
@@ -404,12 +414,12 @@ fn a_log_changed_while_closed_is_refused_at_open() {
     assert!(err.to_string().contains("lastmile audit verify"), "{err}");
     // With its own checkpoints gone, the witness still remembers.
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
-    let err = lastmile_audit::open_for_writing(
+    let err = block(lastmile_audit::open_for_writing(
         &f.data,
-        &checkpoints::key_path(&f.data),
+        &key_file(&f.data),
         ORIGIN,
         Some(f.witness.clone()),
-    )
+    ))
     .unwrap_err();
     assert!(
         matches!(err, lastmile_audit::OpenError::Rewritten { size: 100, .. }),
@@ -429,12 +439,12 @@ fn entries_after_the_last_checkpoint_are_adopted_at_open() {
     )
     .unwrap();
     drop(log);
-    let (log, _, _) = lastmile_audit::open_for_writing(
+    let (log, _, _) = block(lastmile_audit::open_for_writing(
         &f.data,
-        &checkpoints::key_path(&f.data),
+        &key_file(&f.data),
         ORIGIN,
         Some(f.witness.clone()),
-    )
+    ))
     .unwrap();
     assert_eq!(log.size(), 101);
 }
@@ -452,11 +462,9 @@ fn a_log_resigned_with_its_own_key_is_vouched_for_only_by_the_witness() {
     });
     let (log, _) = Log::open(&f.data, 1 << 20).unwrap();
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
-    let signer = checkpoints::load_signer(&f.data, ORIGIN).unwrap();
-    Publisher::new(&f.data, ORIGIN, signer, None)
-        .unwrap()
-        .publish(log.size(), log.root(), 1_900_000_000)
-        .unwrap();
+    let signer = Signer::File(checkpoints::load_signer(&f.data, ORIGIN).unwrap());
+    let mut p = Publisher::new(&f.data, ORIGIN, signer, None).unwrap();
+    block(p.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
 
     // Its own checkpoints agree with it, and vouch for nothing from outside.
     let report = verify(&f.data, &f.verifier, &Anchors::default());
@@ -508,11 +516,9 @@ fn coverage_names_what_the_witness_holds_and_what_only_the_log_does() {
     };
     log.append(more(3), "gw-1", SystemTime::now()).unwrap();
     // A checkpoint the witness never got, then entries no checkpoint covers.
-    let signer = checkpoints::load_signer(&f.data, ORIGIN).unwrap();
-    Publisher::new(&f.data, ORIGIN, signer, None)
-        .unwrap()
-        .publish(log.size(), log.root(), 1_800_000_100)
-        .unwrap();
+    let signer = Signer::File(checkpoints::load_signer(&f.data, ORIGIN).unwrap());
+    let mut p = Publisher::new(&f.data, ORIGIN, signer, None).unwrap();
+    block(p.publish(log.size(), log.root(), 1_800_000_100)).unwrap();
     log.append(more(2), "gw-1", SystemTime::now()).unwrap();
     let report = check(&f);
     assert!(report.ok(), "{:?}", report.problems);
@@ -558,17 +564,20 @@ fn the_signing_key_can_live_away_from_the_data() {
             & 0o777,
         0o700
     );
-    let (mut log, _, mut publisher) =
-        lastmile_audit::open_for_writing(&data, &key, ORIGIN, None).unwrap();
+    let (mut log, _, mut publisher) = block(lastmile_audit::open_for_writing(
+        &data,
+        &KeySource::File(key.clone()),
+        ORIGIN,
+        None,
+    ))
+    .unwrap();
     log.append(
         vec![serde_json::json!({"kind": "login"})],
         "gw-1",
         SystemTime::now(),
     )
     .unwrap();
-    publisher
-        .publish(log.size(), log.root(), 1_800_000_000)
-        .unwrap();
+    block(publisher.publish(log.size(), log.root(), 1_800_000_000)).unwrap();
     let note = fs::read_dir(checkpoints_dir(&data))
         .unwrap()
         .flatten()
@@ -577,7 +586,12 @@ fn the_signing_key_can_live_away_from_the_data() {
         .path();
     assert!(checkpoints::open_note(&fs::read_to_string(note).unwrap(), &verifier).is_ok());
     drop((log, publisher));
-    let err = lastmile_audit::open_for_writing(&data, &checkpoints::key_path(&data), ORIGIN, None)
-        .unwrap_err();
+    let err = block(lastmile_audit::open_for_writing(
+        &data,
+        &key_file(&data),
+        ORIGIN,
+        None,
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("no signing key at"), "{err}");
 }

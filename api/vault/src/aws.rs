@@ -11,14 +11,14 @@ use aws_sdk_kms::{
     config::{BehaviorVersion, Credentials, Region},
     error::{DisplayErrorContext, ProvideErrorMetadata},
     primitives::Blob,
-    types::DataKeySpec,
+    types::{DataKeySpec, KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec},
 };
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::{Context, DataKey, KmsError};
 
-/// `[api.kms]` with `kind = "aws"`.
+/// `[api.kms]` with `kind = "aws"`, and the audit log's `[audit.signing_kms]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
@@ -72,7 +72,7 @@ impl AwsKms {
             .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
         let (Some(access), Some(secret)) = (access, secret) else {
             return Err(KmsError::Config(
-                "no AWS credentials: set access_key_id and secret_access_key in [api.kms], or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                "no AWS credentials: set access_key_id and secret_access_key in the KMS settings ([api.kms] or [audit.signing_kms]), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
             ));
         };
         let http = aws_smithy_http_client::Builder::new()
@@ -102,6 +102,11 @@ impl AwsKms {
 
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// The SDK client, for what this type does not wrap (tests disable a key with it).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Makes a new symmetric master key (for tests and first setup); returns its id.
@@ -209,5 +214,80 @@ impl AwsKms {
             .ok_or_else(|| KmsError::Unavailable("ReEncrypt returned no ciphertext".into()))?
             .as_ref()
             .to_vec())
+    }
+
+    /// Makes a new ECC_NIST_P256 signing key (for tests and first setup); returns its id.
+    pub async fn create_signing_key(&self, description: &str) -> Result<String, KmsError> {
+        let out = self
+            .client
+            .create_key()
+            .description(description)
+            .key_spec(KeySpec::EccNistP256)
+            .key_usage(KeyUsageType::SignVerify)
+            .send()
+            .await
+            .map_err(failure)?;
+        out.key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| KmsError::Unavailable("CreateKey returned no key".into()))
+    }
+
+    /// The DER SubjectPublicKeyInfo of this KMS's key, which must be an `ECC_NIST_P256`
+    /// key for `SIGN_VERIFY` (what [`Self::sign_ecdsa_p256`] uses); any other key is
+    /// refused with what to create instead.
+    pub async fn p256_public_key(&self) -> Result<Vec<u8>, KmsError> {
+        let out = self
+            .client
+            .get_public_key()
+            .key_id(&self.key_id)
+            .send()
+            .await
+            .map_err(failure)?;
+        // `KeySpec`, or the older `CustomerMasterKeySpec` that AWS still returns beside it
+        // (and that some KMS-compatible servers return alone).
+        #[allow(deprecated)]
+        let spec = out.key_spec().or(match out.customer_master_key_spec() {
+            Some(aws_sdk_kms::types::CustomerMasterKeySpec::EccNistP256) => {
+                Some(&KeySpec::EccNistP256)
+            }
+            _ => None,
+        });
+        let usage = out.key_usage();
+        if spec != Some(&KeySpec::EccNistP256) || usage != Some(&KeyUsageType::SignVerify) {
+            return Err(KmsError::Config(format!(
+                "KMS key `{}` is a {} key for {}; signing needs an ECC_NIST_P256 key for \
+                 SIGN_VERIFY (create one with key spec ECC_NIST_P256 and key usage SIGN_VERIFY)",
+                self.key_id,
+                spec.map_or("(unknown spec)", KeySpec::as_str),
+                usage.map_or("(unknown usage)", KeyUsageType::as_str),
+            )));
+        }
+        out.public_key()
+            .map(|k| k.as_ref().to_vec())
+            .ok_or_else(|| KmsError::Unavailable("GetPublicKey returned no key".into()))
+    }
+
+    /// Signs `message` (at most 4096 bytes, the KMS's limit for a raw message) with
+    /// ECDSA_SHA_256: the KMS hashes it and returns the ASN.1 DER signature.
+    pub async fn sign_ecdsa_p256(&self, message: &[u8]) -> Result<Vec<u8>, KmsError> {
+        if message.len() > 4096 {
+            return Err(KmsError::Config(format!(
+                "a {}-byte message is over the KMS's 4096-byte limit for signing",
+                message.len()
+            )));
+        }
+        let out = self
+            .client
+            .sign()
+            .key_id(&self.key_id)
+            .message(Blob::new(message))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+            .send()
+            .await
+            .map_err(failure)?;
+        out.signature()
+            .map(|s| s.as_ref().to_vec())
+            .ok_or_else(|| KmsError::Unavailable("Sign returned no signature".into()))
     }
 }

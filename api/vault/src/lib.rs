@@ -15,7 +15,7 @@ pub mod envelope;
 mod kms;
 mod local;
 
-pub use aws::AwsConfig;
+pub use aws::{AwsConfig, AwsKms};
 pub use context::Context;
 pub use envelope::Sealed;
 pub use kms::{DataKey, Kms, KmsConfig, KmsError};
