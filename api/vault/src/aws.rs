@@ -111,13 +111,20 @@ impl AwsKms {
 
     /// Makes a new symmetric master key (for tests and first setup); returns its id.
     pub async fn create_key(&self, description: &str) -> Result<String, KmsError> {
-        let out = self
-            .client
-            .create_key()
-            .description(description)
-            .send()
-            .await
-            .map_err(failure)?;
+        self.new_key(description, None).await
+    }
+
+    /// CreateKey: a symmetric key, or one of `spec` for `usage`.
+    async fn new_key(
+        &self,
+        description: &str,
+        kind: Option<(KeySpec, KeyUsageType)>,
+    ) -> Result<String, KmsError> {
+        let mut call = self.client.create_key().description(description);
+        if let Some((spec, usage)) = kind {
+            call = call.key_spec(spec).key_usage(usage);
+        }
+        let out = call.send().await.map_err(failure)?;
         out.key_metadata()
             .map(|m| m.key_id().to_owned())
             .ok_or_else(|| KmsError::Unavailable("CreateKey returned no key".into()))
@@ -218,18 +225,11 @@ impl AwsKms {
 
     /// Makes a new ECC_NIST_P256 signing key (for tests and first setup); returns its id.
     pub async fn create_signing_key(&self, description: &str) -> Result<String, KmsError> {
-        let out = self
-            .client
-            .create_key()
-            .description(description)
-            .key_spec(KeySpec::EccNistP256)
-            .key_usage(KeyUsageType::SignVerify)
-            .send()
-            .await
-            .map_err(failure)?;
-        out.key_metadata()
-            .map(|m| m.key_id().to_owned())
-            .ok_or_else(|| KmsError::Unavailable("CreateKey returned no key".into()))
+        self.new_key(
+            description,
+            Some((KeySpec::EccNistP256, KeyUsageType::SignVerify)),
+        )
+        .await
     }
 
     /// The DER SubjectPublicKeyInfo of this KMS's key, which must be an `ECC_NIST_P256`
