@@ -72,11 +72,9 @@ fn make_log(data: &Path, recipient: &age::x25519::Recipient) -> String {
         .unwrap(),
     ];
     log.append(events, "gw-1", SystemTime::now()).unwrap();
-    let signer = checkpoints::load_signer(data, ORIGIN).unwrap();
-    Publisher::new(data, ORIGIN, signer, Some(witness_of(data)))
-        .unwrap()
-        .publish(log.size(), log.root(), 1_800_000_000)
-        .unwrap();
+    let signer = checkpoints::Signer::File(checkpoints::load_signer(data, ORIGIN).unwrap());
+    let mut publisher = Publisher::new(data, ORIGIN, signer, Some(witness_of(data))).unwrap();
+    block(publisher.publish(log.size(), log.root(), 1_800_000_000)).unwrap();
     verifier.to_string()
 }
 
@@ -230,11 +228,18 @@ fn verify_fails_and_names_the_entry_after_tampering() {
 fn resign(data: &Path) {
     let (log, _) = Log::open(data, 1 << 20).unwrap();
     std::fs::remove_dir_all(checkpoints::checkpoints_dir(data)).unwrap();
-    let signer = checkpoints::load_signer(data, ORIGIN).unwrap();
-    Publisher::new(data, ORIGIN, signer, None)
+    let signer = checkpoints::Signer::File(checkpoints::load_signer(data, ORIGIN).unwrap());
+    let mut publisher = Publisher::new(data, ORIGIN, signer, None).unwrap();
+    block(publisher.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
+}
+
+/// Publishing is async (a KMS may sign); with a key file nothing waits.
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
-        .publish(log.size(), log.root(), 1_900_000_000)
-        .unwrap();
+        .block_on(f)
 }
 
 #[test]

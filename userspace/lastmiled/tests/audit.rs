@@ -75,6 +75,7 @@ fn node_events_reach_the_audit_service_and_verify() {
         data_dir: data.clone(),
         origin: "node-test/audit".into(),
         signing_key: None,
+        signing_kms: None,
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         witness: None,
         tls_cert: dir.join("audit.pem"),

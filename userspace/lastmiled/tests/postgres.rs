@@ -903,6 +903,7 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
         data_dir: data.clone(),
         origin: "pg-test/audit".into(),
         signing_key: None,
+        signing_kms: None,
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         witness: Some(dir.join("witness")),
         tls_cert: dir.join("server.pem"),
