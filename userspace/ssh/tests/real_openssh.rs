@@ -150,7 +150,8 @@ async fn fixture_with_revocation(
          HostCertificate {d}/target_host-cert.pub\nTrustedUserCAKeys {d}/user_ca.pub\n\
          AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
          UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPidFile none\n\
-         Subsystem sftp internal-sftp\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
+         Subsystem sftp internal-sftp\nAllowTcpForwarding yes\nLogLevel VERBOSE\n\
+         MaxSessions 200\n",
         d = d.display()
     );
     std::fs::write(d.join("sshd_config"), config).unwrap_or_else(|e| panic!("{e}"));
@@ -607,6 +608,169 @@ async fn channels_beyond_the_limit_are_refused_and_audited() {
     )
     .await;
     // The connection itself still works.
+    let channel = opened.pop().unwrap();
+    channel.exec(true, "echo still-here").await.unwrap();
+    let mut out = Vec::new();
+    let mut reader = channel.into_stream();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(text(&out), "still-here\n");
+}
+
+/// One SSH binary packet in the clear (RFC 4253 section 6, before the first NEWKEYS):
+/// length, padding length, payload, at least 4 bytes of padding to a multiple of 8.
+fn plain_packet(payload: &[u8]) -> Vec<u8> {
+    let mut padding = 8 - (5 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let length = u32::try_from(1 + payload.len() + padding).unwrap();
+    let mut out = length.to_be_bytes().to_vec();
+    out.push(u8::try_from(padding).unwrap());
+    out.extend_from_slice(payload);
+    out.extend(std::iter::repeat_n(0u8, padding));
+    out
+}
+
+/// A KEXINIT (RFC 4253 section 7.1) that offers strict key exchange as a client.
+fn strict_client_kexinit() -> Vec<u8> {
+    let mut p = vec![20u8];
+    p.extend_from_slice(&[7u8; 16]);
+    for list in [
+        "curve25519-sha256,kex-strict-c-v00@openssh.com",
+        "ssh-ed25519",
+        "chacha20-poly1305@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "hmac-sha2-256",
+        "hmac-sha2-256",
+        "none",
+        "none",
+        "",
+        "",
+    ] {
+        p.extend_from_slice(&u32::try_from(list.len()).unwrap().to_be_bytes());
+        p.extend_from_slice(list.as_bytes());
+    }
+    p.push(0);
+    p.extend_from_slice(&[0u8; 4]);
+    p
+}
+
+/// A raw client: sends its version line, reads the gateway's, then sends `bytes`, and
+/// returns once the gateway has closed the connection (or panics after 10 s).
+async fn raw_client_is_cut_off(port: u16, bytes: &[u8]) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(b"SSH-2.0-hostile_0.1\r\n")
+        .await
+        .unwrap();
+    let mut version = String::new();
+    stream.read_line(&mut version).await.unwrap();
+    assert!(version.starts_with("SSH-2.0-"), "{version:?}");
+    stream.get_mut().write_all(bytes).await.unwrap();
+    let mut sink = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the gateway kept a hostile connection open");
+}
+
+/// Hostile input closes only the connection it came on, with an audit event that
+/// says why: a client that offers strict key exchange but sends a message before its
+/// KEXINIT (the CVE-2023-48795 prefix), and a packet far over the size limit. Real
+/// `ssh` through the same gateway meanwhile works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_closes_only_that_connection_and_is_audited() {
+    let Some(fx) = fixture(ChannelPolicy::default()).await else {
+        return;
+    };
+    let closed_with = |needle: &'static str| {
+        move |e: &SshEvent| {
+            matches!(e, SshEvent::SessionClosed { reason, .. }
+                if reason.starts_with("connection closed: ") && reason.contains(needle))
+        }
+    };
+
+    // SSH_MSG_IGNORE (2) first, then a KEXINIT offering kex-strict-c: under strict kex
+    // the KEXINIT must be the first packet (sequence number 0).
+    let mut bytes = plain_packet(&[2, 0, 0, 0, 0]);
+    bytes.extend(plain_packet(&strict_client_kexinit()));
+    raw_client_is_cut_off(fx.bridge_port, &bytes).await;
+    fx.wait_for("strict kex violation", closed_with("strict key exchange"))
+        .await;
+
+    // A packet length of 256 MiB (the limit is 256 KiB and some headroom).
+    let mut bytes = (256u32 << 20).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[4u8; 60]);
+    raw_client_is_cut_off(fx.bridge_port, &bytes).await;
+    fx.wait_for("oversized packet", closed_with("packet size"))
+        .await;
+
+    let out = fx.ssh_async(&fx.user, &[], "echo unaffected").await;
+    assert_eq!(text(&out.stdout), "unaffected\n", "{}", text(&out.stderr));
+}
+
+/// A thousand channel opens on one connection: the policy's limit (64 by default) are
+/// opened, every other one is refused and audited, and the connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_channels_on_one_connection_are_bounded() {
+    let Some(fx) = fixture(ChannelPolicy::default()).await else {
+        return;
+    };
+    let limit = ChannelPolicy::default().max_channels;
+    let host_ca =
+        russh::keys::ssh_key::PublicKey::read_openssh_file(fx.path("host_ca.pub")).unwrap();
+    let stream = TcpStream::connect(("127.0.0.1", fx.bridge_port))
+        .await
+        .unwrap();
+    let principal =
+        lastmile_ssh::principal::choose(&fx.user, std::slice::from_ref(&fx.user)).unwrap();
+    let login = UpstreamLogin {
+        key: Arc::new(russh::keys::load_secret_key(fx.path("conn"), None).unwrap()),
+        certificate: None,
+    };
+    let trust = HostTrust::CertificateAuthority {
+        authorities: vec![host_ca],
+        host_name: "127.0.0.1".to_owned(),
+    };
+    let handle = bridge::upstream::connect(stream, trust, &principal, &login)
+        .await
+        .unwrap();
+    let mut opened = Vec::new();
+    let mut refused = 0usize;
+    for _ in 0..1000 {
+        match handle.channel_open_session().await {
+            Ok(channel) => opened.push(channel),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(opened.len(), limit);
+    assert_eq!(refused, 1000 - opened.len());
+    let refusals = fx
+        .wait_for("too many channels", |e| {
+            matches!(e, SshEvent::Refused { reason, .. } if reason.contains("too many channels"))
+        })
+        .await;
+    assert_eq!(
+        refusals
+            .iter()
+            .filter(
+                |e| matches!(e, SshEvent::Refused { reason, .. } if reason.contains("too many channels"))
+            )
+            .count(),
+        1000 - limit,
+        "each refusal is audited"
+    );
     let channel = opened.pop().unwrap();
     channel.exec(true, "echo still-here").await.unwrap();
     let mut out = Vec::new();
