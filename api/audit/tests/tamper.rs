@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use lastmile_testkit::block_on;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -23,16 +24,6 @@ use lastmile_audit::{
 use lastmile_audit_log::{Checkpoint, NoteSigner, NoteVerifier, sign};
 
 const ORIGIN: &str = "test.lastmile/audit";
-
-/// Runs one of the log's async calls (publishing and opening are async since a KMS may
-/// sign; with a key file nothing waits).
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 fn key_file(data: &Path) -> KeySource {
     KeySource::File(checkpoints::key_path(data))
@@ -59,7 +50,7 @@ fn fixture() -> Fixture {
             .map(|i| serde_json::json!({ "kind": "query", "n": batch * 25 + i }))
             .collect();
         log.append(events, "gw-1", SystemTime::now()).unwrap();
-        block(publisher.publish(log.size(), log.root(), 1_800_000_000 + batch)).unwrap();
+        block_on(publisher.publish(log.size(), log.root(), 1_800_000_000 + batch)).unwrap();
     }
     Fixture {
         _tmp: tmp,
@@ -275,7 +266,7 @@ fn a_fork_is_found() {
             Some(f.witness.clone()),
         )
         .unwrap();
-        block(p.publish(100, other.root, 1_800_000_009)).unwrap_err()
+        block_on(p.publish(100, other.root, 1_800_000_009)).unwrap_err()
     };
     assert!(
         publisher_err.to_string().contains("FORK"),
@@ -304,7 +295,7 @@ fn a_log_rebuilt_and_resigned_with_another_key_is_refused() {
     let forger = NoteSigner::generate(ORIGIN).unwrap();
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
     let mut publisher = Publisher::new(&f.data, ORIGIN, Signer::File(forger), None).unwrap();
-    block(publisher.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
+    block_on(publisher.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
 
     // Against the pinned key and without the witness: nothing vouches for the log.
     let report = verify(&f.data, &f.verifier, &Anchors::default());
@@ -400,7 +391,7 @@ fn a_log_changed_while_closed_is_refused_at_open() {
             .replace("\"n\":42", "\"n\":43");
         records[42] = forged_record(text.as_bytes());
     });
-    let err = block(lastmile_audit::open_for_writing(
+    let err = block_on(lastmile_audit::open_for_writing(
         &f.data,
         &key_file(&f.data),
         ORIGIN,
@@ -414,7 +405,7 @@ fn a_log_changed_while_closed_is_refused_at_open() {
     assert!(err.to_string().contains("lastmile audit verify"), "{err}");
     // With its own checkpoints gone, the witness still remembers.
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
-    let err = block(lastmile_audit::open_for_writing(
+    let err = block_on(lastmile_audit::open_for_writing(
         &f.data,
         &key_file(&f.data),
         ORIGIN,
@@ -439,7 +430,7 @@ fn entries_after_the_last_checkpoint_are_adopted_at_open() {
     )
     .unwrap();
     drop(log);
-    let (log, _, _) = block(lastmile_audit::open_for_writing(
+    let (log, _, _) = block_on(lastmile_audit::open_for_writing(
         &f.data,
         &key_file(&f.data),
         ORIGIN,
@@ -464,7 +455,7 @@ fn a_log_resigned_with_its_own_key_is_vouched_for_only_by_the_witness() {
     fs::remove_dir_all(checkpoints_dir(&f.data)).unwrap();
     let signer = Signer::File(checkpoints::load_signer(&f.data, ORIGIN).unwrap());
     let mut p = Publisher::new(&f.data, ORIGIN, signer, None).unwrap();
-    block(p.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
+    block_on(p.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
 
     // Its own checkpoints agree with it, and vouch for nothing from outside.
     let report = verify(&f.data, &f.verifier, &Anchors::default());
@@ -518,7 +509,7 @@ fn coverage_names_what_the_witness_holds_and_what_only_the_log_does() {
     // A checkpoint the witness never got, then entries no checkpoint covers.
     let signer = Signer::File(checkpoints::load_signer(&f.data, ORIGIN).unwrap());
     let mut p = Publisher::new(&f.data, ORIGIN, signer, None).unwrap();
-    block(p.publish(log.size(), log.root(), 1_800_000_100)).unwrap();
+    block_on(p.publish(log.size(), log.root(), 1_800_000_100)).unwrap();
     log.append(more(2), "gw-1", SystemTime::now()).unwrap();
     let report = check(&f);
     assert!(report.ok(), "{:?}", report.problems);
@@ -564,7 +555,7 @@ fn the_signing_key_can_live_away_from_the_data() {
             & 0o777,
         0o700
     );
-    let (mut log, _, mut publisher) = block(lastmile_audit::open_for_writing(
+    let (mut log, _, mut publisher) = block_on(lastmile_audit::open_for_writing(
         &data,
         &KeySource::File(key.clone()),
         ORIGIN,
@@ -577,7 +568,7 @@ fn the_signing_key_can_live_away_from_the_data() {
         SystemTime::now(),
     )
     .unwrap();
-    block(publisher.publish(log.size(), log.root(), 1_800_000_000)).unwrap();
+    block_on(publisher.publish(log.size(), log.root(), 1_800_000_000)).unwrap();
     let note = fs::read_dir(checkpoints_dir(&data))
         .unwrap()
         .flatten()
@@ -586,7 +577,7 @@ fn the_signing_key_can_live_away_from_the_data() {
         .path();
     assert!(checkpoints::open_note(&fs::read_to_string(note).unwrap(), &verifier).is_ok());
     drop((log, publisher));
-    let err = block(lastmile_audit::open_for_writing(
+    let err = block_on(lastmile_audit::open_for_writing(
         &data,
         &key_file(&data),
         ORIGIN,

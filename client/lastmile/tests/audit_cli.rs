@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use lastmile_testkit::block_on;
 use std::{
     path::Path,
     process::{Command, Output},
@@ -74,7 +75,7 @@ fn make_log(data: &Path, recipient: &age::x25519::Recipient) -> String {
     log.append(events, "gw-1", SystemTime::now()).unwrap();
     let signer = checkpoints::Signer::File(checkpoints::load_signer(data, ORIGIN).unwrap());
     let mut publisher = Publisher::new(data, ORIGIN, signer, Some(witness_of(data))).unwrap();
-    block(publisher.publish(log.size(), log.root(), 1_800_000_000)).unwrap();
+    block_on(publisher.publish(log.size(), log.root(), 1_800_000_000)).unwrap();
     verifier.to_string()
 }
 
@@ -230,16 +231,7 @@ fn resign(data: &Path) {
     std::fs::remove_dir_all(checkpoints::checkpoints_dir(data)).unwrap();
     let signer = checkpoints::Signer::File(checkpoints::load_signer(data, ORIGIN).unwrap());
     let mut publisher = Publisher::new(data, ORIGIN, signer, None).unwrap();
-    block(publisher.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
-}
-
-/// Publishing is async (a KMS may sign); with a key file nothing waits.
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    block_on(publisher.publish(log.size(), log.root(), 1_900_000_000)).unwrap();
 }
 
 #[test]

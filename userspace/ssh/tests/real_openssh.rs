@@ -254,6 +254,28 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
+    /// Our own upstream client, pointed at the bridge: it trusts the same host CA.
+    async fn russh_client(&self) -> russh::client::Handle<bridge::upstream::Upstream> {
+        let host_ca =
+            russh::keys::ssh_key::PublicKey::read_openssh_file(self.path("host_ca.pub")).unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", self.bridge_port))
+            .await
+            .unwrap();
+        let principal =
+            lastmile_ssh::principal::choose(&self.user, std::slice::from_ref(&self.user)).unwrap();
+        let login = UpstreamLogin {
+            key: Arc::new(russh::keys::load_secret_key(self.path("conn"), None).unwrap()),
+            certificate: None,
+        };
+        let trust = HostTrust::CertificateAuthority {
+            authorities: vec![host_ca],
+            host_name: "127.0.0.1".to_owned(),
+        };
+        bridge::upstream::connect(stream, trust, &principal, &login)
+            .await
+            .unwrap()
+    }
+
     /// Options every client gets: no config, no agent, trust only the CA line.
     fn client_options(&self, tool: &str) -> Command {
         let mut cmd = Command::new(tool);
@@ -311,6 +333,17 @@ impl Fixture {
         }
         panic!("no {what} event in {:#?}", self.events.all());
     }
+}
+
+/// What `command` prints on `channel`, run to its end.
+async fn exec_output(channel: russh::Channel<russh::client::Msg>, command: &str) -> String {
+    channel.exec(true, command).await.unwrap();
+    let mut out = Vec::new();
+    let mut reader = channel.into_stream();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
+        .await
+        .unwrap();
+    text(&out)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -574,25 +607,7 @@ async fn channels_beyond_the_limit_are_refused_and_audited() {
     let Some(fx) = fixture(policy).await else {
         return;
     };
-    // Our own upstream client, pointed at the bridge: it trusts the same host CA.
-    let host_ca =
-        russh::keys::ssh_key::PublicKey::read_openssh_file(fx.path("host_ca.pub")).unwrap();
-    let stream = TcpStream::connect(("127.0.0.1", fx.bridge_port))
-        .await
-        .unwrap();
-    let principal =
-        lastmile_ssh::principal::choose(&fx.user, std::slice::from_ref(&fx.user)).unwrap();
-    let login = UpstreamLogin {
-        key: Arc::new(russh::keys::load_secret_key(fx.path("conn"), None).unwrap()),
-        certificate: None,
-    };
-    let trust = HostTrust::CertificateAuthority {
-        authorities: vec![host_ca],
-        host_name: "127.0.0.1".to_owned(),
-    };
-    let handle = bridge::upstream::connect(stream, trust, &principal, &login)
-        .await
-        .unwrap();
+    let handle = fx.russh_client().await;
     let mut opened = Vec::new();
     let mut refused = 0;
     for _ in 0..20 {
@@ -609,13 +624,10 @@ async fn channels_beyond_the_limit_are_refused_and_audited() {
     .await;
     // The connection itself still works.
     let channel = opened.pop().unwrap();
-    channel.exec(true, "echo still-here").await.unwrap();
-    let mut out = Vec::new();
-    let mut reader = channel.into_stream();
-    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
-        .await
-        .unwrap();
-    assert_eq!(text(&out), "still-here\n");
+    assert_eq!(
+        exec_output(channel, "echo still-here").await,
+        "still-here\n"
+    );
 }
 
 /// One SSH binary packet in the clear (RFC 4253 section 6, before the first NEWKEYS):
@@ -728,24 +740,7 @@ async fn a_thousand_channels_on_one_connection_are_bounded() {
         return;
     };
     let limit = ChannelPolicy::default().max_channels;
-    let host_ca =
-        russh::keys::ssh_key::PublicKey::read_openssh_file(fx.path("host_ca.pub")).unwrap();
-    let stream = TcpStream::connect(("127.0.0.1", fx.bridge_port))
-        .await
-        .unwrap();
-    let principal =
-        lastmile_ssh::principal::choose(&fx.user, std::slice::from_ref(&fx.user)).unwrap();
-    let login = UpstreamLogin {
-        key: Arc::new(russh::keys::load_secret_key(fx.path("conn"), None).unwrap()),
-        certificate: None,
-    };
-    let trust = HostTrust::CertificateAuthority {
-        authorities: vec![host_ca],
-        host_name: "127.0.0.1".to_owned(),
-    };
-    let handle = bridge::upstream::connect(stream, trust, &principal, &login)
-        .await
-        .unwrap();
+    let handle = fx.russh_client().await;
     let mut opened = Vec::new();
     let mut refused = 0usize;
     for _ in 0..1000 {
@@ -772,11 +767,8 @@ async fn a_thousand_channels_on_one_connection_are_bounded() {
         "each refusal is audited"
     );
     let channel = opened.pop().unwrap();
-    channel.exec(true, "echo still-here").await.unwrap();
-    let mut out = Vec::new();
-    let mut reader = channel.into_stream();
-    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
-        .await
-        .unwrap();
-    assert_eq!(text(&out), "still-here\n");
+    assert_eq!(
+        exec_output(channel, "echo still-here").await,
+        "still-here\n"
+    );
 }
