@@ -62,9 +62,11 @@ impl Default for ChannelPolicy {
 /// What the client asks for, as the policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// `CHANNEL_OPEN "session"` (RFC 4254 §6.1), with the number already open.
+    /// `CHANNEL_OPEN "session"` (RFC 4254 §6.1), with the number already open and
+    /// whether the client has sent `no-more-sessions@openssh.com` (OpenSSH PROTOCOL §2.2).
     OpenSession {
         open_channels: usize,
+        no_more_sessions: bool,
     },
     /// `CHANNEL_OPEN "direct-tcpip"` (RFC 4254 §7.2).
     OpenDirectTcpip {
@@ -94,6 +96,16 @@ pub enum Request<'a> {
     RemoteForward {
         what: &'a str,
     },
+    /// A channel request of a type the gateway does not relay (RFC 4254 §5.4: "If the
+    /// request is not recognized or is not supported for the channel,
+    /// SSH_MSG_CHANNEL_FAILURE is returned"), such as `break` (RFC 4335) or a vendor's.
+    ChannelRequestOther {
+        kind: &'a str,
+    },
+    /// A global request other than forwarding, keepalive and no-more-sessions (RFC 4254 §4).
+    GlobalRequestOther {
+        kind: &'a str,
+    },
 }
 
 /// Why a request was refused; its text is what the user reads and what the audit log says.
@@ -108,6 +120,9 @@ pub enum RefusalReason {
     Unknown,
     /// The connection already has `max_channels` open.
     TooManyChannels,
+    /// The client sent `no-more-sessions@openssh.com` and then opened a session anyway,
+    /// which OpenSSH's sshd treats as an attack on a hijacked connection.
+    AfterNoMoreSessions,
 }
 
 impl fmt::Display for RefusalReason {
@@ -121,6 +136,9 @@ impl fmt::Display for RefusalReason {
             }
             Self::Unknown => "not supported by the lastmile gateway",
             Self::TooManyChannels => "too many channels open on this connection; close some first",
+            Self::AfterNoMoreSessions => {
+                "the client had promised to open no more sessions (no-more-sessions@openssh.com)"
+            }
         })
     }
 }
@@ -165,7 +183,16 @@ impl ChannelPolicy {
     /// Decide one request. Pure: the caller supplies everything it depends on.
     pub fn decide(&self, request: Request<'_>) -> Decision {
         match request {
-            Request::OpenSession { open_channels } => self.room(open_channels, "session channel"),
+            Request::OpenSession {
+                no_more_sessions: true,
+                ..
+            } => Decision::Refuse {
+                what: "session channel".to_owned(),
+                reason: RefusalReason::AfterNoMoreSessions,
+            },
+            Request::OpenSession { open_channels, .. } => {
+                self.room(open_channels, "session channel")
+            }
             Request::OpenDirectTcpip {
                 host,
                 port,
@@ -225,6 +252,14 @@ impl ChannelPolicy {
                 self.remote_forwarding,
                 format!("remote forwarding ({what})"),
             ),
+            Request::ChannelRequestOther { kind } => Decision::Refuse {
+                what: format!("channel request {kind:?}"),
+                reason: RefusalReason::Unknown,
+            },
+            Request::GlobalRequestOther { kind } => Decision::Refuse {
+                what: format!("global request {kind:?}"),
+                reason: RefusalReason::Unknown,
+            },
         }
     }
 
@@ -263,7 +298,10 @@ mod tests {
     fn defaults_allow_what_ssh_scp_and_sftp_need() {
         let policy = ChannelPolicy::default();
         for request in [
-            Request::OpenSession { open_channels: 0 },
+            Request::OpenSession {
+                open_channels: 0,
+                no_more_sessions: false,
+            },
             Request::Pty,
             Request::Shell,
             Request::Subsystem { name: "sftp" },
@@ -368,14 +406,44 @@ mod tests {
     #[test]
     fn channels_are_bounded() {
         let policy = ChannelPolicy::default();
-        assert!(
-            policy
-                .decide(Request::OpenSession { open_channels: 63 })
-                .is_allowed()
+        let open = |open_channels| Request::OpenSession {
+            open_channels,
+            no_more_sessions: false,
+        };
+        assert!(policy.decide(open(63)).is_allowed());
+        assert_eq!(
+            refused_because(policy.decide(open(64))),
+            RefusalReason::TooManyChannels
+        );
+    }
+
+    #[test]
+    fn no_session_after_no_more_sessions() {
+        let policy = ChannelPolicy::default();
+        assert_eq!(
+            refused_because(policy.decide(Request::OpenSession {
+                open_channels: 0,
+                no_more_sessions: true,
+            })),
+            RefusalReason::AfterNoMoreSessions
+        );
+    }
+
+    #[test]
+    fn requests_of_unknown_types_are_refused_naming_the_type() {
+        let policy = ChannelPolicy::default();
+        let refusal = policy.decide(Request::ChannelRequestOther { kind: "break" });
+        assert_eq!(
+            refusal.message().as_deref(),
+            Some(
+                "lastmile: channel request \"break\" refused: not supported by the lastmile gateway"
+            )
         );
         assert_eq!(
-            refused_because(policy.decide(Request::OpenSession { open_channels: 64 })),
-            RefusalReason::TooManyChannels
+            refused_because(policy.decide(Request::GlobalRequestOther {
+                kind: "hostkeys-prove-00@openssh.com"
+            })),
+            RefusalReason::Unknown
         );
     }
 

@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -767,6 +768,84 @@ async fn a_thousand_channels_on_one_connection_are_bounded() {
         "each refusal is audited"
     );
     let channel = opened.pop().unwrap();
+    assert_eq!(
+        exec_output(channel, "echo still-here").await,
+        "still-here\n"
+    );
+}
+
+/// Requests of types the gateway does not relay are refused, audited, and leave the
+/// connection working: a `break` channel request (RFC 4335, real ssh's `~B` escape),
+/// an unknown global request, and a session opened after `no-more-sessions@openssh.com`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_unknown_types_are_refused_and_audited() {
+    let Some(fx) = fixture(ChannelPolicy::default()).await else {
+        return;
+    };
+    let refused = |needle: &'static str| move |e: &SshEvent| matches!(e, SshEvent::Refused { what, .. } if what.contains(needle));
+
+    // `~B` at the start of a line makes ssh send a "break" channel request (want_reply 0).
+    let mut cmd = fx.client_options("ssh");
+    cmd.args([
+        "-tt",
+        "-o",
+        "EscapeChar=~",
+        "-p",
+        &fx.bridge_port.to_string(),
+    ])
+    .arg(format!("{}@127.0.0.1", fx.user))
+    .arg("sleep 2; echo after-break")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("ssh: {e}"));
+        let mut stdin = child.stdin.take().unwrap_or_else(|| unreachable!());
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(b"~B").unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_millis(500));
+        drop(stdin);
+        child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text(&out.stdout).contains("after-break"),
+        "stdout {} stderr {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    fx.wait_for("break refused", refused("channel request \"break\""))
+        .await;
+
+    let handle = fx.russh_client().await;
+    let reply = handle
+        .send_global_request("x-unknown@lastmile.invalid", b"", true)
+        .await;
+    assert!(
+        reply.is_err(),
+        "an unknown global request is refused: {reply:?}"
+    );
+    fx.wait_for(
+        "global request refused",
+        refused("global request \"x-unknown@lastmile.invalid\""),
+    )
+    .await;
+
+    let channel = handle
+        .channel_open_session()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    handle
+        .no_more_sessions(false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(handle.channel_open_session().await.is_err());
+    fx.wait_for(
+        "no more sessions",
+        |e| matches!(e, SshEvent::Refused { reason, .. } if reason.contains("no-more-sessions")),
+    )
+    .await;
     assert_eq!(
         exec_output(channel, "echo still-here").await,
         "still-here\n"

@@ -1842,9 +1842,11 @@ impl Session {
                         handler.signal(channel_num, signal, self).await
                     }
                     x => {
-                        warn!("unknown channel request {x}");
-                        self.channel_failure(channel_num)?;
-                        Ok(())
+                        // lastmile patch: the handler sees (and answers) the request.
+                        debug!("handler.channel_request_other {channel_num:?} {x:?}");
+                        handler
+                            .channel_request_other(channel_num, x, wants_reply != 0, self)
+                            .await
                     }
                 }
             }
@@ -1919,9 +1921,11 @@ impl Session {
                         }
                         Ok(())
                     }
-                    _ => {
-                        self.request_failure();
-                        Ok(())
+                    other => {
+                        // lastmile patch: the handler sees (and answers) the request.
+                        debug!("handler.global_request_other {other:?}");
+                        let wants_reply = self.common.wants_reply;
+                        handler.global_request_other(other, wants_reply, self).await
                     }
                 }
             }

@@ -804,6 +804,38 @@ pub trait Handler: Sized {
         async { Ok(()) }
     }
 
+    /// lastmile patch: a channel request of a type this library does not decode
+    /// (RFC 4254 §5.4). The default answers `SSH_MSG_CHANNEL_FAILURE` when a reply is
+    /// wanted, which is what russh did before the hook existed and what OpenSSH does.
+    /// Implementations must answer it too (`session.channel_failure` or
+    /// `channel_success`); `want_reply` says whether the client waits for one.
+    #[allow(unused_variables)]
+    fn channel_request_other(
+        &mut self,
+        channel: ChannelId,
+        request_type: &str,
+        want_reply: bool,
+        session: &mut Session,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let result = session.channel_failure(channel).map_err(Self::Error::from);
+        async { result }
+    }
+
+    /// lastmile patch: a global request of a type this library does not decode
+    /// (RFC 4254 §4), such as OpenSSH's `keepalive@openssh.com` or
+    /// `no-more-sessions@openssh.com`. The default answers `SSH_MSG_REQUEST_FAILURE`
+    /// when a reply is wanted, as russh did before the hook existed.
+    #[allow(unused_variables)]
+    fn global_request_other(
+        &mut self,
+        request_type: &str,
+        want_reply: bool,
+        session: &mut Session,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        session.request_failure();
+        async { Ok(()) }
+    }
+
     /// Used for reverse-forwarding ports, see
     /// [RFC4254](https://tools.ietf.org/html/rfc4254#section-7).
     /// If `port` is 0, you should set it to the allocated port number.

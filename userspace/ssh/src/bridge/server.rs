@@ -64,6 +64,8 @@ pub(crate) struct Gateway {
     /// in a DISCONNECT they see (RFC 4253 §11.1), rather than as a bare auth failure.
     fatal: Option<String>,
     channels: HashMap<ChannelId, ChannelState>,
+    /// The client sent `no-more-sessions@openssh.com` (OpenSSH PROTOCOL §2.2).
+    no_more_sessions: bool,
     shared: Arc<Shared>,
 }
 
@@ -76,6 +78,7 @@ impl Gateway {
             principal: None,
             fatal: None,
             channels: HashMap::new(),
+            no_more_sessions: false,
             shared,
         }
     }
@@ -371,10 +374,10 @@ impl server::Handler for Gateway {
         let open_channels = self.open_channels();
         if self.refused(
             None,
-            self.session
-                .resource
-                .policy
-                .decide(Request::OpenSession { open_channels }),
+            self.session.resource.policy.decide(Request::OpenSession {
+                open_channels,
+                no_more_sessions: self.no_more_sessions,
+            }),
             session,
         )? {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -848,6 +851,52 @@ impl server::Handler for Gateway {
         };
         self.refused(None, decision, session)?;
         Ok(false)
+    }
+
+    async fn channel_request_other(
+        &mut self,
+        channel: ChannelId,
+        request_type: &str,
+        _want_reply: bool,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // `refused` answers CHANNEL_FAILURE, which russh sends only if a reply is wanted.
+        let decision = self
+            .session
+            .resource
+            .policy
+            .decide(Request::ChannelRequestOther { kind: request_type });
+        self.refused(Some(channel), decision, session)?;
+        Ok(())
+    }
+
+    async fn global_request_other(
+        &mut self,
+        request_type: &str,
+        _want_reply: bool,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // russh sends either reply only if one is wanted (RFC 4254 §4).
+        match request_type {
+            // ssh's ServerAliveInterval probe: any reply proves the connection alive, and
+            // OpenSSH's sshd answers it with failure too. Not a refusal of anything.
+            "keepalive@openssh.com" => session.request_failure(),
+            // ssh promises to open no more sessions on this connection; held to it below.
+            "no-more-sessions@openssh.com" => {
+                self.no_more_sessions = true;
+                session.request_success();
+            }
+            other => {
+                let decision = self
+                    .session
+                    .resource
+                    .policy
+                    .decide(Request::GlobalRequestOther { kind: other });
+                self.refused(None, decision, session)?;
+                session.request_failure();
+            }
+        }
+        Ok(())
     }
 
     async fn streamlocal_forward(
