@@ -63,19 +63,16 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the demo loads eBPF programs and needs root: run `sudo cargo xtask demo`");
     }
     crate::setup::run()?;
-    step("build lastmiled (with its eBPF programs) and the example agent");
+    step(
+        "build lastmiled (with its eBPF programs), the API, the audit service, the client and the example agent",
+    );
+    // One invocation, so every crate is compiled with one feature set (two, with different
+    // package sets, compiled a dozen crates twice).
     must(cargo().args([
         "build",
         "--release",
         "-p",
         "lastmiled",
-        "--bins",
-        "--example",
-        "echo_agent",
-    ]))?;
-    must(cargo().args([
-        "build",
-        "--release",
         "-p",
         "lastmile-audit",
         "-p",
@@ -83,6 +80,8 @@ pub fn run() -> anyhow::Result<()> {
         "-p",
         "lastmile-api",
         "--bins",
+        "--example",
+        "echo_agent",
     ]))?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
