@@ -35,3 +35,49 @@ pub const CLEAR_FIELDS: &[&str] = &[
     "resource",
     "host",
 ];
+
+/// An error and each of its causes, once each, as `{:#}` prints an anyhow error: the text
+/// to put where only a string goes (an event's `error`, a log field, a reply's message).
+/// Errors put their cause in `source()`, not in their message, so `to_string()` alone
+/// would drop it. A cause whose text the message already ends with (a foreign error that
+/// repeats its source) is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /x.toml")]
+    struct Read(#[source] std::io::Error);
+
+    /// As some other crates' errors are: the cause in the message and in `source()`.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /x.toml: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_once() {
+        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        assert_eq!(
+            error_chain(&Read(missing())),
+            "cannot read /x.toml: no such file"
+        );
+        assert_eq!(
+            error_chain(&Repeats(missing())),
+            "cannot read /x.toml: no such file"
+        );
+    }
+}

@@ -15,7 +15,7 @@ pub enum SealError {
     NoRecipients,
     #[error("{path}: no AGE-SECRET-KEY-1… identity in it")]
     NoIdentity { path: String },
-    #[error("reading {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: String,
         #[source]

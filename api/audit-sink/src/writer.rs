@@ -19,7 +19,7 @@ use tokio_rustls::rustls::{
 };
 
 use crate::{
-    Policy, PolicyError, SealError, seal,
+    Policy, PolicyError, SealError, error_chain, seal,
     spool::{MAX_SPOOLED, Spool},
 };
 
@@ -29,7 +29,7 @@ pub enum WriteError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Seal(#[from] SealError),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -220,7 +220,7 @@ impl Service {
             .body(serde_json::to_vec(events).map_err(|e| e.to_string())?)
             .send()
             .await
-            .map_err(|e| format!("the audit service is unreachable: {e}"))?;
+            .map_err(|e| format!("the audit service is unreachable: {}", error_chain(&e)))?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -235,14 +235,14 @@ impl Service {
     /// Sends what waits in the spool, oldest first; acknowledged events leave it at once,
     /// so a failure later resends only what was not acknowledged.
     async fn replay(&self, spool: &mut Spool) -> Result<(), String> {
-        let events = spool.pending().map_err(|e| e.to_string())?;
+        let events = spool.pending().map_err(|e| error_chain(&e))?;
         let mut sent = 0;
         for chunk in events.chunks(100) {
             self.send(chunk).await?;
             sent += chunk.len();
             spool
                 .keep_only(events.get(sent..).unwrap_or_default())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
         }
         Ok(())
     }
