@@ -109,7 +109,7 @@ pub enum BodyError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CheckpointError {
     /// The signed text is not a valid lastmile checkpoint body.
-    #[error("malformed checkpoint body: {0}")]
+    #[error("malformed checkpoint body")]
     MalformedBody(#[from] BodyError),
     /// The note around the body is not a valid signed note.
     #[error("malformed signed note: {0}")]

@@ -23,13 +23,13 @@ use lastmile_vault::{AwsConfig, AwsKms, KmsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot sign the checkpoint: {0}")]
+    #[error("cannot sign the checkpoint")]
     Sign(#[from] CheckpointError),
     #[error(
         "FORK: the witness already holds a different checkpoint of size {size} ({}); \
@@ -431,10 +431,7 @@ fn write_once(
             f.write_all(text.as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(io(&path))?;
-            crate::segment::sync_dir(dir).map_err(|e| PublishError::Io {
-                path: dir.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            sync_dir(dir)?;
             Ok(text.to_owned())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -458,10 +455,14 @@ fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), PublishErr
         .and_then(|()| f.sync_all())
         .map_err(io(&tmp))?;
     fs::rename(&tmp, &path).map_err(io(&path))?;
-    crate::segment::sync_dir(dir).map_err(|e| PublishError::Io {
-        path: dir.to_owned(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    sync_dir(dir)
+}
+
+/// Syncs a directory, so that a file just made or renamed in it survives a crash.
+fn sync_dir(dir: &Path) -> Result<(), PublishError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// The notes in `dir`, as (file, text), in file-name order.

@@ -29,7 +29,7 @@ pub enum LogError {
     Failed(String),
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -240,7 +240,7 @@ impl Log {
             self.writer.sync()
         })();
         if let Err(e) = result {
-            self.failed = Some(e.to_string());
+            self.failed = Some(lastmile_audit_sink::error_chain(&e));
             return Err(e.into());
         }
         for h in hashes {

@@ -21,7 +21,7 @@ const HEADER: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -30,6 +30,7 @@ use axum::{
     routing::{get, post},
 };
 use lastmile_audit_log::{Hash, consistency_proof, inclusion_proof};
+use lastmile_audit_sink::error_chain;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -352,7 +353,7 @@ async fn entries(
     let data_dir = app.config.data_dir.clone();
     let count = q.count.min(1000);
     let lines = tokio::task::spawn_blocking(move || -> Result<String, String> {
-        let read = read_entries(&data_dir).map_err(|e| e.to_string())?;
+        let read = read_entries(&data_dir).map_err(|e| error_chain(&e))?;
         let mut out = String::new();
         for (_, r) in read.records().skip(q.start as usize).take(count as usize) {
             out.push_str(&String::from_utf8_lossy(&r.payload));
@@ -368,7 +369,7 @@ async fn entries(
 
 async fn latest_checkpoint(State(app): State<Arc<App>>) -> Result<Response, Refusal> {
     let notes = checkpoints::read_notes(&checkpoints::checkpoints_dir(&app.config.data_dir))
-        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)))?;
     match notes.into_iter().last() {
         Some((_, text)) => {
             Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
@@ -528,28 +529,14 @@ async fn own_the_log(
             }
             Err(e) => {
                 // The log's trouble (disk full, say), not the writer's.
-                error!(error = %e, "append failed; nothing acknowledged");
+                let why = error_chain(&e);
+                error!(error = %why, "append failed; nothing acknowledged");
                 for reply in waiting {
-                    let _ =
-                        reply.send(Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string())));
+                    let _ = reply.send(Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why.clone())));
                 }
             }
         }
     }
-}
-
-/// An error and each of its causes, once each, as `{:#}` prints an anyhow error.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.ends_with(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// A failure to make the log verifiable, since when, and when it was last reported.

@@ -19,6 +19,7 @@ use std::{
 };
 
 use lastmile_audit_log::{Checkpoint, CompactTree, Hash, NoteVerifier, leaf_hash};
+use lastmile_audit_sink::error_chain;
 
 use crate::{
     checkpoints::{open_note, read_notes},
@@ -289,7 +290,7 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
         Ok(n) => notes.extend(n.into_iter().map(|(f, t)| (f, t, Source::Log))),
         Err(e) => problems.push(Problem::BadSignature {
             file: own,
-            detail: e.to_string(),
+            detail: error_chain(&e),
         }),
     }
     for dir in &anchors.witnesses {
@@ -298,7 +299,7 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 if m.is_dir() {
-                    read_notes(dir).map_err(|e| e.to_string())
+                    read_notes(dir).map_err(|e| error_chain(&e))
                 } else {
                     Err("not a directory".to_owned())
                 }
@@ -322,7 +323,7 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
             Ok(c) => checkpoints.push((file, c, source)),
             Err(e) => problems.push(Problem::BadSignature {
                 file,
-                detail: e.to_string(),
+                detail: error_chain(&e),
             }),
         }
     }
@@ -396,7 +397,7 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
             };
             problems.push(Problem::Damaged {
                 index,
-                detail: e.to_string(),
+                detail: error_chain(&e),
             });
             return Report {
                 entries: 0,
