@@ -171,6 +171,32 @@ pub enum SigError {
     },
 }
 
+impl SigError {
+    /// The API's error code for this refusal (the `error` of its 401 body): a missing
+    /// signature, a changed body and a signature that does not verify each have their
+    /// own, so a client can tell them apart; anything else about the headers' shape is
+    /// `bad_signature_format`.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingHeader(_) => "signature_missing",
+            Self::DigestMismatch => "body_changed",
+            Self::BadSignature { .. } => "bad_signature",
+            Self::Malformed { .. }
+            | Self::UnsupportedDigest
+            | Self::MissingComponent { .. }
+            | Self::UnexpectedComponent { .. }
+            | Self::MissingParam { .. }
+            | Self::UnsupportedAlg { .. }
+            | Self::LabelMismatch { .. }
+            | Self::BadComponentValue { .. }
+            // Only a signer makes this one; were it ever sent, its headers would be the
+            // malformed ones.
+            | Self::CannotSign { .. } => "bad_signature_format",
+        }
+    }
+}
+
 /// RFC 9530 `Content-Digest` field value for `body`: `sha-256=:<base64>:`.
 ///
 /// RFC 9530 §2: a Dictionary keyed by algorithm (§5: `sha-256`) whose values are byte

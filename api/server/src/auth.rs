@@ -619,13 +619,7 @@ pub async fn revoke_session(
 }
 
 pub fn sig_error(e: httpsig::SigError) -> ApiError {
-    let code = match &e {
-        httpsig::SigError::MissingHeader(_) => "signature_missing",
-        httpsig::SigError::DigestMismatch => "body_changed",
-        httpsig::SigError::BadSignature { .. } => "bad_signature",
-        _ => "bad_signature_format",
-    };
-    ApiError::unauthorized(code, e.to_string())
+    ApiError::unauthorized(e.code(), e.to_string())
 }
 
 /// Parses a request's RFC 9421 signatures (checking its Content-Digest), its target URI
