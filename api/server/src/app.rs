@@ -74,7 +74,7 @@ impl App {
             "{fields}"
         );
         self.audit.write(fields).await.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, kind, "audit write failed");
+            tracing::error!(error = %lastmile_audit_sink::error_chain(&e), kind, "audit write failed");
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",

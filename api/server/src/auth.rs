@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ed25519_dalek::{Signature, VerifyingKey};
+use lastmile_audit_sink::error_chain;
 use lastmile_proto::{
     httpsig,
     wire::{self, LoginRequest, LoginResponse},
@@ -503,7 +504,7 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
             session_raw,
             certificate_expires_at,
         )
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::internal(error_chain(&e)))?;
     sqlx::query(
         "INSERT INTO sessions (id, user_name, device_id, public_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -942,7 +943,7 @@ pub async fn refresh(app: &App, caller: &Caller) -> Result<wire::Refreshed, ApiE
     let certificate = app
         .pki
         .session_certificate(&caller.user, &caller.session, &caller.device, raw, expires)
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::internal(error_chain(&e)))?;
     Ok(wire::Refreshed {
         certificate,
         certificate_expires_at: expires,

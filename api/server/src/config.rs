@@ -99,13 +99,13 @@ impl Default for ApiConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid lastmile-api config: {source}")]
+    #[error("{path} is not a valid lastmile-api config")]
     Parse {
         path: PathBuf,
         #[source]

@@ -32,13 +32,13 @@ pub enum DbError {
         "database URL `{0}` is neither sqlite:… nor postgres://…: set `database` in the API config"
     )]
     UnknownScheme(String),
-    #[error("cannot open the database {url}: {source}")]
+    #[error("cannot open the database {url}")]
     Connect {
         url: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("migrating the database schema failed: {0}")]
+    #[error("migrating the database schema failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 

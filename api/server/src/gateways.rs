@@ -2,6 +2,7 @@
 //! own key, sends a CSR with the token, and gets a short-lived certificate; before it
 //! ends, the gateway renews over mutual TLS with the certificate it still holds.
 
+use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::{
     Announce, Gateway, GatewayCertificate, GatewayEndpoint, GatewayToken, NewGatewayToken,
 };
@@ -98,7 +99,7 @@ async fn issue(
         .gateway_certificate(name, addresses, csr, expires_at)
         .map_err(|e| match e {
             crate::pki::PkiError::BadCsr(why) => ApiError::bad_request("bad_csr", why),
-            e => ApiError::internal(e),
+            e => ApiError::internal(error_chain(&e)),
         })?;
     Ok(GatewayCertificate {
         name: name.to_owned(),
@@ -488,7 +489,7 @@ pub async fn resource_certificate(
         .resource_certificate(&resource.name, &names, &req.csr, expires_at)
         .map_err(|e| match e {
             crate::pki::PkiError::BadCsr(why) => ApiError::bad_request("bad_csr", why),
-            e => ApiError::internal(e),
+            e => ApiError::internal(error_chain(&e)),
         })?;
     app.audit(
         "gateway.change",
@@ -546,7 +547,7 @@ pub async fn ssh_host_certificate(
             &format!("gateway:{name}/{}", resource.name),
             expires_at,
         )
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::internal(error_chain(&e)))?;
     let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
     app.audit(
         "gateway.change",

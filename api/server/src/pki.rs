@@ -25,7 +25,7 @@ use lastmile_proto::wire::{CaBundle, uri};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -36,7 +36,7 @@ pub enum PkiError {
     )]
     Exists(PathBuf),
     #[error(
-        "{path} is missing or unreadable ({source}): run `lastmile-api init` first, or point --config at the right data_dir"
+        "{path} is missing or unreadable (run `lastmile-api init` first, or point --config at the right data_dir)"
     )]
     Missing {
         path: PathBuf,
@@ -49,11 +49,11 @@ pub enum PkiError {
         what: &'static str,
         why: String,
     },
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Rcgen(#[from] rcgen::Error),
     #[error("the certificate signing request is not usable: {0}")]
     BadCsr(String),
-    #[error("the KMS would not open {path}: {source}")]
+    #[error("the KMS would not open {path}")]
     Kms {
         path: PathBuf,
         #[source]

@@ -554,7 +554,7 @@ async fn release(
                 ),
                 now() + secs(app.config.ssh_certificate_ttl),
             )
-            .map_err(ApiError::internal)?;
+            .map_err(|e| ApiError::internal(lastmile_audit_sink::error_chain(&e)))?;
         app.audit(
             "credential.decrypt",
             event(0, CredentialKind::SshCertificate),

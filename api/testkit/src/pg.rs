@@ -83,7 +83,7 @@ pub enum PgError {
     )]
     NoPostgresUser,
     /// A file-system or process operation failed.
-    #[error("could not {action}: {source}")]
+    #[error("could not {action}")]
     Io {
         /// What was being done, e.g. "create a temp dir under /tmp".
         action: String,

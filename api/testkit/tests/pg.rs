@@ -13,7 +13,7 @@ use lastmile_testkit::PgServer;
 
 fn start() -> PgServer {
     let begun = Instant::now();
-    let server = PgServer::start().unwrap_or_else(|err| panic!("PgServer::start: {err}"));
+    let server = PgServer::start().unwrap_or_else(|err| panic!("PgServer::start: {err:?}"));
     eprintln!("PgServer::start took {:?}", begun.elapsed());
     server
 }
