@@ -20,11 +20,11 @@ use serde::{Serialize, de::DeserializeOwned};
 pub enum ClientError {
     #[error("the API refused: {status} {}: {}", body.error, body.message)]
     Api { status: u16, body: ErrorBody },
-    #[error("cannot reach the API: {0}")]
+    #[error("cannot reach the API")]
     Transport(#[from] reqwest::Error),
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("signing the request: {0}")]
+    #[error("cannot sign the request")]
     Sign(#[from] httpsig::SigError),
     #[error("the API answered {status} with a body that is not what was expected: {body}")]
     Unexpected { status: u16, body: String },

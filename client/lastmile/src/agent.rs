@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args;
 use lastmile_api_client::{ApiClient, Revocations, Session};
+use lastmile_audit_sink::error_chain;
 use lastmile_handoff::{AgentLink, Handoff, HandoffError, TargetKind, refusal::refuse};
 use lastmile_proto::wire::{GatewayEndpoint, Refreshed, Resource, ResourceKind};
 use lastmile_tunnel::{
@@ -347,7 +348,9 @@ impl Core {
                         return;
                     }
                 }
-                Err(e) => warn!(error = %e, "cannot reach the API for revocations; retrying"),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "cannot reach the API for revocations; retrying")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -379,10 +382,12 @@ impl Core {
                                 *t = tls;
                             }
                         }
-                        Err(e) => warn!(error = %e, "the renewed certificate is unusable"),
+                        Err(e) => {
+                            warn!(error = %format!("{e:#}"), "the renewed certificate is unusable")
+                        }
                     }
                     if let Err(e) = session::save_certificate(&self.home, &s) {
-                        warn!(error = %e, "cannot save the renewed certificate");
+                        warn!(error = %format!("{e:#}"), "cannot save the renewed certificate");
                     }
                     if let Ok(mut cur) = self.session.write() {
                         *cur = s;
@@ -394,7 +399,9 @@ impl Core {
                     return;
                 }
                 Ok(Err(e)) => warn!(error = %e, "certificate renewal refused; retrying"),
-                Err(e) => warn!(error = %e, "cannot reach the API to renew the certificate"),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "cannot reach the API to renew the certificate")
+                }
             }
         }
     }
@@ -646,7 +653,7 @@ impl Core {
         if let Ok(bytes) = serde_json::to_vec_pretty(&state)
             && let Err(e) = session::write_private(&self.home.join(STATE_FILE), &bytes)
         {
-            warn!(error = %e, "cannot write the agent state");
+            warn!(error = %format!("{e:#}"), "cannot write the agent state");
         }
     }
 }
@@ -806,7 +813,7 @@ fn node_link(
         let link = match AgentLink::register(socket) {
             Ok(l) => l,
             Err(e) => {
-                report(format!("not registered: {e}"));
+                report(format!("not registered: {}", error_chain(&e)));
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
@@ -826,7 +833,7 @@ fn node_link(
                 }
                 Err(HandoffError::Closed) => break,
                 Err(e) => {
-                    warn!(error = %e, "bad message from lastmiled");
+                    warn!(error = %error_chain(&e), "bad message from lastmiled");
                     break;
                 }
             }

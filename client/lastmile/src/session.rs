@@ -534,7 +534,10 @@ pub async fn logout() -> anyhow::Result<()> {
             println!("logged out; session {} revoked", session.login.session)
         }
         Ok(a) => println!("logged out here; the API said: {}", a.body),
-        Err(e) => println!("logged out here; the API could not be told ({e})"),
+        Err(e) => println!(
+            "logged out here; the API could not be told ({})",
+            lastmile_audit_sink::error_chain(&e)
+        ),
     }
     Ok(())
 }

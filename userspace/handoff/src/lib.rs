@@ -89,13 +89,13 @@ pub enum TargetKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
-    #[error("cannot reach lastmiled at {path}: {source}; is `lastmiled node` running?")]
+    #[error("cannot reach lastmiled at {path} (is `lastmiled node` running?)")]
     Connect { path: String, source: nix::Error },
-    #[error("socket error: {0}")]
+    #[error("the handoff socket failed")]
     Io(#[from] nix::Error),
     #[error("lastmiled closed the connection")]
     Closed,
-    #[error("malformed message: {0}")]
+    #[error("malformed message")]
     Malformed(#[from] serde_json::Error),
     #[error("message too large ({0} bytes, at most {MAX_MESSAGE})")]
     TooLarge(usize),

@@ -14,13 +14,13 @@ use crate::target::ProtectedTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{} is not a valid lastmiled config: {source}", path.display())]
+    #[error("{} is not a valid lastmiled config", path.display())]
     Parse {
         path: PathBuf,
         #[source]
@@ -302,10 +302,10 @@ mod tests {
             Err(ConfigError::NothingProtected(_))
         ));
         let typo = "[node]\nenforced = true\n";
-        let err = parse(typo).unwrap_err().to_string();
+        let err = lastmile_audit_sink::error_chain(&parse(typo).unwrap_err());
         assert!(err.contains("enforced"), "{err}");
         let bad_target = "[[node.targets]]\nname='a'\nkind='tcp'\nprotect=['db:5432']\n";
-        let err = parse(bad_target).unwrap_err().to_string();
+        let err = lastmile_audit_sink::error_chain(&parse(bad_target).unwrap_err());
         assert!(err.contains("not an IP address"), "{err}");
         let bad_kind = "[[node.targets]]\nname='a'\nkind='mysql'\nprotect=['127.0.0.2:1']\n";
         assert!(parse(bad_kind).is_err());

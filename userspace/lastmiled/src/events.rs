@@ -485,7 +485,7 @@ impl EventSink {
                     }
                     Err(e) => {
                         failed.store(true, std::sync::atomic::Ordering::Release);
-                        tracing::error!(error = %e, "cannot write an audit event");
+                        tracing::error!(error = %lastmile_audit_sink::error_chain(&e), "cannot write an audit event");
                     }
                 }
             }

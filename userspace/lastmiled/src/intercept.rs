@@ -69,7 +69,7 @@ pub enum InterceptError {
         #[source]
         source: ProgramError,
     },
-    #[error("cannot open cgroup {}: {source}; is it a cgroup v2 directory?", path.display())]
+    #[error("cannot open cgroup {} (is it a cgroup v2 directory?)", path.display())]
     Cgroup {
         path: PathBuf,
         #[source]
@@ -81,7 +81,7 @@ pub enum InterceptError {
         #[source]
         source: MapError,
     },
-    #[error("cannot pin under {}: {source}; is bpffs mounted there?", path.display())]
+    #[error("cannot pin under {} (is bpffs mounted there?)", path.display())]
     Pin {
         path: PathBuf,
         #[source]
@@ -106,7 +106,7 @@ pub enum InterceptError {
         have: (u32, u32, u32),
         want: (u32, u32, u32),
     },
-    #[error("pinned link {} is unusable: {source}", path.display())]
+    #[error("pinned link {} is unusable", path.display())]
     PinnedLink {
         path: PathBuf,
         #[source]
@@ -299,7 +299,7 @@ impl Interceptor {
                 }
                 link.pin(&pin).map_err(|e| InterceptError::Pin {
                     path: pin.clone(),
-                    source: io::Error::other(e.to_string()),
+                    source: io::Error::other(e),
                 })?;
             }
             if moving {

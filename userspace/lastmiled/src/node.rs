@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use lastmile_audit_sink::error_chain;
 use lastmile_handoff::TargetRef;
 use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
 use tracing::{error, info, warn};
@@ -253,7 +254,7 @@ fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<Socke
     let config = match NodeConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
-            error!(error = %e, "reload refused; keeping the running configuration");
+            error!(error = %error_chain(&e), "reload refused; keeping the running configuration");
             return;
         }
     };
@@ -272,7 +273,7 @@ fn reload(path: Option<&Path>, shared: &Shared, v4: SocketAddr, v6: Option<Socke
             "configuration reloaded"
         ),
         Err(e) => {
-            error!(error = %e, "reload failed part way; run `lastmiled node status` and reload again")
+            error!(error = %format!("{e:#}"), "reload failed part way; run `lastmiled node status` and reload again")
         }
     }
 }
@@ -390,12 +391,14 @@ async fn follow_api_resources(
                                 warn!(error = %format!("{e:#}"), "cannot remember the API's list; a start with the API down will protect an older one");
                             }
                         }
-                        Err(e) => error!(error = %e, "cannot apply the API's targets"),
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "cannot apply the API's targets")
+                        }
                     }
                 }
             }
             Err(e) => {
-                warn!(error = %e, "cannot fetch resources from the API; keeping the last list")
+                warn!(error = %error_chain(&e), "cannot fetch resources from the API; keeping the last list")
             }
         }
         tokio::time::sleep(refresh).await;

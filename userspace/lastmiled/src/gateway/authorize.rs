@@ -1,5 +1,6 @@
 //! The API's word on one stream: `POST /v1/connections/authorize`.
 
+use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::{ConnectionAuthorized, ConnectionRequest, ErrorBody};
 use lastmile_tunnel::header::{Refusal, StreamHeader};
 use reqwest::Method;
@@ -37,7 +38,10 @@ pub(super) async fn authorize(
             Refusal::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "api_unavailable",
-                format!("the gateway cannot reach the API to check this connection, so it is refused: {e}"),
+                format!(
+                    "the gateway cannot reach the API to check this connection, so it is refused: {}",
+                    error_chain(&e)
+                ),
             )
         })?;
     if (200..300).contains(&answer.status) {
@@ -45,7 +49,7 @@ pub(super) async fn authorize(
             Refusal::new(
                 http::StatusCode::BAD_GATEWAY,
                 "api_unexpected",
-                e.to_string(),
+                error_chain(&e),
             )
         });
     }

@@ -105,18 +105,6 @@ struct Gateway {
     revocations: revocations::Position,
 }
 
-/// An error and its causes, each once, as `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
-
 impl Gateway {
     fn api(&self) -> ApiClient {
         match self.api.read() {

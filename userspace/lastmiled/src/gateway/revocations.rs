@@ -12,6 +12,7 @@ use std::{
 };
 
 use lastmile_api_client::Revocations;
+use lastmile_audit_sink::error_chain;
 use tracing::{info, warn};
 
 use super::Gateway;
@@ -84,14 +85,16 @@ pub(super) async fn watch_revocations(gw: Arc<Gateway>) {
                         },
                         Ok(None) => break,
                         Err(e) => {
-                            warn!(error = %e, "revocation stream broke; reconnecting");
+                            warn!(error = %error_chain(&e), "revocation stream broke; reconnecting");
                             break;
                         }
                     }
                 }
             }
             Ok(resp) => warn!(status = %resp.status(), "the API refused the revocation stream"),
-            Err(e) => warn!(error = %e, "cannot reach the API for revocations; retrying"),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot reach the API for revocations; retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

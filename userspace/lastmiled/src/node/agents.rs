@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use lastmile_audit_sink::error_chain;
 use lastmile_handoff::{
     AgentMessage, Handoff, HandoffError, MAX_MESSAGE, NodeMessage, PROTOCOL_VERSION,
     parse_agent_message, send_connection, send_message,
@@ -64,7 +65,7 @@ impl Agents {
             match send_connection(agent.fd.get_ref().as_raw_fd(), handoff, conn.as_raw_fd()) {
                 Ok(()) => return Ok(agent.pid),
                 Err(e) => {
-                    warn!(uid, agent_pid = agent.pid, error = %e, "agent unusable; dropping it");
+                    warn!(uid, agent_pid = agent.pid, error = %error_chain(&e), "agent unusable; dropping it");
                     agents.pop();
                 }
             }
@@ -189,7 +190,7 @@ async fn serve_agent(fd: OwnedFd, shared: Arc<Shared>) {
                     "protocol version {version} unsupported; this lastmiled speaks {PROTOCOL_VERSION}"
                 ));
             }
-            Err(e) => return refuse(format!("malformed registration: {e}")),
+            Err(e) => return refuse(format!("malformed registration: {}", error_chain(&e))),
         },
         Ok(Ok(None)) | Ok(Err(_)) => return,
         Err(_) => return refuse("no registration within 5 s".into()),
@@ -216,7 +217,7 @@ async fn serve_agent(fd: OwnedFd, shared: Arc<Shared>) {
             version: PROTOCOL_VERSION,
         },
     ) {
-        warn!(uid, pid, error = %e, "agent left during registration");
+        warn!(uid, pid, error = %error_chain(&e), "agent left during registration");
         return;
     }
     let id = shared.agents.add(uid, pid, fd.clone());

@@ -3,6 +3,7 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, time::Duration};
 
+use lastmile_audit_sink::error_chain;
 use lastmile_handoff::{
     Handoff, TargetKind, TargetRef,
     refusal::{NoAgent, refuse},
@@ -24,7 +25,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, client, listen, &shared).await {
-                        warn!(%client, error = %e, "redirected connection failed");
+                        warn!(%client, error = %error_chain(&e), "redirected connection failed");
                     }
                 });
             }

@@ -129,7 +129,7 @@ fn record(conn: &super::Connection, cancelled: Option<String>, outcome: &str) {
 async fn send(gw: &Gateway, resource: &Resource, real: CancelKey) -> Result<(), String> {
     let mut upstream = upstream::connect(gw, resource)
         .await
-        .map_err(|e| crate::gateway::chain(&e))?;
+        .map_err(|e| lastmile_audit_sink::error_chain(&e))?;
     upstream
         .write_all(&real.encode_cancel_request())
         .await

@@ -82,7 +82,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             format!(
                 "lastmile: the gateway cannot open `{}`: {}",
                 resource.name,
-                crate::gateway::chain(&e)
+                lastmile_audit_sink::error_chain(&e)
             ),
         )
     })?;

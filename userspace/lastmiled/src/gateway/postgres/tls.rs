@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::{Resource, ResourceCertificate, ResourceCertificateRequest};
 use rustls::{
     ServerConfig,
@@ -59,7 +60,7 @@ impl ServerTls {
                 },
             )
             .await
-            .map_err(|e| format!("the API did not issue a certificate: {e}"))?;
+            .map_err(|e| format!("the API did not issue a certificate: {}", error_chain(&e)))?;
         let chain = lastmile_tunnel::tls::certificates(&cert.certificate)
             .map_err(|e| format!("the issued certificate: {e}"))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));

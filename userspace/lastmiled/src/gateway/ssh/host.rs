@@ -9,6 +9,7 @@ use std::{
     sync::Mutex,
 };
 
+use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::{CaBundle, Resource, SshHostCertificate, SshHostCertificateRequest};
 use lastmile_ssh::bridge::{HostIdentity, HostTrust};
 use russh::keys::{Certificate, PrivateKey, PublicKey, ssh_key::LineEnding};
@@ -109,7 +110,12 @@ impl SshHosts {
                 },
             )
             .await
-            .map_err(|e| format!("the API did not issue an SSH host certificate: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "the API did not issue an SSH host certificate: {}",
+                    error_chain(&e)
+                )
+            })?;
         let certificate = Certificate::from_openssh(issued.certificate.trim())
             .map_err(|e| format!("the issued SSH host certificate: {e}"))?;
         if let Ok(mut c) = self.certificates.lock() {
@@ -174,11 +180,12 @@ impl SshHosts {
         {
             return Ok(ca);
         }
-        let bundle: CaBundle = gw
-            .api()
-            .get("/v1/ca")
-            .await
-            .map_err(|e| format!("reading the organisation's SSH host CA from the API: {e}"))?;
+        let bundle: CaBundle = gw.api().get("/v1/ca").await.map_err(|e| {
+            format!(
+                "reading the organisation's SSH host CA from the API: {}",
+                error_chain(&e)
+            )
+        })?;
         let ca = PublicKey::from_openssh(bundle.ssh_host_ca.trim())
             .map_err(|e| format!("the organisation's SSH host CA: {e}"))?;
         if let Ok(mut c) = self.organisation_host_ca.lock() {

@@ -17,6 +17,7 @@ mod host;
 
 use std::sync::{Arc, Mutex};
 
+use lastmile_audit_sink::error_chain;
 use lastmile_ssh::{
     bridge::{self, GatewaySession, SshResource, UpstreamLogin},
     events::ConnectionId,
@@ -167,7 +168,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
     )
     .await;
     if let Err(e) = result {
-        conn.record.error = Some(super::chain(&e));
+        conn.record.error = Some(error_chain(&e));
     } else if let Some(why) = audit.failure.lock().ok().and_then(|f| f.clone()) {
         conn.record.error = Some(why);
     }
