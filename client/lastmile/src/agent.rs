@@ -29,7 +29,7 @@ use lastmile_audit_sink::error_chain;
 use lastmile_handoff::{AgentLink, Handoff, HandoffError, TargetKind, refusal::refuse};
 use lastmile_proto::wire::{GatewayEndpoint, Refreshed, Resource, ResourceKind};
 use lastmile_tunnel::{
-    TunnelError,
+    ConnectError,
     client::Tunnel,
     header::{Refusal, StreamHeader},
     splice::{Meter, splice},
@@ -455,7 +455,7 @@ impl Core {
         }
     }
 
-    async fn tunnel(&self, g: &GatewayEndpoint) -> Result<Arc<Tunnel>, TunnelError> {
+    async fn tunnel(&self, g: &GatewayEndpoint) -> Result<Arc<Tunnel>, ConnectError> {
         if let Some(t) = self.tunnels.lock().await.get(&g.name)
             && t.is_open()
         {
@@ -533,8 +533,9 @@ impl Core {
             let tunnel = match self.tunnel(&g).await {
                 Ok(t) => t,
                 Err(e) => {
-                    self.mark_down(&g.name, e.to_string());
-                    errors.push(format!("{}: {e}", g.name));
+                    let why = error_chain(&e);
+                    errors.push(format!("{}: {why}", g.name));
+                    self.mark_down(&g.name, why);
                     continue;
                 }
             };
@@ -549,20 +550,21 @@ impl Core {
             };
             match tunnel.open(&header).await {
                 Ok((send, recv)) => return Ok((send, recv, g.name)),
-                Err(TunnelError::Refused(r)) if r.needs_login() => {
+                Err(ConnectError::Refused(r)) if r.needs_login() => {
                     self.set_revoked(r.to_string()).await;
                     return Err(OpenError::Login(r.to_string()));
                 }
-                Err(TunnelError::Refused(r))
+                Err(ConnectError::Refused(r))
                     if matches!(r.code.as_str(), "api_unavailable" | "upstream_unreachable") =>
                 {
                     errors.push(format!("{}: {r}", g.name));
                 }
-                Err(TunnelError::Refused(r)) => return Err(OpenError::Refused(r)),
+                Err(ConnectError::Refused(r)) => return Err(OpenError::Refused(r)),
                 Err(e) => {
                     self.tunnels.lock().await.remove(&g.name);
-                    self.mark_down(&g.name, e.to_string());
-                    errors.push(format!("{}: {e}", g.name));
+                    let why = error_chain(&e);
+                    errors.push(format!("{}: {why}", g.name));
+                    self.mark_down(&g.name, why);
                 }
             }
         }

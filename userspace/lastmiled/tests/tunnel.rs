@@ -23,7 +23,7 @@ use std::{
 
 use base64::Engine as _;
 use lastmile_api_client::{ApiClient, Session};
-use lastmile_tunnel::{TunnelError, client::Tunnel};
+use lastmile_tunnel::{ConnectError, client::Tunnel};
 use reqwest::Method;
 use stack::{AgentProcess, Listen, Stack, echo_server, echo_through};
 
@@ -243,7 +243,7 @@ async fn the_gateway_refuses_expired_and_foreign_certificates() {
     let config = lastmile_tunnel::tls::agent_config(&ca, &expired, &seed).unwrap();
     let err = refused(Tunnel::connect(config, "gw1", &address).await);
     assert!(
-        matches!(err, TunnelError::Tls { .. } | TunnelError::H2(_)),
+        matches!(err, ConnectError::Tls { .. } | ConnectError::H2(_)),
         "{err}"
     );
 
@@ -268,7 +268,7 @@ async fn the_gateway_refuses_expired_and_foreign_certificates() {
     let config = lastmile_tunnel::tls::agent_config(&ca, &foreign, &seed).unwrap();
     let err = refused(Tunnel::connect(config, "gw1", &address).await);
     assert!(
-        matches!(err, TunnelError::Tls { .. } | TunnelError::H2(_)),
+        matches!(err, ConnectError::Tls { .. } | ConnectError::H2(_)),
         "{err}"
     );
 
@@ -423,7 +423,7 @@ async fn listen_serves_only_its_own_user() {
 
 /// A tunnel the gateway refused: either the handshake fails, or (TLS 1.3 sends the
 /// client's certificate after the client considers the handshake done) the first use.
-fn refused(r: Result<Tunnel, TunnelError>) -> TunnelError {
+fn refused(r: Result<Tunnel, ConnectError>) -> ConnectError {
     match r {
         Err(e) => e,
         Ok(t) => {

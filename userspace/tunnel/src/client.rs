@@ -17,10 +17,34 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::{
-    ALPN, TunnelError,
+    ALPN,
     header::{Refusal, StreamHeader},
     settings,
 };
+
+/// Why the agent could not open a tunnel to a gateway, or a stream on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to gateway {gateway} at {address}")]
+    Connect {
+        gateway: String,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with gateway {gateway} failed")]
+    Tls {
+        gateway: String,
+        source: std::io::Error,
+    },
+    #[error("gateway {0} does not speak the lastmile tunnel (ALPN)")]
+    Alpn(String),
+    #[error("the tunnel failed")]
+    H2(#[from] h2::Error),
+    #[error("the gateway refused the connection: {0}")]
+    Refused(Refusal),
+    #[error("bad stream header: {0}")]
+    Header(String),
+}
 
 /// How long connecting and the TLS handshake may take before the gateway counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,8 +64,8 @@ impl Tunnel {
         config: Arc<ClientConfig>,
         gateway: &str,
         address: &str,
-    ) -> Result<Self, TunnelError> {
-        let fail = |source: std::io::Error| TunnelError::Connect {
+    ) -> Result<Self, ConnectError> {
+        let fail = |source: std::io::Error| ConnectError::Connect {
             gateway: gateway.to_owned(),
             address: address.to_owned(),
             source,
@@ -68,20 +92,20 @@ impl Tunnel {
         )
         .await
         .map_err(|_| fail(timed_out()))?
-        .map_err(|source| TunnelError::Tls {
+        .map_err(|source| ConnectError::Tls {
             gateway: gateway.to_owned(),
             source,
         })?;
         let (_, conn) = tls.get_ref();
         if conn.alpn_protocol() != Some(ALPN) {
-            return Err(TunnelError::Alpn(gateway.to_owned()));
+            return Err(ConnectError::Alpn(gateway.to_owned()));
         }
         let named = conn
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(crate::tls::gateway_name);
         if named.as_deref() != Some(gateway) {
-            return Err(TunnelError::Tls {
+            return Err(ConnectError::Tls {
                 gateway: gateway.to_owned(),
                 source: std::io::Error::other(format!(
                     "the certificate at {address} is for gateway {named:?}, not `{gateway}`"
@@ -123,16 +147,16 @@ impl Tunnel {
     }
 
     /// Opens a stream with `header`; the gateway's refusal comes back as
-    /// [`TunnelError::Refused`].
+    /// [`ConnectError::Refused`].
     pub async fn open(
         &self,
         header: &StreamHeader,
-    ) -> Result<(SendStream<Bytes>, RecvStream), TunnelError> {
+    ) -> Result<(SendStream<Bytes>, RecvStream), ConnectError> {
         let mut ready = self.send.clone().ready().await?;
         let (response, send) = ready.send_request(header.to_request(&self.gateway)?, false)?;
         let response = response.await?;
         if response.status() != http::StatusCode::OK {
-            return Err(TunnelError::Refused(Refusal::from_response(
+            return Err(ConnectError::Refused(Refusal::from_response(
                 response.status(),
                 response.headers(),
             )));

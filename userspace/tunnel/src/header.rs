@@ -19,7 +19,7 @@ use base64::{
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use lastmile_proto::wire::UnlockAuthorization;
 
-use crate::TunnelError;
+use crate::client::ConnectError;
 
 pub const PATH: &str = "/v1/stream";
 pub const RESOURCE: &str = "lastmile-resource";
@@ -37,22 +37,22 @@ pub struct StreamHeader {
     pub signature: String,
 }
 
-fn value(s: &str) -> Result<HeaderValue, TunnelError> {
+fn value(s: &str) -> Result<HeaderValue, ConnectError> {
     HeaderValue::from_str(s)
-        .map_err(|_| TunnelError::Header(format!("`{s}` is not a header value")))
+        .map_err(|_| ConnectError::Header(format!("`{s}` is not a header value")))
 }
 
 impl StreamHeader {
     /// The request that opens the stream at gateway `gateway`.
-    pub fn to_request(&self, gateway: &str) -> Result<Request<()>, TunnelError> {
+    pub fn to_request(&self, gateway: &str) -> Result<Request<()>, ConnectError> {
         let json = serde_json::to_vec(&self.authorization)
-            .map_err(|e| TunnelError::Header(e.to_string()))?;
+            .map_err(|e| ConnectError::Header(e.to_string()))?;
         Request::post(format!("https://{gateway}{PATH}"))
             .header(RESOURCE, value(&self.resource)?)
             .header(AUTHORIZATION, value(&URL_SAFE_NO_PAD.encode(json))?)
             .header(SIGNATURE, value(&self.signature)?)
             .body(())
-            .map_err(|e| TunnelError::Header(e.to_string()))
+            .map_err(|e| ConnectError::Header(e.to_string()))
     }
 
     /// Reads the header from an opening request; the refusal says what is wrong.

@@ -18,6 +18,11 @@
 //! - [`splice`]: copying between a TCP socket and a stream, counting bytes.
 //! - [`stream`]: a stream as `AsyncRead + AsyncWrite`, for handlers that speak the
 //!   user's protocol.
+//!
+//! Each end has its own error: [`ConnectError`] for the agent (which gateway, at which
+//! address, refused how), [`AcceptError`] for the gateway (what the peer got wrong);
+//! [`CredentialsError`] for a certificate or key either end cannot build its TLS
+//! configuration from.
 
 pub mod buffered;
 pub mod client;
@@ -26,6 +31,10 @@ pub mod server;
 pub mod splice;
 pub mod stream;
 pub mod tls;
+
+pub use client::ConnectError;
+pub use server::AcceptError;
+pub use tls::CredentialsError;
 
 /// The ALPN protocol of the tunnel (RFC 7301): HTTP/2 framing, lastmile's semantics.
 pub const ALPN: &[u8] = b"lastmile-tunnel/1";
@@ -59,31 +68,4 @@ pub mod settings {
     pub const MAX_HEADER_LIST: u32 = 16 << 10;
     /// How much one stream may have queued for sending (h2's `max_send_buffer_size`).
     pub const SEND_BUFFER: usize = 1 << 20;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
-    #[error("cannot connect to gateway {gateway} at {address}: {source}")]
-    Connect {
-        gateway: String,
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("TLS with gateway {gateway} failed: {source}")]
-    Tls {
-        gateway: String,
-        source: std::io::Error,
-    },
-    #[error("gateway {0} does not speak the lastmile tunnel (ALPN)")]
-    Alpn(String),
-    #[error("the tunnel failed: {0}")]
-    H2(#[from] h2::Error),
-    #[error("bad certificate or key: {0}")]
-    Credentials(String),
-    #[error("the gateway refused the connection: {0}")]
-    Refused(header::Refusal),
-    #[error("bad stream header: {0}")]
-    Header(String),
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
 }

@@ -13,12 +13,27 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::{
-    ALPN, TunnelError,
+    ALPN,
     buffered::{GrowableReader, HANDSHAKE_BUFFER},
     header::{Refusal, StreamHeader},
     settings,
     tls::{SessionIdentity, session_identity},
 };
+
+/// Why the gateway did not accept an agent's tunnel, or a stream on it.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("the peer does not speak the lastmile tunnel (ALPN)")]
+    Alpn,
+    #[error("the client certificate names no session (only session certificates open tunnels)")]
+    NotASession,
+    #[error("the tunnel failed")]
+    H2(#[from] h2::Error),
+    #[error("the tunnel's socket failed")]
+    Io(#[from] std::io::Error),
+}
 
 /// A tunnel whose handshake succeeded: who is on the other end, and the streams to come.
 pub struct Accepted {
@@ -42,32 +57,24 @@ pub async fn accept(
     config: Arc<ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<Accepted, TunnelError> {
+) -> Result<Accepted, AcceptError> {
     tcp.set_nodelay(true)?;
     // Small until the peer is proven: a stranger's connection must not pin 256 KiB.
     let tcp = GrowableReader::new(tcp, HANDSHAKE_BUFFER);
     let mut tls = TlsAcceptor::from(config)
         .accept(tcp)
         .await
-        .map_err(|source| TunnelError::Tls {
-            gateway: "(this gateway)".into(),
-            source,
-        })?;
+        .map_err(AcceptError::Tls)?;
     tls.get_mut().0.grow(settings::SOCKET_READ_BUFFER);
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(ALPN) {
-        return Err(TunnelError::Alpn("(this gateway)".into()));
+        return Err(AcceptError::Alpn);
     }
     let identity = conn
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(session_identity)
-        .ok_or_else(|| {
-            TunnelError::Credentials(
-                "the client certificate names no session (only session certificates open tunnels)"
-                    .into(),
-            )
-        })?;
+        .ok_or(AcceptError::NotASession)?;
     let connection = h2::server::Builder::new()
         .initial_window_size(settings::STREAM_WINDOW)
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
@@ -100,7 +107,7 @@ impl Incoming {
     }
 
     /// Says yes: the stream carries the connection from here on.
-    pub fn accept(mut self) -> Result<(SendStream<Bytes>, RecvStream), TunnelError> {
+    pub fn accept(mut self) -> Result<(SendStream<Bytes>, RecvStream), AcceptError> {
         let send = self.respond.send_response(http::Response::new(()), false)?;
         Ok((send, self.request.into_body()))
     }

@@ -14,7 +14,12 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
 use x509_parser::extensions::GeneralName;
 
-use crate::{ALPN, TunnelError};
+use crate::ALPN;
+
+/// A certificate, key or CA that a TLS configuration cannot be made from.
+#[derive(Debug, thiserror::Error)]
+#[error("bad certificate or key: {0}")]
+pub struct CredentialsError(String);
 
 fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
@@ -26,8 +31,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-fn bad(what: &str, e: impl std::fmt::Display) -> TunnelError {
-    TunnelError::Credentials(format!("{what}: {e}"))
+fn bad(what: &str, e: impl std::fmt::Display) -> CredentialsError {
+    CredentialsError(format!("{what}: {e}"))
 }
 
 /// PKCS#8 v1 (RFC 8410 §7) for an Ed25519 seed: what rustls wants for the session key.
@@ -42,19 +47,17 @@ pub fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
 }
 
 /// Every certificate in a PEM text.
-pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, TunnelError> {
+pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, CredentialsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad("reading PEM certificates", e))?;
     if certs.is_empty() {
-        return Err(TunnelError::Credentials(
-            "no certificate in the PEM text".into(),
-        ));
+        return Err(CredentialsError("no certificate in the PEM text".into()));
     }
     Ok(certs)
 }
 
-fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TunnelError> {
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, CredentialsError> {
     let mut roots = RootCertStore::empty();
     for c in certificates(ca_pem)? {
         roots.add(c).map_err(|e| bad("the organisation CA", e))?;
@@ -67,7 +70,7 @@ pub fn agent_config(
     ca_pem: &str,
     session_certificate_pem: &str,
     session_seed: &[u8; 32],
-) -> Result<Arc<ClientConfig>, TunnelError> {
+) -> Result<Arc<ClientConfig>, CredentialsError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ed25519_pkcs8(session_seed)));
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -85,7 +88,7 @@ pub fn gateway_config(
     ca_pem: &str,
     gateway_certificate_pem: &str,
     gateway_key_pem: &str,
-) -> Result<Arc<ServerConfig>, TunnelError> {
+) -> Result<Arc<ServerConfig>, CredentialsError> {
     let key = PrivateKeyDer::from_pem_slice(gateway_key_pem.as_bytes())
         .map_err(|e| bad("the gateway key", e))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::{ConnectionAuthorized, CredentialKind, ResourceKind};
 use lastmile_tunnel::{
     header::{Refusal, StreamHeader},
@@ -35,7 +36,7 @@ pub(super) async fn tunnel(
     {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
-            info!(%peer, error = %e, "tunnel handshake refused");
+            info!(%peer, error = %error_chain(&e), "tunnel handshake refused");
             return;
         }
         Err(_) => {

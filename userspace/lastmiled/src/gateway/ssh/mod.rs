@@ -124,7 +124,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
     let (send, recv) = match incoming.accept() {
         Ok(s) => s,
         Err(e) => {
-            conn.record.error = Some(e.to_string());
+            conn.record.error = Some(error_chain(&e));
             return;
         }
     };
