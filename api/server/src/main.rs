@@ -326,7 +326,7 @@ fn nix_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -335,11 +335,23 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = ApiConfig::load(cli.config.as_deref())?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli, config))
+    let result = ApiConfig::load(cli.config.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(cli, config))
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain on one line, as the other binaries print it (not anyhow's
+            // `Caused by:` list, nor a backtrace whenever RUST_BACKTRACE is set).
+            eprintln!("lastmile-api: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
