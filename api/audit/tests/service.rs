@@ -859,3 +859,22 @@ async fn a_kms_held_key_signs_every_checkpoint_and_a_dead_kms_stops_acknowledgem
     let cp = wait_checkpoint(&s, &gw, 5).await;
     assert!(cp.size >= 5);
 }
+
+#[test]
+fn a_missing_config_is_named_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("audit.toml");
+    let stderr = lastmile_testkit::reports_missing_file(
+        Command::new(env!("CARGO_BIN_EXE_lastmile-audit"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&missing)
+            .env("RUST_LOG", "off"),
+        &missing,
+    )
+    .unwrap();
+    assert!(
+        stderr.starts_with(&format!("lastmile-audit: reading {}: ", missing.display())),
+        "{stderr}"
+    );
+}

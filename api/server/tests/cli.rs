@@ -1,5 +1,6 @@
 //! The `lastmile-api` binary: init prints the one-time admin password once, the admin
-//! commands change the database with `--output json`, and a bad config says what is wrong.
+//! commands change the database with `--output json`, and a bad config (or none at the
+//! path given) says what is wrong.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -225,5 +226,27 @@ fn init_and_admin_commands() {
     assert!(
         err.contains("sesion_ttl") && err.contains("api.toml"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_missing_config_is_named_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("api.toml");
+    let stderr = lastmile_testkit::reports_missing_file(
+        Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
+            .arg("--config")
+            .arg(&missing)
+            .args(["users", "list"])
+            .env("RUST_LOG", "off"),
+        &missing,
+    )
+    .unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "lastmile-api: cannot read {}: ",
+            missing.display()
+        )),
+        "{stderr}"
     );
 }

@@ -1,13 +1,14 @@
 //! Real peers for tests and benchmarks, on loopback, gone when dropped: a throwaway
 //! PostgreSQL server ([`PgServer`]) and a moto server speaking the AWS KMS API
 //! ([`MotoServer`]); and running our command-line programs as a user would
-//! ([`run_with_stdin`]); and [`block_on`] for a synchronous test that calls async code.
+//! ([`run_with_stdin`]) and checking what they report ([`reports_missing_file`]); and
+//! [`block_on`] for a synchronous test that calls async code.
 
 pub mod cli;
 pub mod moto;
 pub mod pg;
 
-pub use cli::run_with_stdin;
+pub use cli::{repeated_cause, reports_missing_file, run_with_stdin};
 pub use moto::{MotoError, MotoServer};
 pub use pg::*;
 

@@ -341,3 +341,22 @@ fn verify_says_which_entries_the_witness_vouches_for() {
         "{said}"
     );
 }
+
+/// `lastmile` has no config file; the file it is most often pointed at is an age identity.
+#[test]
+fn a_missing_identity_is_named_with_its_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("reader.key");
+    let stderr = lastmile_testkit::reports_missing_file(
+        Command::new(env!("CARGO_BIN_EXE_lastmile"))
+            .args(["audit", "decrypt", "--identity"])
+            .arg(&missing)
+            .env("RUST_LOG", "off"),
+        &missing,
+    )
+    .unwrap();
+    assert!(
+        stderr.starts_with(&format!("lastmile: cannot read {}: ", missing.display())),
+        "{stderr}"
+    );
+}
