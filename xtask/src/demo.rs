@@ -22,19 +22,23 @@ use anyhow::{Context as _, bail};
 use crate::exec::{cargo, must, step, workspace_root};
 
 const POSTGRES: &str = "127.0.0.2:15432";
-const SSH: &str = "127.0.0.2:10022";
+/// Port 22, so the user types a plain `ssh 127.0.0.3`.
+const SSH: &str = "127.0.0.3:22";
+const SSH_HOST: &str = "127.0.0.3";
 const TCP: &str = "127.0.0.2:17000";
 const TCP_HOST: &str = "127.0.0.2";
 const TCP_PORT: &str = "17000";
-/// The demo's user: `nobody`, so that what it sees is what any unprivileged user sees.
+/// The first part's user: `nobody`, so that what it sees is what any unprivileged user sees.
 const USER: u32 = 65534;
+/// The control-plane part's end user (alice's Linux account, made for the demo and removed
+/// after it): `ssh` and `psql` read `~/.ssh` and `~/.pgpass` from the account's home,
+/// which `nobody` does not have. It is also the account alice logs in as on the ssh target.
+const DEMO_ACCOUNT: &str = "lastmile-demo";
 
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
-    "ssh through the gateway to a real sshd (certificates at both ends, recorded sessions) runs in the tests \
-     (userspace/lastmiled/tests/ssh.rs), not in this demo yet",
+    "a lasting demo stack to use by hand afterwards (`cargo xtask demo --stop`): this one tears down at the end",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
-    "`lastmile recordings list|play|export|verify` for SSH session recordings",
 ];
 
 /// A child stopped with SIGTERM (then SIGKILL) when dropped.
@@ -329,6 +333,45 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         TCP,
     ]))?;
     must(&mut api(&["grants", "add", "metrics", "--group", "dba"]))?;
+    step(&format!(
+        "a real sshd (on 127.0.0.1) trusting the organisation's SSH user CA, protected as {SSH} (web-1, ssh)"
+    ));
+    let account = DemoAccount::create(dir)?;
+    let ca_bundle: serde_json::Value = serde_json::from_slice(
+        &curl("/v1/ca")
+            .output()
+            .context("asking the API for its CAs")?
+            .stdout,
+    )
+    .context("/v1/ca did not answer JSON")?;
+    let user_ca = ca_bundle
+        .get("ssh_user_ca")
+        .and_then(serde_json::Value::as_str)
+        .context("/v1/ca gave no ssh_user_ca")?;
+    let sshd = TargetSshd::start(&dir.join("sshd"), user_ca)?;
+    let sshd_port = sshd.port.to_string();
+    // The gateway checks the target's host key against this pinned key: never trust on
+    // first use (a host CA, `--ssh-host-ca`, is the other choice).
+    must(&mut api(&[
+        "resources",
+        "put",
+        "web-1",
+        "--kind",
+        "ssh",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &sshd_port,
+        "--protect",
+        SSH,
+        "--credential",
+        "ssh-certificate",
+        "--ssh-principal",
+        DEMO_ACCOUNT,
+        "--ssh-host-keys",
+        &sshd.host_public_key.display().to_string(),
+    ]))?;
+    must(&mut api(&["grants", "add", "web-1", "--group", "dba"]))?;
     let token = api(&[
         "--output",
         "json",
@@ -354,22 +397,27 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     eprintln!("    gateway gw-1's one-time enrollment token: {token}");
     must(&mut api(&["--output", "json", "resources", "list"]))?;
     let (gateway, node, lastmiled_config) = gateway_and_node(bin, dir, &ca, &token)?;
-    step(
-        "alice (as user `nobody`): `lastmile login` (one-time password, then her own; a device key made here; her agent starts), `resources`",
-    );
-    let home = dir.join("alice-home");
-    std::fs::create_dir_all(&home)?;
+    step(&format!(
+        "alice (Linux account `{DEMO_ACCOUNT}`): `lastmile login` (one-time password, then her own; a device key made here; her agent starts; known_hosts trusts the host CA), `resources`"
+    ));
+    let home = account.home.clone();
+    // `lastmile`'s default state directory for her: ~/.config/lastmile.
+    let lastmile_home = home.join(".config/lastmile");
     // What an admin hands a user: the organisation's CA certificate (public).
     let org_ca = dir.join("org-ca.pem");
     std::fs::copy(&ca, &org_ca)?;
-    std::os::unix::fs::chown(&home, Some(USER), Some(USER))?;
+    let as_alice = |program: &Path| {
+        let mut c = Command::new(program);
+        c.env("HOME", &home)
+            .env("USER", DEMO_ACCOUNT)
+            .env("LOGNAME", DEMO_ACCOUNT)
+            .uid(account.uid)
+            .gid(account.uid);
+        c
+    };
     let user = |args: &[&str]| {
-        let mut c = Command::new(bin.join("lastmile"));
-        c.env("LASTMILE_HOME", &home)
-            .env("HOME", &home)
-            .args(args)
-            .uid(USER)
-            .gid(USER);
+        let mut c = as_alice(&bin.join("lastmile"));
+        c.args(args);
         c
     };
     {
@@ -391,14 +439,14 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     must(&mut user(&["resources"]))?;
     let upstream = metrics_server()?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(home.join("agent.json"))
+    while !std::fs::read_to_string(lastmile_home.join("agent.json"))
         .unwrap_or_default()
         .contains("registered for uid")
     {
         if Instant::now() > deadline {
             bail!(
                 "alice's agent did not register with the node: {}",
-                std::fs::read_to_string(home.join("agent.log")).unwrap_or_default()
+                std::fs::read_to_string(lastmile_home.join("agent.log")).unwrap_or_default()
             );
         }
         thread::sleep(Duration::from_millis(100));
@@ -406,10 +454,8 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     step(&format!(
         "alice's process connects to {TCP}: kernel redirect → node → her agent → TLS 1.3 tunnel → gateway → the server"
     ));
-    let out = Command::new(bin.join("lastmiled"))
+    let out = as_alice(&bin.join("lastmiled"))
         .args(["probe", TCP, "--send", "GET /metrics"])
-        .uid(USER)
-        .gid(USER)
         .output()?;
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("    {}", report.trim());
@@ -417,7 +463,7 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         bail!(
             "the connection did not come through the tunnel: {report}{}\nagent: {}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(home.join("agent.log")).unwrap_or_default()
+            std::fs::read_to_string(lastmile_home.join("agent.log")).unwrap_or_default()
         );
     }
     drop(upstream);
@@ -425,7 +471,7 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "alice's psql connects to {POSTGRES} (orders-db) with no password: the gateway logs in to PostgreSQL as `orders` with the vault's password and logs each statement"
     ));
     let (pg_host, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
-    let out = Command::new(pg.bin_dir().join("psql"))
+    let out = as_alice(&pg.bin_dir().join("psql"))
         .args([
             "-h", pg_host, "-p", pg_port, "-U", "alice", "-d", "orders", "-w", "-X",
         ])
@@ -438,10 +484,7 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
             "select note, written_by, current_user as logged_in_as from notes",
         ])
         .env("PGCONNECT_TIMEOUT", "10")
-        .env("HOME", &home)
         .env_remove("PGPASSWORD")
-        .uid(USER)
-        .gid(USER)
         .output()
         .context("running psql")?;
     let said = String::from_utf8_lossy(&out.stdout);
@@ -453,9 +496,55 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
             "psql did not get through: {}{}\nagent: {}",
             said,
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(home.join("agent.log")).unwrap_or_default()
+            std::fs::read_to_string(lastmile_home.join("agent.log")).unwrap_or_default()
         );
     }
+    step(&format!(
+        "alice's plain `ssh {SSH_HOST}`: no key of her own, no host-key prompt; the gateway logs in to sshd with a 5-minute certificate"
+    ));
+    let out = as_alice(Path::new("ssh"))
+        .args(["-o", "BatchMode=yes", SSH_HOST])
+        .arg("echo \"hello from $(id -un) on the target\"; exit 3")
+        .stdin(Stdio::null())
+        .output()
+        .context("running ssh")?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    for line in said.lines() {
+        eprintln!("    {line}");
+    }
+    eprintln!("    (exit status {:?}, the target's)", out.status.code());
+    if out.status.code() != Some(3) || !said.contains(&format!("hello from {DEMO_ACCOUNT}")) {
+        bail!(
+            "ssh did not get through: {}{}\nsshd: {}\nagent: {}",
+            said,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("sshd/sshd.log")).unwrap_or_default(),
+            std::fs::read_to_string(lastmile_home.join("agent.log")).unwrap_or_default()
+        );
+    }
+    step("an interactive `ssh -tt` session: recorded by the gateway as asciicast v2");
+    let out = as_alice(Path::new("ssh"))
+        .args(["-tt", "-o", "BatchMode=yes", SSH_HOST])
+        .arg("echo this terminal session is recorded")
+        .stdin(Stdio::null())
+        .output()
+        .context("running ssh -tt")?;
+    eprintln!("    {}", String::from_utf8_lossy(&out.stdout).trim());
+    let recordings = dir.join("gateway-state/recordings");
+    thread::sleep(Duration::from_millis(500));
+    step("`lastmile recordings list`, and `recordings verify` against the gateway's events");
+    must(
+        Command::new(bin.join("lastmile"))
+            .args(["recordings", "list", "--dir"])
+            .arg(&recordings),
+    )?;
+    must(
+        Command::new(bin.join("lastmile"))
+            .args(["recordings", "verify", "--dir"])
+            .arg(&recordings)
+            .arg("--events")
+            .arg(dir.join("gateway-events.jsonl")),
+    )?;
     step("`lastmile status`: the session, the agent, the node, the gateway");
     thread::sleep(Duration::from_millis(300));
     must(&mut user(&["status"]))?;
@@ -477,6 +566,8 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     must(&mut user(&["logout"]))?;
     drop(node);
     drop(gateway);
+    drop(sshd);
+    drop(account);
     let _ = lastmiled_config;
     step(
         "an unsigned call to a signed endpoint, and a malformed login: each refused with its reason",
@@ -584,6 +675,119 @@ fn metrics_server() -> anyhow::Result<std::thread::JoinHandle<()>> {
             }
         }
     }))
+}
+
+/// Alice's Linux account, made for the demo (a home under the demo's directory, `/bin/sh`)
+/// and removed, with any process left under it, when dropped.
+struct DemoAccount {
+    uid: u32,
+    home: PathBuf,
+}
+
+impl DemoAccount {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        // A leftover from a demo that was killed.
+        Self::remove();
+        let home = dir.join("alice-home");
+        must(
+            Command::new("useradd")
+                // Password `*`: none to log in with, but not locked (`!`), which sshd
+                // without PAM refuses even for certificate logins.
+                .args(["--system", "--user-group", "--password", "*"])
+                .args(["--shell", "/bin/sh", "--home-dir"])
+                .arg(&home)
+                .args(["--create-home", DEMO_ACCOUNT]),
+        )?;
+        let id = crate::exec::output(Command::new("id").args(["-u", DEMO_ACCOUNT]))
+            .context("the demo account has no uid")?;
+        let uid = id
+            .trim()
+            .parse()
+            .with_context(|| format!("`id -u {DEMO_ACCOUNT}` said {id:?}"))?;
+        Ok(Self { uid, home })
+    }
+
+    fn remove() {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", DEMO_ACCOUNT])
+            .status();
+        let _ = Command::new("userdel")
+            .arg(DEMO_ACCOUNT)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for DemoAccount {
+    fn drop(&mut self) {
+        Self::remove();
+    }
+}
+
+/// The ssh target: a real sshd on a free 127.0.0.1 port that trusts the organisation's
+/// SSH user CA for the demo account (AuthorizedPrincipalsFile), as the README tells an ops
+/// team to set one up. Stopped when dropped.
+struct TargetSshd {
+    port: u16,
+    host_public_key: PathBuf,
+    _running: Running,
+}
+
+impl TargetSshd {
+    fn start(dir: &Path, user_ca: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("principals"))?;
+        let host_key = dir.join("host_key");
+        must(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "demo target", "-f"])
+                .arg(&host_key),
+        )?;
+        std::fs::write(dir.join("user_ca.pub"), format!("{user_ca}\n"))?;
+        std::fs::write(
+            dir.join("principals").join(DEMO_ACCOUNT),
+            format!("{DEMO_ACCOUNT}\n"),
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
+                 TrustedUserCAKeys {d}/user_ca.pub\nAuthorizedPrincipalsFile {d}/principals/%u\n\
+                 AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nPermitRootLogin no\nPidFile none\n\
+                 Subsystem sftp internal-sftp\n"
+            ),
+        )?;
+        std::fs::create_dir_all("/run/sshd")?;
+        let running = Running(
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("sshd.log"))?)
+                .spawn()
+                .context("starting /usr/sbin/sshd (`cargo xtask setup` installs openssh-server)")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "sshd did not start: {}",
+                    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            port,
+            host_public_key: host_key.with_extension("pub"),
+            _running: running,
+        })
+    }
 }
 
 /// The one-time password in `lastmile-api --output json users add`'s answer.
