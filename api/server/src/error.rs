@@ -59,7 +59,9 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+        // What a person reads (the admin CLI prints this); the status and code are for
+        // programs, in the HTTP response.
+        f.write_str(&self.message)
     }
 }
 

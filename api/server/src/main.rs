@@ -299,6 +299,25 @@ fn print<T: Serialize>(
     Ok(())
 }
 
+/// A value as the CLI's flags and the JSON output spell it (`postgres`, `ssh-key`,
+/// `trusted`), not as Rust's Debug does (`Postgres`).
+fn wire_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::from("?"),
+    }
+}
+
+/// `HOST:PORT` as a user writes it: `[::1]:5432` for an IPv6 address.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn when(t: i64) -> String {
     u64::try_from(t)
         .ok()
@@ -334,6 +353,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = ApiConfig::load(cli.config.as_deref())
         .map_err(anyhow::Error::from)
@@ -454,14 +475,12 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 rs.iter()
                     .map(|r| {
                         format!(
-                            "{:<20} {:?} {}:{} protect=[{}]",
+                            "{:<20} {:<8} {} protect=[{}]",
                             r.name,
-                            r.kind,
-                            r.host,
-                            r.port,
+                            wire_name(&r.kind),
+                            host_port(&r.host, r.port),
                             r.protect.join(", ")
                         )
-                        .to_lowercase()
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -521,10 +540,13 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 gs.iter()
                     .map(|g| {
                         format!(
-                            "{} {:<20} {:?}{}",
+                            "{} {:<20} {}{}",
                             g.id,
                             g.resource,
-                            g.subject,
+                            match &g.subject {
+                                Subject::User(u) => format!("user {u}"),
+                                Subject::Group(g) => format!("group {g}"),
+                            },
                             g.expires_at
                                 .map(|e| format!(" until {}", when(e)))
                                 .unwrap_or_default()
@@ -573,10 +595,10 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                     ds.iter()
                         .map(|d| {
                             format!(
-                                "{} {:<16} {:?} {:<24} last seen {}",
+                                "{} {:<16} {:<8} {:<24} last seen {}",
                                 d.id,
                                 d.user,
-                                d.status,
+                                wire_name(&d.status),
                                 d.name,
                                 when(d.last_seen)
                             )
@@ -722,10 +744,10 @@ async fn credentials(app: &App, who: &str, out: Output, c: Credentials) -> anyho
                 cs.iter()
                     .map(|c| {
                         format!(
-                            "{:<20} v{:<3} {:?} kms key {} by {} at {}",
+                            "{:<20} v{:<3} {} kms key {} by {} at {}",
                             c.resource,
                             c.version,
-                            c.kind,
+                            wire_name(&c.kind),
                             c.key_id,
                             c.created_by,
                             when(c.created_at)

@@ -250,3 +250,80 @@ fn a_missing_config_is_named_with_its_cause_once() {
         "{stderr}"
     );
 }
+
+/// What the admin CLI prints is what a person writes: kinds and statuses by their flag
+/// names, `[::1]:5432` for an IPv6 address, `group dba` for a grant's subject, a refusal
+/// by its reason (no HTTP status, no error code), no colour and no backtrace through a pipe.
+#[test]
+fn human_output_has_no_debug_formatting_or_http_jargon() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("api.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\ndata_dir = \"{}\"\n", dir.path().display()),
+    )
+    .unwrap();
+    let (ok, _, err) = api(&config, &["init", "--org", "acme", "--admin", "root"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = api(
+        &config,
+        &[
+            "resources",
+            "put",
+            "db6",
+            "--kind",
+            "postgres",
+            "--host",
+            "::1",
+            "--port",
+            "5432",
+            "--protect",
+            "[::1]:15432",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = api(&config, &["grants", "add", "db6", "--group", "dba"]);
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = api(&config, &["resources", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("db6 "), "{out}");
+    assert!(
+        out.contains(" postgres ") && out.contains(" [::1]:5432 protect=[[::1]:15432]"),
+        "{out}"
+    );
+    let (ok, out, err) = api(&config, &["grants", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(" group dba"), "{out}");
+    assert!(!out.contains("Group("), "{out}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lastmile-api"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "resources",
+            "put",
+            "bad",
+            "--kind",
+            "tcp",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "1",
+            "--protect",
+            "bogus",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim_end(),
+        "lastmile-api: protect: `bogus` has no port: write ADDRESS:PORT, [IPV6]:PORT, or NETWORK/BITS:PORT"
+    );
+    for jargon in ["Bad Request", "400", "bad_resource", "backtrace", "\u{1b}["] {
+        assert!(!err.contains(jargon), "{jargon:?} in {err}");
+    }
+}
