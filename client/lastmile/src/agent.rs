@@ -597,7 +597,7 @@ impl Core {
                         up = meter.up(),
                         down = meter.down(),
                         ms = started.elapsed().as_millis() as u64,
-                        error = ?result.err().map(|e| e.to_string()),
+                        error = %result.err().map_or_else(String::new, |e| e.to_string()),
                         "stream closed"
                     );
                 }
@@ -888,7 +888,7 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
                     match socket_owner(peer, local) {
                         Some(uid) if uid == me => {}
                         owner => {
-                            warn!(%peer, ?owner, "connection from another user (or unknown) refused");
+                            warn!(%peer, owner = %owner.map_or_else(|| "unknown".to_owned(), |uid| format!("uid {uid}")), "connection from another user (or unknown) refused");
                             drop(tcp);
                             continue;
                         }

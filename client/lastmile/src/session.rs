@@ -450,8 +450,10 @@ fn print_agent(agent: Option<&crate::agent::AgentState>) {
         return;
     };
     println!(
-        "agent:       running (pid {}), {} connections carried",
-        a.pid, a.connections
+        "agent:       running (pid {}), {} connection{} carried",
+        a.pid,
+        a.connections,
+        if a.connections == 1 { "" } else { "s" }
     );
     println!("node:        {}", a.node);
     if let Some(why) = &a.revoked {

@@ -87,6 +87,17 @@ pub enum TargetKind {
     Tcp,
 }
 
+impl std::fmt::Display for TargetKind {
+    /// As configs and the wire spell it (`postgres`, `ssh`, `tcp`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgres => "postgres",
+            Self::Ssh => "ssh",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
     #[error("cannot reach lastmiled at {path} (is `lastmiled node` running?)")]

@@ -153,6 +153,24 @@ pub struct Counters {
     pub records_dropped: u64,
 }
 
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} redirected, {} unprotected, {} passed through, {} exempt, {} refused, \
+             {} from other network namespaces, {} events and {} records dropped",
+            self.redirected,
+            self.unprotected,
+            self.passed_through,
+            self.exempt,
+            self.refused,
+            self.other_netns,
+            self.events_dropped,
+            self.records_dropped
+        )
+    }
+}
+
 /// Where redirected connections go and how the programs decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RedirectPolicy {

@@ -166,9 +166,11 @@ async fn serve(
     }
     let attached = interceptor.attach(&cgroup)?;
     info!(
-        cgroup = %cgroup.display(), %listen_v4, listen_v6 = ?listen_v6, pin_dir = %config.pin_dir.display(),
+        cgroup = %cgroup.display(), %listen_v4,
+        listen_v6 = %listen_v6.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        pin_dir = %config.pin_dir.display(),
         newly_attached = attached.new, replaced = attached.replaced, moved_here = attached.moved, targets = targets.0.len(),
-        from_api = ?remembered.as_ref().map(|_| api_targets_now.len()), enforce = config.enforce,
+        from_api = remembered.as_ref().map_or(0, |_| api_targets_now.len()), enforce = config.enforce,
         "interception in place"
     );
     if config.resources_from_api {
@@ -183,7 +185,7 @@ async fn serve(
         }
     }
     for t in &targets.0 {
-        info!(target = %t.name, kind = ?t.kind, protect = ?t.protect.iter().map(ToString::to_string).collect::<Vec<_>>(), "protecting");
+        info!(target = %t.name, kind = %t.kind, protect = %t.protect.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "protecting");
     }
 
     let shared = Arc::new(Shared {
@@ -231,10 +233,13 @@ async fn serve(
         .lock()
         .ok()
         .and_then(|i| i.counters().ok());
-    info!(
-        ?counters,
-        "stopping; interception stays pinned (`lastmiled node detach` removes it)"
-    );
+    match counters {
+        Some(counters) => info!(
+            %counters,
+            "stopping; interception stays pinned (`lastmiled node detach` removes it)"
+        ),
+        None => info!("stopping; interception stays pinned (`lastmiled node detach` removes it)"),
+    }
     let _ = std::fs::remove_file(&config.agent_socket);
     Ok(())
 }

@@ -294,6 +294,16 @@ fn restart_keeps_open_connections_and_interception() {
     agent.next();
 
     node.stop();
+    // Its log (a file, not a terminal) reads as text: no colour codes, no Rust Debug.
+    let logs = node.logs();
+    assert!(
+        logs.contains("stopping; interception stays pinned") && logs.contains(" redirected, "),
+        "{logs}"
+    );
+    assert!(logs.contains("listen_v6=[::1]:"), "{logs}");
+    for debug in ["Some(", "Counters {", "\u{1b}["] {
+        assert!(!logs.contains(debug), "{debug:?} in the log: {logs}");
+    }
     let status = node.status();
     assert!(
         status["programs"]

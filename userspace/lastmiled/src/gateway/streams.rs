@@ -209,6 +209,14 @@ pub(super) struct CloseRecord {
     access: ((String, String), u64),
 }
 
+impl CloseRecord {
+    /// The target's address for a log line, or `none` before it is connected.
+    pub fn upstream_text(&self) -> String {
+        self.upstream
+            .map_or_else(|| "none".to_owned(), |a| a.to_string())
+    }
+}
+
 impl Drop for CloseRecord {
     fn drop(&mut self) {
         if let Ok(mut a) = self.gw.access.lock() {

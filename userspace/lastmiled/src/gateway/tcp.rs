@@ -31,7 +31,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
             return;
         }
     };
-    info!(upstream = ?conn.record.upstream, "stream open");
+    info!(upstream = %conn.record.upstream_text(), "stream open");
     tokio::select! {
         result = splice(&upstream, send, recv, false, &conn.meter) => {
             if let Err(e) = result {

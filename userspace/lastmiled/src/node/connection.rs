@@ -78,7 +78,12 @@ async fn handle(
         uid: record.uid,
         comm: comm(&record),
     };
-    let span = info_span!("connection", conn_id = record.sock_cookie, uid = record.uid, target = ?conn.target);
+    let span = info_span!(
+        "connection",
+        conn_id = record.sock_cookie,
+        uid = record.uid,
+        target = conn.target.as_deref().unwrap_or("none")
+    );
     async move {
         let handoff = Handoff {
             connection_id: record.sock_cookie,

@@ -149,7 +149,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Ok(s) => s,
         Err(refusal) => return refuse(&mut conn, &mut client, refusal).await,
     };
-    info!(database = %session.database, upstream = ?conn.record.upstream, tls = session.tls, "postgres session open");
+    info!(database = %session.database, upstream = %conn.record.upstream_text(), tls = session.tls, "postgres session open");
     relay::run(conn, client, session).await;
 }
 

@@ -157,7 +157,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
         recordings,
         events: audit.clone(),
     };
-    info!(upstream = ?conn.record.upstream, "ssh connection open");
+    info!(upstream = %conn.record.upstream_text(), "ssh connection open");
     let mut ending = conn.ending.clone();
     let result = bridge::serve(
         user,
