@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod merkle;
+pub mod note_key;
 
 pub use checkpoint::{
     BodyError, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, attach_signature, open, sign,
