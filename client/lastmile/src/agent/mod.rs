@@ -13,6 +13,15 @@
 //! `lastmile listen` runs the same core for one resource on a local port, for hosts
 //! without eBPF.
 
+mod gateways;
+mod listen;
+mod node_link;
+mod process;
+mod sock_diag;
+
+pub use listen::{ListenArgs, listen};
+pub use process::{running, spawn, stop};
+
 use std::{
     collections::HashMap,
     os::fd::OwnedFd,
@@ -22,16 +31,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use clap::Args;
 use lastmile_api_client::{ApiClient, Revocations, Session};
 use lastmile_audit_sink::error_chain;
-use lastmile_handoff::{AgentLink, Handoff, HandoffError, TargetKind, refusal::refuse};
+use lastmile_handoff::{Handoff, TargetKind, refusal::refuse};
 use lastmile_proto::wire::{GatewayEndpoint, Refreshed, Resource, ResourceKind};
 use lastmile_tunnel::{
-    ConnectError,
     client::Tunnel,
-    header::{Refusal, StreamHeader},
+    header::Refusal,
     splice::{Meter, splice},
 };
 use reqwest::Method;
@@ -40,6 +47,8 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::session;
+use gateways::{Down, FIRST_BACKOFF, MAX_BACKOFF};
+use node_link::node_link;
 
 /// Where lastmiled's agent socket is, unless told otherwise.
 pub const DEFAULT_NODE_SOCKET: &str = "/run/lastmile/node.sock";
@@ -53,19 +62,6 @@ pub struct AgentArgs {
     /// Replace an agent already running for this LASTMILE_HOME.
     #[arg(long)]
     replace: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ListenArgs {
-    /// The resource to carry.
-    resource: String,
-    /// Local port (default: the resource's own port).
-    #[arg(long)]
-    port: Option<u16>,
-    /// Local address to listen on: a loopback address (anyone who can reach the port
-    /// uses your session).
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: std::net::IpAddr,
 }
 
 /// What the agent tells `lastmile status`: `$LASTMILE_HOME/agent.json`.
@@ -90,16 +86,6 @@ pub struct GatewayState {
     pub error: Option<String>,
 }
 
-/// A gateway that failed, and until when it is skipped.
-#[derive(Debug, Clone)]
-struct Down {
-    until: Instant,
-    backoff: Duration,
-    error: String,
-}
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const REFRESH_LISTS: Duration = Duration::from_secs(30);
 /// When no gateway takes a connection, the list is fetched again at most this often.
 const LIST_RETRY: Duration = Duration::from_secs(2);
@@ -406,171 +392,6 @@ impl Core {
         }
     }
 
-    /// The gateways to try, best first: those with a live tunnel, then the others not
-    /// backing off, then (if nothing else is left) those backing off.
-    async fn candidates(&self) -> Vec<GatewayEndpoint> {
-        let all = self.gateways.read().map(|g| g.clone()).unwrap_or_default();
-        let tunnels = self.tunnels.lock().await;
-        let now = Instant::now();
-        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
-        let rank = |g: &GatewayEndpoint| {
-            if tunnels.get(&g.name).is_some_and(|t| t.is_open()) {
-                0
-            } else if down.get(&g.name).is_some_and(|d| d.until > now) {
-                2
-            } else {
-                1
-            }
-        };
-        // Within a rank, an order of this session's own, so agents spread over gateways
-        // instead of all choosing the first by name.
-        let session = self.session().login.session;
-        let spread = |g: &GatewayEndpoint| {
-            use std::hash::{Hash as _, Hasher as _};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&session, &g.name).hash(&mut h);
-            h.finish()
-        };
-        let mut all = all;
-        all.sort_by_key(|g| (rank(g), spread(g)));
-        all
-    }
-
-    fn mark_down(&self, gateway: &str, error: String) {
-        if let Ok(mut d) = self.down.lock() {
-            let backoff = d
-                .get(gateway)
-                .map(|x| (x.backoff * 2).min(MAX_BACKOFF))
-                .unwrap_or(FIRST_BACKOFF);
-            warn!(gateway, %error, backoff_ms = backoff.as_millis() as u64, "gateway down");
-            self.changed();
-            d.insert(
-                gateway.to_owned(),
-                Down {
-                    until: Instant::now() + backoff,
-                    backoff,
-                    error,
-                },
-            );
-        }
-    }
-
-    async fn tunnel(&self, g: &GatewayEndpoint) -> Result<Arc<Tunnel>, ConnectError> {
-        if let Some(t) = self.tunnels.lock().await.get(&g.name)
-            && t.is_open()
-        {
-            return Ok(t.clone());
-        }
-        let tls = self
-            .tls
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        let t = Arc::new(Tunnel::connect(tls, &g.name, &g.tunnel).await?);
-        info!(gateway = %g.name, tunnel = %g.tunnel, "tunnel up");
-        if let Ok(mut d) = self.down.lock() {
-            d.remove(&g.name);
-        }
-        self.tunnels.lock().await.insert(g.name.clone(), t.clone());
-        self.changed();
-        Ok(t)
-    }
-
-    /// Opens a stream to `resource` through the first gateway that takes it. When none
-    /// does, the gateway list may be stale (a gateway moved, a new one came): fetch it again
-    /// (at most every LIST_RETRY) and try once more.
-    async fn open(
-        &self,
-        resource: &str,
-        connection: &str,
-    ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream, String), OpenError> {
-        match self.try_gateways(resource, connection).await {
-            Err(OpenError::NoGateway(why)) => {
-                let due = self
-                    .listed_at
-                    .lock()
-                    .map(|mut at| {
-                        let due = at.elapsed() >= LIST_RETRY;
-                        if due {
-                            *at = Instant::now();
-                        }
-                        due
-                    })
-                    .unwrap_or(false);
-                if !due {
-                    return Err(OpenError::NoGateway(why));
-                }
-                info!("no gateway took the connection; fetching the gateway list again");
-                if let Err(e) = self.refresh_lists().await {
-                    return Err(OpenError::NoGateway(format!("{why}; and the API: {e:#}")));
-                }
-                // The fresh list's gateways get a fresh chance.
-                if let Ok(mut d) = self.down.lock() {
-                    d.clear();
-                }
-                self.try_gateways(resource, connection).await
-            }
-            other => other,
-        }
-    }
-
-    async fn try_gateways(
-        &self,
-        resource: &str,
-        connection: &str,
-    ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream, String), OpenError> {
-        if let Some(why) = self.revoked() {
-            return Err(OpenError::Login(why));
-        }
-        let candidates = self.candidates().await;
-        if candidates.is_empty() {
-            return Err(OpenError::NoGateway(
-                "the API lists no gateway (none enrolled and running?)".into(),
-            ));
-        }
-        let mut errors = Vec::new();
-        for g in candidates {
-            let tunnel = match self.tunnel(&g).await {
-                Ok(t) => t,
-                Err(e) => {
-                    let why = error_chain(&e);
-                    errors.push(format!("{}: {why}", g.name));
-                    self.mark_down(&g.name, why);
-                    continue;
-                }
-            };
-            let (authorization, signature) = self
-                .session()
-                .authorize(resource, &g.name, connection)
-                .map_err(|e| OpenError::NoGateway(e.to_string()))?;
-            let header = StreamHeader {
-                resource: resource.to_owned(),
-                authorization,
-                signature,
-            };
-            match tunnel.open(&header).await {
-                Ok((send, recv)) => return Ok((send, recv, g.name)),
-                Err(ConnectError::Refused(r)) if r.needs_login() => {
-                    self.set_revoked(r.to_string()).await;
-                    return Err(OpenError::Login(r.to_string()));
-                }
-                Err(ConnectError::Refused(r))
-                    if matches!(r.code.as_str(), "api_unavailable" | "upstream_unreachable") =>
-                {
-                    errors.push(format!("{}: {r}", g.name));
-                }
-                Err(ConnectError::Refused(r)) => return Err(OpenError::Refused(r)),
-                Err(e) => {
-                    self.tunnels.lock().await.remove(&g.name);
-                    let why = error_chain(&e);
-                    errors.push(format!("{}: {why}", g.name));
-                    self.mark_down(&g.name, why);
-                }
-            }
-        }
-        Err(OpenError::NoGateway(errors.join("; ")))
-    }
-
     /// Carries one local connection to `resource`, or tells its client why not.
     async fn carry(
         self: Arc<Self>,
@@ -674,63 +495,6 @@ fn target_kind(kind: ResourceKind) -> TargetKind {
     }
 }
 
-/// The running agent of this home, if any: its state, with a live pid.
-pub fn running(home: &Path) -> Option<AgentState> {
-    let text = std::fs::read_to_string(home.join(STATE_FILE)).ok()?;
-    let state: AgentState = serde_json::from_str(&text).ok()?;
-    let pid = i32::try_from(state.pid).ok()?;
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|a| a == b"agent"))
-        .unwrap_or(false);
-    (alive && ours).then_some(state)
-}
-
-/// Stops the running agent of this home (SIGTERM), waiting up to 2 s.
-pub fn stop(home: &Path) {
-    let Some(state) = running(home) else { return };
-    let Ok(pid) = i32::try_from(state.pid) else {
-        return;
-    };
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline && nix::sys::signal::kill(pid, None).is_ok() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(home.join(STATE_FILE));
-}
-
-/// Starts `lastmile agent` in the background, logging to `$LASTMILE_HOME/agent.log`.
-pub fn spawn(home: &Path) -> anyhow::Result<u32> {
-    use std::os::unix::process::CommandExt as _;
-    stop(home);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.join("agent.log"))
-        .context("opening the agent log")?;
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .arg("agent")
-        .env("LASTMILE_HOME", home)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting the agent")?;
-    // Until the agent writes its own state, this says it runs, so that a `logout` right
-    // after the `login` still finds it.
-    let state = AgentState {
-        pid: child.id(),
-        node: "starting".into(),
-        updated_at: lastmile_api_client::now(),
-        ..AgentState::default()
-    };
-    session::write_private(&home.join(STATE_FILE), &serde_json::to_vec_pretty(&state)?)?;
-    Ok(child.id())
-}
-
 /// `lastmile agent`: register with the node and carry its connections until stopped.
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let home = session::home()?;
@@ -795,204 +559,4 @@ fn short_nonce() -> String {
     lastmile_api_client::nonce()
         .map(|n| n.chars().take(8).collect())
         .unwrap_or_default()
-}
-
-/// The blocking side of the node link: register (again, whenever lastmiled restarts) and
-/// pass each handed-off connection to the async side.
-fn node_link(
-    socket: &Path,
-    tx: &tokio::sync::mpsc::Sender<(Handoff, OwnedFd)>,
-    state: &tokio::sync::mpsc::UnboundedSender<String>,
-) {
-    let mut last = String::new();
-    let mut report = |s: String| {
-        if s != last {
-            last.clone_from(&s);
-            let _ = state.send(s);
-        }
-    };
-    loop {
-        let link = match AgentLink::register(socket) {
-            Ok(l) => l,
-            Err(e) => {
-                report(format!("not registered: {}", error_chain(&e)));
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-        };
-        info!(uid = link.uid(), "registered with lastmiled");
-        report(format!(
-            "registered for uid {} at {}",
-            link.uid(),
-            socket.display()
-        ));
-        loop {
-            match link.next() {
-                Ok(conn) => {
-                    if tx.blocking_send(conn).is_err() {
-                        return;
-                    }
-                }
-                Err(HandoffError::Closed) => break,
-                Err(e) => {
-                    warn!(error = %error_chain(&e), "bad message from lastmiled");
-                    break;
-                }
-            }
-        }
-        report("not registered: lastmiled went away".into());
-    }
-}
-
-/// `lastmile listen`: a local port into the tunnel, for hosts without eBPF.
-pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
-    if !args.bind.is_loopback() {
-        anyhow::bail!(
-            "--bind {} is not a loopback address: everyone who can reach that port would use your session; listen on 127.0.0.1 or ::1",
-            args.bind
-        );
-    }
-    let home = session::home()?;
-    let core = Core::start(&home, false).await?;
-    let resource = core
-        .resources
-        .read()
-        .ok()
-        .and_then(|r| r.get(&args.resource).cloned())
-        .with_context(|| {
-            format!(
-                "`{}` is not among your resources (`lastmile resources` lists them)",
-                args.resource
-            )
-        })?;
-    let port = args.port.unwrap_or(resource.port);
-    let listener = tokio::net::TcpListener::bind((args.bind, port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
-    let local = listener.local_addr()?;
-    eprintln!(
-        "lastmile: {local} carries connections to `{}`; Ctrl-C stops",
-        resource.name
-    );
-    println!(
-        "{}",
-        serde_json::json!({"listening": local.to_string(), "resource": resource.name})
-    );
-    let kind = target_kind(resource.kind);
-    let me = nix::unistd::getuid().as_raw();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    // Another user of this host must not ride this session.
-                    match socket_owner(peer, local) {
-                        Some(uid) if uid == me => {}
-                        owner => {
-                            warn!(%peer, owner = %owner.map_or_else(|| "unknown".to_owned(), |uid| format!("uid {uid}")), "connection from another user (or unknown) refused");
-                            drop(tcp);
-                            continue;
-                        }
-                    }
-                    let id = format!("listen-{}-{}", peer.port(), short_nonce());
-                    tokio::spawn(core.clone().carry(tcp, resource.name.clone(), kind, id));
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-    }
-}
-
-/// The uid owning the local TCP socket `client` connected to `server`, asked of the
-/// kernel by exact 4-tuple over NETLINK_SOCK_DIAG (sock_diag(7): an `inet_diag_req_v2`
-/// without NLM_F_DUMP looks one socket up; the answer's `inet_diag_msg` carries
-/// `idiag_uid`). `None` when it cannot be told, which callers treat as a refusal.
-fn socket_owner(client: std::net::SocketAddr, server: std::net::SocketAddr) -> Option<u32> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-        setsockopt, socket, sockopt::ReceiveTimeout,
-    };
-    use std::os::fd::AsRawFd as _;
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLMSG_ERROR: u16 = 2;
-    const IPPROTO_TCP: u8 = 6;
-    let family: u8 = if client.is_ipv4() { 2 } else { 10 };
-    let words = |a: std::net::IpAddr| -> [u8; 16] {
-        match a {
-            std::net::IpAddr::V4(v4) => {
-                let mut w = [0u8; 16];
-                w[..4].copy_from_slice(&v4.octets());
-                w
-            }
-            std::net::IpAddr::V6(v6) => v6.octets(),
-        }
-    };
-    // nlmsghdr (16) + inet_diag_req_v2 (56).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    // inet_diag_sockid: ports and addresses in network order, interface, no cookie.
-    req.extend_from_slice(&client.port().to_be_bytes());
-    req.extend_from_slice(&server.port().to_be_bytes());
-    req.extend_from_slice(&words(client.ip()));
-    req.extend_from_slice(&words(server.ip()));
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .ok()?;
-    setsockopt(&fd, ReceiveTimeout, &nix::sys::time::TimeVal::new(1, 0)).ok()?;
-    sendto(
-        fd.as_raw_fd(),
-        &req,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .ok()?;
-    let mut buf = [0u8; 1024];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
-    let answer = buf.get(..n)?;
-    let kind = u16::from_ne_bytes(answer.get(4..6)?.try_into().ok()?);
-    if kind != SOCK_DIAG_BY_FAMILY || kind == NLMSG_ERROR {
-        return None;
-    }
-    // inet_diag_msg after the 16-byte header: family, state, timer, retrans (4),
-    // sockid (48), expires, rqueue, wqueue (12), then uid.
-    let uid = answer.get(16 + 4 + 48 + 12..16 + 4 + 48 + 16)?;
-    Some(u32::from_ne_bytes(uid.try_into().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn our_own_loopback_connection_is_ours_and_a_missing_one_is_nobodys() {
-        for host in ["127.0.0.1", "[::1]"] {
-            let Ok(l) = std::net::TcpListener::bind(format!("{host}:0")) else {
-                continue; // no IPv6 loopback here
-            };
-            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let owner = socket_owner(c.local_addr().unwrap(), l.local_addr().unwrap());
-            assert_eq!(owner, Some(nix::unistd::getuid().as_raw()), "{host}");
-            let mut gone = c.local_addr().unwrap();
-            gone.set_port(gone.port().wrapping_add(1));
-            assert_eq!(socket_owner(gone, l.local_addr().unwrap()), None, "{host}");
-        }
-    }
 }
