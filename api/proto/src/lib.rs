@@ -1,6 +1,7 @@
 //! What lastmile's components say to the API.
 
 pub mod device;
+pub mod duration;
 pub mod httpsig;
 pub mod target;
 pub mod wire;

@@ -32,23 +32,23 @@ pub struct ApiConfig {
     /// Names and addresses the API's TLS certificate covers (used at init).
     pub names: Vec<String>,
     /// How long a login lasts. Default 12h.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub session_ttl: Duration,
     /// How long a session's client certificate lasts; refresh before it ends. Default 1h.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub certificate_ttl: Duration,
     /// How long a gateway certificate lasts; the gateway renews it. Default 24h.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub gateway_certificate_ttl: Duration,
     /// How far a signature's `created` may be from the server's clock. Default 30s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub signature_window: Duration,
     /// Largest request body accepted. Default 64 KiB.
     pub max_body_bytes: usize,
     /// Failed logins before a user is locked for `lockout`. Default 10.
     pub max_failed_logins: i64,
     /// Default 5m.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub lockout: Duration,
     /// Logins checked at once (each hashes a password with argon2id, 19 MiB); more are
     /// refused with 429 `too_many_logins` and `Retry-After` rather than queued. Default
@@ -65,11 +65,11 @@ pub struct ApiConfig {
     /// `endpoint`, `access_key_id`, `secret_access_key`.
     pub kms: lastmile_vault::KmsConfig,
     /// How long an unlock's SSH user certificate lasts. Default 5m.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub ssh_certificate_ttl: Duration,
     /// How long a gateway's SSH host certificate for a resource lasts (gateways renew it
     /// an hour before it ends). Default 1d.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub ssh_host_certificate_ttl: Duration,
 }
 

@@ -87,13 +87,13 @@ pub struct GatewayConfig {
     /// Default 0x4c4d0001 (the node's default `exempt_mark`).
     pub exempt_mark: u32,
     /// How long connecting to a resource may take. Default 5s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub connect_timeout: std::time::Duration,
     /// Renew the gateway certificate (24 h) this long before it ends. Default 8h.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub renew_before: std::time::Duration,
     /// How long a connection may take to finish its TLS handshake. Default 10s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub handshake_timeout: std::time::Duration,
     /// TLS handshakes in progress at once; connections past it are closed at once (the
     /// handshake runs before the peer has proven anything). Default 256.
@@ -193,7 +193,7 @@ pub struct NodeConfig {
     /// `[api] state_dir`/api-resources.json for starts with the API down. Default false.
     pub resources_from_api: bool,
     /// Default 5s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "lastmile_proto::duration")]
     pub resource_refresh: std::time::Duration,
 }
 
