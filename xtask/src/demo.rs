@@ -403,9 +403,9 @@ fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let home = account.home.clone();
     // `lastmile`'s default state directory for her: ~/.config/lastmile.
     let lastmile_home = home.join(".config/lastmile");
-    // What an admin hands a user: the organisation's CA certificate (public).
+    // What an admin hands a user: the copy of the organisation's CA certificate (public)
+    // that `lastmile-api init` wrote next to its config.
     let org_ca = dir.join("org-ca.pem");
-    std::fs::copy(&ca, &org_ca)?;
     let as_alice = |program: &Path| {
         let mut c = Command::new(program);
         c.env("HOME", &home)

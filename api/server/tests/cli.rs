@@ -57,6 +57,20 @@ fn init_and_admin_commands() {
             & 0o777,
         0o600
     );
+    // A copy of the CA certificate everyone may read, next to the config, named in the
+    // output: what users and hosts are given for `--ca`.
+    let ca_copy = dir.path().join("org-ca.pem");
+    assert_eq!(init["ca_certificate"], ca_copy.display().to_string());
+    assert_eq!(
+        std::fs::read(&ca_copy).unwrap(),
+        std::fs::read(dir.path().join("keys/ca.crt")).unwrap()
+    );
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&ca_copy).unwrap().permissions()
+        ) & 0o777,
+        0o644
+    );
     // Never twice.
     let (ok, _, err) = api(&config, &["init", "--org", "acme"]);
     assert!(!ok);
@@ -225,6 +239,15 @@ fn init_and_admin_commands() {
     assert!(!ok);
     assert!(
         err.contains("sesion_ttl") && err.contains("api.toml"),
+        "{err}"
+    );
+    // A duration without its unit says the form it takes.
+    std::fs::write(&config, "[api]\nsession_ttl = 5\n").unwrap();
+    let (ok, _, err) = api(&config, &["users", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains("session_ttl = 5")
+            && err.contains("expected a duration in quotes with its unit, such as \"5s\""),
         "{err}"
     );
 }
