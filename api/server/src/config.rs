@@ -188,6 +188,36 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The README's `api.toml` block: it parses, its values are the defaults, and it
+    /// names every field the parser takes (the list is the parser's own, from the
+    /// error for an unknown field), so the documentation cannot fall behind the code.
+    #[test]
+    fn the_readme_lists_every_field_with_its_default() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let start = readme
+            .find("# api.toml: every field is optional; these are the defaults")
+            .unwrap();
+        let block = &readme[start..];
+        let block = &block[..block.find("```").unwrap()];
+        let documented: File = toml::from_str(block).unwrap();
+        assert_eq!(
+            format!("{:?}", documented.api),
+            format!("{:?}", ApiConfig::default())
+        );
+        let unknown = toml::from_str::<File>("[api]\nnot_a_field = 1\n")
+            .unwrap_err()
+            .to_string();
+        let expected = &unknown[unknown.find("expected one of").unwrap()..];
+        let fields: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(fields.len() >= 17, "{unknown}");
+        for field in fields {
+            assert!(
+                block.contains(&format!("{field} =")) || block.contains(&format!("[api.{field}]")),
+                "README's api.toml block does not mention `{field}`"
+            );
+        }
+    }
+
     fn load(text: &str) -> Result<ApiConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.toml");
