@@ -2,6 +2,7 @@
 //! others, and a gateway that failed is skipped for a growing while (backoff).
 
 use std::{
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -12,66 +13,145 @@ use lastmile_proto::wire::GatewayEndpoint;
 use lastmile_tunnel::{ConnectError, client::Tunnel, header::StreamHeader};
 use tracing::{info, warn};
 
-use super::{Core, LIST_RETRY, OpenError};
+use super::{Core, GatewayState, LIST_RETRY, OpenError};
 
 /// A gateway that failed, and until when it is skipped.
 #[derive(Debug, Clone)]
-pub(super) struct Down {
-    pub(super) until: Instant,
+struct Down {
+    until: Instant,
     backoff: Duration,
-    pub(super) error: String,
+    error: String,
 }
 
 pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-impl Core {
-    /// The gateways to try, best first: those with a live tunnel, then the others not
-    /// backing off, then (if nothing else is left) those backing off.
-    async fn candidates(&self) -> Vec<GatewayEndpoint> {
-        let all = self.gateways.read().map(|g| g.clone()).unwrap_or_default();
-        let tunnels = self.tunnels.lock().await;
-        let now = Instant::now();
-        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+/// The gateways the API lists and which of them failed lately: the choice of gateway,
+/// without sockets or clocks (the time is always a parameter).
+#[derive(Debug)]
+pub(super) struct Gateways {
+    list: Vec<GatewayEndpoint>,
+    down: HashMap<String, Down>,
+    /// This session's id: it orders gateways of the same rank, so that agents spread
+    /// over gateways instead of all choosing the first by name.
+    spread: String,
+}
+
+impl Gateways {
+    pub(super) fn new(session: String) -> Self {
+        Self {
+            list: Vec::new(),
+            down: HashMap::new(),
+            spread: session,
+        }
+    }
+
+    /// The API's list replaces the one held; what failed lately is still remembered.
+    pub(super) fn set_list(&mut self, list: Vec<GatewayEndpoint>) {
+        self.list = list;
+    }
+
+    /// The gateways to try, best first: those with a live tunnel (`live`), then the
+    /// others not backing off at `now`, then (if nothing else is left) those backing off.
+    pub(super) fn rank(&self, now: Instant, live: impl Fn(&str) -> bool) -> Vec<GatewayEndpoint> {
         let rank = |g: &GatewayEndpoint| {
-            if tunnels.get(&g.name).is_some_and(|t| t.is_open()) {
+            if live(&g.name) {
                 0
-            } else if down.get(&g.name).is_some_and(|d| d.until > now) {
+            } else if self.down.get(&g.name).is_some_and(|d| d.until > now) {
                 2
             } else {
                 1
             }
         };
-        // Within a rank, an order of this session's own, so agents spread over gateways
-        // instead of all choosing the first by name.
-        let session = self.session().login.session;
         let spread = |g: &GatewayEndpoint| {
             use std::hash::{Hash as _, Hasher as _};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&session, &g.name).hash(&mut h);
+            (&self.spread, &g.name).hash(&mut h);
             h.finish()
         };
-        let mut all = all;
+        let mut all = self.list.clone();
         all.sort_by_key(|g| (rank(g), spread(g)));
         all
     }
 
-    fn mark_down(&self, gateway: &str, error: String) {
-        if let Ok(mut d) = self.down.lock() {
-            let backoff = d
-                .get(gateway)
-                .map(|x| (x.backoff * 2).min(MAX_BACKOFF))
-                .unwrap_or(FIRST_BACKOFF);
-            warn!(gateway, %error, backoff_ms = backoff.as_millis() as u64, "gateway down");
-            self.changed();
-            d.insert(
-                gateway.to_owned(),
-                Down {
-                    until: Instant::now() + backoff,
-                    backoff,
+    /// `gateway` failed at `now`: it is skipped for twice as long as the last time
+    /// (up to MAX_BACKOFF), FIRST_BACKOFF after a success. Returns how long.
+    pub(super) fn mark_down(&mut self, gateway: &str, error: String, now: Instant) -> Duration {
+        let backoff = self
+            .down
+            .get(gateway)
+            .map(|x| (x.backoff * 2).min(MAX_BACKOFF))
+            .unwrap_or(FIRST_BACKOFF);
+        self.down.insert(
+            gateway.to_owned(),
+            Down {
+                until: now + backoff,
+                backoff,
+                error,
+            },
+        );
+        backoff
+    }
+
+    /// `gateway` took a tunnel: its backoff starts over.
+    pub(super) fn mark_up(&mut self, gateway: &str) {
+        self.down.remove(gateway);
+    }
+
+    /// Every gateway gets a fresh chance (a fresh list came).
+    pub(super) fn forgive(&mut self) {
+        self.down.clear();
+    }
+
+    /// What `lastmile status` shows of each gateway at `now`.
+    pub(super) fn states(&self, now: Instant, live: impl Fn(&str) -> bool) -> Vec<GatewayState> {
+        self.list
+            .iter()
+            .map(|g| {
+                let (state, error) = match self.down.get(&g.name) {
+                    _ if live(&g.name) => ("up", None),
+                    Some(d) if d.until > now => ("down", Some(d.error.clone())),
+                    _ => ("idle", None),
+                };
+                GatewayState {
+                    name: g.name.clone(),
+                    tunnel: g.tunnel.clone(),
+                    state: state.into(),
                     error,
-                },
-            );
+                }
+            })
+            .collect()
+    }
+}
+
+impl Core {
+    /// The gateways to try, best first (see [`Gateways::rank`]).
+    async fn candidates(&self) -> Vec<GatewayEndpoint> {
+        let live = self.live_tunnels().await;
+        let now = Instant::now();
+        self.gateways
+            .lock()
+            .map(|g| g.rank(now, |name| live.contains(name)))
+            .unwrap_or_default()
+    }
+
+    /// The gateways with an open tunnel.
+    pub(super) async fn live_tunnels(&self) -> HashSet<String> {
+        self.tunnels
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, t)| t.is_open())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn mark_down(&self, gateway: &str, error: String) {
+        if let Ok(mut g) = self.gateways.lock() {
+            let shown = error.clone();
+            let backoff = g.mark_down(gateway, error, Instant::now());
+            warn!(gateway, error = %shown, backoff_ms = backoff.as_millis() as u64, "gateway down");
+            self.changed();
         }
     }
 
@@ -88,8 +168,8 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner().clone());
         let t = Arc::new(Tunnel::connect(tls, &g.name, &g.tunnel).await?);
         info!(gateway = %g.name, tunnel = %g.tunnel, "tunnel up");
-        if let Ok(mut d) = self.down.lock() {
-            d.remove(&g.name);
+        if let Ok(mut gateways) = self.gateways.lock() {
+            gateways.mark_up(&g.name);
         }
         self.tunnels.lock().await.insert(g.name.clone(), t.clone());
         self.changed();
@@ -125,8 +205,8 @@ impl Core {
                     return Err(OpenError::NoGateway(format!("{why}; and the API: {e:#}")));
                 }
                 // The fresh list's gateways get a fresh chance.
-                if let Ok(mut d) = self.down.lock() {
-                    d.clear();
+                if let Ok(mut g) = self.gateways.lock() {
+                    g.forgive();
                 }
                 self.try_gateways(resource, connection).await
             }
@@ -189,5 +269,158 @@ impl Core {
             }
         }
         Err(OpenError::NoGateway(errors.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn gateways(session: &str, names: &[&str]) -> Gateways {
+        let mut g = Gateways::new(session.to_owned());
+        g.set_list(
+            names
+                .iter()
+                .map(|n| GatewayEndpoint {
+                    name: (*n).to_owned(),
+                    tunnel: format!("{n}.example:7443"),
+                })
+                .collect(),
+        );
+        g
+    }
+
+    fn names(ranked: &[GatewayEndpoint]) -> Vec<&str> {
+        ranked.iter().map(|g| g.name.as_str()).collect()
+    }
+
+    fn none(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_gateway_marked_down_is_ranked_last_until_its_backoff_expires() {
+        let now = Instant::now();
+        let mut g = gateways("s1", &["a", "b", "c"]);
+        let healthy = names(&g.rank(now, none)).join(",");
+        let first = g.rank(now, none)[0].name.clone();
+        g.mark_down(&first, "refused".into(), now);
+        for at in [now, now + Duration::from_millis(499)] {
+            let ranked = g.rank(at, none);
+            assert_eq!(
+                ranked.len(),
+                3,
+                "a gateway backing off is still a last resort"
+            );
+            assert_eq!(ranked[2].name, first);
+        }
+        assert_eq!(
+            names(&g.rank(now + FIRST_BACKOFF, none)).join(","),
+            healthy,
+            "once its backoff is over it takes its place again"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_each_failure_up_to_the_cap() {
+        let now = Instant::now();
+        let mut g = gateways("s1", &["a"]);
+        let waits: Vec<u64> = (0..9)
+            .map(|_| g.mark_down("a", "down".into(), now).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+    }
+
+    #[test]
+    fn a_success_starts_the_backoff_over() {
+        let now = Instant::now();
+        let mut g = gateways("s1", &["a", "b"]);
+        let first = g.rank(now, none)[0].name.clone();
+        g.mark_down(&first, "down".into(), now);
+        g.mark_down(&first, "down".into(), now);
+        g.mark_up(&first);
+        assert_eq!(
+            g.rank(now, none)[0].name,
+            first,
+            "a gateway that came up is not skipped"
+        );
+        assert_eq!(g.mark_down(&first, "down".into(), now), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn a_fresh_list_forgives_every_gateway() {
+        let now = Instant::now();
+        let mut g = gateways("s1", &["a", "b"]);
+        let healthy = names(&g.rank(now, none)).join(",");
+        for n in ["a", "b"] {
+            g.mark_down(n, "down".into(), now);
+            g.mark_down(n, "down".into(), now);
+        }
+        g.forgive();
+        assert_eq!(names(&g.rank(now, none)).join(","), healthy);
+        assert_eq!(g.mark_down("a", "down".into(), now), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn live_tunnels_come_first_then_healthy_then_backing_off() {
+        let now = Instant::now();
+        let mut g = gateways("s1", &["a", "b", "c", "d"]);
+        g.mark_down("c", "down".into(), now);
+        // A live tunnel wins even over a failure noted before it came up.
+        g.mark_down("d", "down".into(), now);
+        let ranked = g.rank(now, |n| n == "b" || n == "d");
+        let ranked = names(&ranked);
+        let (live, rest) = ranked.split_at(2);
+        let mut live = live.to_vec();
+        live.sort_unstable();
+        assert_eq!(live, ["b", "d"]);
+        assert_eq!(rest, ["a", "c"]);
+    }
+
+    #[test]
+    fn healthy_gateways_are_ordered_by_session_so_agents_spread() {
+        let now = Instant::now();
+        let list = ["a", "b", "c"];
+        let one = names(&gateways("s1", &list).rank(now, none)).join(",");
+        let reversed = names(&gateways("s1", &["c", "b", "a"]).rank(now, none)).join(",");
+        assert_eq!(one, reversed, "the order is the session's, not the API's");
+        let firsts: HashSet<String> = (0..32)
+            .map(|i| {
+                gateways(&format!("session-{i}"), &list).rank(now, none)[0]
+                    .name
+                    .clone()
+            })
+            .collect();
+        assert!(
+            firsts.len() > 1,
+            "every session chose the same gateway first"
+        );
+    }
+
+    #[test]
+    fn status_shows_up_down_with_its_error_and_idle() {
+        let now = Instant::now();
+        let mut g = gateways("s1", &["a", "b", "c"]);
+        g.mark_down("b", "connection refused".into(), now);
+        let shown = |at| {
+            g.states(at, |n| n == "a")
+                .into_iter()
+                .map(|s| (s.name, s.state, s.error))
+                .collect::<Vec<_>>()
+        };
+        let s = |x: &str| x.to_owned();
+        assert_eq!(
+            shown(now),
+            [
+                (s("a"), s("up"), None),
+                (s("b"), s("down"), Some(s("connection refused"))),
+                (s("c"), s("idle"), None),
+            ]
+        );
+        assert_eq!(shown(now + FIRST_BACKOFF)[1], (s("b"), s("idle"), None));
     }
 }

@@ -47,7 +47,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::session;
-use gateways::{Down, FIRST_BACKOFF, MAX_BACKOFF};
+use gateways::{FIRST_BACKOFF, Gateways, MAX_BACKOFF};
 use node_link::node_link;
 
 /// Where lastmiled's agent socket is, unless told otherwise.
@@ -121,10 +121,9 @@ pub struct Core {
     api: ApiClient,
     session: RwLock<Session>,
     tls: RwLock<Arc<rustls::ClientConfig>>,
-    gateways: RwLock<Vec<GatewayEndpoint>>,
+    gateways: Mutex<Gateways>,
     resources: RwLock<HashMap<String, Resource>>,
     tunnels: tokio::sync::Mutex<HashMap<String, Arc<Tunnel>>>,
-    down: Mutex<HashMap<String, Down>>,
     revoked: Mutex<Option<String>>,
     /// When the gateway list was last fetched because no gateway took a connection.
     listed_at: Mutex<Instant>,
@@ -157,15 +156,15 @@ impl Core {
     async fn start(home: &Path, write_state: bool) -> anyhow::Result<Arc<Self>> {
         let (api, session) = session::load(home)?.context("not logged in: run `lastmile login`")?;
         let tls = tls_for(&session)?;
+        let gateways = Gateways::new(session.login.session.clone());
         let core = Arc::new(Self {
             home: home.to_owned(),
             api,
             session: RwLock::new(session),
             tls: RwLock::new(tls),
-            gateways: RwLock::new(Vec::new()),
+            gateways: Mutex::new(gateways),
             resources: RwLock::new(HashMap::new()),
             tunnels: tokio::sync::Mutex::new(HashMap::new()),
-            down: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
             listed_at: Mutex::new(
                 Instant::now()
@@ -248,8 +247,8 @@ impl Core {
             .call(&session, Method::GET, "/v1/resources", None)
             .await?
             .json()?;
-        if let Ok(mut g) = self.gateways.write() {
-            *g = gateways;
+        if let Ok(mut g) = self.gateways.lock() {
+            g.set_list(gateways);
         }
         if let Ok(mut r) = self.resources.write() {
             *r = resources.into_iter().map(|r| (r.name.clone(), r)).collect();
@@ -440,30 +439,13 @@ impl Core {
         if !self.write_state {
             return;
         }
-        let tunnels = self.tunnels.lock().await;
-        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        let live = self.live_tunnels().await;
         let now = Instant::now();
         let gateways = self
             .gateways
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|g| {
-                let (state, error) = match (tunnels.get(&g.name), down.get(&g.name)) {
-                    (Some(t), _) if t.is_open() => ("up", None),
-                    (_, Some(d)) if d.until > now => ("down", Some(d.error.clone())),
-                    _ => ("idle", None),
-                };
-                GatewayState {
-                    name: g.name,
-                    tunnel: g.tunnel,
-                    state: state.into(),
-                    error,
-                }
-            })
-            .collect();
-        drop(tunnels);
+            .lock()
+            .map(|g| g.states(now, |name| live.contains(name)))
+            .unwrap_or_default();
         let state = AgentState {
             pid: std::process::id(),
             session: self.session().login.session,
