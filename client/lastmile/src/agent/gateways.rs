@@ -13,18 +13,15 @@ use lastmile_proto::wire::GatewayEndpoint;
 use lastmile_tunnel::{ConnectError, client::Tunnel, header::StreamHeader};
 use tracing::{info, warn};
 
-use super::{Core, GatewayState, LIST_RETRY, OpenError};
+use super::{Core, GatewayState, LIST_RETRY, OpenError, backoff::Backoff};
 
 /// A gateway that failed, and until when it is skipped.
 #[derive(Debug, Clone)]
 struct Down {
     until: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     error: String,
 }
-
-pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The gateways the API lists and which of them failed lately: the choice of gateway,
 /// without sockets or clocks (the time is always a parameter).
@@ -75,22 +72,23 @@ impl Gateways {
     }
 
     /// `gateway` failed at `now`: it is skipped for twice as long as the last time
-    /// (up to MAX_BACKOFF), FIRST_BACKOFF after a success. Returns how long.
+    /// (up to Backoff::MAX), Backoff::FIRST after a success. Returns how long.
     pub(super) fn mark_down(&mut self, gateway: &str, error: String, now: Instant) -> Duration {
-        let backoff = self
+        let mut backoff = self
             .down
             .get(gateway)
-            .map(|x| (x.backoff * 2).min(MAX_BACKOFF))
-            .unwrap_or(FIRST_BACKOFF);
+            .map(|d| d.backoff)
+            .unwrap_or_default();
+        let wait = backoff.failed();
         self.down.insert(
             gateway.to_owned(),
             Down {
-                until: now + backoff,
+                until: now + wait,
                 backoff,
                 error,
             },
         );
-        backoff
+        wait
     }
 
     /// `gateway` took a tunnel: its backoff starts over.
@@ -316,7 +314,7 @@ mod tests {
             assert_eq!(ranked[2].name, first);
         }
         assert_eq!(
-            names(&g.rank(now + FIRST_BACKOFF, none)).join(","),
+            names(&g.rank(now + Backoff::FIRST, none)).join(","),
             healthy,
             "once its backoff is over it takes its place again"
         );
@@ -348,7 +346,7 @@ mod tests {
             first,
             "a gateway that came up is not skipped"
         );
-        assert_eq!(g.mark_down(&first, "down".into(), now), FIRST_BACKOFF);
+        assert_eq!(g.mark_down(&first, "down".into(), now), Backoff::FIRST);
     }
 
     #[test]
@@ -362,7 +360,7 @@ mod tests {
         }
         g.forgive();
         assert_eq!(names(&g.rank(now, none)).join(","), healthy);
-        assert_eq!(g.mark_down("a", "down".into(), now), FIRST_BACKOFF);
+        assert_eq!(g.mark_down("a", "down".into(), now), Backoff::FIRST);
     }
 
     #[test]
@@ -421,6 +419,6 @@ mod tests {
                 (s("c"), s("idle"), None),
             ]
         );
-        assert_eq!(shown(now + FIRST_BACKOFF)[1], (s("b"), s("idle"), None));
+        assert_eq!(shown(now + Backoff::FIRST)[1], (s("b"), s("idle"), None));
     }
 }

@@ -13,6 +13,7 @@
 //! `lastmile listen` runs the same core for one resource on a local port, for hosts
 //! without eBPF.
 
+mod backoff;
 mod gateways;
 mod listen;
 mod node_link;
@@ -47,7 +48,8 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::session;
-use gateways::{FIRST_BACKOFF, Gateways, MAX_BACKOFF};
+use backoff::Backoff;
+use gateways::Gateways;
 use node_link::node_link;
 
 /// Where lastmiled's agent socket is, unless told otherwise.
@@ -296,7 +298,7 @@ impl Core {
     /// (re)connection is a signed call, so a session revoked while the stream was down
     /// is refused there; the stream also resumes after the last position it had.
     async fn watch_revocations(self: Arc<Self>) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::default();
         let mut since: Option<i64> = None;
         loop {
             if self.revoked().is_some() {
@@ -309,7 +311,7 @@ impl Core {
             };
             match self.api.stream(&session, &path).await {
                 Ok(resp) if resp.status().is_success() => {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                     let mut events = Revocations::new(resp);
                     loop {
                         let next = events.next().await;
@@ -337,8 +339,7 @@ impl Core {
                     warn!(error = %error_chain(&e), "cannot reach the API for revocations; retrying")
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(backoff.failed()).await;
         }
     }
 
