@@ -126,6 +126,20 @@ pub struct AgentLink {
 }
 
 impl AgentLink {
+    /// Whether a lastmiled node answers on `path` (a connect that is closed at once,
+    /// without registering): for tools that must not act under a running node.
+    pub fn node_listens(path: &Path) -> bool {
+        let Ok(fd) = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ) else {
+            return false;
+        };
+        UnixAddr::new(path).is_ok_and(|addr| connect(fd.as_raw_fd(), &addr).is_ok())
+    }
+
     /// Connects to lastmiled's agent socket and registers for the calling user.
     pub fn register(path: &Path) -> Result<Self, HandoffError> {
         let fd = socket(

@@ -52,8 +52,14 @@ enum NodeAction {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Detach the programs and remove the pinned maps: interception stops.
-    Detach,
+    /// Detach the programs and remove the pinned maps: interception stops. Refused while
+    /// `lastmiled node run` is running here, unless `--force`.
+    Detach {
+        /// Remove the interception under a running node (it keeps running, intercepting
+        /// nothing, until it is restarted).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Node { action, config } => match action.unwrap_or(NodeAction::Run) {
             NodeAction::Run => lastmiled::node::run(config.as_deref()),
             NodeAction::Status { output } => status(config.as_deref(), output),
-            NodeAction::Detach => detach(config.as_deref()),
+            NodeAction::Detach { force } => detach(config.as_deref(), force),
         },
         Command::Gateway { action, config } => match action.unwrap_or(GatewayAction::Run) {
             GatewayAction::Run => lastmiled::gateway::run(config.as_deref()),
@@ -115,7 +121,14 @@ fn main() -> std::process::ExitCode {
 
 fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
     let config = NodeConfig::load(config)?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "reading the pins under {} needs root: run `sudo lastmiled node status`",
+            config.pin_dir.display()
+        );
+    }
     let status = intercept::pinned_status(&config.pin_dir)?;
+    let attached = status.programs.iter().any(|p| p.attached);
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         Output::Text => {
@@ -156,6 +169,13 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
             }
         }
     }
+    if !attached {
+        anyhow::bail!(
+            "not attached: nothing intercepts connections on this host (no program pinned \
+             under {}); `lastmiled node run` attaches",
+            config.pin_dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -180,8 +200,22 @@ fn enroll(
     Ok(())
 }
 
-fn detach(config: Option<&Path>) -> anyhow::Result<()> {
+fn detach(config: Option<&Path>, force: bool) -> anyhow::Result<()> {
     let config = NodeConfig::load(config)?;
+    // A running node answers on its agent socket.
+    if lastmile_handoff::AgentLink::node_listens(&config.agent_socket) {
+        if !force {
+            anyhow::bail!(
+                "`lastmiled node run` is running here (it answers on {}): stop it first \
+                 (interception stays pinned when it stops, and detach then removes it), or \
+                 `lastmiled node detach --force` to remove interception under it",
+                config.agent_socket.display()
+            );
+        }
+        eprintln!(
+            "warning: lastmiled node is running; it keeps running but intercepts nothing until restarted"
+        );
+    }
     let removed = intercept::unpin_all(&config.pin_dir)
         .with_context(|| format!("removing {}", config.pin_dir.display()))?;
     if removed {

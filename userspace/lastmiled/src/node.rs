@@ -234,6 +234,12 @@ async fn serve(
         .ok()
         .and_then(|i| i.counters().ok());
     match counters {
+        // `detach --force` removed the pins under us: nothing stays.
+        _ if !config.pin_dir.join("links").exists() => {
+            warn!(
+                "stopping; interception was removed while running (`lastmiled node detach --force`): nothing is intercepted"
+            )
+        }
         Some(counters) => info!(
             %counters,
             "stopping; interception stays pinned (`lastmiled node detach` removes it)"

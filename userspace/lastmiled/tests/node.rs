@@ -447,3 +447,52 @@ fn a_changed_cgroup_moves_interception_there() {
         assert_eq!(p["cgroup_id"], new_id, "{status}");
     }
 }
+
+/// For operators: `detach` under a running node is refused unless `--force`, and says
+/// what to do; `status` after a detach says "not attached" and exits non-zero; a node
+/// whose interception was removed under it does not claim on exit that it stays pinned.
+#[test]
+fn detach_under_a_running_node_needs_force_and_status_says_not_attached() {
+    if !have_root("detach_under_a_running_node_needs_force_and_status_says_not_attached") {
+        return;
+    }
+    let cgroup = TestCgroup::new("detach");
+    let port = free_port();
+    let mut node = TestNode::start("detach", &cgroup, &tcp_target("echo", port), "");
+    let lastmiled_node = |args: &[&str]| {
+        std::process::Command::new(lastmiled())
+            .arg("node")
+            .args(args)
+            .arg("--config")
+            .arg(&node.config)
+            .output()
+            .unwrap()
+    };
+    let out = lastmiled_node(&["detach"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is running here") && err.contains("detach --force"),
+        "{err}"
+    );
+    assert!(node.pin_dir.join("links").exists(), "nothing was removed");
+
+    let out = lastmiled_node(&["detach", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lastmiled_node(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.starts_with("lastmiled: not attached: "), "{err}");
+
+    node.stop();
+    let logs = node.logs();
+    assert!(
+        logs.contains("interception was removed while running")
+            && !logs.contains("interception stays pinned"),
+        "{logs}"
+    );
+}
