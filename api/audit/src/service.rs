@@ -429,10 +429,23 @@ async fn consistency(
     .map(Json)
 }
 
+/// A checkpoint attempt in flight: it owns the publisher and gives it back with the result.
+type Attempt = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Publisher, Result<(), checkpoints::PublishError>)> + Send,
+    >,
+>;
+
 /// The one owner of the log: batches appends, answers proofs, signs checkpoints.
+///
+/// A checkpoint attempt runs beside the commands rather than in front of them (a KMS may
+/// take up to [`checkpoints::KMS_SIGN_TIMEOUT`] to answer or fail): proofs are answered
+/// meanwhile; appends wait for the attempt's outcome while the log is verifiable, so none
+/// is acknowledged on the strength of an attempt that then fails, and are refused at once
+/// while it is not, so a writer is never held for a signing timeout it cannot change.
 async fn own_the_log(
     mut log: Log,
-    mut publisher: Publisher,
+    publisher: Publisher,
     mut commands: mpsc::Receiver<Command>,
     commit_window: Duration,
 ) {
@@ -442,15 +455,31 @@ async fn own_the_log(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Why the log cannot be made verifiable now; while it cannot, nothing is acknowledged.
     let mut unverifiable: Option<Unverifiable> = None;
+    let mut idle = Some(publisher);
+    let mut attempt: Option<Attempt> = None;
+    // Appends that arrived while an attempt was in flight, with their replies.
+    let mut held: Vec<(Batch, Reply)> = Vec::new();
     loop {
         let first = tokio::select! {
             c = commands.recv() => match c {
                 Some(c) => c,
                 None => return,
             },
-            _ = tick.tick() => {
-                let result = checkpoint(&log, &mut publisher).await;
+            _ = tick.tick(), if attempt.is_none() => {
+                if let Some(mut publisher) = idle.take() {
+                    let (size, root) = (log.size(), log.root());
+                    attempt = Some(Box::pin(async move {
+                        let result = checkpoint(&mut publisher, size, root).await;
+                        (publisher, result)
+                    }));
+                }
+                continue;
+            }
+            (publisher, result) = in_flight(&mut attempt), if attempt.is_some() => {
+                attempt = None;
+                idle = Some(publisher);
                 unverifiable = alert(unverifiable, result);
+                settle(&mut log, std::mem::take(&mut held), unverifiable.as_ref());
                 continue;
             }
         };
@@ -464,18 +493,14 @@ async fn own_the_log(
         while let Ok(c) = commands.try_recv() {
             queued.push(c);
         }
-        let mut batches = Vec::new();
-        let mut waiting = Vec::new();
+        let mut appends = Vec::new();
         for c in queued {
             match c {
                 Command::Append {
                     events,
                     writer,
                     reply,
-                } => {
-                    batches.push((writer, events));
-                    waiting.push(reply);
-                }
+                } => appends.push(((writer, events), reply)),
                 Command::Inclusion { index, size, reply } => {
                     let r = prefix(&log, size).and_then(|l| proof_body(inclusion_proof(l, index)));
                     let _ = reply.send(r);
@@ -486,54 +511,80 @@ async fn own_the_log(
                 }
             }
         }
-        if batches.is_empty() {
-            continue;
+        if attempt.is_some() && unverifiable.is_none() {
+            held.extend(appends);
+        } else {
+            settle(&mut log, appends, unverifiable.as_ref());
         }
-        if let Some(u) = &unverifiable {
-            // Writers keep these in their spool until the log can vouch for them again.
+    }
+}
+
+/// The attempt's outcome; pending for ever when there is none (select! guards that).
+async fn in_flight(
+    attempt: &mut Option<Attempt>,
+) -> (Publisher, Result<(), checkpoints::PublishError>) {
+    match attempt {
+        Some(a) => a.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One writer's events.
+type Batch = (String, Vec<Value>);
+/// Where an append's answer goes.
+type Reply = oneshot::Sender<Result<Appended, Refusal>>;
+
+/// Commits `appends` in one group commit, or refuses them all while the log is
+/// unverifiable.
+fn settle(log: &mut Log, appends: Vec<(Batch, Reply)>, unverifiable: Option<&Unverifiable>) {
+    if appends.is_empty() {
+        return;
+    }
+    let (batches, waiting): (Vec<Batch>, Vec<Reply>) = appends.into_iter().unzip();
+    if let Some(u) = unverifiable {
+        // Writers keep these in their spool until the log can vouch for them again.
+        for reply in waiting {
+            let _ = reply.send(Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the log is refusing appends because it cannot publish a checkpoint \
+                     ({}), so nothing it acknowledged could be verified; keep the events \
+                     and send them again: appends resume once an operator fixes the cause",
+                    u.why
+                ),
+            )));
+        }
+        return;
+    }
+    // Group commit: every append queued meanwhile shares one fsync.
+    let result = tokio::task::block_in_place(|| log.append_batches(batches, SystemTime::now()));
+    match result {
+        Ok(results) => {
+            for (result, reply) in results.into_iter().zip(waiting) {
+                let answer = match result {
+                    Ok(range) => Ok(Appended {
+                        first: range.start,
+                        count: range.end - range.start,
+                        tree_size: log.size(),
+                    }),
+                    // The writer's event, not the log, is at fault: refuse it alone.
+                    Err(too_large) => {
+                        warn!(error = %too_large, "batch refused");
+                        Err(Refusal(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            too_large.to_string(),
+                        ))
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        Err(e) => {
+            // The log's trouble (disk full, say), not the writer's.
+            let why = error_chain(&e);
+            error!(error = %why, "append failed; nothing acknowledged");
             for reply in waiting {
-                let _ = reply.send(Err(Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "the log is refusing appends because it cannot publish a checkpoint \
-                         ({}), so nothing it acknowledged could be verified; keep the events \
-                         and send them again: appends resume once an operator fixes the cause",
-                        u.why
-                    ),
-                )));
-            }
-            continue;
-        }
-        // Group commit: every append queued meanwhile shares one fsync.
-        let result = tokio::task::block_in_place(|| log.append_batches(batches, SystemTime::now()));
-        match result {
-            Ok(results) => {
-                for (result, reply) in results.into_iter().zip(waiting) {
-                    let answer = match result {
-                        Ok(range) => Ok(Appended {
-                            first: range.start,
-                            count: range.end - range.start,
-                            tree_size: log.size(),
-                        }),
-                        // The writer's event, not the log, is at fault: refuse it alone.
-                        Err(too_large) => {
-                            warn!(error = %too_large, "batch refused");
-                            Err(Refusal(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                too_large.to_string(),
-                            ))
-                        }
-                    };
-                    let _ = reply.send(answer);
-                }
-            }
-            Err(e) => {
-                // The log's trouble (disk full, say), not the writer's.
-                let why = error_chain(&e);
-                error!(error = %why, "append failed; nothing acknowledged");
-                for reply in waiting {
-                    let _ = reply.send(Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why.clone())));
-                }
+                let _ = reply.send(Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why.clone())));
             }
         }
     }
@@ -548,17 +599,17 @@ struct Unverifiable {
 /// How often a failure that persists is reported again.
 const ALERT_AGAIN: Duration = Duration::from_secs(60);
 
-async fn checkpoint(log: &Log, publisher: &mut Publisher) -> Result<(), checkpoints::PublishError> {
+async fn checkpoint(
+    publisher: &mut Publisher,
+    size: u64,
+    root: Hash,
+) -> Result<(), checkpoints::PublishError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    if publisher
-        .publish(log.size(), log.root(), now)
-        .await?
-        .is_some()
-    {
-        info!(size = log.size(), "checkpoint signed");
+    if publisher.publish(size, root, now).await?.is_some() {
+        info!(size, "checkpoint signed");
     }
     Ok(())
 }
