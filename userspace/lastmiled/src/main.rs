@@ -120,7 +120,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
-    let config = NodeConfig::load(config)?;
+    let whole = lastmiled::config::Config::load(config)?;
+    let known = lastmiled::node::targets::known(&whole)?;
+    let config = whole.node;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "reading the pins under {} needs root: run `sudo lastmiled node status`",
@@ -129,8 +131,22 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
     }
     let status = intercept::pinned_status(&config.pin_dir)?;
     let attached = status.programs.iter().any(|p| p.attached);
+    let targets =
+        lastmiled::node::targets::rows(&known, &intercept::PinnedTarget::read_all(&config.pin_dir));
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Json => {
+            #[derive(serde::Serialize)]
+            struct NodeStatus<'a> {
+                #[serde(flatten)]
+                pinned: &'a intercept::PinnedStatus,
+                targets: &'a [lastmiled::node::targets::TargetRow],
+            }
+            let both = NodeStatus {
+                pinned: &status,
+                targets: &targets,
+            };
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        }
         Output::Text => {
             println!("pins: {}", status.pin_dir.display());
             for p in &status.programs {
@@ -166,6 +182,9 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
                 None => println!(
                     "counters: unavailable (nothing pinned; is `lastmiled node run` set up here?)"
                 ),
+            }
+            for line in lastmiled::node::targets::describe(&targets, &config.pin_dir) {
+                println!("{line}");
             }
         }
     }

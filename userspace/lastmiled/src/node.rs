@@ -3,6 +3,7 @@
 
 mod agents;
 mod connection;
+pub mod targets;
 
 use std::{
     net::SocketAddr,

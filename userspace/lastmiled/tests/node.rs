@@ -468,6 +468,26 @@ fn detach_under_a_running_node_needs_force_and_status_says_not_attached() {
             .output()
             .unwrap()
     };
+    // Status names each protected target, its address and where it comes from.
+    let out = lastmiled_node(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.2:{port}")))
+        .unwrap_or_else(|| panic!("no line for the target: {text}"));
+    assert!(
+        line.trim_start().starts_with("echo")
+            && line.contains("tcp")
+            && line.ends_with("from config"),
+        "{line}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&lastmiled_node(&["status", "--output", "json"]).stdout).unwrap();
+    assert_eq!(json["targets"][0]["name"], "echo", "{json}");
+    assert_eq!(json["targets"][0]["source"], "config", "{json}");
+    assert_eq!(json["targets"][0]["in_kernel"], true, "{json}");
+
     let out = lastmiled_node(&["detach"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -487,6 +507,12 @@ fn detach_under_a_running_node_needs_force_and_status_says_not_attached() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.starts_with("lastmiled: not attached: "), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("127.0.0.2:{port}")) && l.contains("NOT intercepted")),
+        "{text}"
+    );
 
     node.stop();
     let logs = node.logs();
