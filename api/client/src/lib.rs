@@ -40,6 +40,39 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the TLS handshake failed because the server's certificate does not chain
+    /// to the CA this client was given (another organisation's API, or the wrong CA file).
+    pub fn certificate_not_from_ca(&self) -> bool {
+        let Self::Transport(e) = self else {
+            return false;
+        };
+        let unknown = |r: &rustls::Error| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                        | rustls::CertificateError::BadSignature
+                )
+            )
+        };
+        // An io::Error's `source()` skips the error it wraps, so look inside it too.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            let inner = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|i| i.downcast_ref::<rustls::Error>());
+            if inner
+                .or_else(|| c.downcast_ref::<rustls::Error>())
+                .is_some_and(unknown)
+            {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
 }
 
 /// 32 random bytes.
@@ -80,7 +113,7 @@ impl Session {
             device: self.login.device.clone(),
             resource: resource.to_owned(),
             gateway: gateway.to_owned(),
-            connection: connection.to_owned(),
+            connection: connection.into(),
             created: now(),
             nonce: nonce()?,
         };

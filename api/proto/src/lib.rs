@@ -1,5 +1,6 @@
 //! What lastmile's components say to the API.
 
+pub mod connection;
 pub mod device;
 pub mod duration;
 pub mod httpsig;

@@ -238,8 +238,9 @@ pub struct UnlockAuthorization {
     pub device: String,
     pub resource: String,
     pub gateway: String,
-    /// The connection's id, unique per connection.
-    pub connection: String,
+    /// The id the client proposes for the connection, unique per connection (the API
+    /// chooses the id every event uses and keeps this one as `client_connection`).
+    pub connection: crate::connection::ClientConnectionId,
     pub created: i64,
     pub nonce: String,
 }
@@ -253,7 +254,7 @@ pub fn unlock_authorization_message(a: &UnlockAuthorization) -> Vec<u8> {
         &a.device,
         &a.resource,
         &a.gateway,
-        &a.connection,
+        a.connection.as_str(),
         &created,
         &a.nonce,
     ])

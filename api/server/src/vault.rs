@@ -358,8 +358,8 @@ pub async fn authorize(
     }
     if authz.nonce.len() < 16
         || authz.nonce.len() > 128
-        || authz.connection.is_empty()
-        || authz.connection.len() > 128
+        || authz.connection.as_str().is_empty()
+        || authz.connection.as_str().len() > 128
     {
         return Err(ApiError::bad_request(
             "bad_authorization",
@@ -515,6 +515,7 @@ async fn release(
         json!({
             "resource": resource_name, "session": session.id, "user": session.user, "device": session.device,
             "gateway": gateway, "connection": authorized.connection, "client_connection": authz.connection,
+            "sock_cookie": authz.connection.sock_cookie(),
             "version": version, "kind": stored_name(&kind),
         })
     };
@@ -645,6 +646,7 @@ pub async fn authorize_connection(
         "connection.open",
         json!({
             "connection": a.connection, "client_connection": a.authorization.connection,
+            "sock_cookie": a.authorization.connection.sock_cookie(),
             "session": a.session.id, "resource": req.resource,
             "user": a.session.user, "device": a.session.device, "gateway": a.gateway,
         }),

@@ -158,8 +158,10 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
         .unwrap();
     assert!(none.is_empty());
 
-    // Authorize: the checks of the unlock, for a resource without a credential.
-    let (authz, sig) = authorize(&alice, "echo", "gw1");
+    // Authorize: the checks of the unlock, for a resource without a credential. The id a
+    // client proposes for a connection the node handed over carries its socket cookie.
+    let proposed = lastmile_proto::connection::ClientConnectionId::handed_over(77, "ab12");
+    let (authz, sig) = alice.authorize("echo", "gw1", proposed.as_str()).unwrap();
     let req = json!({"resource": "echo", "authorization": authz, "authorization_signature": sig});
     let a = gw.post("/v1/connections/authorize", &req).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -173,10 +175,11 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
     let opened = api.audited("connection.open");
     assert_eq!(opened.len(), 1);
     // The API names the connection; the client's id is kept as a hint.
-    assert_eq!(opened[0]["client_connection"], authz.connection);
+    assert_eq!(opened[0]["client_connection"], proposed.as_str());
+    assert_eq!(opened[0]["sock_cookie"], 77, "the join key to kernel.connect");
     assert_eq!(opened[0]["connection"], ok.connection.as_str());
     assert!(ok.connection.starts_with("conn_"), "{}", ok.connection);
-    assert_ne!(ok.connection, authz.connection);
+    assert_ne!(ok.connection, authz.connection.as_str());
     assert_eq!(opened[0]["gateway"], "gw1");
     // Each authorization opens one connection.
     let a = gw.post("/v1/connections/authorize", &req).await;

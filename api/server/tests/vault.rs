@@ -109,7 +109,7 @@ async fn unlock_and_refusals(store: Store) {
     assert_eq!(open_sealed(&u, &identity), SECRET);
     let decrypts = api.audited("credential.decrypt");
     assert_eq!(decrypts.len(), 1);
-    assert_eq!(decrypts[0]["client_connection"], authz.0.connection);
+    assert_eq!(decrypts[0]["client_connection"], authz.0.connection.as_str());
     assert!(
         decrypts[0]["connection"]
             .as_str()

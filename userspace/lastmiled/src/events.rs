@@ -198,8 +198,11 @@ pub struct GatewayClose {
 /// What the gateway records when it refuses a stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayRefusal {
-    /// Absent when the stream header was unreadable.
-    pub connection: Option<String>,
+    /// The id the client proposed (the API named none: the stream never opened); absent
+    /// when the stream header was unreadable.
+    pub client_connection: Option<String>,
+    /// The application socket's cookie, when the node handed the connection over.
+    pub sock_cookie: Option<u64>,
     pub session: String,
     pub user: String,
     pub resource: Option<String>,
@@ -605,7 +608,8 @@ mod tests {
             extra: serde_json::Map::new(),
         }));
         let refused = Event::now(EventBody::GatewayRefused(GatewayRefusal {
-            connection: None,
+            client_connection: None,
+            sock_cookie: None,
             session: "ses_1".into(),
             user: "alice".into(),
             resource: None,

@@ -126,7 +126,8 @@ impl Gateway {
         info!(code = %r.code, message = %r.message, "stream refused");
         self.sink
             .write(&Event::now(EventBody::GatewayRefused(GatewayRefusal {
-                connection: header.map(|h| h.authorization.connection.clone()),
+                client_connection: header.map(|h| h.authorization.connection.to_string()),
+                sock_cookie: header.and_then(|h| h.authorization.connection.sock_cookie()),
                 session: who.session.clone(),
                 user: who.user.clone(),
                 resource: header.map(|h| h.resource.clone()),

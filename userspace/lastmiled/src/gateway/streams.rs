@@ -263,8 +263,15 @@ async fn stream(
         // Already answered; recorded here.
         Err(r) => return gw.refused(&identity, None, &r),
     };
-    // `connection` is the client's proposal until the API names it (`id`).
-    let span = info_span!("stream", connection = %header.authorization.connection, id = tracing::field::Empty, resource = %header.resource);
+    // The names audit events use: the client's proposal, the cookie it carries, and the
+    // API's id once the API has named the connection.
+    let span = info_span!(
+        "stream",
+        client_connection = %header.authorization.connection,
+        sock_cookie = header.authorization.connection.sock_cookie(),
+        connection = tracing::field::Empty,
+        resource = %header.resource
+    );
     async {
         match open(&gw, &identity, &header, cut).await {
             Ok(conn) => {
@@ -346,18 +353,18 @@ async fn open(
     };
     // The API names the connection; an older API that does not keeps the client's.
     let id = if authorized.connection.is_empty() {
-        a.connection.clone()
+        a.connection.to_string()
     } else {
         authorized.connection.clone()
     };
-    tracing::Span::current().record("id", id.as_str());
-    let sock_cookie = sock_cookie(&a.connection);
+    tracing::Span::current().record("connection", id.as_str());
+    let sock_cookie = a.connection.sock_cookie();
     let meter = Arc::new(Meter::default());
     let record = CloseRecord {
         gw: gw.clone(),
         identity: identity.clone(),
         connection: id.clone(),
-        client_connection: a.connection.clone(),
+        client_connection: a.connection.to_string(),
         sock_cookie,
         resource: authorized.resource.name.clone(),
         upstream: None,
@@ -380,17 +387,6 @@ async fn open(
         meter,
         record,
     })
-}
-
-/// The socket cookie in a client connection id `sock-COOKIE-…` (the agent's name for a
-/// connection the node handed over); `None` for any other.
-pub(super) fn sock_cookie(client_connection: &str) -> Option<u64> {
-    client_connection
-        .strip_prefix("sock-")?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn open_credential(
@@ -441,15 +437,5 @@ fn open_credential(
         CredentialKind::SshCertificate => Err(fail(
             "an ssh-certificate answer with a sealed secret".into(),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_socket_cookie_is_read_from_agent_connection_ids() {
-        assert_eq!(super::sock_cookie("sock-4242-ab12cd"), Some(4242));
-        assert_eq!(super::sock_cookie("listen-4242-ab12cd"), None);
-        assert_eq!(super::sock_cookie("sock-x-1"), None);
     }
 }

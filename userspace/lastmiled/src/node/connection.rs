@@ -80,7 +80,7 @@ async fn handle(
     };
     let span = info_span!(
         "connection",
-        conn_id = record.sock_cookie,
+        sock_cookie = record.sock_cookie,
         uid = record.uid,
         target = conn.target.as_deref().unwrap_or("none")
     );
