@@ -30,7 +30,12 @@ impl ClientConnectionId {
 
     /// The socket cookie a `sock-COOKIE-…` id carries; `None` for any other.
     pub fn sock_cookie(&self) -> Option<u64> {
-        self.0.strip_prefix("sock-")?.split('-').next()?.parse().ok()
+        self.0
+            .strip_prefix("sock-")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()
     }
 
     pub fn as_str(&self) -> &str {

@@ -176,7 +176,10 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
     assert_eq!(opened.len(), 1);
     // The API names the connection; the client's id is kept as a hint.
     assert_eq!(opened[0]["client_connection"], proposed.as_str());
-    assert_eq!(opened[0]["sock_cookie"], 77, "the join key to kernel.connect");
+    assert_eq!(
+        opened[0]["sock_cookie"], 77,
+        "the join key to kernel.connect"
+    );
     assert_eq!(opened[0]["connection"], ok.connection.as_str());
     assert!(ok.connection.starts_with("conn_"), "{}", ok.connection);
     assert_ne!(ok.connection, authz.connection.as_str());
