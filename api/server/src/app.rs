@@ -17,6 +17,28 @@ pub struct App {
     /// Permits for logins being checked (`max_concurrent_logins`): bounds the argon2id
     /// hashes, and their memory, that unauthenticated requests can make us run at once.
     pub logins: tokio::sync::Semaphore,
+    /// The time every expiry and freshness check of this API uses.
+    pub clock: Clock,
+}
+
+/// The API's time in Unix seconds: the system's, moved forward by what a test asked for,
+/// so that tests of an expiry need not wait for it. Nothing outside tests moves it.
+#[derive(Debug, Default)]
+pub struct Clock {
+    ahead: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        crate::db::now().saturating_add(self.ahead.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Moves the clock forward by `by` (whole seconds).
+    pub fn advance(&self, by: std::time::Duration) {
+        let secs = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
+        self.ahead
+            .fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl App {
@@ -35,6 +57,7 @@ impl App {
         let revocations = Arc::new(Revocations::new(&db).await?);
         let logins = tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1));
         let app = Arc::new(Self {
+            clock: Clock::default(),
             logins,
             db,
             pki,

@@ -10,7 +10,7 @@ use serde_json::json;
 use sha2::Digest as _;
 use sqlx::Row as _;
 
-use crate::{app::App, config::secs, db::now, error::ApiError, pki::random, vault::GatewayPeer};
+use crate::{app::App, config::secs, error::ApiError, pki::random, vault::GatewayPeer};
 
 fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes())
@@ -62,7 +62,7 @@ pub async fn new_token(
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let expires_at = now() + ttl;
+    let expires_at = app.clock.now() + ttl;
     let mut tx = app.db.pool.begin().await?;
     sqlx::query(
         "INSERT INTO gateway_tokens (token_hash, name, addresses, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)",
@@ -93,7 +93,7 @@ async fn issue(
     addresses: &[String],
     csr: &str,
 ) -> Result<GatewayCertificate, ApiError> {
-    let expires_at = now() + secs(app.config.gateway_certificate_ttl);
+    let expires_at = app.clock.now() + secs(app.config.gateway_certificate_ttl);
     let certificate = app
         .pki
         .gateway_certificate(name, addresses, csr, expires_at)
@@ -111,7 +111,7 @@ async fn issue(
 
 /// `POST /v1/gateways/enroll`: spends the token (once) and certifies the CSR's key.
 pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertificate, ApiError> {
-    let t = now();
+    let t = app.clock.now();
     let mut tx = app.db.pool.begin().await?;
     let row = sqlx::query(
         "UPDATE gateway_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
@@ -197,7 +197,7 @@ pub async fn renew(
         ));
     }
     if let Some(old) = old.filter(|old| *old != key) {
-        revoke_key(&mut tx, name, &old, now()).await?;
+        revoke_key(&mut tx, name, &old, app.clock.now()).await?;
     }
     sqlx::query("UPDATE gateways SET cert_expires_at = $1, key = $2 WHERE name = $3")
         .bind(cert.expires_at)
@@ -300,7 +300,7 @@ pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> 
     let mut tx = app.db.pool.begin().await?;
     let n =
         sqlx::query("UPDATE gateways SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
-            .bind(now())
+            .bind(app.clock.now())
             .bind(name)
             .execute(&mut *tx)
             .await?
@@ -318,7 +318,7 @@ pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> 
         .await?
         .try_get("key")?;
     if let Some(key) = key {
-        revoke_key(&mut tx, name, &key, now()).await?;
+        revoke_key(&mut tx, name, &key, app.clock.now()).await?;
     }
     app.audit(
         "gateway.change",
@@ -386,7 +386,7 @@ pub async fn announce(
             ),
         ));
     }
-    let t = now();
+    let t = app.clock.now();
     let previous: Option<String> = sqlx::query("SELECT tunnel FROM gateways WHERE name = $1")
         .bind(name)
         .fetch_one(&mut *tx)
@@ -483,7 +483,7 @@ pub async fn resource_certificate(
         ));
     }
     let names = resource_names(&resource);
-    let expires_at = now() + secs(app.config.gateway_certificate_ttl);
+    let expires_at = app.clock.now() + secs(app.config.gateway_certificate_ttl);
     let certificate = app
         .pki
         .resource_certificate(&resource.name, &names, &req.csr, expires_at)
@@ -538,7 +538,7 @@ pub async fn ssh_host_certificate(
         )
     })?;
     let principals = ssh_host_principals(&resource);
-    let expires_at = now() + secs(app.config.ssh_host_certificate_ttl);
+    let expires_at = app.clock.now() + secs(app.config.ssh_host_certificate_ttl);
     let certificate = app
         .pki
         .ssh_host_certificate(

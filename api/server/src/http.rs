@@ -247,11 +247,11 @@ async fn ca(State(app): State<Arc<App>>) -> Json<wire::CaBundle> {
 }
 
 async fn login_challenge(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
-    ok(auth::challenge(&app, json(&b)?).await?)
+    ok(crate::login::challenge(&app, json(&b)?).await?)
 }
 
 async fn login(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
-    ok(auth::login(&app, json(&b)?).await?)
+    ok(crate::login::login(&app, json(&b)?).await?)
 }
 
 async fn refresh(State(app): State<Arc<App>>, s: Signed) -> Reply {

@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod gateways;
 pub mod http;
+pub mod login;
 pub mod pki;
 pub mod revocation;
 pub mod secret;

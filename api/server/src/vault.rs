@@ -28,7 +28,6 @@ use crate::{
     app::App,
     auth::{check_fresh, live_session, parse_signatures, sig_error, spend_nonce},
     config::secs,
-    db::now,
     error::ApiError,
 };
 
@@ -112,7 +111,7 @@ pub async fn set_credential(
     let sealed = envelope::seal(&app.kms, &context, &secret)
         .await
         .map_err(kms_error)?;
-    let t = now();
+    let t = app.clock.now();
     sqlx::query(
         "INSERT INTO credentials (resource, version, kind, key_id, wrapped_key, nonce, ciphertext, created_at, created_by) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -300,7 +299,7 @@ pub async fn authorize(
     }
     sig.verify(&key).map_err(sig_error)?;
     check_fresh(app, sig)?;
-    let t = now();
+    let t = app.clock.now();
     let window = secs(app.config.signature_window);
     if !spend_nonce(
         app,
@@ -553,7 +552,7 @@ async fn release(
                     "{}@{}/{}",
                     session.user, resource_name, authorized.connection
                 ),
-                now() + secs(app.config.ssh_certificate_ttl),
+                app.clock.now() + secs(app.config.ssh_certificate_ttl),
             )
             .map_err(|e| ApiError::internal(lastmile_audit_sink::error_chain(&e)))?;
         app.audit(
