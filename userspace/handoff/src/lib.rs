@@ -118,6 +118,17 @@ pub enum HandoffError {
     Unexpected(Box<NodeMessage>),
 }
 
+/// A Unix seqpacket socket (one message per send, its descriptors with it), close-on-exec:
+/// what both ends of the agent socket speak.
+fn seqpacket() -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
 /// The agent's end: registered with lastmiled, receiving connections.
 #[derive(Debug)]
 pub struct AgentLink {
@@ -129,12 +140,7 @@ impl AgentLink {
     /// Whether a lastmiled node answers on `path` (a connect that is closed at once,
     /// without registering): for tools that must not act under a running node.
     pub fn node_listens(path: &Path) -> bool {
-        let Ok(fd) = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        ) else {
+        let Ok(fd) = seqpacket() else {
             return false;
         };
         UnixAddr::new(path).is_ok_and(|addr| connect(fd.as_raw_fd(), &addr).is_ok())
@@ -142,12 +148,7 @@ impl AgentLink {
 
     /// Connects to lastmiled's agent socket and registers for the calling user.
     pub fn register(path: &Path) -> Result<Self, HandoffError> {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
+        let fd = seqpacket()?;
         let addr = UnixAddr::new(path)?;
         connect(fd.as_raw_fd(), &addr).map_err(|source| HandoffError::Connect {
             path: path.display().to_string(),

@@ -101,7 +101,7 @@ pub fn bind(path: &Path) -> anyhow::Result<AsyncFd<OwnedFd>> {
     }
     if path.exists() {
         // Refuse to steal a socket a running lastmiled still serves.
-        if seqpacket_alive(path) {
+        if lastmile_handoff::AgentLink::node_listens(path) {
             anyhow::bail!(
                 "{} is served by another lastmiled; stop it first",
                 path.display()
@@ -120,21 +120,6 @@ pub fn bind(path: &Path) -> anyhow::Result<AsyncFd<OwnedFd>> {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
     listen(&fd, Backlog::new(64)?)?;
     Ok(super::register(fd)?)
-}
-
-fn seqpacket_alive(path: &Path) -> bool {
-    let Ok(fd) = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return false;
-    };
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    nix::sys::socket::connect(fd.as_raw_fd(), &addr).is_ok()
 }
 
 pub async fn accept_loop(listener: AsyncFd<OwnedFd>, shared: Arc<Shared>) {

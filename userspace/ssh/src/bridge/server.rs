@@ -324,6 +324,9 @@ fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), Brid
     Ok(())
 }
 
+/// An error and its causes, each once, `: `-separated. The same as
+/// `lastmile_audit_sink::error_chain`, kept here so that this crate depends on no other
+/// lastmile crate.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
