@@ -176,32 +176,36 @@ impl PinnedTarget {
     /// pinned. An entry whose key is no protected target (a map written by something
     /// else) is skipped.
     pub fn read_all(pin_dir: &Path) -> Vec<PinnedTarget> {
-        let mut out = Vec::new();
-        let open = |name: &str| {
-            MapData::from_pin(pin_dir.join("maps").join(name))
-                .ok()
-                .map(|d| reinterpret(aya::maps::Map::HashMap(d), name))
-        };
-        if let Some(map) = open(names::PROTECTED_V4)
-            && let Ok(trie) = LpmTrie::<_, TargetV4, TargetInfo>::try_from(map)
-        {
-            for (key, info) in trie.iter().filter_map(Result::ok) {
-                let data = key.data();
-                let addr = IpAddr::from(data.addr);
-                out.extend(entry(addr, key.prefix_len(), data.port, info));
-            }
-        }
-        if let Some(map) = open(names::PROTECTED_V6)
-            && let Ok(trie) = LpmTrie::<_, TargetV6, TargetInfo>::try_from(map)
-        {
-            for (key, info) in trie.iter().filter_map(Result::ok) {
-                let data = key.data();
-                let addr = IpAddr::from(data.addr);
-                out.extend(entry(addr, key.prefix_len(), data.port, info));
-            }
-        }
+        let mut out = read_trie::<TargetV4>(pin_dir, names::PROTECTED_V4, |k| {
+            (IpAddr::from(k.addr), k.port)
+        });
+        out.extend(read_trie::<TargetV6>(pin_dir, names::PROTECTED_V6, |k| {
+            (IpAddr::from(k.addr), k.port)
+        }));
         out
     }
+}
+
+/// The entries of the protected trie `name`, its keys read by `addr_port`.
+fn read_trie<K: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+    addr_port: impl Fn(&K) -> (IpAddr, [u8; 2]),
+) -> Vec<PinnedTarget> {
+    let Ok(data) = MapData::from_pin(pin_dir.join("maps").join(name)) else {
+        return Vec::new();
+    };
+    let map = reinterpret(aya::maps::Map::HashMap(data), name);
+    let Ok(trie) = LpmTrie::<_, K, TargetInfo>::try_from(map) else {
+        return Vec::new();
+    };
+    trie.iter()
+        .filter_map(Result::ok)
+        .filter_map(|(key, info)| {
+            let (addr, port) = addr_port(&key.data());
+            entry(addr, key.prefix_len(), port, info)
+        })
+        .collect()
 }
 
 /// The target a trie key stands for: the port's bits come first in the key, then the
