@@ -6,6 +6,7 @@
 //! ([`UpstreamLogin`]), an [`EventSink`] for the audit log and a future that resolves when
 //! the session is revoked.
 
+mod gateway;
 mod relay;
 mod server;
 pub mod upstream;
@@ -147,7 +148,7 @@ where
     let connection = session.connection.clone();
     let events = session.events.clone();
     let shared = Arc::new(Shared::default());
-    let handler = server::Gateway::new(session, target, shared.clone());
+    let handler = gateway::Gateway::new(session, target, shared.clone());
     let running = russh::server::run_stream(Arc::new(server_config(host)), user, handler).await?;
     let handle = running.handle();
     tokio::pin!(running);
