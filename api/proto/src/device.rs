@@ -176,7 +176,7 @@ pub enum FingerprintError {
 /// [`FingerprintError::NoStableFacts`] when there is no machine id and no product UUID:
 /// serials alone are too often missing or shared, and a fingerprint of nothing binds
 /// nothing.
-pub fn fingerprint(facts: &MachineFacts) -> Result<String, FingerprintError> {
+pub fn fingerprint(facts: &MachineFacts) -> Result<DeviceFingerprint, FingerprintError> {
     let machine_id = facts.machine_id.as_deref().and_then(normalize_machine_id);
     let product_uuid = facts.product_uuid.as_deref().and_then(normalize_dmi);
     if machine_id.is_none() && product_uuid.is_none() {
@@ -201,7 +201,52 @@ pub fn fingerprint(facts: &MachineFacts) -> Result<String, FingerprintError> {
         // Writing to a String cannot fail.
         let _ = write!(hex, "{byte:02x}");
     }
-    Ok(hex)
+    Ok(DeviceFingerprint(hex))
+}
+
+/// A machine's fingerprint as the wire carries it: 64 lowercase hex digits (SHA-256, see
+/// [`fingerprint`]). Made only by [`fingerprint`] or by [`DeviceFingerprint::parse`], so
+/// a value of this type is always well formed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceFingerprint(String);
+
+/// A fingerprint that is not 64 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a device fingerprint is 64 hex digits (SHA-256); got {len} characters{}", if *.hex { "" } else { ", not all hex" })]
+pub struct BadFingerprint {
+    len: usize,
+    hex: bool,
+}
+
+impl DeviceFingerprint {
+    /// Checks `text` (as a peer sent it); hex digits in either case, kept lowercase.
+    pub fn parse(text: &str) -> Result<Self, BadFingerprint> {
+        let hex = text.bytes().all(|b| b.is_ascii_hexdigit());
+        if text.len() != 64 || !hex {
+            return Err(BadFingerprint {
+                len: text.chars().count(),
+                hex,
+            });
+        }
+        Ok(Self(text.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for DeviceFingerprint {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DeviceFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Writes `u32be(len) || bytes`. Facts are at most [`MAX_FACT_LEN`] bytes when collected;
@@ -249,7 +294,7 @@ mod tests {
         // Computed independently (Python hashlib) from the documented encoding; a change
         // here orphans every registered device key, so it needs a new domain tag.
         assert_eq!(
-            fingerprint(&facts()).unwrap(),
+            fingerprint(&facts()).unwrap().as_str(),
             "67305b8d347f93b691395ca921ec2c0bdc10a26918022c7c141cda5b8ed039e4"
         );
         let only_machine_id = MachineFacts {
@@ -260,7 +305,7 @@ mod tests {
             hostname: None,
         };
         assert_eq!(
-            fingerprint(&only_machine_id).unwrap(),
+            fingerprint(&only_machine_id).unwrap().as_str(),
             "71fc1da08e4faeb08330e8c670212e11566f64f9d3b0b8f7b4f75bef70bed14c"
         );
     }
@@ -450,5 +495,24 @@ mod tests {
         let json = serde_json::to_string(&facts()).unwrap();
         let back: MachineFacts = serde_json::from_str(&json).unwrap();
         assert_eq!(back, facts());
+    }
+
+    #[test]
+    fn a_fingerprint_is_64_hex_digits_or_refused_saying_so() {
+        let ok = "AB".repeat(32);
+        assert_eq!(
+            DeviceFingerprint::parse(&ok).unwrap().as_str(),
+            "ab".repeat(32)
+        );
+        let short = DeviceFingerprint::parse("abcd").unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "a device fingerprint is 64 hex digits (SHA-256); got 4 characters"
+        );
+        let odd = DeviceFingerprint::parse(&"zz".repeat(32)).unwrap_err();
+        assert!(
+            odd.to_string().ends_with("got 64 characters, not all hex"),
+            "{odd}"
+        );
     }
 }

@@ -301,7 +301,7 @@ async fn open_session(
         known.as_ref(),
         &device,
         &req.user,
-        &req.device.fingerprint,
+        &d.proof.fingerprint,
         &policy,
     ) {
         Ok(step) => step,
@@ -325,7 +325,7 @@ async fn open_session(
             .bind(&device)
             .bind(&req.user)
             .bind(&req.device.public_key)
-            .bind(&req.device.fingerprint)
+            .bind(d.proof.fingerprint.as_str())
             .bind(&name)
             .bind(status)
             .bind(t)
@@ -333,7 +333,7 @@ async fn open_session(
             .await?;
             app.audit(
                 "device.register",
-                json!({"user": req.user, "device": device, "fingerprint": req.device.fingerprint, "name": name, "status": status}),
+                json!({"user": req.user, "device": device, "fingerprint": d.proof.fingerprint.as_str(), "name": name, "status": status}),
             )
             .await?;
             if pending {

@@ -3,7 +3,10 @@
 //! `super::login` does the reading and writing around them.
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use lastmile_proto::wire::{self, LoginRequest};
+use lastmile_proto::{
+    device::DeviceFingerprint,
+    wire::{self, LoginRequest},
+};
 
 use crate::{
     auth::{key32, verifying_key},
@@ -120,10 +123,12 @@ pub fn new_password(one_time: bool, req: &LoginRequest) -> Result<Option<&str>, 
 
 /// The keys a login proved: the device's, by its signature over the challenge, and the
 /// new session's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Proof {
     pub device: [u8; 32],
     pub session: [u8; 32],
+    /// The machine the device key was used on, checked well formed.
+    pub fingerprint: DeviceFingerprint,
 }
 
 /// Checks the device's signature over the challenge, the user, the session key and the
@@ -139,13 +144,12 @@ pub fn device_proof(req: &LoginRequest) -> Result<Proof, Refusal> {
             "the session key must be a new key, not the device key",
         )));
     }
-    let fingerprint = &req.device.fingerprint;
-    if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Refusal::Told(ApiError::bad_request(
+    let fingerprint = DeviceFingerprint::parse(&req.device.fingerprint).map_err(|e| {
+        Refusal::Told(ApiError::bad_request(
             "bad_fingerprint",
-            "device.fingerprint must be 64 hex digits (SHA-256)",
-        )));
-    }
+            format!("device.fingerprint: {e}"),
+        ))
+    })?;
     use base64::Engine as _;
     let signature = base64::engine::general_purpose::STANDARD
         .decode(&req.device.signature)
@@ -153,7 +157,8 @@ pub fn device_proof(req: &LoginRequest) -> Result<Proof, Refusal> {
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
         .map(|b| Signature::from_bytes(&b));
     let message =
-        wire::login_proof_message(&req.user, &req.challenge, &req.session_key, fingerprint);
+        // Signed as sent: the client signs the text it sends.
+        wire::login_proof_message(&req.user, &req.challenge, &req.session_key, &req.device.fingerprint);
     if signature.is_none_or(|s| device_key.verify_strict(&message, &s).is_err()) {
         return Err(Refusal::Recorded(ApiError::unauthorized(
             "bad_device_proof",
@@ -163,6 +168,7 @@ pub fn device_proof(req: &LoginRequest) -> Result<Proof, Refusal> {
     Ok(Proof {
         device: device_raw,
         session: session_raw,
+        fingerprint,
     })
 }
 
@@ -190,7 +196,7 @@ pub fn device(
     known: Option<&KnownDevice>,
     device: &str,
     user: &str,
-    fingerprint: &str,
+    fingerprint: &DeviceFingerprint,
     policy: &str,
 ) -> Result<DeviceStep, Refusal> {
     let Some(row) = known else {
@@ -204,7 +210,7 @@ pub fn device(
             "this device key is registered to another user; each user makes their own",
         )));
     }
-    if row.fingerprint != fingerprint {
+    if row.fingerprint != fingerprint.as_str() {
         return Err(Refusal::Recorded(ApiError::forbidden(
             "device_fingerprint_mismatch",
             "this device key was registered on another machine: a copied device key is refused. Make a new device key on this machine",
@@ -377,7 +383,7 @@ mod tests {
 
     #[test]
     fn devices_are_registered_trusted_or_pending_and_copies_refused() {
-        let fp = "ab".repeat(32);
+        let fp = DeviceFingerprint::parse(&"ab".repeat(32)).unwrap();
         assert_eq!(
             device(None, "dev_1", "alice", &fp, "tofu").unwrap(),
             DeviceStep::Register { pending: false }
@@ -391,12 +397,12 @@ mod tests {
             fingerprint: fingerprint.into(),
             status: status.into(),
         };
-        let ok = row("alice", &fp, "trusted");
+        let ok = row("alice", fp.as_str(), "trusted");
         assert_eq!(
             device(Some(&ok), "dev_1", "alice", &fp, "tofu").unwrap(),
             DeviceStep::Seen
         );
-        let bobs = row("bob", &fp, "trusted");
+        let bobs = row("bob", fp.as_str(), "trusted");
         assert_eq!(
             code(device(Some(&bobs), "dev_1", "alice", &fp, "tofu")).1,
             "device_other_user"
@@ -406,12 +412,12 @@ mod tests {
             code(device(Some(&copied), "dev_1", "alice", &fp, "tofu")).1,
             "device_fingerprint_mismatch"
         );
-        let waiting = row("alice", &fp, "pending");
+        let waiting = row("alice", fp.as_str(), "pending");
         assert_eq!(
             code(device(Some(&waiting), "dev_1", "alice", &fp, "tofu")),
             ("told", "device_pending".into())
         );
-        let revoked = row("alice", &fp, "revoked");
+        let revoked = row("alice", fp.as_str(), "revoked");
         assert_eq!(
             code(device(Some(&revoked), "dev_1", "alice", &fp, "tofu")),
             ("recorded", "device_revoked".into())
