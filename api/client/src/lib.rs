@@ -56,20 +56,20 @@ impl ClientError {
                 )
             )
         };
-        // An io::Error's `source()` skips the error it wraps, so look inside it too.
+        // An io::Error's `source()` skips the error it wraps (here an io::Error around the
+        // rustls one), so step into it instead.
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(c) = cause {
-            let inner = c
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .and_then(|i| i.downcast_ref::<rustls::Error>());
-            if inner
-                .or_else(|| c.downcast_ref::<rustls::Error>())
-                .is_some_and(unknown)
-            {
+            if c.downcast_ref::<rustls::Error>().is_some_and(unknown) {
                 return true;
             }
-            cause = c.source();
+            cause = match c
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(inner) => Some(inner),
+                None => c.source(),
+            };
         }
         false
     }

@@ -170,8 +170,10 @@ pub struct Resource {
     /// What nodes redirect: `ADDR:PORT`, `[ADDR6]:PORT` or `PREFIX/LEN:PORT`.
     #[serde(default)]
     pub protect: Vec<String>,
-    #[serde(default)]
-    pub upstream_tls: UpstreamTls,
+    /// For `postgres` (the only kind whose upstream connection can be TLS): how the
+    /// gateway reaches the target; `None` on other kinds, and absent from their JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
     /// How the gateway logs in: a stored `password` or `ssh-key` (set with
     /// `lastmile-api credentials set`), or an `ssh-certificate` signed per connection.
     #[serde(default)]
@@ -202,6 +204,13 @@ pub struct Resource {
     /// For `ssh`: whether users may forward ports through the target (`ssh -L`, `-J`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ssh_allow_port_forwarding: bool,
+}
+
+impl Resource {
+    /// How the gateway reaches a `postgres` target: `upstream_tls`, else the default.
+    pub fn upstream_tls_mode(&self) -> UpstreamTls {
+        self.upstream_tls.unwrap_or_default()
+    }
 }
 
 /// What the gateway logs in with.

@@ -5,7 +5,7 @@
 
 use lastmile_proto::wire::{
     self, CredentialKind, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser,
-    OneTimePassword, Resource, Session, Subject, User, valid_name,
+    OneTimePassword, Resource, ResourceKind, Session, Subject, UpstreamTls, User, valid_name,
 };
 use serde_json::json;
 use sqlx::Row as _;
@@ -449,8 +449,11 @@ fn check_protect(spec: &str) -> Result<(), String> {
         })
 }
 
-pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), ApiError> {
+/// Saves `r` (created or replaced): the resource as stored, `upstream_tls` filled in
+/// for a postgres one.
+pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resource, ApiError> {
     check_name("resource", &r.name)?;
+    let r = with_upstream_tls(r)?;
     if r.host.is_empty() || r.host.len() > 253 || r.host.contains(char::is_whitespace) {
         return Err(ApiError::bad_request(
             "bad_resource",
@@ -514,7 +517,8 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     .bind(&r.host)
     .bind(i64::from(r.port))
     .bind(protect)
-    .bind(stored_name(&r.upstream_tls))
+    // The column predates kinds without it: what their gateway does, which is ignored.
+    .bind(stored_name(&r.upstream_tls.unwrap_or(UpstreamTls::Disable)))
     .bind(r.credential.map(|c| stored_name(&c)))
     .bind(t)
     .bind(serde_json::to_string(&r.ssh_principals).map_err(ApiError::internal)?)
@@ -532,7 +536,33 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<(), Api
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(r)
+}
+
+/// `upstream_tls` applies to postgres resources, whose TLS the gateway negotiates inside
+/// the protocol; another kind that names it is refused (it would change nothing), and a
+/// postgres one without it gets the default.
+fn with_upstream_tls(mut r: Resource) -> Result<Resource, ApiError> {
+    let why = match (r.kind, r.upstream_tls) {
+        (ResourceKind::Postgres, tls) => {
+            r.upstream_tls = Some(tls.unwrap_or_default());
+            return Ok(r);
+        }
+        (_, None) => return Ok(r),
+        (ResourceKind::Tcp, Some(_)) => {
+            "the gateway carries a tcp resource's bytes as they are, so a TLS service's own TLS goes end to end to the client"
+        }
+        (ResourceKind::Ssh, Some(_)) => {
+            "ssh has its own encryption, and the gateway checks the target's host key"
+        }
+    };
+    Err(ApiError::bad_request(
+        "bad_resource",
+        format!(
+            "upstream_tls applies to postgres resources only ({why}): leave upstream_tls (--upstream-tls) out for a {} resource",
+            stored_name(&r.kind)
+        ),
+    ))
 }
 
 /// A stored enum, from its serde name.
@@ -543,13 +573,20 @@ pub fn stored<T: serde::de::DeserializeOwned>(field: &str, v: String) -> Result<
 
 fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, ApiError> {
     let protect: String = r.try_get("protect")?;
+    let kind = stored("kind", r.try_get("kind")?)?;
+    // Rows saved before other kinds refused it may hold a value there: it never had an
+    // effect, so it is not shown.
+    let upstream_tls = match kind {
+        ResourceKind::Postgres => Some(stored("upstream_tls", r.try_get("upstream_tls")?)?),
+        ResourceKind::Ssh | ResourceKind::Tcp => None,
+    };
     Ok(Resource {
         name: r.try_get("name")?,
-        kind: stored("kind", r.try_get("kind")?)?,
+        kind,
         host: r.try_get("host")?,
         port: u16::try_from(r.try_get::<i64, _>("port")?).map_err(ApiError::internal)?,
         protect: serde_json::from_str(&protect).map_err(ApiError::internal)?,
-        upstream_tls: stored("upstream_tls", r.try_get("upstream_tls")?)?,
+        upstream_tls,
         credential: r
             .try_get::<Option<String>, _>("credential")?
             .map(|c| stored("credential", c))

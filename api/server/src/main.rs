@@ -174,9 +174,10 @@ enum Resources {
         /// Addresses nodes redirect: ADDR:PORT, [ADDR6]:PORT, PREFIX/LEN:PORT.
         #[arg(long)]
         protect: Vec<String>,
-        /// disable | require | verify-full
-        #[arg(long, value_parser = wire::<UpstreamTls>, default_value = "require")]
-        upstream_tls: UpstreamTls,
+        /// For postgres: disable | require | verify-full (default require); other kinds
+        /// refuse it.
+        #[arg(long, value_parser = wire::<UpstreamTls>)]
+        upstream_tls: Option<UpstreamTls>,
         /// How the gateway logs in: a stored password or ssh-key, or an ssh-certificate
         /// signed per connection (password | ssh-key | ssh-certificate).
         #[arg(long, value_parser = wire::<CredentialKind>)]
@@ -487,11 +488,15 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 rs.iter()
                     .map(|r| {
                         format!(
-                            "{:<20} {:<8} {} protect=[{}]",
+                            "{:<20} {:<8} {} protect=[{}]{}",
                             r.name,
                             wire_name(&r.kind),
                             host_port(&r.host, r.port),
-                            r.protect.join(", ")
+                            r.protect.join(", "),
+                            // Only the kinds it applies to (postgres) have one.
+                            r.upstream_tls
+                                .map(|t| format!(" upstream_tls={}", wire_name(&t)))
+                                .unwrap_or_default()
                         )
                     })
                     .collect::<Vec<_>>()
@@ -537,7 +542,7 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                     ssh_host_keys,
                     ssh_allow_port_forwarding,
                 };
-                admin::put_resource(&app, &who, r.clone()).await?;
+                let r = admin::put_resource(&app, &who, r).await?;
                 print(out, &r, |r| format!("resource {} saved", r.name))
             }
             Resources::Delete { name } => {

@@ -84,7 +84,7 @@ async fn enrollment_and_login(store: Store) {
         host: "127.0.0.1".into(),
         port: 5432,
         protect: vec!["127.0.0.2:5432".into()],
-        upstream_tls: wire::UpstreamTls::Disable,
+        upstream_tls: Some(wire::UpstreamTls::Disable),
         credential: None,
         ssh_principals: vec![],
         database_user: None,

@@ -350,3 +350,110 @@ fn human_output_has_no_debug_formatting_or_http_jargon() {
         assert!(!err.contains(jargon), "{jargon:?} in {err}");
     }
 }
+
+/// `upstream_tls` is a postgres field: `tcp` and `ssh` resources refuse it, saying so,
+/// and are listed without it, also when a row an earlier version saved holds one.
+#[test]
+fn upstream_tls_is_refused_and_not_listed_where_it_has_no_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("api.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\ndata_dir = \"{}\"\n", dir.path().display()),
+    )
+    .unwrap();
+    let (ok, _, err) = api(&config, &["init", "--org", "acme", "--admin", "root"]);
+    assert!(ok, "{err}");
+    let put = |name: &str, kind: &str, port: &str, more: &[&str]| {
+        let mut args = vec![
+            "--output",
+            "json",
+            "resources",
+            "put",
+            name,
+            "--kind",
+            kind,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+        ];
+        args.extend_from_slice(more);
+        api(&config, &args)
+    };
+
+    let (ok, out, err) = put("web", "tcp", "8443", &["--upstream-tls", "require"]);
+    assert!(!ok, "{out}");
+    assert_eq!(
+        err.trim_end(),
+        "lastmile-api: upstream_tls applies to postgres resources only (the gateway carries a \
+         tcp resource's bytes as they are, so a TLS service's own TLS goes end to end to the \
+         client): leave upstream_tls (--upstream-tls) out for a tcp resource"
+    );
+    let (ok, _, err) = put("box", "ssh", "22", &["--upstream-tls", "disable"]);
+    assert!(!ok);
+    assert!(
+        err.contains("upstream_tls applies to postgres resources only")
+            && err.contains("out for a ssh resource"),
+        "{err}"
+    );
+    let (ok, _, err) = api(&config, &["--output", "json", "resources", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(err, "");
+
+    // Without the flag: tcp and ssh have none, postgres gets the default.
+    let (ok, out, err) = put("web", "tcp", "8443", &[]);
+    assert!(ok, "{err}");
+    let saved: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(saved.get("upstream_tls").is_none(), "{saved}");
+    let (ok, _, err) = put("box", "ssh", "22", &[]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = put("db", "postgres", "5432", &[]);
+    assert!(ok, "{err}");
+    let saved: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(saved["upstream_tls"], "require", "{saved}");
+
+    // Rows saved before the refusal held a value for every kind: ignored, not shown.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let app = lastmile_api::App::open(lastmile_api::ApiConfig {
+            data_dir: dir.path().to_owned(),
+            ..lastmile_api::ApiConfig::default()
+        })
+        .await
+        .unwrap();
+        sqlx::query("UPDATE resources SET upstream_tls = 'verify-full' WHERE name <> 'db'")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+    });
+    let (ok, out, err) = api(&config, &["--output", "json", "resources", "list"]);
+    assert!(ok, "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let tls: Vec<(&str, Option<&str>)> = list
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r.get("upstream_tls").map(|t| t.as_str().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tls,
+        [("box", None), ("db", Some("require")), ("web", None)],
+        "{out}"
+    );
+    let (ok, out, err) = api(&config, &["resources", "list"]);
+    assert!(ok, "{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not listed: {out}"))
+            .to_owned()
+    };
+    assert!(line("db").ends_with(" upstream_tls=require"), "{out}");
+    for name in ["box", "web"] {
+        assert!(!line(name).contains("upstream_tls"), "{out}");
+    }
+}

@@ -162,7 +162,7 @@ pub fn update(path: &Path, org: &str, block: Option<&[String]>) -> anyhow::Resul
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-    use lastmile_proto::wire::{Resource, ResourceKind, UpstreamTls};
+    use lastmile_proto::wire::{Resource, ResourceKind};
 
     use super::*;
 
@@ -173,7 +173,7 @@ mod tests {
             host: "127.0.0.5".into(),
             port: 22,
             protect: protect.iter().map(|p| (*p).to_owned()).collect(),
-            upstream_tls: UpstreamTls::Disable,
+            upstream_tls: None,
             credential: None,
             ssh_principals: vec![],
             database_user: None,

@@ -35,7 +35,8 @@ enum Command {
     Status,
     /// What you may reach.
     Resources,
-    /// End the session (revoked at the API) and forget it here.
+    /// End the session (revoked at the API) and forget it here; the API URL and user name
+    /// stay for the next `login`.
     Logout,
     /// Run the agent in the foreground: register with lastmiled and carry this user's
     /// connections to protected targets through the gateways (`login` starts it).

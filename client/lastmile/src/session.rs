@@ -4,8 +4,11 @@
 //! `~/.config/lastmile`), a 0700 directory:
 //! - `device.key`: the device key's seed (Ed25519), 0600, made on first use and never
 //!   sent anywhere; only its signatures leave the machine.
-//! - `ca.pem`: the organisation's CA, pinned at the first login (`--ca`).
+//! - `ca.pem`: the organisation's CA, pinned by the first login that succeeds with it
+//!   (`--ca`); a login that fails keeps the CA pinned before it.
 //! - `session.json`: the current session (its key seed, ids, certificate), 0600.
+//! - `login.json`: the API URL and user name of the last login, kept by `logout`, so the
+//!   next `login` needs neither `--api` nor `--user`.
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -31,13 +34,15 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// The API, e.g. https://lastmile.example.org:8443 (remembered after the first login).
+    /// The API, e.g. https://lastmile.example.org:8443 (remembered after a login, also
+    /// across `logout`).
     #[arg(long)]
     api: Option<String>,
-    /// The organisation's CA certificate (PEM), from your admin: pinned at the first login.
+    /// The organisation's CA certificate (PEM), from your admin: pinned once a login with
+    /// it succeeds.
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// Your user name (default: the last one, else $USER).
+    /// Your user name (default: the last login's, else $USER).
     #[arg(long)]
     user: Option<String>,
     /// Read the password (and, if the API asks for one, a new password on the next line)
@@ -58,6 +63,38 @@ struct Saved {
     api: String,
     session_key: String,
     login: LoginResponse,
+}
+
+/// What the next `login` takes by default: the last login's API and user (`login.json`).
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    api: String,
+    user: String,
+}
+
+const REMEMBERED: &str = "login.json";
+
+/// The last login's API and user: `login.json`, else (a home from before it existed) the
+/// saved session.
+fn remembered(home: &Path) -> Option<Remembered> {
+    let read = |f: &str| std::fs::read_to_string(home.join(f)).ok();
+    if let Some(r) = read(REMEMBERED).and_then(|t| serde_json::from_str(&t).ok()) {
+        return Some(r);
+    }
+    let text = Zeroizing::new(read("session.json")?);
+    let saved: Saved = serde_json::from_str(&text).ok()?;
+    Some(Remembered {
+        api: saved.api,
+        user: saved.login.user,
+    })
+}
+
+fn remember(home: &Path, api: &str, user: &str) -> anyhow::Result<()> {
+    let r = Remembered {
+        api: api.to_owned(),
+        user: user.to_owned(),
+    };
+    write_private(&home.join(REMEMBERED), &serde_json::to_vec(&r)?)
 }
 
 pub fn home() -> anyhow::Result<PathBuf> {
@@ -195,28 +232,29 @@ pub(crate) fn save_certificate(home: &Path, session: &Session) -> anyhow::Result
 pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
     let home = home()?;
     ensure_home(&home)?;
-    let previous: Option<Saved> = std::fs::read_to_string(home.join("session.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let previous = remembered(&home);
     let api = a
         .api
         .or_else(|| previous.as_ref().map(|p| p.api.clone()))
         .context("which API? pass --api https://…")?;
     let ca_path = home.join("ca.pem");
-    if let Some(ca) = &a.ca {
-        let pem =
-            std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
-        if !pem.contains("BEGIN CERTIFICATE") {
-            bail!("{} is not a PEM certificate", ca.display());
+    // A CA given with --ca is only tried here; it is pinned once a login with it succeeds.
+    let ca = match &a.ca {
+        Some(ca) => {
+            let pem =
+                std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+            if !pem.contains("BEGIN CERTIFICATE") {
+                bail!("{} is not a PEM certificate", ca.display());
+            }
+            pem
         }
-        write_private(&ca_path, pem.as_bytes())?;
-    }
-    let ca = std::fs::read_to_string(&ca_path).context(
-        "no pinned CA: pass --ca with the organisation's CA certificate (ask your admin)",
-    )?;
+        None => std::fs::read_to_string(&ca_path).context(
+            "no pinned CA: pass --ca with the organisation's CA certificate (ask your admin)",
+        )?,
+    };
     let user = a
         .user
-        .or_else(|| previous.as_ref().map(|p| p.login.user.clone()))
+        .or_else(|| previous.as_ref().map(|p| p.user.clone()))
         .or_else(|| std::env::var("USER").ok())
         .context("which user? pass --user")?;
     let device = device_key(&home)?;
@@ -258,9 +296,16 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
                 std::io::stdin().lock().read_line(&mut code)?;
                 totp = Some(code.trim().to_owned());
             }
+            Err(e) if e.certificate_not_from_ca() => {
+                return Err(untrusted_api(&api, a.ca.as_deref(), &ca_path));
+            }
             Err(e) => return Err(explain(e)),
         }
     };
+    if a.ca.is_some() {
+        write_private(&ca_path, ca.as_bytes())?;
+    }
+    remember(&home, &api, &session.login.user)?;
     let saved = Saved {
         api,
         session_key: B64.encode(session.session_key.to_bytes()),
@@ -376,6 +421,25 @@ fn when(t: i64) -> String {
             .to_string()
         })
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// The API's certificate is not from the CA this login used: which CA, and what to do.
+fn untrusted_api(api: &str, given: Option<&Path>, pinned: &Path) -> anyhow::Error {
+    match given {
+        Some(ca) => anyhow::anyhow!(
+            "the API at {api} has a TLS certificate that was not issued by the CA in {}: \
+             pass --ca the organisation's CA certificate (the file `lastmile-api init` wrote, \
+             org-ca.pem; ask your admin) and check that --api names your organisation's API; \
+             the CA was not pinned",
+            ca.display()
+        ),
+        None => anyhow::anyhow!(
+            "the API at {api} has a TLS certificate that was not issued by the CA pinned in {}: \
+             if your organisation's CA changed, log in with --ca and the new CA certificate \
+             (ask your admin); else check that --api names your organisation's API",
+            pinned.display()
+        ),
+    }
 }
 
 /// A refusal, with what to do.
@@ -523,6 +587,11 @@ pub async fn logout() -> anyhow::Result<()> {
         return Ok(());
     };
     crate::agent::stop(&home);
+    // The API and user stay for the next login (a home from before `login.json` has them
+    // only in the session about to go).
+    if let Some(r) = remembered(&home) {
+        remember(&home, &r.api, &r.user)?;
+    }
     // Forget the session locally whatever the API says: a dead session is gone anyway.
     let answer = client
         .call(&session, Method::POST, "/v1/logout", None)
@@ -593,7 +662,7 @@ pub fn how_to_reach(r: &Resource) -> String {
 
 #[cfg(test)]
 mod reach_tests {
-    use lastmile_proto::wire::{Resource, ResourceKind, UpstreamTls};
+    use lastmile_proto::wire::{Resource, ResourceKind};
 
     fn resource(kind: ResourceKind, protect: &[&str]) -> Resource {
         Resource {
@@ -602,7 +671,7 @@ mod reach_tests {
             host: "127.0.0.5".into(),
             port: 5432,
             protect: protect.iter().map(|p| (*p).to_owned()).collect(),
-            upstream_tls: UpstreamTls::Disable,
+            upstream_tls: None,
             credential: None,
             ssh_principals: vec![],
             database_user: None,

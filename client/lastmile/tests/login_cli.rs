@@ -61,16 +61,11 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_status_resources_logout() {
-    if lastmile_proto::device::fingerprint(&lastmile_proto::device::MachineFacts::collect())
-        .is_err()
-    {
-        panic!("this machine has no /etc/machine-id: the device fingerprint needs one");
-    }
-    let dir = tempfile::tempdir().unwrap();
+/// An organisation `acme` (CA under `dir/api`) with root and alice; alice's one-time
+/// password.
+async fn api_with_alice(dir: &Path) -> (std::sync::Arc<App>, String) {
     let config = ApiConfig {
-        data_dir: dir.path().join("api"),
+        data_dir: dir.join("api"),
         ..ApiConfig::default()
     };
     let kms = lastmile_vault::Kms::open(&config.kms, &config.kms_dir())
@@ -92,13 +87,38 @@ async fn login_status_resources_logout() {
     )
     .await
     .unwrap();
+    (app, otp.one_time_password)
+}
+
+/// The API on a loopback port: its URL.
+async fn serve(app: &std::sync::Arc<App>) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    (
+        api,
+        tokio::spawn(lastmile_api::http::serve(app.clone(), listener)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_status_resources_logout() {
+    if lastmile_proto::device::fingerprint(&lastmile_proto::device::MachineFacts::collect())
+        .is_err()
+    {
+        panic!("this machine has no /etc/machine-id: the device fingerprint needs one");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (app, otp) = api_with_alice(dir.path()).await;
     let db = Resource {
         name: "orders-db".into(),
         kind: ResourceKind::Postgres,
         host: "127.0.0.1".into(),
         port: 5432,
         protect: vec!["127.0.0.2:5432".into()],
-        upstream_tls: UpstreamTls::Disable,
+        upstream_tls: Some(UpstreamTls::Disable),
         credential: None,
         ssh_principals: vec![],
         database_user: None,
@@ -120,12 +140,7 @@ async fn login_status_resources_logout() {
     )
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!(
-        "https://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
-    let server = tokio::spawn(lastmile_api::http::serve(app.clone(), listener));
+    let (api, server) = serve(&app).await;
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, app.pki.ca_pem()).unwrap();
     let home = dir.path().join("home");
@@ -177,8 +192,10 @@ async fn login_status_resources_logout() {
     .unwrap();
     assert_eq!(code, 2);
     assert!(err.contains("wrong user name or password"), "{err}");
+    // A CA is pinned only by a login that succeeds with it.
+    assert!(!home.join("ca.pem").exists());
     // The one-time password, then a new one.
-    let stdin = format!("{}\na long enough password\n", otp.one_time_password);
+    let stdin = format!("{otp}\na long enough password\n");
     let (code, out, err) = run(
         s(&[
             "--output",
@@ -186,6 +203,8 @@ async fn login_status_resources_logout() {
             "login",
             "--api",
             &api,
+            "--ca",
+            ca.to_str().unwrap(),
             "--user",
             "alice",
             "--password-stdin",
@@ -294,5 +313,115 @@ async fn login_status_resources_logout() {
     if let Some(pid) = third_agent["pid"].as_i64() {
         assert!(!alive(pid as i32), "the agent outlived the logout");
     }
+    server.abort();
+}
+
+/// A login whose CA is not the API's fails the TLS check, says so and what to do, and
+/// pins nothing; `logout` keeps the API and user, so the next `login` needs neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_is_not_pinned_and_logout_keeps_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, otp) = api_with_alice(dir.path()).await;
+    let (api, server) = serve(&app).await;
+    let ca = dir.path().join("org-ca.pem");
+    std::fs::write(&ca, app.pki.ca_pem()).unwrap();
+    // Another organisation's CA, made the same way.
+    let (other, _) = api_with_alice(&dir.path().join("other")).await;
+    let wrong = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong, other.pki.ca_pem()).unwrap();
+    let home = dir.path().join("home");
+    let run = |args: Vec<String>, stdin: String| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lastmile(&home, &args, &stdin)
+        })
+    };
+    let login = |api: Option<&str>, ca: Option<&Path>, user: Option<&str>| {
+        let mut args = vec![
+            "login".to_owned(),
+            "--no-agent".into(),
+            "--password-stdin".into(),
+        ];
+        for (flag, value) in [
+            ("--api", api.map(str::to_owned)),
+            ("--ca", ca.map(|c| c.display().to_string())),
+            ("--user", user.map(str::to_owned)),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag.to_owned(), v]);
+            }
+        }
+        args
+    };
+
+    let stdin = format!("{otp}\na long enough password\n");
+    let (code, out, err) = run(
+        login(Some(&api), Some(&wrong), Some("alice")),
+        stdin.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.contains(&format!(
+            "the API at {api} has a TLS certificate that was not issued by the CA in {}",
+            wrong.display()
+        )) && err.contains("pass --ca the organisation's CA certificate")
+            && err.contains("the CA was not pinned"),
+        "{err}"
+    );
+    assert!(!home.join("ca.pem").exists(), "the wrong CA was pinned");
+    // Nothing pinned: a login without --ca asks for one.
+    let (code, _, err) = run(login(Some(&api), None, Some("alice")), stdin.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("no pinned CA: pass --ca"), "{err}");
+
+    // The right CA: logged in, and now it is pinned.
+    let (code, out, err) = run(login(Some(&api), Some(&ca), Some("alice")), stdin)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("logged in as alice"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(home.join("ca.pem")).unwrap(),
+        app.pki.ca_pem()
+    );
+    // A later --ca that is wrong is refused and leaves the pinned one alone.
+    let (code, _, err) = run(
+        login(None, Some(&wrong), None),
+        "a long enough password\n".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("not issued by the CA in"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(home.join("ca.pem")).unwrap(),
+        app.pki.ca_pem()
+    );
+
+    let (code, out, _) = run(vec!["logout".into()], String::new()).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("revoked"), "{out}");
+    assert!(!home.join("session.json").exists());
+    // The help says the API is remembered: after logout, no --api (nor --user) is needed.
+    let (_, help, _) = run(vec!["login".into(), "--help".into()], String::new())
+        .await
+        .unwrap();
+    assert!(
+        help.contains("remembered after a login, also across `logout`"),
+        "{help}"
+    );
+    let (code, out, err) = run(login(None, None, None), "a long enough password\n".into())
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("logged in as alice"), "{out}");
+    let (code, out, _) = run(vec!["status".into()], String::new()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("alice"), "{out}");
     server.abort();
 }

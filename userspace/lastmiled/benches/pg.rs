@@ -331,7 +331,7 @@ async fn postgres_resource(stack: &Stack, name: &str, pg: &PgServer, user: &str)
             host: "127.0.0.1".into(),
             port: pg.port(),
             protect: vec![],
-            upstream_tls: UpstreamTls::Disable,
+            upstream_tls: Some(UpstreamTls::Disable),
             credential: Some(CredentialKind::Password),
             ssh_principals: vec![],
             database_user: Some(pg.user().into()),

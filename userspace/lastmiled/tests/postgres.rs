@@ -87,7 +87,7 @@ async fn pg_resource(
             host: "127.0.0.1".into(),
             port: pg.port(),
             protect: vec![],
-            upstream_tls: UpstreamTls::Disable,
+            upstream_tls: Some(UpstreamTls::Disable),
             credential: Some(CredentialKind::Password),
             ssh_principals: vec![],
             database_user: Some(user.into()),
@@ -820,7 +820,7 @@ async fn a_tls_upstream_is_verified_and_never_downgraded() {
         let mut r = lastmile_api::admin::resource(&stack.app, name)
             .await
             .unwrap();
-        r.upstream_tls = tls;
+        r.upstream_tls = Some(tls);
         r.upstream_ca = upstream_ca;
         lastmile_api::admin::put_resource(&stack.app, "test", r)
             .await

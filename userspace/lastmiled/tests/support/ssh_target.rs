@@ -9,9 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lastmile_proto::wire::{
-    CredentialKind, NewGrant, Resource, ResourceKind, Subject, UpstreamTls,
-};
+use lastmile_proto::wire::{CredentialKind, NewGrant, Resource, ResourceKind, Subject};
 
 use crate::stack::{self, Stack};
 
@@ -136,7 +134,7 @@ pub async fn ssh_resource(
             host: "127.0.0.1".into(),
             port: sshd_port,
             protect: vec![format!("127.0.0.1:{protect_port}")],
-            upstream_tls: UpstreamTls::Disable,
+            upstream_tls: None,
             credential: Some(CredentialKind::SshCertificate),
             ssh_principals: vec!["root".into()],
             database_user: None,

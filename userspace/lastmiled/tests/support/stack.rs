@@ -126,7 +126,8 @@ impl Stack {
                 host: upstream.ip().to_string(),
                 port: upstream.port(),
                 protect: protect.iter().map(|p| (*p).to_owned()).collect(),
-                upstream_tls: UpstreamTls::Disable,
+                // upstream_tls is a postgres field (other kinds refuse it).
+                upstream_tls: (kind == ResourceKind::Postgres).then_some(UpstreamTls::Disable),
                 credential: None,
                 ssh_principals: vec![],
                 database_user: None,

@@ -149,7 +149,7 @@ pub(super) async fn connect(
             address: format!("{}:{}", resource.host, resource.port),
             source,
         })?;
-    if resource.upstream_tls == UpstreamTls::Disable {
+    if resource.upstream_tls_mode() == UpstreamTls::Disable {
         return Ok(Upstream::Plain(tcp));
     }
     let config = client_config(resource)?;
@@ -163,7 +163,7 @@ pub(super) async fn connect(
         b'S' => {}
         b'N' => {
             return Err(UpstreamError::TlsRefused {
-                mode: mode_name(resource.upstream_tls),
+                mode: mode_name(resource.upstream_tls_mode()),
             });
         }
         other => return Err(UpstreamError::BadTlsAnswer(other)),
@@ -182,7 +182,7 @@ fn client_config(resource: &Resource) -> Result<Arc<ClientConfig>, UpstreamError
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| UpstreamError::Settings(e.to_string()))?;
-    let config = match resource.upstream_tls {
+    let config = match resource.upstream_tls_mode() {
         UpstreamTls::VerifyFull => {
             let mut roots = rustls::RootCertStore::empty();
             match &resource.upstream_ca {
