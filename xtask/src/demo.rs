@@ -21,6 +21,7 @@ use anyhow::{Context as _, bail};
 
 mod audit;
 mod control_plane;
+mod stack;
 mod targets;
 
 use self::{audit::audit, control_plane::control_plane};
@@ -42,9 +43,21 @@ const DEMO_ACCOUNT: &str = "lastmile-demo";
 
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
-    "a lasting demo stack to use by hand afterwards (`cargo xtask demo --stop`): this one tears down at the end",
+    "targets reached by names (db.demo.internal): a resource has no DNS names yet, only protected addresses, so ssh could not match a name to the host certificate",
+    "`lastmile audit trace` of one connection from the kernel's event to its close",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
 ];
+
+/// `cargo xtask demo --stop`: removes what a demo left running.
+pub fn stop() -> anyhow::Result<()> {
+    if !crate::exec::is_root() {
+        bail!(
+            "stopping the demo removes its account and eBPF pins: run `sudo cargo xtask demo --stop`"
+        );
+    }
+    step(&format!("stop the demo stack under {}", stack::STATE_DIR));
+    stack::stop()
+}
 
 /// A child stopped with SIGTERM (then SIGKILL) when dropped.
 struct Running(Child);
@@ -95,11 +108,23 @@ pub fn run() -> anyhow::Result<()> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let lastmiled = target_dir.join("release/lastmiled");
+    step(&format!(
+        "a lasting stack under {} (an earlier demo's is stopped first)",
+        stack::STATE_DIR
+    ));
+    let mut lasting = stack::Stack::fresh()?;
+    let dir = PathBuf::from(stack::STATE_DIR);
+    // The binaries the stack runs, copied so that it (and `--stop`) outlives a rebuild or
+    // a `cargo clean`; readable by alice, whose agent runs `lastmile`.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for name in ["lastmiled", "lastmile-audit", "lastmile", "lastmile-api"] {
+        std::fs::copy(target_dir.join("release").join(name), bin.join(name))
+            .with_context(|| format!("copying {name} to {}", bin.display()))?;
+    }
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let lastmiled = bin.join("lastmiled");
     let agent = target_dir.join("release/examples/echo_agent");
-
-    let dir = std::env::temp_dir().join(format!("lastmile-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let config = dir.join("lastmiled.toml");
     let events = dir.join("events.jsonl");
     std::fs::write(
@@ -112,16 +137,29 @@ pub fn run() -> anyhow::Result<()> {
         ),
     )
     .context("writing the demo config")?;
+    lasting.node(&config)?;
     let result = demo(&lastmiled, &agent, &config, &events)
-        .and_then(|()| audit(&target_dir.join("release"), &dir, &events))
-        .and_then(|()| control_plane(&target_dir.join("release"), &dir));
-    step("detach: `lastmiled node detach`");
-    let _ = Command::new(&lastmiled)
-        .args(["node", "detach", "--config"])
-        .arg(&config)
-        .status();
-    let _ = std::fs::remove_dir_all(&dir);
-    result?;
+        .and_then(|()| audit(&bin, &dir, &events))
+        .and_then(|()| control_plane(&bin, &dir, &mut lasting));
+    if let Err(e) = result {
+        step("the demo failed: removing what it set up");
+        let _ = stack::stop();
+        return Err(e);
+    }
+    let (pg_host, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
+    let d = dir.display();
+    eprintln!(
+        "\nThe stack keeps running under {d}: the API, the gateway, the node, a PostgreSQL\n\
+         and an sshd, and alice ({DEMO_ACCOUNT}) logged in with her agent. By hand, as her:\n\
+         \n  runuser -l {DEMO_ACCOUNT} -c 'psql -h {pg_host} -p {pg_port} -U alice -d orders'   # no password asked\n\
+         \x20 runuser -l {DEMO_ACCOUNT} -c 'ssh {SSH_HOST}'          # no key of hers, no host-key prompt\n\
+         \x20 runuser -l {DEMO_ACCOUNT} -c '{d}/bin/lastmile status'\n\
+         \nWhat the security team reads: {d}/node-events.jsonl (the kernel's connects),\n\
+         {d}/gateway-events.jsonl (sessions, statements, commands), {d}/api/audit.jsonl (logins,\n\
+         unlocks, admin changes), {d}/gateway-state/recordings (ssh sessions, asciicast v2);\n\
+         logs: {d}/{{api,gateway,node}}.log, {d}/sshd/sshd.log.\n\
+         \nStop it, leaving nothing behind: cargo xtask demo --stop"
+    );
     eprintln!("\nNot built yet (see the open issues):");
     for missing in NOT_BUILT_YET {
         eprintln!("  - {missing}");

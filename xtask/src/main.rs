@@ -21,8 +21,13 @@ enum Command {
     Setup,
     /// Set up if needed, build everything including the eBPF programs, and run every test.
     Test(test::Args),
-    /// Set up if needed, build, and run lastmile's main job on one machine.
-    Demo,
+    /// Set up if needed, build, and run lastmile's main job on one machine, leaving the
+    /// stack running to use by hand.
+    Demo {
+        /// Stop the stack an earlier `demo` left, and remove everything it set up.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Run a benchmark; each prints its ratios against a baseline measured in the same run.
     Bench {
         #[arg(value_enum)]
@@ -35,7 +40,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Test(args) => test::run(&args),
-        Command::Demo => demo::run(),
+        Command::Demo { stop: false } => demo::run(),
+        Command::Demo { stop: true } => demo::stop(),
         Command::Bench { which } => bench::run(which),
     };
     match result {

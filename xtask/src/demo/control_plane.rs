@@ -5,7 +5,7 @@
 
 use std::{
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -14,7 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    DEMO_ACCOUNT, POSTGRES, Running, SSH, SSH_HOST, TCP, TCP_HOST, TCP_PORT,
+    DEMO_ACCOUNT, POSTGRES, SSH, SSH_HOST, TCP, TCP_HOST, TCP_PORT,
+    stack::Stack,
     targets::{DemoAccount, TargetSshd, metrics_server, orders_database},
 };
 use crate::exec::{must, step};
@@ -22,7 +23,7 @@ use crate::exec::{must, step};
 /// The control plane on its embedded defaults (SQLite, keys on local disk): an
 /// organisation, a user, a resource, a grant and a gateway token, made with the admin CLI
 /// against a running API; then what the API says to calls that are not signed.
-pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow::Result<()> {
     let data = dir.join("api");
     let config = dir.join("api.toml");
     let listen = "127.0.0.1:18443";
@@ -42,7 +43,11 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     step(&format!(
         "`lastmile-api serve` on {listen} (TLS 1.3, SQLite)"
     ));
-    let _server = Running(api(&["serve"]).stderr(Stdio::null()).spawn()?);
+    stack.spawn(
+        "lastmile-api serve",
+        &mut api(&["serve"]),
+        &dir.join("api.log"),
+    )?;
     let ca = data.join("keys/ca.crt");
     let curl = |path: &str| {
         let mut c = Command::new("curl");
@@ -78,6 +83,10 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     );
     let pg = orders_database()?;
     let pg_port = pg.port().to_string();
+    let pg_bin = pg.bin_dir().to_owned();
+    // It outlives the demo: `--stop` (or a failure) ends it by its pid file.
+    stack.postgres(pg.dir())?;
+    std::mem::forget(pg);
     must(&mut api(&[
         "resources",
         "put",
@@ -142,6 +151,7 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     step(&format!(
         "a real sshd (on 127.0.0.1) trusting the organisation's SSH user CA, protected as {SSH} (web-1, ssh)"
     ));
+    stack.account()?;
     let account = DemoAccount::create(dir)?;
     let ca_bundle: serde_json::Value = serde_json::from_slice(
         &curl("/v1/ca")
@@ -154,7 +164,7 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .get("ssh_user_ca")
         .and_then(serde_json::Value::as_str)
         .context("/v1/ca gave no ssh_user_ca")?;
-    let sshd = TargetSshd::start(&dir.join("sshd"), user_ca)?;
+    let sshd = TargetSshd::start(&dir.join("sshd"), user_ca, stack)?;
     let sshd_port = sshd.port.to_string();
     // The gateway checks the target's host key against this pinned key: never trust on
     // first use (a host CA, `--ssh-host-ca`, is the other choice).
@@ -202,7 +212,7 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .to_owned();
     eprintln!("    gateway gw-1's one-time enrollment token: {token}");
     must(&mut api(&["--output", "json", "resources", "list"]))?;
-    let (gateway, node, lastmiled_config) = gateway_and_node(bin, dir, &ca, &token)?;
+    gateway_and_node(bin, dir, &ca, &token, stack)?;
     step(&format!(
         "alice (Linux account `{DEMO_ACCOUNT}`): `lastmile login` (one-time password, then her own; a device key made here; her agent starts; known_hosts trusts the host CA), `resources`"
     ));
@@ -277,7 +287,7 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "alice's psql connects to {POSTGRES} (orders-db) with no password: the gateway logs in to PostgreSQL as `orders` with the vault's password and logs each statement"
     ));
     let (pg_host, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
-    let out = as_alice(&pg.bin_dir().join("psql"))
+    let out = as_alice(&pg_bin.join("psql"))
         .args([
             "-h", pg_host, "-p", pg_port, "-U", "alice", "-d", "orders", "-w", "-X",
         ])
@@ -368,13 +378,6 @@ pub(super) fn control_plane(bin: &Path, dir: &Path) -> anyhow::Result<()> {
     {
         eprintln!("    {line}");
     }
-    step("`lastmile logout`: the session is revoked and the agent stops");
-    must(&mut user(&["logout"]))?;
-    drop(node);
-    drop(gateway);
-    drop(sshd);
-    drop(account);
-    let _ = lastmiled_config;
     step(
         "an unsigned call to a signed endpoint, and a malformed login: each refused with its reason",
     );
@@ -397,7 +400,8 @@ fn gateway_and_node(
     dir: &Path,
     ca: &Path,
     token: &str,
-) -> anyhow::Result<(Running, Running, PathBuf)> {
+    stack: &mut Stack,
+) -> anyhow::Result<()> {
     let config = dir.join("lastmiled-api.toml");
     std::fs::write(
         &config,
@@ -419,23 +423,24 @@ fn gateway_and_node(
             .args(["--token", token, "--ca"])
             .arg(ca),
     )?;
-    let gateway = Running(
+    stack.spawn(
+        "lastmiled gateway run",
         Command::new(&lastmiled)
             .args(["gateway", "run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()?,
-    );
+            .arg(&config),
+        &dir.join("gateway.log"),
+    )?;
     step("`lastmiled node run` again, its protected targets now from the API's resources");
     let socket = Path::new("/run/lastmile/node.sock");
     let _ = std::fs::remove_file(socket);
-    let node = Running(
+    stack.node(&config)?;
+    stack.spawn(
+        "lastmiled node run",
         Command::new(&lastmiled)
             .args(["node", "run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()?,
-    );
+            .arg(&config),
+        &dir.join("node.log"),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while !socket.exists() {
         if Instant::now() > deadline {
@@ -445,7 +450,7 @@ fn gateway_and_node(
     }
     // The first refresh from the API.
     thread::sleep(Duration::from_millis(1500));
-    Ok((gateway, node, config))
+    Ok(())
 }
 
 /// The one-time password in `lastmile-api --output json users add`'s answer.

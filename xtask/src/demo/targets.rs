@@ -1,5 +1,6 @@
 //! What the demo's users reach: a PostgreSQL, a TCP service and an sshd on protected
-//! loopback addresses, and alice's Linux account; each removed when dropped.
+//! loopback addresses, and alice's Linux account. The PostgreSQL, the sshd and the account
+//! outlive the demo (recorded in its stack); the TCP service ends with it.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{DEMO_ACCOUNT, Running, TCP};
+use super::{DEMO_ACCOUNT, TCP, stack::Stack};
 use crate::exec::must;
 
 /// A throwaway PostgreSQL (stopped when dropped) with the role `orders` (password
@@ -48,8 +49,8 @@ pub(super) fn metrics_server() -> anyhow::Result<std::thread::JoinHandle<()>> {
     }))
 }
 
-/// Alice's Linux account, made for the demo (a home under the demo's directory, `/bin/sh`)
-/// and removed, with any process left under it, when dropped.
+/// Alice's Linux account, made for the demo (a home under the demo's directory, `/bin/sh`);
+/// `cargo xtask demo --stop` removes it, with any process left under it.
 pub(super) struct DemoAccount {
     pub(super) uid: u32,
     pub(super) home: PathBuf,
@@ -89,23 +90,16 @@ impl DemoAccount {
     }
 }
 
-impl Drop for DemoAccount {
-    fn drop(&mut self) {
-        Self::remove();
-    }
-}
-
 /// The ssh target: a real sshd on a free 127.0.0.1 port that trusts the organisation's
 /// SSH user CA for the demo account (AuthorizedPrincipalsFile), as the README tells an ops
 /// team to set one up. Stopped when dropped.
 pub(super) struct TargetSshd {
     pub(super) port: u16,
     pub(super) host_public_key: PathBuf,
-    _running: Running,
 }
 
 impl TargetSshd {
-    pub(super) fn start(dir: &Path, user_ca: &str) -> anyhow::Result<Self> {
+    pub(super) fn start(dir: &Path, user_ca: &str, stack: &mut Stack) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("principals"))?;
         let host_key = dir.join("host_key");
         must(
@@ -133,16 +127,15 @@ impl TargetSshd {
             ),
         )?;
         std::fs::create_dir_all("/run/sshd")?;
-        let running = Running(
-            Command::new("/usr/sbin/sshd")
-                .args(["-D", "-e", "-f"])
-                .arg(dir.join("sshd_config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("sshd.log"))?)
-                .spawn()
-                .context("starting /usr/sbin/sshd (`cargo xtask setup` installs openssh-server)")?,
-        );
+        stack
+            .spawn(
+                "the target's sshd",
+                Command::new("/usr/sbin/sshd")
+                    .args(["-D", "-e", "-f"])
+                    .arg(dir.join("sshd_config")),
+                &dir.join("sshd.log"),
+            )
+            .context("`cargo xtask setup` installs openssh-server")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -156,7 +149,6 @@ impl TargetSshd {
         Ok(Self {
             port,
             host_public_key: host_key.with_extension("pub"),
-            _running: running,
         })
     }
 }
