@@ -141,6 +141,16 @@ pub struct CaBundle {
     pub ssh_host_ca: String,
 }
 
+/// `HOST:PORT` as a user writes it: `[::1]:5432` for an IPv6 address, `db.internal:5432`
+/// or `10.0.0.5:5432` otherwise.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceKind {
@@ -602,6 +612,14 @@ pub mod uri {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn host_port_brackets_ipv6_only() {
+        assert_eq!(host_port("::1", 15432), "[::1]:15432");
+        assert_eq!(host_port("127.0.0.1", 5432), "127.0.0.1:5432");
+        assert_eq!(host_port("db.internal", 5432), "db.internal:5432");
+    }
+
     use super::*;
 
     #[test]
