@@ -151,12 +151,25 @@ pub fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which protocol a resource speaks: how the gateway serves it, and how a refused
+/// connection is told why (the node and the agent use the same enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceKind {
     Postgres,
     Ssh,
     Tcp,
+}
+
+impl std::fmt::Display for ResourceKind {
+    /// As configs, flags and the wire spell it (`postgres`, `ssh`, `tcp`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgres => "postgres",
+            Self::Ssh => "ssh",
+            Self::Tcp => "tcp",
+        })
+    }
 }
 
 /// How the gateway reaches the target: libpq's `sslmode` names.

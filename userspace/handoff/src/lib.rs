@@ -78,25 +78,11 @@ pub struct TargetRef {
     pub kind: TargetKind,
 }
 
-/// Which protocol a target speaks; decides how a refused connection is told why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetKind {
-    Postgres,
-    Ssh,
-    Tcp,
-}
+pub use lastmile_proto::wire::ResourceKind;
 
-impl std::fmt::Display for TargetKind {
-    /// As configs and the wire spell it (`postgres`, `ssh`, `tcp`).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Postgres => "postgres",
-            Self::Ssh => "ssh",
-            Self::Tcp => "tcp",
-        })
-    }
-}
+/// The name this crate used for [`ResourceKind`] before the two were one enum; kept only
+/// until the agent's code says `ResourceKind` too.
+pub type TargetKind = ResourceKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {

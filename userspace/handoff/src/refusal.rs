@@ -9,7 +9,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::TargetKind;
+use crate::ResourceKind;
 
 /// What a refusal wants done next.
 #[derive(Debug, PartialEq, Eq)]
@@ -230,15 +230,15 @@ impl fmt::Display for NoAgent {
 
 /// Drives a refusal over a socket: tells the client `message` in its protocol (for
 /// `tcp`, just closes).
-pub async fn refuse(mut stream: TcpStream, kind: TargetKind, message: String) -> io::Result<()> {
+pub async fn refuse(mut stream: TcpStream, kind: ResourceKind, message: String) -> io::Result<()> {
     enum Machine {
         Postgres(PostgresRefusal),
         Ssh(SshRefusal),
     }
     let mut machine = match kind {
-        TargetKind::Tcp => return Ok(()),
-        TargetKind::Postgres => Machine::Postgres(PostgresRefusal::new(message)),
-        TargetKind::Ssh => {
+        ResourceKind::Tcp => return Ok(()),
+        ResourceKind::Postgres => Machine::Postgres(PostgresRefusal::new(message)),
+        ResourceKind::Ssh => {
             let mut r = SshRefusal::new(message);
             if let Step::Send(bytes) = r.start() {
                 stream.write_all(&bytes).await?;

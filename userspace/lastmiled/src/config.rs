@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lastmile_handoff::TargetKind;
+use lastmile_handoff::ResourceKind;
 use serde::Deserialize;
 
 use crate::target::ProtectedTarget;
@@ -226,7 +226,7 @@ pub struct TargetConfig {
     /// Name shown in events and to the agent, e.g. `orders-db`.
     pub name: String,
     /// `postgres`, `ssh` or `tcp`: how a refused user is told why.
-    pub kind: TargetKind,
+    pub kind: ResourceKind,
     /// Addresses to intercept: `ADDRESS:PORT`, `NETWORK/BITS:PORT`, `[IPV6]:PORT`.
     pub protect: Vec<ProtectedTarget>,
 }
@@ -286,7 +286,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.enforce);
-        assert_eq!(c.targets[0].kind, TargetKind::Postgres);
+        assert_eq!(c.targets[0].kind, ResourceKind::Postgres);
         assert_eq!(c.targets[0].protect.len(), 2);
         assert_eq!(c.listen_v4, NodeConfig::default().listen_v4);
     }

@@ -238,7 +238,8 @@ pub struct KernelConnect {
 pub struct NodeConnection {
     pub sock_cookie: u64,
     pub target: Option<String>,
-    pub protocol: Option<&'static str>,
+    /// The target's kind (`postgres`, `ssh`, `tcp`).
+    pub protocol: Option<lastmile_proto::wire::ResourceKind>,
     pub orig_dst: SocketAddr,
     pub client: SocketAddr,
     pub pid: u32,

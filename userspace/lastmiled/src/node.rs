@@ -419,8 +419,6 @@ async fn follow_api_resources(
 
 /// The API's resources as node targets: those that protect something.
 fn api_targets(resources: &[lastmile_proto::wire::Resource]) -> Vec<TargetConfig> {
-    use lastmile_handoff::TargetKind;
-    use lastmile_proto::wire::ResourceKind;
     resources
         .iter()
         .filter_map(|r| {
@@ -437,11 +435,7 @@ fn api_targets(resources: &[lastmile_proto::wire::Resource]) -> Vec<TargetConfig
                 .collect();
             (!protect.is_empty()).then(|| TargetConfig {
                 name: r.name.clone(),
-                kind: match r.kind {
-                    ResourceKind::Postgres => TargetKind::Postgres,
-                    ResourceKind::Ssh => TargetKind::Ssh,
-                    ResourceKind::Tcp => TargetKind::Tcp,
-                },
+                kind: r.kind,
                 protect,
             })
         })
@@ -546,7 +540,7 @@ mod tests {
     fn configured_names_win_over_the_apis() {
         let t = |name: &str, port: u16| TargetConfig {
             name: name.into(),
-            kind: lastmile_handoff::TargetKind::Tcp,
+            kind: lastmile_handoff::ResourceKind::Tcp,
             protect: vec![format!("127.0.0.2:{port}").parse().unwrap()],
         };
         let all = merge(&[t("db", 1)], &[t("db", 2), t("web", 3)]);

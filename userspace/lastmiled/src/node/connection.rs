@@ -5,7 +5,7 @@ use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, time::Duration};
 
 use lastmile_audit_sink::error_chain;
 use lastmile_handoff::{
-    Handoff, TargetKind, TargetRef,
+    Handoff, ResourceKind, TargetRef,
     refusal::{NoAgent, refuse},
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -71,7 +71,7 @@ async fn handle(
     let conn = NodeConnection {
         sock_cookie: record.sock_cookie,
         target: target.as_ref().map(|t| t.name.clone()),
-        protocol: target.as_ref().map(|t| kind_name(t.kind)),
+        protocol: target.as_ref().map(|t| t.kind),
         orig_dst: orig_dst(&record),
         client,
         pid: record.pid,
@@ -91,7 +91,7 @@ async fn handle(
             client,
             target: target.clone().unwrap_or(TargetRef {
                 name: "unknown".into(),
-                kind: TargetKind::Tcp,
+                kind: ResourceKind::Tcp,
             }),
             pid: record.pid,
             uid: record.uid,
@@ -115,7 +115,7 @@ async fn handle(
                 std_stream.set_nonblocking(true)?;
                 let stream = TcpStream::from_std(std_stream)?;
                 let message = NoAgent { uid: record.uid }.to_string();
-                let kind = target.map(|t| t.kind).unwrap_or(TargetKind::Tcp);
+                let kind = target.map(|t| t.kind).unwrap_or(ResourceKind::Tcp);
                 match tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, kind, message)).await {
                     Ok(r) => r,
                     Err(_) => Ok(()),
@@ -125,12 +125,4 @@ async fn handle(
     }
     .instrument(span)
     .await
-}
-
-fn kind_name(kind: TargetKind) -> &'static str {
-    match kind {
-        TargetKind::Postgres => "postgres",
-        TargetKind::Ssh => "ssh",
-        TargetKind::Tcp => "tcp",
-    }
 }

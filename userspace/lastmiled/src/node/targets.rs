@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use lastmile_handoff::TargetKind;
+use lastmile_handoff::ResourceKind;
 use serde::Serialize;
 
 use super::{ApiList, api_targets, merge, target_id};
@@ -115,7 +115,7 @@ pub fn rows(known: &[KnownTarget], pinned: &[PinnedTarget]) -> Vec<TargetRow> {
 
 fn row(
     name: &str,
-    kind: TargetKind,
+    kind: ResourceKind,
     source: TargetSource,
     protect: &crate::target::ProtectedTarget,
     in_kernel: bool,
@@ -168,7 +168,12 @@ mod tests {
     use super::*;
     use crate::intercept::TargetId;
 
-    fn known(name: &str, kind: TargetKind, protect: &[&str], source: TargetSource) -> KnownTarget {
+    fn known(
+        name: &str,
+        kind: ResourceKind,
+        protect: &[&str],
+        source: TargetSource,
+    ) -> KnownTarget {
         KnownTarget {
             target: TargetConfig {
                 name: name.into(),
@@ -191,13 +196,13 @@ mod tests {
         let k = [
             known(
                 "orders-db",
-                TargetKind::Postgres,
+                ResourceKind::Postgres,
                 &["127.0.0.2:5432"],
                 TargetSource::Config,
             ),
             known(
                 "web",
-                TargetKind::Tcp,
+                ResourceKind::Tcp,
                 &["[::1]:8080", "127.0.0.4:8080"],
                 TargetSource::Api,
             ),
@@ -240,7 +245,7 @@ mod tests {
     fn the_same_address_under_another_name_is_not_that_name() {
         let k = [known(
             "a",
-            TargetKind::Tcp,
+            ResourceKind::Tcp,
             &["127.0.0.2:80"],
             TargetSource::Config,
         )];
