@@ -85,7 +85,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Listen(a) => {
             init_logging();
-            run_multi(Box::pin(async move { agent::listen(a).await.map(|()| ok) }))
+            run_multi(Box::pin(
+                async move { agent::listen(a, out).await.map(|()| ok) },
+            ))
         }
         Command::Ca { path } => run(Box::pin(async move { session::ca(path).map(|()| ok) })),
         Command::Audit { command } => match audit::run(*command) {

@@ -548,13 +548,16 @@ pub async fn resources(out: Output) -> anyhow::Result<()> {
                 println!("no resources granted to you");
             }
             for r in list {
+                let protect = if r.protect.is_empty() {
+                    String::new()
+                } else {
+                    format!("  protect: {}", r.protect.join(", "))
+                };
                 println!(
-                    "{:<24} {:<9} {}:{}  protect: {}",
+                    "{:<24} {:<9} {}{protect}",
                     r.name,
-                    format!("{:?}", r.kind).to_lowercase(),
-                    r.host,
-                    r.port,
-                    r.protect.join(", ")
+                    r.kind.to_string(),
+                    lastmile_proto::wire::host_port(&r.host, r.port),
                 );
                 println!("{:<24} use: {}", "", how_to_reach(&r));
             }

@@ -264,11 +264,27 @@ fn the_readme_first_hour_runs_as_written() {
                 .and_then(|rest| rest.split(')').next()?.parse().ok());
         }
     }
+    // What the background commands printed, as a terminal would have shown it.
+    for n in 1..=commands.iter().filter(|c| c.ends_with('&')).count() {
+        let out =
+            std::fs::read_to_string(dir.path().join(format!("job-{n}.out"))).unwrap_or_default();
+        log.0.push_str(&format!("[job {n}]\n{out}"));
+    }
     let text = &log.0;
     // What the README's comments promise, checked where it matters.
     assert!(text.contains("hello from web-1"), "{text}");
     assert!(text.contains("logged in as alice"), "{text}");
     assert!(text.contains("use: lastmile listen web-1"), "{text}");
+    // The resource as a user writes it: its kind by name, HOST:PORT, no empty `protect:`.
+    assert!(
+        text.lines().any(|l| l.starts_with("web-1 ")
+            && l.contains(" tcp ")
+            && l.trim_end().ends_with("127.0.0.1:8000")),
+        "{text}"
+    );
+    // `listen` says where it listens to people only: no JSON unless asked for.
+    assert!(text.contains("carries connections to `web-1`"), "{text}");
+    assert!(!text.contains("{\"listening\""), "{text}");
     assert!(
         text.contains("gw1 at 127.0.0.1:15443"),
         "status names the gateway: {text}"

@@ -23,7 +23,9 @@ pub struct ListenArgs {
 }
 
 /// `lastmile listen`: a local port into the tunnel, for hosts without eBPF.
-pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+/// With `--output json`, also prints `{"listening": ADDR, "resource": NAME}` on standard
+/// output once it listens (for scripts that ask for port 0).
+pub async fn listen(args: ListenArgs, out: session::Output) -> anyhow::Result<()> {
     if !args.bind.is_loopback() {
         anyhow::bail!(
             "--bind {} is not a loopback address: everyone who can reach that port would use your session; listen on 127.0.0.1 or ::1",
@@ -52,10 +54,12 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         "lastmile: {local} carries connections to `{}`; Ctrl-C stops",
         resource.name
     );
-    println!(
-        "{}",
-        serde_json::json!({"listening": local.to_string(), "resource": resource.name})
-    );
+    if out == session::Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"listening": local.to_string(), "resource": resource.name})
+        );
+    }
     let kind = target_kind(resource.kind);
     let me = nix::unistd::getuid().as_raw();
     loop {

@@ -421,7 +421,14 @@ impl Listen {
     /// The same on `port` (0: any).
     pub fn start_on(home: &Path, resource: &str, port: u16) -> Self {
         let mut child = Command::new(lastmile_bin())
-            .args(["listen", resource, "--port", &port.to_string()])
+            .args([
+                "--output",
+                "json",
+                "listen",
+                resource,
+                "--port",
+                &port.to_string(),
+            ])
             .env("LASTMILE_HOME", home)
             .env("RUST_LOG", "info,h2=warn,rustls=warn")
             .stdout(Stdio::piped())
