@@ -56,9 +56,13 @@ pub enum NodeMessage {
 /// What the agent learns with a handed-off connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
-    /// lastmiled's id for this connection, unique for the boot (the socket cookie of the
-    /// caller's socket); it joins the kernel event, the node's events and the agent's.
-    pub connection_id: u64,
+    /// The socket cookie of the application's socket, unique for the boot: it joins the
+    /// kernel's event, the node's, the agent's proposal and the gateway's and API's events
+    /// (`sock_cookie` in all of them). On this socket it keeps its first name,
+    /// `connection_id`, so that a node and an agent of different versions (two packages,
+    /// upgraded apart) still understand each other.
+    #[serde(rename = "connection_id")]
+    pub sock_cookie: u64,
     /// The destination the application asked for.
     pub orig_dst: SocketAddr,
     /// The application's end of the connection.
@@ -75,14 +79,10 @@ pub struct Handoff {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRef {
     pub name: String,
-    pub kind: TargetKind,
+    pub kind: ResourceKind,
 }
 
 pub use lastmile_proto::wire::ResourceKind;
-
-/// The name this crate used for [`ResourceKind`] before the two were one enum; kept only
-/// until the agent's code says `ResourceKind` too.
-pub type TargetKind = ResourceKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
@@ -249,12 +249,12 @@ mod tests {
 
     fn handoff() -> Handoff {
         Handoff {
-            connection_id: 42,
+            sock_cookie: 42,
             orig_dst: "127.0.0.2:5432".parse().unwrap(),
             client: "127.0.0.1:40000".parse().unwrap(),
             target: TargetRef {
                 name: "orders-db".into(),
-                kind: TargetKind::Postgres,
+                kind: ResourceKind::Postgres,
             },
             pid: 7,
             uid: 1000,

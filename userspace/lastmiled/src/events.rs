@@ -1,8 +1,9 @@
 //! Structured events: the kernel's connect decisions, enriched from /proc, and the node's
 //! own decisions about each redirected connection, written as JSON lines.
 //!
-//! The keys that join them: `sock_cookie` (kernel event, node event, and the agent's
-//! `connection_id`), then the session and connection ids once a session exists.
+//! The keys that join them: `sock_cookie` (the kernel's event, the node's, the hand-off
+//! to the agent, and the id the agent proposes), then the session and connection ids once
+//! a session exists.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},

@@ -105,6 +105,7 @@ fn sockets_go_only_to_the_agent_of_the_callers_uid() {
         e["kind"] == "node.handoff" && e["uid"] == 65534
     });
     let cookie = handed["sock_cookie"].clone();
+    // The hand-off's wire name for the socket cookie (kept for agents of other versions).
     assert_eq!(cookie, handoff["connection_id"]);
     let kernel = node.wait_event("kernel connect", |e| {
         e["kind"] == "kernel.connect" && e["sock_cookie"] == cookie

@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use clap::Args;
 use tracing::warn;
 
-use super::{Core, short_nonce, sock_diag::socket_owner, target_kind};
+use lastmile_proto::connection::ClientConnectionId;
+
+use super::{Core, short_nonce, sock_diag::socket_owner};
 use crate::session;
 
 #[derive(Debug, Args)]
@@ -60,7 +62,7 @@ pub async fn listen(args: ListenArgs, out: session::Output) -> anyhow::Result<()
             serde_json::json!({"listening": local.to_string(), "resource": resource.name})
         );
     }
-    let kind = target_kind(resource.kind);
+    let kind = resource.kind;
     let me = nix::unistd::getuid().as_raw();
     loop {
         tokio::select! {
@@ -75,7 +77,7 @@ pub async fn listen(args: ListenArgs, out: session::Output) -> anyhow::Result<()
                             continue;
                         }
                     }
-                    let id = format!("listen-{}-{}", peer.port(), short_nonce());
+                    let id = ClientConnectionId::listened(peer.port(), &short_nonce());
                     tokio::spawn(core.clone().carry(tcp, resource.name.clone(), kind, id));
                 }
                 Err(e) => {

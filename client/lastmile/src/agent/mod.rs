@@ -35,7 +35,8 @@ use anyhow::Context as _;
 use clap::Args;
 use lastmile_api_client::{ApiClient, Revocations, Session};
 use lastmile_audit_sink::error_chain;
-use lastmile_handoff::{Handoff, TargetKind, refusal::refuse};
+use lastmile_handoff::{Handoff, refusal::refuse};
+use lastmile_proto::connection::ClientConnectionId;
 use lastmile_proto::wire::{GatewayEndpoint, Refreshed, Resource, ResourceKind};
 use lastmile_tunnel::{
     client::Tunnel,
@@ -397,10 +398,16 @@ impl Core {
         self: Arc<Self>,
         tcp: TcpStream,
         resource: String,
-        kind: TargetKind,
-        id: String,
+        kind: ResourceKind,
+        id: ClientConnectionId,
     ) {
-        let span = info_span!("connection", connection = %id, resource = %resource);
+        // The names the node's and the gateway's spans and the audit events use.
+        let span = info_span!(
+            "connection",
+            client_connection = %id,
+            sock_cookie = id.sock_cookie(),
+            resource = %resource
+        );
         // Each batch the gateway sends is written as it comes: Nagle would hold a second
         // small write (a TLS handshake's next record) for the client's delayed ACK.
         let _ = tcp.set_nodelay(true);
@@ -408,7 +415,7 @@ impl Core {
             self.connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.changed();
-            match self.open(&resource, &id).await {
+            match self.open(&resource, id.as_str()).await {
                 Ok((send, recv, gateway)) => {
                     info!(%gateway, "stream open");
                     let meter = Meter::default();
@@ -470,14 +477,6 @@ fn needs_login(code: Option<&str>) -> bool {
 
 pub const STATE_FILE: &str = "agent.json";
 
-fn target_kind(kind: ResourceKind) -> TargetKind {
-    match kind {
-        ResourceKind::Postgres => TargetKind::Postgres,
-        ResourceKind::Ssh => TargetKind::Ssh,
-        ResourceKind::Tcp => TargetKind::Tcp,
-    }
-}
-
 /// `lastmile agent`: register with the node and carry its connections until stopped.
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let home = session::home()?;
@@ -515,7 +514,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 match TcpStream::from_std(std_stream) {
                     Ok(tcp) => {
-                        let id = format!("sock-{}-{}", handoff.connection_id, short_nonce());
+                        let id = ClientConnectionId::handed_over(handoff.sock_cookie, &short_nonce());
                         info!(pid = handoff.pid, comm = %handoff.comm, orig_dst = %handoff.orig_dst, "connection handed over");
                         tokio::spawn(core.clone().carry(tcp, handoff.target.name, handoff.target.kind, id));
                     }

@@ -86,7 +86,7 @@ async fn handle(
     );
     async move {
         let handoff = Handoff {
-            connection_id: record.sock_cookie,
+            sock_cookie: record.sock_cookie,
             orig_dst: conn.orig_dst,
             client,
             target: target.clone().unwrap_or(TargetRef {
