@@ -10,6 +10,7 @@ mod audit;
 mod known_hosts;
 mod recordings;
 mod session;
+mod status;
 
 use clap::{Parser, Subcommand};
 use session::Output;
@@ -33,6 +34,9 @@ enum Command {
     Login(session::LoginArgs),
     /// Who you are, on which device, until when; whether the session is still valid.
     Status,
+    /// Why connections were refused here, newest first (a raw TCP client only sees its
+    /// connection closed).
+    Why,
     /// What you may reach.
     Resources,
     /// End the session (revoked at the API) and forget it here; the API URL and user name
@@ -72,7 +76,8 @@ fn main() -> std::process::ExitCode {
         Command::Login(a) => run(Box::pin(async move {
             session::login(a, out).await.map(|()| ok)
         })),
-        Command::Status => run(Box::pin(session::status(out))),
+        Command::Status => run(Box::pin(status::status(out))),
+        Command::Why => run(Box::pin(async move { status::why(out).map(|()| ok) })),
         Command::Resources => run(Box::pin(async move {
             session::resources(out).await.map(|()| ok)
         })),

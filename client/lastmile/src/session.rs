@@ -21,7 +21,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use clap::{Args, ValueEnum};
 use ed25519_dalek::SigningKey;
 use lastmile_api_client::{ApiClient, ClientError, Login, Session};
-use lastmile_proto::wire::{LoginResponse, Me, Resource};
+use lastmile_proto::wire::{LoginResponse, Resource};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -412,7 +412,7 @@ fn forget_ssh_known_hosts(home: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn when(t: i64) -> String {
+pub(crate) fn when(t: i64) -> String {
     u64::try_from(t)
         .map(|s| {
             humantime::format_rfc3339_seconds(
@@ -448,89 +448,6 @@ fn explain(e: ClientError) -> anyhow::Error {
         anyhow::anyhow!("{e}\nrun `lastmile login`")
     } else {
         anyhow::anyhow!(e)
-    }
-}
-
-pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
-    let home = home()?;
-    let agent = crate::agent::running(&home);
-    let Some((client, session)) = load(&home)? else {
-        match out {
-            Output::Json => println!("{}", serde_json::json!({"logged_in": false})),
-            Output::Text => println!("not logged in: run `lastmile login`"),
-        }
-        return Ok(std::process::ExitCode::from(1));
-    };
-    let answer = client.call(&session, Method::GET, "/v1/me", None).await?;
-    let l = &session.login;
-    match answer.json::<Me>() {
-        Ok(me) => {
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "logged_in": true, "user": me.user, "admin": me.admin, "device": me.device, "session": me.session,
-                        "session_expires_at": me.session_expires_at, "certificate_expires_at": l.certificate_expires_at,
-                        "agent": agent,
-                    }))?
-                ),
-                Output::Text => {
-                    println!(
-                        "user:        {}{}",
-                        me.user,
-                        if me.admin { " (admin)" } else { "" }
-                    );
-                    println!("device:      {}", me.device);
-                    println!(
-                        "session:     {} until {}",
-                        me.session,
-                        when(me.session_expires_at)
-                    );
-                    println!("certificate: until {}", when(l.certificate_expires_at));
-                    print_agent(agent.as_ref());
-                }
-            }
-            Ok(std::process::ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"logged_in": false, "user": l.user, "session": l.session, "error": e.code(), "message": e.to_string(), "agent": agent})
-                ),
-                Output::Text => println!(
-                    "session {} of {} is no longer valid ({e}): run `lastmile login`",
-                    l.session, l.user
-                ),
-            }
-            Ok(std::process::ExitCode::from(1))
-        }
-    }
-}
-
-fn print_agent(agent: Option<&crate::agent::AgentState>) {
-    let Some(a) = agent else {
-        println!("agent:       not running (`lastmile login` starts it, or `lastmile agent`)");
-        return;
-    };
-    println!(
-        "agent:       running (pid {}), {} connection{} carried",
-        a.pid,
-        a.connections,
-        if a.connections == 1 { "" } else { "s" }
-    );
-    println!("node:        {}", a.node);
-    if let Some(why) = &a.revoked {
-        println!("             the session can no longer be used ({why}): run `lastmile login`");
-    }
-    if a.gateways.is_empty() {
-        println!("gateways:    none listed by the API");
-    }
-    for g in &a.gateways {
-        match &g.error {
-            Some(e) => println!("gateway:     {} at {}: {} ({e})", g.name, g.tunnel, g.state),
-            None => println!("gateway:     {} at {}: {}", g.name, g.tunnel, g.state),
-        }
     }
 }
 

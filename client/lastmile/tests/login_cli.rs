@@ -425,3 +425,85 @@ async fn a_wrong_ca_is_not_pinned_and_logout_keeps_the_api() {
     assert!(out.contains("alice"), "{out}");
     server.abort();
 }
+
+/// With the API down, `status` still says what this machine knows (the session and
+/// certificate from the saved files, the agent, the node link, each gateway) and that
+/// the API is unreachable; exit 0 while the agent runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_works_with_the_api_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, otp) = api_with_alice(dir.path()).await;
+    let (api, server) = serve(&app).await;
+    let ca = dir.path().join("org-ca.pem");
+    std::fs::write(&ca, app.pki.ca_pem()).unwrap();
+    let home = dir.path().join("home");
+    let run = |args: Vec<String>, stdin: String| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lastmile(&home, &args, &stdin)
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let (code, out, err) = run(
+        s(&[
+            "--output",
+            "json",
+            "login",
+            "--api",
+            &api,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--password-stdin",
+        ]),
+        format!("{otp}\na long enough password\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let login: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let agent = login["agent_pid"].as_u64().expect("login starts the agent") as i32;
+    wait_status(&run, |s| {
+        s["agent"]["pid"].as_i64() == Some(i64::from(agent))
+    })
+    .await;
+
+    server.abort();
+    let _ = server.await;
+    let (code, out, err) = run(s(&["status"]), String::new()).await.unwrap();
+    assert_eq!(code, 0, "the agent runs, so status succeeds: {out}{err}");
+    assert!(out.starts_with("api:         unreachable"), "{out}");
+    assert!(
+        out.contains("user:        alice (as saved at login)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("session:     ses_") && out.contains("certificate: until 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("agent:       running (pid {agent})")),
+        "{out}"
+    );
+    assert!(out.contains("node:        not registered"), "{out}");
+    let (code, out, _) = run(s(&["--output", "json", "status"]), String::new())
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["api_reachable"], false, "{status}");
+    assert_eq!(status["user"], "alice");
+    assert!(
+        status["session_expires"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "RFC 3339 beside the epoch: {status}"
+    );
+    // The agent ends with the test (logout would need the API).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}

@@ -385,6 +385,28 @@ async fn a_refused_stream_is_explained_to_psql_in_its_own_protocol() {
         err.contains("the gateway refused this connection") && err.contains("no_grant"),
         "psql said: {err}"
     );
+    // Where a raw TCP client (which sees only a close) finds the reason: `lastmile why`,
+    // and the last ones in `lastmile status`.
+    let (code, why, _) = stack.lastmile(&alice, &["why"], "").await;
+    assert_eq!(code, 0, "{why}");
+    let first = why.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("orders-db: the gateway refused this connection")
+            && first.contains("no_grant"),
+        "{why}"
+    );
+    assert!(why.contains("→ ask your admin for a grant"), "{why}");
+    let (_, json, _) = stack
+        .lastmile(&alice, &["--output", "json", "why"], "")
+        .await;
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(list[0]["resource"], "orders-db", "{json}");
+    assert_eq!(list[0]["code"], "no_grant", "{json}");
+    let (_, status, _) = stack.lastmile(&alice, &["status"], "").await;
+    assert!(
+        status.contains("refused:") && status.contains("orders-db: the gateway refused"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Which gateway carries a new connection: those with a live tunnel first, then the
-//! others, and a gateway that failed is skipped for a growing while (backoff).
+//! others, and a gateway that failed is skipped for a growing while (backoff). What
+//! `lastmile status` shows of each, with when it was last seen so.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,9 +12,12 @@ use bytes::Bytes;
 use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::GatewayEndpoint;
 use lastmile_tunnel::{ConnectError, client::Tunnel, header::StreamHeader};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Core, GatewayState, LIST_RETRY, OpenError, backoff::Backoff};
+
+/// How often the agent checks the gateways without a live tunnel (by making one).
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// A gateway that failed, and until when it is skipped.
 #[derive(Debug, Clone)]
@@ -29,6 +33,8 @@ struct Down {
 pub(super) struct Gateways {
     list: Vec<GatewayEndpoint>,
     down: HashMap<String, Down>,
+    /// When each gateway's state was last seen to hold (Unix seconds).
+    checked: HashMap<String, i64>,
     /// This session's id: it orders gateways of the same rank, so that agents spread
     /// over gateways instead of all choosing the first by name.
     spread: String,
@@ -39,6 +45,7 @@ impl Gateways {
         Self {
             list: Vec::new(),
             down: HashMap::new(),
+            checked: HashMap::new(),
             spread: session,
         }
     }
@@ -71,9 +78,18 @@ impl Gateways {
         all
     }
 
-    /// `gateway` failed at `now`: it is skipped for twice as long as the last time
-    /// (up to Backoff::MAX), Backoff::FIRST after a success. Returns how long.
-    pub(super) fn mark_down(&mut self, gateway: &str, error: String, now: Instant) -> Duration {
+    /// `gateway` failed at `now` (`wall`, in Unix seconds): it is skipped for twice as
+    /// long as the last time (up to Backoff::MAX), Backoff::FIRST after a success.
+    /// Returns how long, and whether it was down already.
+    pub(super) fn mark_down(
+        &mut self,
+        gateway: &str,
+        error: String,
+        now: Instant,
+        wall: i64,
+    ) -> (Duration, bool) {
+        let was_down = self.down.contains_key(gateway);
+        self.checked.insert(gateway.to_owned(), wall);
         let mut backoff = self
             .down
             .get(gateway)
@@ -88,12 +104,23 @@ impl Gateways {
                 error,
             },
         );
-        wait
+        (wait, was_down)
     }
 
-    /// `gateway` took a tunnel: its backoff starts over.
-    pub(super) fn mark_up(&mut self, gateway: &str) {
+    /// `gateway` took a tunnel, or its tunnel is still live, at `wall` (Unix seconds):
+    /// its backoff starts over.
+    pub(super) fn mark_up(&mut self, gateway: &str, wall: i64) {
         self.down.remove(gateway);
+        self.checked.insert(gateway.to_owned(), wall);
+    }
+
+    /// The listed gateways without a live tunnel: those a probe round tries.
+    pub(super) fn to_probe(&self, live: impl Fn(&str) -> bool) -> Vec<GatewayEndpoint> {
+        self.list
+            .iter()
+            .filter(|g| !live(&g.name))
+            .cloned()
+            .collect()
     }
 
     /// Every gateway gets a fresh chance (a fresh list came).
@@ -101,21 +128,23 @@ impl Gateways {
         self.down.clear();
     }
 
-    /// What `lastmile status` shows of each gateway at `now`.
-    pub(super) fn states(&self, now: Instant, live: impl Fn(&str) -> bool) -> Vec<GatewayState> {
+    /// What `lastmile status` shows of each gateway: `up` with a live tunnel, `down`
+    /// with the last failure's error until it takes a tunnel again, else `idle`.
+    pub(super) fn states(&self, live: impl Fn(&str) -> bool) -> Vec<GatewayState> {
         self.list
             .iter()
             .map(|g| {
                 let (state, error) = match self.down.get(&g.name) {
                     _ if live(&g.name) => ("up", None),
-                    Some(d) if d.until > now => ("down", Some(d.error.clone())),
-                    _ => ("idle", None),
+                    Some(d) => ("down", Some(d.error.clone())),
+                    None => ("idle", None),
                 };
                 GatewayState {
                     name: g.name.clone(),
                     tunnel: g.tunnel.clone(),
                     state: state.into(),
                     error,
+                    checked_at: self.checked.get(&g.name).copied(),
                 }
             })
             .collect()
@@ -144,16 +173,23 @@ impl Core {
             .collect()
     }
 
-    fn mark_down(&self, gateway: &str, error: String) {
+    pub(super) fn mark_down(&self, gateway: &str, error: String) {
         if let Ok(mut g) = self.gateways.lock() {
             let shown = error.clone();
-            let backoff = g.mark_down(gateway, error, Instant::now());
-            warn!(gateway, error = %shown, backoff_ms = backoff.as_millis() as u64, "gateway down");
+            let (backoff, was_down) =
+                g.mark_down(gateway, error, Instant::now(), lastmile_api_client::now());
+            let backoff_ms = backoff.as_millis() as u64;
+            // A probe finding it still down is not news.
+            if was_down {
+                debug!(gateway, error = %shown, backoff_ms, "gateway still down");
+            } else {
+                warn!(gateway, error = %shown, backoff_ms, "gateway down");
+            }
             self.changed();
         }
     }
 
-    async fn tunnel(&self, g: &GatewayEndpoint) -> Result<Arc<Tunnel>, ConnectError> {
+    pub(super) async fn tunnel(&self, g: &GatewayEndpoint) -> Result<Arc<Tunnel>, ConnectError> {
         if let Some(t) = self.tunnels.lock().await.get(&g.name)
             && t.is_open()
         {
@@ -167,7 +203,7 @@ impl Core {
         let t = Arc::new(Tunnel::connect(tls, &g.name, &g.tunnel).await?);
         info!(gateway = %g.name, tunnel = %g.tunnel, "tunnel up");
         if let Ok(mut gateways) = self.gateways.lock() {
-            gateways.mark_up(&g.name);
+            gateways.mark_up(&g.name, lastmile_api_client::now());
         }
         self.tunnels.lock().await.insert(g.name.clone(), t.clone());
         self.changed();
@@ -227,6 +263,9 @@ impl Core {
             ));
         }
         let mut errors = Vec::new();
+        // A gateway that was reached but could not reach the API or the resource's
+        // server: what the user is told when no other gateway carries the connection.
+        let mut unavailable = None;
         for g in candidates {
             let tunnel = match self.tunnel(&g).await {
                 Ok(t) => t,
@@ -256,6 +295,10 @@ impl Core {
                     if matches!(r.code.as_str(), "api_unavailable" | "upstream_unreachable") =>
                 {
                     errors.push(format!("{}: {r}", g.name));
+                    unavailable.get_or_insert(OpenError::Unavailable {
+                        gateway: g.name.clone(),
+                        refusal: r,
+                    });
                 }
                 Err(ConnectError::Refused(r)) => return Err(OpenError::Refused(r)),
                 Err(e) => {
@@ -266,7 +309,7 @@ impl Core {
                 }
             }
         }
-        Err(OpenError::NoGateway(errors.join("; ")))
+        Err(unavailable.unwrap_or_else(|| OpenError::NoGateway(errors.join("; "))))
     }
 }
 
@@ -303,7 +346,7 @@ mod tests {
         let mut g = gateways("s1", &["a", "b", "c"]);
         let healthy = names(&g.rank(now, none)).join(",");
         let first = g.rank(now, none)[0].name.clone();
-        g.mark_down(&first, "refused".into(), now);
+        g.mark_down(&first, "refused".into(), now, 0);
         for at in [now, now + Duration::from_millis(499)] {
             let ranked = g.rank(at, none);
             assert_eq!(
@@ -325,7 +368,7 @@ mod tests {
         let now = Instant::now();
         let mut g = gateways("s1", &["a"]);
         let waits: Vec<u64> = (0..9)
-            .map(|_| g.mark_down("a", "down".into(), now).as_millis() as u64)
+            .map(|_| g.mark_down("a", "down".into(), now, 0).0.as_millis() as u64)
             .collect();
         assert_eq!(
             waits,
@@ -338,15 +381,15 @@ mod tests {
         let now = Instant::now();
         let mut g = gateways("s1", &["a", "b"]);
         let first = g.rank(now, none)[0].name.clone();
-        g.mark_down(&first, "down".into(), now);
-        g.mark_down(&first, "down".into(), now);
-        g.mark_up(&first);
+        g.mark_down(&first, "down".into(), now, 0);
+        g.mark_down(&first, "down".into(), now, 0);
+        g.mark_up(&first, 1);
         assert_eq!(
             g.rank(now, none)[0].name,
             first,
             "a gateway that came up is not skipped"
         );
-        assert_eq!(g.mark_down(&first, "down".into(), now), Backoff::FIRST);
+        assert_eq!(g.mark_down(&first, "down".into(), now, 2).0, Backoff::FIRST);
     }
 
     #[test]
@@ -355,21 +398,21 @@ mod tests {
         let mut g = gateways("s1", &["a", "b"]);
         let healthy = names(&g.rank(now, none)).join(",");
         for n in ["a", "b"] {
-            g.mark_down(n, "down".into(), now);
-            g.mark_down(n, "down".into(), now);
+            g.mark_down(n, "down".into(), now, 0);
+            g.mark_down(n, "down".into(), now, 0);
         }
         g.forgive();
         assert_eq!(names(&g.rank(now, none)).join(","), healthy);
-        assert_eq!(g.mark_down("a", "down".into(), now), Backoff::FIRST);
+        assert_eq!(g.mark_down("a", "down".into(), now, 0).0, Backoff::FIRST);
     }
 
     #[test]
     fn live_tunnels_come_first_then_healthy_then_backing_off() {
         let now = Instant::now();
         let mut g = gateways("s1", &["a", "b", "c", "d"]);
-        g.mark_down("c", "down".into(), now);
+        g.mark_down("c", "down".into(), now, 0);
         // A live tunnel wins even over a failure noted before it came up.
-        g.mark_down("d", "down".into(), now);
+        g.mark_down("d", "down".into(), now, 0);
         let ranked = g.rank(now, |n| n == "b" || n == "d");
         let ranked = names(&ranked);
         let (live, rest) = ranked.split_at(2);
@@ -400,25 +443,42 @@ mod tests {
     }
 
     #[test]
-    fn status_shows_up_down_with_its_error_and_idle() {
+    fn status_shows_up_down_with_its_error_and_idle_with_when_each_was_seen() {
         let now = Instant::now();
         let mut g = gateways("s1", &["a", "b", "c"]);
-        g.mark_down("b", "connection refused".into(), now);
-        let shown = |at| {
-            g.states(at, |n| n == "a")
+        g.mark_up("a", 100);
+        g.mark_down("b", "connection refused".into(), now, 105);
+        let s = |x: &str| x.to_owned();
+        let shown = |g: &Gateways| {
+            g.states(|n| n == "a")
                 .into_iter()
-                .map(|s| (s.name, s.state, s.error))
+                .map(|s| (s.name, s.state, s.error, s.checked_at))
                 .collect::<Vec<_>>()
         };
-        let s = |x: &str| x.to_owned();
         assert_eq!(
-            shown(now),
+            shown(&g),
             [
-                (s("a"), s("up"), None),
-                (s("b"), s("down"), Some(s("connection refused"))),
-                (s("c"), s("idle"), None),
+                (s("a"), s("up"), None, Some(100)),
+                (s("b"), s("down"), Some(s("connection refused")), Some(105)),
+                (s("c"), s("idle"), None, None),
             ]
         );
-        assert_eq!(shown(now + Backoff::FIRST)[1], (s("b"), s("idle"), None));
+        // Down until it takes a tunnel, whatever its backoff; a probe that fails again
+        // moves its time and says it was down already.
+        let (_, was_down) = g.mark_down("b", "timed out".into(), now + Backoff::MAX, 140);
+        assert!(was_down);
+        assert_eq!(
+            shown(&g)[1],
+            (s("b"), s("down"), Some(s("timed out")), Some(140))
+        );
+        g.mark_up("b", 145);
+        assert_eq!(shown(&g)[1], (s("b"), s("idle"), None, Some(145)));
+    }
+
+    #[test]
+    fn a_probe_round_tries_the_gateways_without_a_live_tunnel() {
+        let g = gateways("s1", &["a", "b", "c"]);
+        let probed = g.to_probe(|n| n == "b");
+        assert_eq!(names(&probed), ["a", "c"]);
     }
 }

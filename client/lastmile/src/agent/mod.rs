@@ -17,11 +17,16 @@ mod backoff;
 mod gateways;
 mod listen;
 mod node_link;
+mod probe;
 mod process;
+mod refusals;
 mod sock_diag;
+mod state;
 
 pub use listen::{ListenArgs, listen};
 pub use process::{running, spawn, stop};
+pub use refusals::{RefusalRecord, read as read_refusals};
+pub use state::{AgentState, ApiHealth, GatewayState};
 
 use std::{
     collections::HashMap,
@@ -40,11 +45,9 @@ use lastmile_proto::connection::ClientConnectionId;
 use lastmile_proto::wire::{GatewayEndpoint, Refreshed, Resource, ResourceKind};
 use lastmile_tunnel::{
     client::Tunnel,
-    header::Refusal,
     splice::{Meter, splice},
 };
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
 
@@ -52,6 +55,7 @@ use crate::session;
 use backoff::Backoff;
 use gateways::Gateways;
 use node_link::node_link;
+use refusals::{OpenError, RefusalRecord as Refused};
 
 /// Where lastmiled's agent socket is, unless told otherwise.
 pub const DEFAULT_NODE_SOCKET: &str = "/run/lastmile/node.sock";
@@ -67,56 +71,9 @@ pub struct AgentArgs {
     replace: bool,
 }
 
-/// What the agent tells `lastmile status`: `$LASTMILE_HOME/agent.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AgentState {
-    pub pid: u32,
-    pub session: String,
-    pub node: String,
-    pub gateways: Vec<GatewayState>,
-    /// Why the session can no longer be used, when it cannot.
-    pub revoked: Option<String>,
-    pub connections: u64,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GatewayState {
-    pub name: String,
-    pub tunnel: String,
-    /// `up`, `down` or `idle` (no tunnel yet).
-    pub state: String,
-    pub error: Option<String>,
-}
-
 const REFRESH_LISTS: Duration = Duration::from_secs(30);
 /// When no gateway takes a connection, the list is fetched again at most this often.
 const LIST_RETRY: Duration = Duration::from_secs(2);
-
-/// Why a connection could not be carried.
-#[derive(Debug)]
-enum OpenError {
-    /// The session is gone: log in again.
-    Login(String),
-    /// A gateway refused, for a reason another gateway would share.
-    Refused(Refusal),
-    /// No gateway could be reached.
-    NoGateway(String),
-}
-
-impl OpenError {
-    fn message(&self) -> String {
-        match self {
-            Self::Login(why) => {
-                format!(
-                    "lastmile: your session cannot be used ({why}); run `lastmile login`, then connect again"
-                )
-            }
-            Self::Refused(r) => format!("lastmile: the gateway refused this connection: {r}"),
-            Self::NoGateway(why) => format!("lastmile: no gateway could be reached: {why}"),
-        }
-    }
-}
 
 /// What `agent` and `listen` share: the session, the gateways, the tunnels.
 pub struct Core {
@@ -131,7 +88,9 @@ pub struct Core {
     /// When the gateway list was last fetched because no gateway took a connection.
     listed_at: Mutex<Instant>,
     node: Mutex<String>,
-    connections: std::sync::atomic::AtomicU64,
+    carried: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    api_health: Mutex<ApiHealth>,
     write_state: bool,
     /// Wakes the state writer (at most one write per STATE_EVERY).
     dirty: tokio::sync::Notify,
@@ -182,7 +141,9 @@ impl Core {
                 }
                 .into(),
             ),
-            connections: Default::default(),
+            carried: Default::default(),
+            refused: Default::default(),
+            api_health: Mutex::new(ApiHealth::default()),
             write_state,
             dirty: tokio::sync::Notify::new(),
         });
@@ -193,6 +154,7 @@ impl Core {
         core.save_state().await;
         if write_state {
             tokio::spawn(core.clone().write_state_when_dirty());
+            tokio::spawn(core.clone().probe_gateways());
         }
         Ok(core)
     }
@@ -217,6 +179,44 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The API answered (a refusal is an answer too).
+    fn api_reached(&self) {
+        let news = self
+            .api_health
+            .lock()
+            .map(|mut h| h.reached(lastmile_api_client::now()))
+            .unwrap_or(false);
+        if news {
+            info!("the API answers again");
+            self.changed();
+        }
+    }
+
+    /// A call to the API got no answer.
+    fn api_failed(&self, error: &lastmile_api_client::ClientError) {
+        let error = error_chain(error);
+        let news = self
+            .api_health
+            .lock()
+            .map(|mut h| h.failed(lastmile_api_client::now(), error))
+            .unwrap_or(false);
+        if news {
+            self.changed();
+        }
+    }
+
+    /// `result` of an API call, noted in the API's health.
+    fn noted<T>(
+        &self,
+        result: Result<T, lastmile_api_client::ClientError>,
+    ) -> Result<T, lastmile_api_client::ClientError> {
+        match &result {
+            Ok(_) => self.api_reached(),
+            Err(e) => self.api_failed(e),
+        }
+        result
+    }
+
     fn revoked(&self) -> Option<String> {
         self.revoked.lock().ok().and_then(|r| r.clone())
     }
@@ -233,10 +233,11 @@ impl Core {
     /// Fetches the gateways and the user's resources.
     async fn refresh_lists(&self) -> anyhow::Result<()> {
         let session = self.session();
-        let answer = self
-            .api
-            .call(&session, Method::GET, "/v1/gateways", None)
-            .await?;
+        let answer = self.noted(
+            self.api
+                .call(&session, Method::GET, "/v1/gateways", None)
+                .await,
+        )?;
         let gateways: Vec<GatewayEndpoint> = match answer.json() {
             Ok(g) => g,
             Err(e) if needs_login(e.code()) => {
@@ -246,9 +247,11 @@ impl Core {
             Err(e) => return Err(e.into()),
         };
         let resources: Vec<Resource> = self
-            .api
-            .call(&session, Method::GET, "/v1/resources", None)
-            .await?
+            .noted(
+                self.api
+                    .call(&session, Method::GET, "/v1/resources", None)
+                    .await,
+            )?
             .json()?;
         if let Ok(mut g) = self.gateways.lock() {
             g.set_list(gateways);
@@ -310,7 +313,7 @@ impl Core {
                 Some(s) => format!("/v1/revocations?since={s}"),
                 None => "/v1/revocations".to_owned(),
             };
-            match self.api.stream(&session, &path).await {
+            match self.noted(self.api.stream(&session, &path).await) {
                 Ok(resp) if resp.status().is_success() => {
                     backoff.reset();
                     let mut events = Revocations::new(resp);
@@ -354,10 +357,11 @@ impl Core {
                 return;
             }
             let session = self.session();
-            let answer = self
-                .api
-                .call(&session, Method::POST, "/v1/session/refresh", None)
-                .await;
+            let answer = self.noted(
+                self.api
+                    .call(&session, Method::POST, "/v1/session/refresh", None)
+                    .await,
+            );
             match answer.map(|a| a.json::<Refreshed>()) {
                 Ok(Ok(r)) => {
                     let mut s = session;
@@ -412,12 +416,12 @@ impl Core {
         // small write (a TLS handshake's next record) for the client's delayed ACK.
         let _ = tcp.set_nodelay(true);
         async {
-            self.connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.changed();
             match self.open(&resource, id.as_str()).await {
                 Ok((send, recv, gateway)) => {
                     info!(%gateway, "stream open");
+                    self.carried
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.changed();
                     let meter = Meter::default();
                     let started = Instant::now();
                     let result = splice(&tcp, send, recv, true, &meter).await;
@@ -430,8 +434,21 @@ impl Core {
                     );
                 }
                 Err(e) => {
-                    let message = e.message();
+                    let explained = e.explain();
+                    let message = explained.message();
                     warn!(%message, "connection refused");
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let record = Refused {
+                        at: lastmile_api_client::now(),
+                        resource: resource.clone(),
+                        reason: explained.reason,
+                        what_to_do: explained.what_to_do,
+                        code: explained.code,
+                    };
+                    if let Err(e) = refusals::record(&self.home, record) {
+                        warn!(error = %format!("{e:#}"), "cannot note the refusal for `lastmile why`");
+                    }
                     self.changed();
                     let _ =
                         tokio::time::timeout(Duration::from_secs(10), refuse(tcp, kind, message))
@@ -448,11 +465,10 @@ impl Core {
             return;
         }
         let live = self.live_tunnels().await;
-        let now = Instant::now();
         let gateways = self
             .gateways
             .lock()
-            .map(|g| g.states(now, |name| live.contains(name)))
+            .map(|g| g.states(|name| live.contains(name)))
             .unwrap_or_default();
         let state = AgentState {
             pid: std::process::id(),
@@ -460,7 +476,13 @@ impl Core {
             node: self.node.lock().map(|n| n.clone()).unwrap_or_default(),
             gateways,
             revoked: self.revoked(),
-            connections: self.connections.load(std::sync::atomic::Ordering::Relaxed),
+            carried: self.carried.load(std::sync::atomic::Ordering::Relaxed),
+            refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            api: self
+                .api_health
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_default(),
             updated_at: lastmile_api_client::now(),
         };
         if let Ok(bytes) = serde_json::to_vec_pretty(&state)
