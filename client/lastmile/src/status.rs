@@ -32,64 +32,42 @@ pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
         Err(e) => Err(Answer::Unreachable(e)),
     };
     let recent: Vec<&RefusalRecord> = refusals.iter().rev().take(RECENT).collect();
+    let shown = |facts: Facts<'_>, api: Option<String>| -> anyhow::Result<()> {
+        print_status(
+            out,
+            &facts,
+            api.as_deref(),
+            l.certificate_expires_at,
+            agent.as_ref(),
+            &recent,
+        )
+    };
     match me {
         Ok(me) => {
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "logged_in": true, "api_reachable": true, "user": me.user, "admin": me.admin,
-                        "device": me.device, "session": me.session,
-                        "session_expires_at": me.session_expires_at, "session_expires": when(me.session_expires_at),
-                        "certificate_expires_at": l.certificate_expires_at, "certificate_expires": when(l.certificate_expires_at),
-                        "agent": agent, "recent_refusals": recent,
-                    }))?
-                ),
-                Output::Text => {
-                    println!(
-                        "user:        {}{}",
-                        me.user,
-                        if me.admin { " (admin)" } else { "" }
-                    );
-                    println!("device:      {}", me.device);
-                    println!(
-                        "session:     {} until {}",
-                        me.session,
-                        when(me.session_expires_at)
-                    );
-                    println!("certificate: until {}", when(l.certificate_expires_at));
-                    print_agent(agent.as_ref(), &recent);
-                }
-            }
+            shown(
+                Facts {
+                    user: &me.user,
+                    admin: Some(me.admin),
+                    device: &me.device,
+                    session: &me.session,
+                    session_expires_at: me.session_expires_at,
+                },
+                None,
+            )?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Err(Answer::Unreachable(e)) => {
             // What the saved files know; the API's word on the session is not to be had.
-            let api = unreachable_line(agent.as_ref(), &e);
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "logged_in": true, "api_reachable": false, "api": api,
-                        "user": l.user, "device": l.device, "session": l.session,
-                        "session_expires_at": l.session_expires_at, "session_expires": when(l.session_expires_at),
-                        "certificate_expires_at": l.certificate_expires_at, "certificate_expires": when(l.certificate_expires_at),
-                        "agent": agent, "recent_refusals": recent,
-                    }))?
-                ),
-                Output::Text => {
-                    println!("api:         {api}");
-                    println!("user:        {} (as saved at login)", l.user);
-                    println!("device:      {}", l.device);
-                    println!(
-                        "session:     {} until {}",
-                        l.session,
-                        when(l.session_expires_at)
-                    );
-                    println!("certificate: until {}", when(l.certificate_expires_at));
-                    print_agent(agent.as_ref(), &recent);
-                }
-            }
+            shown(
+                Facts {
+                    user: &l.user,
+                    admin: None,
+                    device: &l.device,
+                    session: &l.session,
+                    session_expires_at: l.session_expires_at,
+                },
+                Some(unreachable_line(agent.as_ref(), &e)),
+            )?;
             // Connections still work while the agent runs (established tunnels, and new
             // ones once the API is back): not a failure of this command.
             Ok(if agent.is_some() {
@@ -112,6 +90,58 @@ pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::from(1))
         }
     }
+}
+
+/// Who is logged in, as the API says (`admin` known) or as the saved files say.
+struct Facts<'a> {
+    user: &'a str,
+    admin: Option<bool>,
+    device: &'a str,
+    session: &'a str,
+    session_expires_at: i64,
+}
+
+/// The status, with `api` saying why the API's word is missing when it is.
+fn print_status(
+    out: Output,
+    f: &Facts<'_>,
+    api: Option<&str>,
+    certificate_expires_at: i64,
+    agent: Option<&AgentState>,
+    recent: &[&RefusalRecord],
+) -> anyhow::Result<()> {
+    match out {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "logged_in": true, "api_reachable": api.is_none(), "api": api,
+                "user": f.user, "admin": f.admin, "device": f.device, "session": f.session,
+                "session_expires_at": f.session_expires_at, "session_expires": when(f.session_expires_at),
+                "certificate_expires_at": certificate_expires_at, "certificate_expires": when(certificate_expires_at),
+                "agent": agent, "recent_refusals": recent,
+            }))?
+        ),
+        Output::Text => {
+            if let Some(api) = api {
+                println!("api:         {api}");
+            }
+            let (admin, saved) = match f.admin {
+                Some(true) => (" (admin)", ""),
+                Some(false) => ("", ""),
+                None => ("", " (as saved at login)"),
+            };
+            println!("user:        {}{admin}{saved}", f.user);
+            println!("device:      {}", f.device);
+            println!(
+                "session:     {} until {}",
+                f.session,
+                when(f.session_expires_at)
+            );
+            println!("certificate: until {}", when(certificate_expires_at));
+            print_agent(agent, recent);
+        }
+    }
+    Ok(())
 }
 
 /// The API's answer to `GET /v1/me`, when it is not the user.
