@@ -10,7 +10,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ed25519_dalek::{Signer as _, SigningKey};
 use lastmile_proto::{
     httpsig::{self, SignedHeaders, Signer},
-    wire::{self, ErrorBody, LoginResponse},
+    wire::{self, ErrorBody, ErrorCode, LoginResponse},
 };
 use reqwest::Method;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
@@ -34,7 +34,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// The API's error code, when it refused.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<&ErrorCode> {
         match self {
             Self::Api { body, .. } => Some(&body.error),
             _ => None,

@@ -18,6 +18,7 @@
 //! RFC 8941 mode, because RFC 9421 §4 and RFC 9530 §2 define these headers as RFC 8941
 //! dictionaries.
 
+use crate::error_code::ErrorCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -177,11 +178,11 @@ impl SigError {
     /// own, so a client can tell them apart; anything else about the headers' shape is
     /// `bad_signature_format`.
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::MissingHeader(_) => "signature_missing",
-            Self::DigestMismatch => "body_changed",
-            Self::BadSignature { .. } => "bad_signature",
+            Self::MissingHeader(_) => ErrorCode::SignatureMissing,
+            Self::DigestMismatch => ErrorCode::BodyChanged,
+            Self::BadSignature { .. } => ErrorCode::BadSignature,
             Self::Malformed { .. }
             | Self::UnsupportedDigest
             | Self::MissingComponent { .. }
@@ -192,7 +193,7 @@ impl SigError {
             | Self::BadComponentValue { .. }
             // Only a signer makes this one; were it ever sent, its headers would be the
             // malformed ones.
-            | Self::CannotSign { .. } => "bad_signature_format",
+            | Self::CannotSign { .. } => ErrorCode::BadSignatureFormat,
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod device;
 pub mod duration;
+pub mod error_code;
 pub mod httpsig;
 pub mod target;
 pub mod wire;

@@ -5,10 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error_code::ErrorCode;
+
 /// Every error the API returns: a stable code to match on and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    pub error: String,
+    pub error: ErrorCode,
     pub message: String,
 }
 
@@ -425,15 +427,6 @@ pub struct GatewayEndpoint {
     pub name: String,
     /// `HOST:PORT` of its tunnel; HOST is a name in its certificate.
     pub tunnel: String,
-}
-
-/// Whether an API error code means the session can no longer be used, so only a new
-/// `lastmile login` helps.
-pub fn session_gone(code: &str) -> bool {
-    matches!(
-        code,
-        "session_revoked" | "session_expired" | "unknown_session" | "session_device_mismatch"
-    )
 }
 
 /// Who a grant is for.

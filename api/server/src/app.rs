@@ -1,5 +1,6 @@
 //! The running API's shared state, and the audit trail of everything it decides.
 
+use lastmile_proto::wire::ErrorCode;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -100,7 +101,7 @@ impl App {
             tracing::error!(error = %lastmile_audit_sink::error_chain(&e), kind, "audit write failed");
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
+                ErrorCode::AuditUnavailable,
                 "the audit log cannot be written, so nothing was changed; try again when it is back",
             )
         })

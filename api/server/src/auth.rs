@@ -5,6 +5,7 @@
 //! key, over the method, the target URI and the RFC 9530 content digest, with a created
 //! time and a nonce. [`authenticate`] refuses each failure with its own code.
 
+use lastmile_proto::wire::ErrorCode;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, Method, Uri};
@@ -34,7 +35,7 @@ pub(crate) fn key32(text: &str, what: &str) -> Result<[u8; 32], ApiError> {
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| {
             ApiError::bad_request(
-                "bad_key",
+                ErrorCode::BadKey,
                 format!("{what} must be a 32-byte Ed25519 public key in standard base64"),
             )
         })
@@ -42,7 +43,10 @@ pub(crate) fn key32(text: &str, what: &str) -> Result<[u8; 32], ApiError> {
 
 pub(crate) fn verifying_key(raw: [u8; 32], what: &str) -> Result<VerifyingKey, ApiError> {
     VerifyingKey::from_bytes(&raw).map_err(|_| {
-        ApiError::bad_request("bad_key", format!("{what} is not a valid Ed25519 point"))
+        ApiError::bad_request(
+            ErrorCode::BadKey,
+            format!("{what} is not a valid Ed25519 point"),
+        )
     })
 }
 
@@ -131,7 +135,7 @@ pub fn parse_signatures(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = header("host").ok_or_else(|| {
         ApiError::bad_request(
-            "no_host",
+            ErrorCode::NoHost,
             "the request has no Host header, so its target URI cannot be checked",
         )
     })?;
@@ -157,7 +161,7 @@ pub fn check_fresh(app: &App, sig: &httpsig::Signature) -> Result<(), ApiError> 
     let window = secs(app.config.signature_window);
     if (sig.created - t).abs() > window {
         return Err(ApiError::unauthorized(
-            "stale_signature",
+            ErrorCode::StaleSignature,
             format!(
                 "the `{}` signature was created at {} but the server's clock says {t}: more than {window}s apart. Check this machine's clock",
                 sig.label, sig.created
@@ -168,7 +172,7 @@ pub fn check_fresh(app: &App, sig: &httpsig::Signature) -> Result<(), ApiError> 
         && expires <= t
     {
         return Err(ApiError::unauthorized(
-            "stale_signature",
+            ErrorCode::StaleSignature,
             format!(
                 "the `{}` signature expired at {expires} (server time {t})",
                 sig.label
@@ -177,7 +181,7 @@ pub fn check_fresh(app: &App, sig: &httpsig::Signature) -> Result<(), ApiError> 
     }
     if sig.nonce.len() < 16 || sig.nonce.len() > 128 {
         return Err(ApiError::unauthorized(
-            "bad_signature_format",
+            ErrorCode::BadSignatureFormat,
             "the nonce must be 16-128 characters",
         ));
     }
@@ -196,7 +200,7 @@ pub async fn authenticate(
     let find = |label: &str| {
         signatures.iter().find(|s| s.label == label).ok_or_else(|| {
             ApiError::unauthorized(
-                "signature_missing",
+                ErrorCode::SignatureMissing,
                 format!(
                     "the call needs two signatures, `device` and `session`; `{label}` is missing"
                 ),
@@ -207,7 +211,7 @@ pub async fn authenticate(
     let session_sig = find(httpsig::LABEL_SESSION)?;
     if device_sig.created != session_sig.created || device_sig.nonce != session_sig.nonce {
         return Err(ApiError::unauthorized(
-            "bad_signature_format",
+            ErrorCode::BadSignatureFormat,
             "the device and session signatures must carry the same created time and nonce",
         ));
     }
@@ -231,7 +235,7 @@ pub async fn authenticate(
             Ok(())
         } else {
             Err(ApiError::unauthorized(
-                "replayed_nonce",
+                ErrorCode::ReplayedNonce,
                 "this nonce was already used: the request is a replay (sign every request with a new nonce)",
             ))
         }
@@ -244,7 +248,7 @@ pub async fn authenticate(
         let key = registered_device_key(app, &device_sig.keyid).await?;
         if key.is_none_or(|k| device_sig.verify(&k).is_err()) {
             return Err(ApiError::unauthorized(
-                "bad_signature",
+                ErrorCode::BadSignature,
                 format!(
                     "the `device` signature does not verify with the key of device `{}`",
                     device_sig.keyid
@@ -329,7 +333,7 @@ impl LiveSession {
             return e;
         }
         ApiError::unauthorized(
-            "session_device_mismatch",
+            ErrorCode::SessionDeviceMismatch,
             "this session belongs to another device; it has been revoked. Run `lastmile login` on this device",
         )
     }
@@ -338,13 +342,13 @@ impl LiveSession {
     pub fn check_standing(&self) -> Result<(), ApiError> {
         if self.device_status != "trusted" {
             return Err(ApiError::forbidden(
-                "device_not_trusted",
+                ErrorCode::DeviceNotTrusted,
                 format!("device {} is {}", self.device, self.device_status),
             ));
         }
         if self.user_disabled {
             return Err(ApiError::forbidden(
-                "user_disabled",
+                ErrorCode::UserDisabled,
                 "this user is disabled; ask an admin",
             ));
         }
@@ -379,14 +383,14 @@ pub async fn live_session(app: &App, id: &str) -> Result<LiveSession, ApiError> 
     .await?;
     let Some(row) = row else {
         return Err(ApiError::unauthorized(
-            "unknown_session",
+            ErrorCode::UnknownSession,
             "no such session: run `lastmile login`",
         ));
     };
     if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
         let reason: Option<String> = row.try_get("revoke_reason")?;
         return Err(ApiError::unauthorized(
-            "session_revoked",
+            ErrorCode::SessionRevoked,
             format!(
                 "this session was revoked ({}): run `lastmile login`",
                 reason.unwrap_or_default()
@@ -396,7 +400,7 @@ pub async fn live_session(app: &App, id: &str) -> Result<LiveSession, ApiError> 
     let expires_at: i64 = row.try_get("expires_at")?;
     if expires_at <= app.clock.now() {
         return Err(ApiError::unauthorized(
-            "session_expired",
+            ErrorCode::SessionExpired,
             "this session has expired: run `lastmile login`",
         ));
     }

@@ -7,19 +7,19 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use lastmile_proto::wire::ErrorBody;
+use lastmile_proto::wire::{ErrorBody, ErrorCode};
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Seconds for a `Retry-After` header (a 429 the client should simply retry).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -32,26 +32,26 @@ impl ApiError {
         self.retry_after = Some(seconds);
         self
     }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::error!(error = %what, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the API's log has the details",
         )
     }
@@ -78,7 +78,7 @@ impl IntoResponse for ApiError {
         let mut response = (
             self.status,
             Json(ErrorBody {
-                error: self.code.to_owned(),
+                error: self.code,
                 message: self.message,
             }),
         )
@@ -97,13 +97,13 @@ impl IntoResponse for ApiError {
 pub fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
-            "empty_body",
+            ErrorCode::EmptyBody,
             "this endpoint takes a JSON body; none was sent",
         ));
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(
-            "bad_json",
+            ErrorCode::BadJson,
             format!("the request body is not what this endpoint takes: {e}"),
         )
     })

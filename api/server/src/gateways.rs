@@ -3,6 +3,7 @@
 //! ends, the gateway renews over mutual TLS with the certificate it still holds.
 
 use lastmile_audit_sink::error_chain;
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{
     Announce, Gateway, GatewayCertificate, GatewayEndpoint, GatewayToken, NewGatewayToken,
 };
@@ -27,7 +28,7 @@ pub async fn new_token(
 ) -> Result<GatewayToken, ApiError> {
     if !lastmile_proto::wire::valid_name(&req.name) {
         return Err(ApiError::bad_request(
-            "bad_name",
+            ErrorCode::BadName,
             "gateway names are 1-64 of a-z 0-9 . _ - starting with a letter or digit",
         ));
     }
@@ -42,7 +43,7 @@ pub async fn new_token(
                 }));
         if !ok {
             return Err(ApiError::bad_request(
-                "bad_address",
+                ErrorCode::BadAddress,
                 format!("`{a}` is neither a DNS name nor an IP address"),
             ));
         }
@@ -50,7 +51,7 @@ pub async fn new_token(
     let ttl = req.ttl.unwrap_or(3600);
     if !(60..=7 * 86_400).contains(&ttl) {
         return Err(ApiError::bad_request(
-            "bad_ttl",
+            ErrorCode::BadTtl,
             "ttl must be between 60 seconds and 7 days",
         ));
     }
@@ -98,7 +99,7 @@ async fn issue(
         .pki
         .gateway_certificate(name, addresses, csr, expires_at)
         .map_err(|e| match e {
-            crate::pki::PkiError::BadCsr(why) => ApiError::bad_request("bad_csr", why),
+            crate::pki::PkiError::BadCsr(why) => ApiError::bad_request(ErrorCode::BadCsr, why),
             e => ApiError::internal(error_chain(&e)),
         })?;
     Ok(GatewayCertificate {
@@ -122,7 +123,7 @@ pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertific
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| {
-        ApiError::unauthorized("bad_token", "this enrollment token is unknown, expired or already used: ask an admin for a new one (`lastmile-api gateways token NAME`)")
+        ApiError::unauthorized(ErrorCode::BadToken, "this enrollment token is unknown, expired or already used: ask an admin for a new one (`lastmile-api gateways token NAME`)")
     })?;
     let name: String = row.try_get("name")?;
     let addresses: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("addresses")?)
@@ -131,7 +132,7 @@ pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertific
     let key = certificate_key(&cert.certificate)?;
     if key_revoked(&mut tx, &key).await? {
         return Err(ApiError::forbidden(
-            "gateway_key_revoked",
+            ErrorCode::GatewayKeyRevoked,
             "this key belonged to a revoked gateway certificate: enroll with a new key \
              (remove gateway.key from the gateway's state_dir, then enroll again)",
         ));
@@ -181,7 +182,7 @@ pub async fn renew(
             .await?
             .ok_or_else(|| {
                 ApiError::forbidden(
-                    "gateway_revoked",
+                    ErrorCode::GatewayRevoked,
                     format!("gateway `{name}` was revoked; enroll it again with a new token"),
                 )
             })?;
@@ -192,7 +193,7 @@ pub async fn renew(
     let key = certificate_key(&cert.certificate)?;
     if key_revoked(&mut tx, &key).await? {
         return Err(ApiError::forbidden(
-            "gateway_key_revoked",
+            ErrorCode::GatewayKeyRevoked,
             "the CSR's key belonged to a revoked gateway certificate: renew with a new key",
         ));
     }
@@ -307,7 +308,7 @@ pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> 
             .rows_affected();
     if n != 1 {
         return Err(ApiError::not_found(
-            "no_such_gateway",
+            ErrorCode::NoSuchGateway,
             format!("there is no active gateway `{name}`"),
         ));
     }
@@ -355,7 +356,7 @@ pub async fn announce(
     let name = require_active(app, peer).await?;
     let bad = || {
         ApiError::bad_request(
-            "bad_tunnel",
+            ErrorCode::BadTunnel,
             format!("tunnel `{}` is not HOST:PORT with a port above 0", a.tunnel),
         )
     };
@@ -371,7 +372,7 @@ pub async fn announce(
         .await?
         .ok_or_else(|| {
             ApiError::forbidden(
-                "gateway_revoked",
+                ErrorCode::GatewayRevoked,
                 format!("gateway `{name}` was revoked or is not enrolled"),
             )
         })?;
@@ -379,7 +380,7 @@ pub async fn announce(
         .map_err(ApiError::internal)?;
     if !addresses.iter().any(|x| x == host) {
         return Err(ApiError::bad_request(
-            "tunnel_not_in_certificate",
+            ErrorCode::TunnelNotInCertificate,
             format!(
                 "`{host}` is not one of gateway `{name}`'s certificate addresses ({}): agents could not verify it; enroll with `--address {host}`",
                 addresses.join(", ")
@@ -455,7 +456,7 @@ pub async fn require_active<'a>(app: &App, peer: &'a GatewayPeer) -> Result<&'a 
         Ok(peer.name.as_str())
     } else {
         Err(ApiError::forbidden(
-            "gateway_revoked",
+            ErrorCode::GatewayRevoked,
             format!(
                 "gateway `{}` was revoked, is not enrolled, or this certificate's key is no longer its key; enroll it again with a new token",
                 peer.name
@@ -475,7 +476,7 @@ pub async fn resource_certificate(
     let resource = crate::admin::resource(app, &req.resource).await?;
     if resource.kind != lastmile_proto::wire::ResourceKind::Postgres {
         return Err(ApiError::bad_request(
-            "no_tls_for_kind",
+            ErrorCode::NoTlsForKind,
             format!(
                 "resource `{}` is not a postgres resource: only those are served over TLS by gateways",
                 resource.name
@@ -488,7 +489,7 @@ pub async fn resource_certificate(
         .pki
         .resource_certificate(&resource.name, &names, &req.csr, expires_at)
         .map_err(|e| match e {
-            crate::pki::PkiError::BadCsr(why) => ApiError::bad_request("bad_csr", why),
+            crate::pki::PkiError::BadCsr(why) => ApiError::bad_request(ErrorCode::BadCsr, why),
             e => ApiError::internal(error_chain(&e)),
         })?;
     app.audit(
@@ -524,7 +525,7 @@ pub async fn ssh_host_certificate(
     let resource = crate::admin::resource(app, &req.resource).await?;
     if resource.kind != lastmile_proto::wire::ResourceKind::Ssh {
         return Err(ApiError::bad_request(
-            "not_ssh",
+            ErrorCode::NotSsh,
             format!(
                 "resource `{}` is not an ssh resource: only those get SSH host certificates",
                 resource.name
@@ -533,7 +534,7 @@ pub async fn ssh_host_certificate(
     }
     let key = ssh_key::PublicKey::from_openssh(req.public_key.trim()).map_err(|_| {
         ApiError::bad_request(
-            "bad_ssh_public_key",
+            ErrorCode::BadSshPublicKey,
             "public_key is not an OpenSSH public key line",
         )
     })?;

@@ -1,6 +1,7 @@
 //! The HTTPS front: TLS 1.3 with an optional client certificate (gateways present theirs;
 //! users sign their calls instead), the routes, and the revocation stream.
 
+use lastmile_proto::wire::ErrorCode;
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -92,7 +93,7 @@ pub struct Signed {
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         format!("the request body is larger than this API accepts ({limit} bytes)"),
     )
 }
@@ -157,7 +158,10 @@ fn admin_only(c: &Caller) -> Result<String, ApiError> {
     if c.admin {
         Ok(format!("user:{}", c.user))
     } else {
-        Err(ApiError::forbidden("not_admin", "this call needs an admin"))
+        Err(ApiError::forbidden(
+            ErrorCode::NotAdmin,
+            "this call needs an admin",
+        ))
     }
 }
 
@@ -224,14 +228,14 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/admin/org/device-policy", put(device_policy))
         .fallback(|| async {
             ApiError::not_found(
-                "no_such_endpoint",
+                ErrorCode::NoSuchEndpoint,
                 "no such endpoint; the API is described at /openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not take that method; see /openapi.json",
             )
         })
@@ -401,7 +405,7 @@ async fn revocations(
         None => None,
         Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
             ApiError::bad_request(
-                "bad_since",
+                ErrorCode::BadSince,
                 format!("`{v}` is not a revocation sequence number (an integer)"),
             )
         })?),
@@ -513,7 +517,7 @@ async fn user_action(
         }
         other => {
             return Err(ApiError::not_found(
-                "no_such_action",
+                ErrorCode::NoSuchAction,
                 format!(
                     "`{other}` is not a user action: disable, enable, make-admin, drop-admin, join, leave, reset-password, totp-on, totp-off"
                 ),
@@ -534,7 +538,7 @@ async fn put_resource(State(app): State<Arc<App>>, Path(name): Path<String>, s: 
     let r: Resource = json(&s.body)?;
     if r.name != name {
         return Err(ApiError::bad_request(
-            "name_mismatch",
+            ErrorCode::NameMismatch,
             format!("the body names `{}` but the path names `{name}`", r.name),
         ));
     }
@@ -585,7 +589,7 @@ async fn device_action(
         "revoke" => DeviceStatus::Revoked,
         other => {
             return Err(ApiError::not_found(
-                "no_such_action",
+                ErrorCode::NoSuchAction,
                 format!("`{other}` is not a device action: approve, revoke"),
             ));
         }

@@ -12,6 +12,7 @@ pub mod check;
 use axum::http::StatusCode;
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use lastmile_audit_sink::error_chain;
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{self, LoginRequest, LoginResponse};
 use serde_json::json;
 use sqlx::Row as _;
@@ -34,7 +35,7 @@ pub async fn challenge(
 ) -> Result<wire::Challenge, ApiError> {
     if !wire::valid_name(&req.user) {
         return Err(ApiError::bad_request(
-            "bad_user",
+            ErrorCode::BadUser,
             "user names are 1-64 of a-z 0-9 . _ - starting with a letter or digit",
         ));
     }
@@ -164,7 +165,7 @@ const LOGIN_RETRY_AFTER: u64 = 1;
 fn too_many_logins() -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "too_many_logins",
+        ErrorCode::TooManyLogins,
         format!(
             "the API is checking as many logins as it allows at once; send the same request again in {LOGIN_RETRY_AFTER}s"
         ),
@@ -199,7 +200,7 @@ pub async fn login(app: &App, req: LoginRequest) -> Result<LoginResponse, ApiErr
     .rows_affected();
     if consumed != 1 {
         return Err(ApiError::unauthorized(
-            "bad_challenge",
+            ErrorCode::BadChallenge,
             "the login challenge is unknown, expired, already used, or was issued for another user or device key: ask for a new one",
         ));
     }

@@ -9,6 +9,7 @@
 //! audit log before anything is released, and the secret leaves only sealed (age X25519)
 //! to the recipient the gateway named for this one unlock.
 
+use lastmile_proto::wire::ErrorCode;
 use std::io::Write as _;
 
 use axum::http::{HeaderMap, Method, Uri};
@@ -38,7 +39,7 @@ pub(crate) fn kms_error(e: KmsError) -> ApiError {
         ),
         e => ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "kms_unavailable",
+            ErrorCode::KmsUnavailable,
             format!("the KMS could not be used, so nothing was released: {e}"),
         ),
     }
@@ -56,26 +57,26 @@ pub async fn set_credential(
     match kind {
         CredentialKind::SshCertificate => {
             return Err(ApiError::bad_request(
-                "nothing_to_store",
+                ErrorCode::NothingToStore,
                 "an ssh-certificate resource stores no secret: the API signs a certificate per connection",
             ));
         }
         CredentialKind::SshKey => {
             let text = std::str::from_utf8(&secret).map_err(|_| {
                 ApiError::bad_request(
-                    "bad_secret",
+                    ErrorCode::BadSecret,
                     "an SSH key must be an OpenSSH private key (text)",
                 )
             })?;
             let key = ssh_key::PrivateKey::from_openssh(text.trim()).map_err(|_| {
                 ApiError::bad_request(
-                    "bad_secret",
+                    ErrorCode::BadSecret,
                     "this is not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----)",
                 )
             })?;
             if key.is_encrypted() {
                 return Err(ApiError::bad_request(
-                    "bad_secret",
+                    ErrorCode::BadSecret,
                     "the SSH key is passphrase-protected; store it decrypted (the vault encrypts it)",
                 ));
             }
@@ -84,7 +85,7 @@ pub async fn set_credential(
     }
     if secret.is_empty() || secret.len() > 16 * 1024 {
         return Err(ApiError::bad_request(
-            "bad_secret",
+            ErrorCode::BadSecret,
             "a secret must be 1 byte to 16 KiB",
         ));
     }
@@ -92,7 +93,7 @@ pub async fn set_credential(
     let declared = crate::admin::require_resource(&mut tx, resource).await?;
     if declared.as_deref() != Some(stored_name(&kind).as_str()) {
         return Err(ApiError::bad_request(
-            "credential_kind_mismatch",
+            ErrorCode::CredentialKindMismatch,
             format!(
                 "resource `{resource}` declares credential {}, not {}: store that kind, or change the resource's `credential` first",
                 declared.as_deref().unwrap_or("(none)"),
@@ -236,7 +237,7 @@ pub(crate) fn require_gateway<'a>(
 ) -> Result<&'a GatewayPeer, ApiError> {
     peer.ok_or_else(|| {
         ApiError::unauthorized(
-            "gateway_certificate_required",
+            ErrorCode::GatewayCertificateRequired,
             format!("only a gateway can {what}: present the gateway's certificate (a user session alone never suffices)"),
         )
     })
@@ -280,20 +281,20 @@ pub async fn authorize(
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
         .ok_or_else(|| {
             ApiError::forbidden(
-                "gateway_key_unsupported",
+                ErrorCode::GatewayKeyUnsupported,
                 "the gateway's certificate key is not Ed25519; enroll it again with an Ed25519 key",
             )
         })?;
     let sigs = parse_signatures(method, uri, headers, body)?;
     let sig = sigs.iter().find(|s| s.label == "gateway").ok_or_else(|| {
         ApiError::unauthorized(
-            "signature_missing",
+            ErrorCode::SignatureMissing,
             "an unlock must be signed by the gateway's key with the label `gateway`",
         )
     })?;
     if sig.keyid != gw.name {
         return Err(ApiError::unauthorized(
-            "bad_signature",
+            ErrorCode::BadSignature,
             "the gateway signature's keyid is not the certificate's gateway",
         ));
     }
@@ -310,7 +311,7 @@ pub async fn authorize(
     .await?
     {
         return Err(ApiError::unauthorized(
-            "replayed_nonce",
+            ErrorCode::ReplayedNonce,
             "this gateway request was already made (its nonce is spent)",
         ));
     }
@@ -318,19 +319,19 @@ pub async fn authorize(
     // 2. The user's authorization for this connection.
     if !lastmile_proto::wire::valid_name(resource) {
         return Err(ApiError::bad_request(
-            "bad_name",
+            ErrorCode::BadName,
             "`resource` is not a resource name",
         ));
     }
     let (Some(authz), Some(authz_sig)) = (authorization, authorization_signature) else {
         return Err(ApiError::unauthorized(
-            "authorization_missing",
+            ErrorCode::AuthorizationMissing,
             "an unlock needs the user's per-connection authorization, signed by their session key: a gateway alone never suffices",
         ));
     };
     if authz.gateway != gw.name {
         return Err(ApiError::forbidden(
-            "authorization_other_gateway",
+            ErrorCode::AuthorizationOtherGateway,
             format!(
                 "the authorization is for gateway `{}`, not `{}`",
                 authz.gateway, gw.name
@@ -339,7 +340,7 @@ pub async fn authorize(
     }
     if authz.resource != resource {
         return Err(ApiError::forbidden(
-            "authorization_other_resource",
+            ErrorCode::AuthorizationOtherResource,
             format!(
                 "the authorization is for resource `{}`, not `{}`",
                 authz.resource, resource
@@ -348,7 +349,7 @@ pub async fn authorize(
     }
     if (authz.created - t).abs() > window {
         return Err(ApiError::unauthorized(
-            "stale_authorization",
+            ErrorCode::StaleAuthorization,
             format!(
                 "the authorization was made at {} and the server's clock says {t}: more than {window}s apart",
                 authz.created
@@ -361,7 +362,7 @@ pub async fn authorize(
         || authz.connection.as_str().len() > 128
     {
         return Err(ApiError::bad_request(
-            "bad_authorization",
+            ErrorCode::BadAuthorization,
             "the authorization's nonce must be 16-128 characters and its connection 1-128",
         ));
     }
@@ -379,7 +380,7 @@ pub async fn authorize(
     });
     if !signed {
         return Err(ApiError::unauthorized(
-            "bad_authorization_signature",
+            ErrorCode::BadAuthorizationSignature,
             "the authorization is not signed by the session's key",
         ));
     }
@@ -392,7 +393,7 @@ pub async fn authorize(
     .await?
     {
         return Err(ApiError::unauthorized(
-            "replayed_authorization",
+            ErrorCode::ReplayedAuthorization,
             "this authorization was already used: each connection needs its own",
         ));
     }
@@ -419,12 +420,12 @@ pub async fn authorize(
     if !expiries.iter().any(|e| e.is_none_or(|e| e > t)) {
         return Err(if expiries.is_empty() {
             ApiError::forbidden(
-                "no_grant",
+                ErrorCode::NoGrant,
                 format!("user `{}` has no grant for `{}`", session.user, resource),
             )
         } else {
             ApiError::forbidden(
-                "grant_expired",
+                ErrorCode::GrantExpired,
                 format!(
                     "user `{}`'s grant for `{}` has expired",
                     session.user, resource
@@ -500,13 +501,13 @@ async fn release(
         .await?
         .ok_or_else(|| {
             ApiError::not_found(
-                "no_such_resource",
+                ErrorCode::NoSuchResource,
                 format!("there is no resource `{resource_name}`"),
             )
         })?;
     let recipient: age::x25519::Recipient = recipient.parse().map_err(|_| {
         ApiError::bad_request(
-            "bad_recipient",
+            ErrorCode::BadRecipient,
             "recipient must be an age X25519 recipient (age1…)",
         )
     })?;
@@ -521,7 +522,7 @@ async fn release(
     let declared: Option<String> = resource.try_get("credential")?;
     let Some(declared) = declared else {
         return Err(ApiError::not_found(
-            "no_credential",
+            ErrorCode::NoCredential,
             format!(
                 "resource `{resource_name}` declares no credential (set `credential` on the resource)"
             ),
@@ -533,13 +534,13 @@ async fn release(
                 .map_err(ApiError::internal)?;
         let key_text = ssh_public_key.ok_or_else(|| {
             ApiError::bad_request(
-                "ssh_public_key_missing",
+                ErrorCode::SshPublicKeyMissing,
                 "an ssh-certificate resource needs the gateway's per-connection ssh_public_key",
             )
         })?;
         let key = ssh_key::PublicKey::from_openssh(key_text).map_err(|_| {
             ApiError::bad_request(
-                "bad_ssh_public_key",
+                ErrorCode::BadSshPublicKey,
                 "ssh_public_key is not an OpenSSH public key line",
             )
         })?;
@@ -574,12 +575,12 @@ async fn release(
     .bind(resource_name)
     .fetch_optional(&app.db.pool)
     .await?
-    .ok_or_else(|| ApiError::not_found("no_credential", format!("no credential is stored for `{resource_name}` (`lastmile-api credentials set {resource_name}`)")))?;
+    .ok_or_else(|| ApiError::not_found(ErrorCode::NoCredential, format!("no credential is stored for `{resource_name}` (`lastmile-api credentials set {resource_name}`)")))?;
     let version: i64 = row.try_get("version")?;
     let kind = stored("kind", row.try_get("kind")?)?;
     if stored_name(&kind) != declared {
         return Err(ApiError::conflict(
-            "credential_kind_mismatch",
+            ErrorCode::CredentialKindMismatch,
             format!(
                 "resource `{resource_name}` declares a {declared} but the stored credential is a {}: store one of the declared kind",
                 stored_name(&kind)

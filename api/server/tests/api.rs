@@ -8,6 +8,7 @@
 
 mod support;
 
+use lastmile_proto::wire::ErrorCode;
 use std::time::{Duration, Instant};
 
 use lastmile_api_client::{ApiClient, Session, new_key, nonce, now};
@@ -37,11 +38,10 @@ async fn code(
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
-) -> (u16, String) {
+) -> (u16, ErrorCode) {
     let a = client.call(s, method, path, body.as_ref()).await.unwrap();
     let code = serde_json::from_str::<wire::ErrorBody>(&a.body)
-        .map(|e| e.error)
-        .unwrap_or_default();
+        .map_or_else(|_| ErrorCode::Other(a.body.clone()), |e| e.error);
     (a.status, code)
 }
 
@@ -53,7 +53,7 @@ async fn enrollment_and_login(store: Store) {
         .login("admin", "wrong password!!", None, &device)
         .await
         .unwrap_err();
-    assert_eq!(first.code(), Some("bad_credentials"));
+    assert_eq!(first.code(), Some(&ErrorCode::BadCredentials));
     let admin = api.admin().await;
     let me: Me = api
         .client
@@ -134,12 +134,12 @@ async fn enrollment_and_login(store: Store) {
         .login("alice", &otp.one_time_password, None, &laptop)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("password_change_required"));
+    assert_eq!(e.code(), Some(&ErrorCode::PasswordChangeRequired));
     let e = api
         .login("alice", &otp.one_time_password, Some("short"), &laptop)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("weak_password"));
+    assert_eq!(e.code(), Some(&ErrorCode::WeakPassword));
     let alice = api
         .login("alice", &otp.one_time_password, Some(PASSWORD), &laptop)
         .await
@@ -150,7 +150,7 @@ async fn enrollment_and_login(store: Store) {
         .unwrap_err();
     assert_eq!(
         e.code(),
-        Some("bad_credentials"),
+        Some(&ErrorCode::BadCredentials),
         "the one-time password is spent"
     );
     let l: &LoginResponse = &alice.login;
@@ -176,7 +176,7 @@ async fn enrollment_and_login(store: Store) {
     assert_eq!(mine, vec![db]);
     assert_eq!(
         code(&api.client, &alice, Method::GET, "/v1/admin/users", None).await,
-        (403, "not_admin".into())
+        (403, ErrorCode::NotAdmin)
     );
 
     // Refresh gives a new certificate for the same session key.
@@ -220,7 +220,7 @@ async fn enrollment_and_login(store: Store) {
     );
     assert_eq!(
         code(&api.client, &alice, Method::GET, "/v1/me", None).await,
-        (401, "session_revoked".into())
+        (401, ErrorCode::SessionRevoked)
     );
 
     // Everything above is in the audit trail, checked against the schema.
@@ -278,7 +278,7 @@ async fn signed_call_refusals(store: Store) {
     assert_eq!(get(h.clone()).await.unwrap().status, 200);
     assert_eq!(
         err(get(h.clone()).await.unwrap()),
-        (401, "replayed_nonce".into())
+        (401, ErrorCode::ReplayedNonce)
     );
 
     // A body changed after signing.
@@ -299,7 +299,7 @@ async fn signed_call_refusals(store: Store) {
             .send_signed(Method::POST, "/v1/session/refresh", &h, changed)
             .await
             .unwrap()),
-        (401, "body_changed".into())
+        (401, ErrorCode::BodyChanged)
     );
 
     // Signed for another path or method.
@@ -315,7 +315,7 @@ async fn signed_call_refusals(store: Store) {
         .unwrap();
     assert_eq!(
         err(get(h.clone()).await.unwrap()),
-        (401, "bad_signature".into())
+        (401, ErrorCode::BadSignature)
     );
 
     // Too old, and too far in the future.
@@ -325,13 +325,13 @@ async fn signed_call_refusals(store: Store) {
             .unwrap();
         assert_eq!(
             err(get(h.clone()).await.unwrap()),
-            (401, "stale_signature".into())
+            (401, ErrorCode::StaleSignature)
         );
     }
 
     // No signature at all.
     let a = c.send(Method::GET, "/v1/me", None).await.unwrap();
-    assert_eq!(err(a), (401, "signature_missing".into()));
+    assert_eq!(err(a), (401, ErrorCode::SignatureMissing));
 
     // A session key that is not the session's.
     let forged = Session {
@@ -350,7 +350,7 @@ async fn signed_call_refusals(store: Store) {
         .unwrap();
     assert_eq!(
         err(get(h.clone()).await.unwrap()),
-        (401, "bad_signature".into())
+        (401, ErrorCode::BadSignature)
     );
     // ... and a device key that is not the device's (same device id).
     let forged = Session {
@@ -369,7 +369,7 @@ async fn signed_call_refusals(store: Store) {
         .unwrap();
     assert_eq!(
         err(get(h.clone()).await.unwrap()),
-        (401, "bad_signature".into())
+        (401, ErrorCode::BadSignature)
     );
 
     // An unknown session.
@@ -387,7 +387,7 @@ async fn signed_call_refusals(store: Store) {
         .unwrap();
     assert_eq!(
         err(get(h.clone()).await.unwrap()),
-        (401, "unknown_session".into())
+        (401, ErrorCode::UnknownSession)
     );
 
     // None of that harmed the real session.
@@ -461,7 +461,7 @@ async fn session_from_another_device(store: Store) {
     assert_eq!(a.status, 401);
     assert_eq!(
         a.json::<()>().unwrap_err().code(),
-        Some("session_device_mismatch")
+        Some(&ErrorCode::SessionDeviceMismatch)
     );
 
     let mut buf = String::new();
@@ -484,7 +484,10 @@ async fn session_from_another_device(store: Store) {
         .call(&alice, Method::GET, "/v1/me", None)
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("session_revoked"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::SessionRevoked)
+    );
     // The desktop's own session is untouched.
     assert_eq!(
         api.client
@@ -546,7 +549,10 @@ async fn expiry(store: Store) {
         .call(&alice, Method::GET, "/v1/me", None)
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("session_expired"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::SessionExpired)
+    );
 }
 both_stores!(an_expired_session_is_refused, expiry);
 
@@ -565,10 +571,10 @@ async fn totp_and_devices(store: Store) {
         .login("alice", PASSWORD, None, &copied)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("device_fingerprint_mismatch"));
+    assert_eq!(e.code(), Some(&ErrorCode::DeviceFingerprintMismatch));
     let (_, bobs) = api.user("bob").await;
     let e = api.login("alice", PASSWORD, None, &bobs).await.unwrap_err();
-    assert_eq!(e.code(), Some("device_other_user"));
+    assert_eq!(e.code(), Some(&ErrorCode::DeviceOtherUser));
 
     // TOTP: required once on, each code good once.
     let t: serde_json::Value = api
@@ -591,7 +597,7 @@ async fn totp_and_devices(store: Store) {
         .login("alice", PASSWORD, None, &laptop)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("totp_required"));
+    assert_eq!(e.code(), Some(&ErrorCode::TotpRequired));
     let with_code = |code: String| {
         let (api, laptop) = (&api, &laptop);
         async move {
@@ -614,13 +620,13 @@ async fn totp_and_devices(store: Store) {
     );
     assert_eq!(
         with_code(wrong).await.unwrap_err().code(),
-        Some("totp_invalid")
+        Some(&ErrorCode::TotpInvalid)
     );
     let current = lastmile_api::secret::totp_now(&secret, now()).unwrap();
     with_code(current.clone()).await.unwrap();
     assert_eq!(
         with_code(current).await.unwrap_err().code(),
-        Some("totp_replayed")
+        Some(&ErrorCode::TotpReplayed)
     );
 
     // With the approval policy a new device waits for an admin.
@@ -651,12 +657,12 @@ async fn totp_and_devices(store: Store) {
         .login("carol", &otp.one_time_password, Some(PASSWORD), &phone)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("device_pending"));
+    assert_eq!(e.code(), Some(&ErrorCode::DevicePending));
     let e = api
         .login("carol", &otp.one_time_password, Some(PASSWORD), &phone)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("device_pending"));
+    assert_eq!(e.code(), Some(&ErrorCode::DevicePending));
     let devices: Vec<wire::Device> = api
         .client
         .call(&admin, Method::GET, "/v1/admin/devices", None)
@@ -699,12 +705,15 @@ async fn totp_and_devices(store: Store) {
         .call(&carol, Method::GET, "/v1/me", None)
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("session_revoked"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::SessionRevoked)
+    );
     let e = api
         .login("carol", PASSWORD, None, &phone)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("device_revoked"));
+    assert_eq!(e.code(), Some(&ErrorCode::DeviceRevoked));
     assert!(!api.audited("device.change").is_empty());
 }
 both_stores!(
@@ -807,7 +816,10 @@ async fn two_instances(store: Store) {
         .send_signed(Method::GET, "/v1/me", &h, Vec::new())
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("replayed_nonce"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::ReplayedNonce)
+    );
     server.abort();
 }
 both_stores!(
@@ -839,7 +851,10 @@ async fn tampered_keyid(store: Store) {
         .send_signed(Method::GET, "/v1/me", &tampered, Vec::new())
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("bad_signature"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::BadSignature)
+    );
     // An unknown device id: the same.
     tampered.signature_input = captured
         .signature_input
@@ -849,7 +864,10 @@ async fn tampered_keyid(store: Store) {
         .send_signed(Method::GET, "/v1/me", &tampered, Vec::new())
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("bad_signature"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::BadSignature)
+    );
     // The original goes through (its nonce was not spent by the forgeries), once.
     let a = api
         .client
@@ -862,7 +880,10 @@ async fn tampered_keyid(store: Store) {
         .send_signed(Method::GET, "/v1/me", &captured, Vec::new())
         .await
         .unwrap();
-    assert_eq!(a.json::<()>().unwrap_err().code(), Some("replayed_nonce"));
+    assert_eq!(
+        a.json::<()>().unwrap_err().code(),
+        Some(&ErrorCode::ReplayedNonce)
+    );
     // Alice's session lives on.
     let a = api
         .client
@@ -930,13 +951,13 @@ async fn lockout(store: Store) {
             .login("alice", "not the password", None, &laptop)
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Some("bad_credentials"));
+        assert_eq!(e.code(), Some(&ErrorCode::BadCredentials));
     }
     let e = api
         .login("alice", PASSWORD, None, &laptop)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("user_locked"));
+    assert_eq!(e.code(), Some(&ErrorCode::UserLocked));
     lastmile_api::admin::change_user(
         &api.app,
         "test",
@@ -951,7 +972,7 @@ async fn lockout(store: Store) {
         .login("mallory", PASSWORD, None, &laptop)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("bad_credentials"));
+    assert_eq!(e.code(), Some(&ErrorCode::BadCredentials));
 }
 both_stores!(
     failed_logins_lock_the_user_until_an_admin_enables_them,
@@ -1058,7 +1079,7 @@ async fn logins_past_the_bound_are_refused_with_retry_after() {
                     "1"
                 );
                 let body: wire::ErrorBody = answer.json().await.unwrap();
-                assert_eq!(body.error, "too_many_logins", "{}", body.message);
+                assert_eq!(body.error, ErrorCode::TooManyLogins, "{}", body.message);
                 refused.push(request);
             }
             other => panic!("login answered {other}: {}", answer.text().await.unwrap()),
@@ -1140,7 +1161,7 @@ async fn totp_code_used_concurrently(store: Store) {
     assert_eq!(ok, 1, "{results:?}");
     for r in &results {
         if let Err(e) = r {
-            assert_eq!(e.code(), Some("totp_replayed"), "{e}");
+            assert_eq!(e.code(), Some(&ErrorCode::TotpReplayed), "{e}");
         }
     }
 }

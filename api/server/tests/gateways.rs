@@ -10,6 +10,7 @@
 mod support;
 
 use lastmile_api_client::ApiClient;
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{self, Enroll, GatewayCertificate, GatewayToken, Renew};
 use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
 use reqwest::Method;
@@ -92,7 +93,7 @@ async fn gateway_lifecycle(store: Store) {
         )
         .await
         .unwrap_err();
-    assert_eq!(again.code(), Some("bad_token"));
+    assert_eq!(again.code(), Some(&ErrorCode::BadToken));
     let t2: GatewayToken = api
         .client
         .call(
@@ -118,7 +119,7 @@ async fn gateway_lifecycle(store: Store) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("bad_csr"));
+    assert_eq!(e.code(), Some(&ErrorCode::BadCsr));
 
     // A gateway key must be Ed25519 (it signs the gateway's requests too).
     let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -133,7 +134,7 @@ async fn gateway_lifecycle(store: Store) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("bad_csr"));
+    assert_eq!(e.code(), Some(&ErrorCode::BadCsr));
     assert!(e.to_string().contains("Ed25519"), "{e}");
 
     // Renewal over mutual TLS with the current certificate, for a new key.
@@ -154,7 +155,7 @@ async fn gateway_lifecycle(store: Store) {
         .post::<_, GatewayCertificate>("/v1/gateways/renew", &Renew { csr: csr(&key2) })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_certificate_required"));
+    assert_eq!(e.code(), Some(&ErrorCode::GatewayCertificateRequired));
 
     // The revocation stream, authenticated by the gateway certificate alone.
     let gw2 = ApiClient::new(
@@ -269,7 +270,7 @@ async fn gateway_lifecycle(store: Store) {
         .post::<_, GatewayCertificate>("/v1/gateways/renew", &Renew { csr: csr(&key2) })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_revoked"));
+    assert_eq!(e.code(), Some(&ErrorCode::GatewayRevoked));
     assert_eq!(
         api.audited("gateway.change").len(),
         5,
@@ -455,7 +456,7 @@ async fn revoked_certificate(store: Store) {
         .get::<Vec<wire::Resource>>("/v1/resources")
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_revoked"), "{e}");
+    assert_eq!(e.code(), Some(&ErrorCode::GatewayRevoked), "{e}");
     let e = a
         .post::<_, GatewayCertificate>(
             "/v1/gateways/renew",
@@ -465,7 +466,7 @@ async fn revoked_certificate(store: Store) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_revoked"), "{e}");
+    assert_eq!(e.code(), Some(&ErrorCode::GatewayRevoked), "{e}");
     let s = a.stream_unsigned("/v1/revocations").await.unwrap();
     assert_eq!(s.status(), 403);
     let body = serde_json::to_vec(&json!({"resource": "x", "recipient": "age1x"})).unwrap();
@@ -505,7 +506,7 @@ async fn revoked_certificate(store: Store) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_key_revoked"), "{e}");
+    assert_eq!(e.code(), Some(&ErrorCode::GatewayKeyRevoked), "{e}");
 
     // B renews to key C: B's certificate (key B) is retired with it.
     let key_c = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
@@ -524,7 +525,7 @@ async fn revoked_certificate(store: Store) {
         .get::<Vec<wire::Resource>>("/v1/resources")
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_revoked"), "{e}");
+    assert_eq!(e.code(), Some(&ErrorCode::GatewayRevoked), "{e}");
 }
 both_stores!(
     a_revoked_gateway_certificate_stays_revoked_after_re_enrollment,

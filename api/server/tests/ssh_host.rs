@@ -9,6 +9,7 @@
 
 mod support;
 
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{CaBundle, Resource, SshHostCertificate};
 use reqwest::Method;
 use serde_json::json;
@@ -141,5 +142,9 @@ async fn a_gateway_gets_an_ssh_host_certificate_for_the_protected_names() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Some("gateway_certificate_required"), "{e}");
+    assert_eq!(
+        e.code(),
+        Some(&ErrorCode::GatewayCertificateRequired),
+        "{e}"
+    );
 }

@@ -11,6 +11,7 @@
 
 mod support;
 
+use lastmile_proto::wire::ErrorCode;
 use std::{
     io::Read as _,
     sync::{Arc, Mutex, OnceLock},
@@ -64,7 +65,7 @@ fn open_sealed(u: &Unlocked, identity: &age::x25519::Identity) -> String {
 
 fn code(a: &lastmile_api_client::Answer) -> String {
     serde_json::from_str::<wire::ErrorBody>(&a.body)
-        .map(|e| e.error)
+        .map(|e| e.error.to_string())
         .unwrap_or_else(|_| format!("{} {}", a.status, a.body))
 }
 
@@ -318,7 +319,7 @@ async fn ssh_certificates(store: Store) {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.code, "nothing_to_store");
+    assert_eq!(e.code, ErrorCode::NothingToStore);
     // Nor a password, which the resource does not declare.
     let e = lastmile_api::vault::set_credential(
         &api.app,
@@ -329,7 +330,7 @@ async fn ssh_certificates(store: Store) {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.code, "credential_kind_mismatch", "{e}");
+    assert_eq!(e.code, ErrorCode::CredentialKindMismatch, "{e}");
 }
 both_stores!(
     ssh_certificate_resources_get_short_lived_certificates_with_their_principals,
@@ -381,7 +382,7 @@ async fn nothing_is_released_when_the_audit_cannot_be_written() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.code, "audit_unavailable", "{e}");
+    assert_eq!(e.code, ErrorCode::AuditUnavailable, "{e}");
     assert!(!e.message.contains(SECRET));
 }
 

@@ -10,6 +10,7 @@
 //! - `login.json`: the API URL and user name of the last login, kept by `logout`, so the
 //!   next `login` needs neither `--api` nor `--user`.
 
+use lastmile_proto::wire::ErrorCode;
 use std::{
     io::{BufRead as _, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
@@ -282,7 +283,10 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
             .await;
         match attempt {
             Ok(s) => break s,
-            Err(e) if e.code() == Some("password_change_required") && new_password.is_none() => {
+            Err(e)
+                if e.code() == Some(&ErrorCode::PasswordChangeRequired)
+                    && new_password.is_none() =>
+            {
                 eprintln!("this is a one-time password: choose your own (at least 12 characters)");
                 let first = read_secret("new password: ", a.password_stdin)?;
                 if !a.password_stdin && *read_secret("again: ", false)? != *first {
@@ -290,7 +294,11 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
                 }
                 new_password = Some(first);
             }
-            Err(e) if e.code() == Some("totp_required") && totp.is_none() && !a.password_stdin => {
+            Err(e)
+                if e.code() == Some(&ErrorCode::TotpRequired)
+                    && totp.is_none()
+                    && !a.password_stdin =>
+            {
                 let mut code = String::new();
                 eprint!("TOTP code: ");
                 std::io::stdin().lock().read_line(&mut code)?;
@@ -444,7 +452,7 @@ fn untrusted_api(api: &str, given: Option<&Path>, pinned: &Path) -> anyhow::Erro
 
 /// A refusal, with what to do.
 fn explain(e: ClientError) -> anyhow::Error {
-    if e.code().is_some_and(lastmile_proto::wire::session_gone) {
+    if e.code().is_some_and(ErrorCode::session_gone) {
         anyhow::anyhow!("{e}\nrun `lastmile login`")
     } else {
         anyhow::anyhow!(e)

@@ -12,6 +12,7 @@ use std::{
     time::SystemTime,
 };
 
+use lastmile_proto::wire::ErrorCode;
 use serde_json::Value;
 
 use lastmile_ebpf_common::{AF_INET, ConnectRecord, Decision};
@@ -151,7 +152,7 @@ pub struct DbRefusal {
     pub resource: String,
     pub gateway: String,
     pub sock_cookie: Option<u64>,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -208,7 +209,7 @@ pub struct GatewayRefusal {
     pub user: String,
     pub resource: Option<String>,
     pub gateway: String,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -616,7 +617,7 @@ mod tests {
             user: "alice".into(),
             resource: None,
             gateway: "gw1".into(),
-            code: "bad_stream_header".into(),
+            code: ErrorCode::BadStreamHeader,
             message: "m".into(),
         }));
         let query = Event::now(EventBody::DbQuery(DbQuery {
@@ -646,7 +647,7 @@ mod tests {
             resource: "orders".into(),
             gateway: "gw1".into(),
             sock_cookie: Some(1),
-            code: "database_not_allowed".into(),
+            code: ErrorCode::DatabaseNotAllowed,
             message: "m".into(),
         }));
         let cancel = Event::now(EventBody::DbCancel(DbCancel {

@@ -17,7 +17,7 @@ use base64::{
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use lastmile_proto::wire::UnlockAuthorization;
+use lastmile_proto::wire::{ErrorCode, UnlockAuthorization};
 
 use crate::client::ConnectError;
 
@@ -57,11 +57,11 @@ impl StreamHeader {
 
     /// Reads the header from an opening request; the refusal says what is wrong.
     pub fn from_request<B>(req: &Request<B>) -> Result<Self, Refusal> {
-        let bad = |m: &str| Refusal::new(StatusCode::BAD_REQUEST, "bad_stream_header", m);
+        let bad = |m: &str| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadStreamHeader, m);
         if req.method() != http::Method::POST || req.uri().path() != PATH {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
-                "not_a_stream",
+                ErrorCode::NotAStream,
                 format!("open a stream with POST {PATH}"),
             ));
         }
@@ -102,7 +102,7 @@ impl StreamHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -113,10 +113,10 @@ impl std::fmt::Display for Refusal {
 }
 
 impl Refusal {
-    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
@@ -124,7 +124,7 @@ impl Refusal {
     /// Whether a new login is what it takes: the session is gone, or its key no longer
     /// signs for it.
     pub fn needs_login(&self) -> bool {
-        lastmile_proto::wire::session_gone(&self.code) || self.code == "bad_authorization_signature"
+        self.code.session_gone() || self.code == ErrorCode::BadAuthorizationSignature
     }
 
     pub fn to_response(&self) -> Response<()> {
@@ -138,7 +138,7 @@ impl Refusal {
                 .collect();
             HeaderValue::from_str(&printable).unwrap_or(HeaderValue::from_static("?"))
         };
-        r.headers_mut().insert(ERROR, clean(&self.code));
+        r.headers_mut().insert(ERROR, clean(self.code.as_str()));
         r.headers_mut().insert(MESSAGE, clean(&self.message));
         r
     }
@@ -152,7 +152,7 @@ impl Refusal {
         };
         Self {
             status,
-            code: get(ERROR).unwrap_or_else(|| "refused".into()),
+            code: get(ERROR).map_or(ErrorCode::Refused, |code| ErrorCode::parse(&code)),
             message: get(MESSAGE).unwrap_or_else(|| format!("the gateway answered {status}")),
         }
     }
@@ -190,7 +190,7 @@ mod tests {
         let mut req = header().to_request("gw1").unwrap();
         req.headers_mut().remove(SIGNATURE);
         let r = StreamHeader::from_request(&req).unwrap_err();
-        assert_eq!(r.code, "bad_stream_header");
+        assert_eq!(r.code, ErrorCode::BadStreamHeader);
         assert!(r.message.contains(SIGNATURE), "{r}");
         let mut req = header().to_request("gw1").unwrap();
         req.headers_mut()
@@ -204,7 +204,7 @@ mod tests {
         let req = Request::get("https://gw1/").body(()).unwrap();
         assert_eq!(
             StreamHeader::from_request(&req).unwrap_err().code,
-            "not_a_stream"
+            ErrorCode::NotAStream
         );
     }
 
@@ -212,12 +212,12 @@ mod tests {
     fn refusals_survive_the_trip_and_non_ascii_is_replaced() {
         let r = Refusal::new(
             StatusCode::FORBIDDEN,
-            "no_grant",
+            ErrorCode::NoGrant,
             "user `bob` has no grant — ask",
         );
         let resp = r.to_response();
         let back = Refusal::from_response(resp.status(), resp.headers());
-        assert_eq!(back.code, "no_grant");
+        assert_eq!(back.code, ErrorCode::NoGrant);
         assert_eq!(back.message, "user `bob` has no grant ? ask");
     }
 }

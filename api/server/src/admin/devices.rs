@@ -2,6 +2,7 @@
 //! sessions.
 
 use super::*;
+use lastmile_proto::wire::ErrorCode;
 
 pub async fn list_devices(app: &App, user: Option<&str>) -> Result<Vec<Device>, ApiError> {
     let rows = sqlx::query(
@@ -49,13 +50,16 @@ pub async fn set_device_status(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| {
-            ApiError::not_found("no_such_device", format!("there is no device `{id}`"))
+            ApiError::not_found(
+                ErrorCode::NoSuchDevice,
+                format!("there is no device `{id}`"),
+            )
         })?;
     let user: String = row.try_get("user_name")?;
     let before: String = row.try_get("status")?;
     if before == "revoked" && status != DeviceStatus::Revoked {
         return Err(ApiError::conflict(
-            "device_revoked",
+            ErrorCode::DeviceRevoked,
             "a revoked device stays revoked; the user makes a new device key",
         ));
     }
@@ -130,7 +134,7 @@ pub async fn revoke(
         .await?
         .ok_or_else(|| {
             ApiError::not_found(
-                "no_such_session",
+                ErrorCode::NoSuchSession,
                 format!("there is no live session `{session}`"),
             )
         })

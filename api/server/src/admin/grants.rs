@@ -2,6 +2,7 @@
 //! carried.
 
 use super::*;
+use lastmile_proto::wire::ErrorCode;
 
 pub async fn add_grant(app: &App, actor: &str, g: NewGrant) -> Result<Grant, ApiError> {
     let (kind, subject) = match &g.subject {
@@ -12,7 +13,7 @@ pub async fn add_grant(app: &App, actor: &str, g: NewGrant) -> Result<Grant, Api
     let t = now();
     if g.expires_at.is_some_and(|e| e <= t) {
         return Err(ApiError::bad_request(
-            "bad_grant",
+            ErrorCode::BadGrant,
             "expires_at is in the past",
         ));
     }
@@ -81,7 +82,7 @@ pub async fn revoke_grant(app: &App, actor: &str, id: &str) -> Result<(), ApiErr
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| {
-                ApiError::not_found("no_such_grant", format!("there is no grant `{id}`"))
+                ApiError::not_found(ErrorCode::NoSuchGrant, format!("there is no grant `{id}`"))
             })?;
     let resource: String = row.try_get("resource")?;
     let subject: String = row.try_get("subject")?;

@@ -3,6 +3,7 @@
 //! local `lastmile-api` CLI both call these, so both are checked and audited alike.
 //! Each change and its audit event commit together: no event, no change.
 
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{
     self, CredentialKind, Device, DevicePolicy, DeviceStatus, Grant, NewGrant, NewUser,
     OneTimePassword, Resource, ResourceKind, Session, Subject, UpstreamTls, User, valid_name,
@@ -24,7 +25,7 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(
-            "bad_name",
+            ErrorCode::BadName,
             format!(
                 "`{name}` is not a valid {what} name: use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
             ),
@@ -53,7 +54,9 @@ pub(crate) async fn require_user(
         .fetch_optional(conn)
         .await?
         .map(|_| ())
-        .ok_or_else(|| ApiError::not_found("no_such_user", format!("there is no user `{name}`")))
+        .ok_or_else(|| {
+            ApiError::not_found(ErrorCode::NoSuchUser, format!("there is no user `{name}`"))
+        })
 }
 
 /// The credential kind resource `name` declares (by its stored name), refusing with 404
@@ -67,7 +70,10 @@ pub(crate) async fn require_resource(
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| {
-            ApiError::not_found("no_such_resource", format!("there is no resource `{name}`"))
+            ApiError::not_found(
+                ErrorCode::NoSuchResource,
+                format!("there is no resource `{name}`"),
+            )
         })?;
     Ok(row.try_get("credential")?)
 }
@@ -85,7 +91,7 @@ pub async fn bootstrap(app: &App, admin: &str) -> Result<OneTimePassword, ApiErr
         .try_get::<i64, _>("n")?;
     if exists != 0 {
         return Err(ApiError::conflict(
-            "already_initialised",
+            ErrorCode::AlreadyInitialised,
             "this database already holds an organisation",
         ));
     }

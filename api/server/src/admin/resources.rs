@@ -2,6 +2,7 @@
 //! credential kind and protocol fields; stored and listed.
 
 use super::*;
+use lastmile_proto::wire::ErrorCode;
 
 /// An enum as it is stored and sent: its serde name (`ssh-key`, `verify-full`, …), so the
 /// database and the wire spell every value one way.
@@ -34,24 +35,24 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
     let r = with_upstream_tls(r)?;
     if r.host.is_empty() || r.host.len() > 253 || r.host.contains(char::is_whitespace) {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "host must be a DNS name or an IP address",
         ));
     }
     if r.port == 0 {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "port must be 1-65535",
         ));
     }
     if r.protect.len() > 64 {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "at most 64 protect entries",
         ));
     }
     for p in &r.protect {
-        check_protect(p).map_err(|why| ApiError::bad_request("bad_resource", why))?;
+        check_protect(p).map_err(|why| ApiError::bad_request(ErrorCode::BadResource, why))?;
     }
     for p in &r.ssh_principals {
         if p.is_empty()
@@ -61,14 +62,14 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
             return Err(ApiError::bad_request(
-                "bad_resource",
+                ErrorCode::BadResource,
                 format!("`{p}` is not a usable SSH principal (1-64 of A-Z a-z 0-9 . _ -)"),
             ));
         }
     }
     if r.credential == Some(CredentialKind::SshCertificate) && r.ssh_principals.is_empty() {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "an ssh-certificate resource needs ssh_principals: the upstream users its certificates may log in as",
         ));
     }
@@ -135,7 +136,7 @@ fn with_upstream_tls(mut r: Resource) -> Result<Resource, ApiError> {
         }
     };
     Err(ApiError::bad_request(
-        "bad_resource",
+        ErrorCode::BadResource,
         format!(
             "upstream_tls applies to postgres resources only ({why}): leave upstream_tls (--upstream-tls) out for a {} resource",
             stored_name(&r.kind)
@@ -196,13 +197,13 @@ fn check_postgres_fields(r: &Resource) -> Result<(), ApiError> {
         && !pg_name(u)
     {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "database_user must be 1-63 bytes with no control characters (a PostgreSQL role name)",
         ));
     }
     if r.databases.len() > 256 || !r.databases.iter().all(|d| pg_name(d)) {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "databases: at most 256 names of 1-63 bytes with no control characters",
         ));
     }
@@ -210,7 +211,7 @@ fn check_postgres_fields(r: &Resource) -> Result<(), ApiError> {
         && (ca.len() > 64 * 1024 || !ca.contains("-----BEGIN CERTIFICATE-----"))
     {
         return Err(ApiError::bad_request(
-            "bad_resource",
+            ErrorCode::BadResource,
             "upstream_ca must be PEM certificates (-----BEGIN CERTIFICATE-----), at most 64 KiB",
         ));
     }
@@ -226,14 +227,14 @@ fn check_ssh_fields(r: &Resource) -> Result<(), ApiError> {
     ] {
         if lines.len() > 64 {
             return Err(ApiError::bad_request(
-                "bad_resource",
+                ErrorCode::BadResource,
                 format!("{field}: at most 64 keys"),
             ));
         }
         for line in lines {
             if ssh_key::PublicKey::from_openssh(line.trim()).is_err() {
                 return Err(ApiError::bad_request(
-                    "bad_resource",
+                    ErrorCode::BadResource,
                     format!(
                         "{field}: `{line}` is not an OpenSSH public key line (`ssh-ed25519 AAAA…`)"
                     ),
@@ -269,7 +270,10 @@ pub async fn resource(app: &App, name: &str) -> Result<Resource, ApiError> {
     .map(resource_row)
     .transpose()?
     .ok_or_else(|| {
-        ApiError::not_found("no_such_resource", format!("there is no resource `{name}`"))
+        ApiError::not_found(
+            ErrorCode::NoSuchResource,
+            format!("there is no resource `{name}`"),
+        )
     })
 }
 
@@ -304,7 +308,7 @@ pub async fn delete_resource(app: &App, actor: &str, name: &str) -> Result<(), A
         .rows_affected();
     if n != 1 {
         return Err(ApiError::not_found(
-            "no_such_resource",
+            ErrorCode::NoSuchResource,
             format!("there is no resource `{name}`"),
         ));
     }

@@ -2,6 +2,7 @@
 //! passwords and TOTP.
 
 use super::*;
+use lastmile_proto::wire::ErrorCode;
 
 async fn user_groups(app: &App, user: &str) -> Result<Vec<String>, ApiError> {
     Ok(
@@ -59,7 +60,7 @@ pub async fn add_user(app: &App, actor: &str, new: NewUser) -> Result<OneTimePas
     .rows_affected();
     if inserted != 1 {
         return Err(ApiError::conflict(
-            "user_exists",
+            ErrorCode::UserExists,
             format!("user `{}` already exists", new.name),
         ));
     }
@@ -217,7 +218,7 @@ pub async fn reset_password(
         .rows_affected();
     if n != 1 {
         return Err(ApiError::not_found(
-            "no_such_user",
+            ErrorCode::NoSuchUser,
             format!("there is no user `{user}`"),
         ));
     }
@@ -292,7 +293,7 @@ pub async fn set_totp(
     .rows_affected();
     if n != 1 {
         return Err(ApiError::not_found(
-            "no_such_user",
+            ErrorCode::NoSuchUser,
             format!("there is no user `{user}`"),
         ));
     }

@@ -3,6 +3,7 @@
 //! `super::login` does the reading and writing around them.
 
 use ed25519_dalek::{Signature, VerifyingKey};
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::{
     device::DeviceFingerprint,
     wire::{self, LoginRequest},
@@ -44,14 +45,14 @@ pub struct Account {
 pub fn account(a: Account, now: i64) -> Result<(), Refusal> {
     if a.disabled {
         return Err(Refusal::Recorded(ApiError::forbidden(
-            "user_disabled",
+            ErrorCode::UserDisabled,
             "this user is disabled; ask an admin",
         )));
     }
     if a.locked_until > now {
         return Err(Refusal::Recorded(ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "user_locked",
+            ErrorCode::UserLocked,
             format!(
                 "too many failed logins; this user is locked for {} more seconds",
                 a.locked_until - now
@@ -63,7 +64,7 @@ pub fn account(a: Account, now: i64) -> Result<(), Refusal> {
 
 pub fn wrong_password() -> Refusal {
     Refusal::Counted(ApiError::unauthorized(
-        "bad_credentials",
+        ErrorCode::BadCredentials,
         "wrong user name or password",
     ))
 }
@@ -74,7 +75,7 @@ pub fn totp_code(has_totp: bool, code: Option<&str>) -> Result<Option<&str>, Ref
         (false, _) => Ok(None),
         (true, Some(code)) => Ok(Some(code)),
         (true, None) => Err(Refusal::Recorded(ApiError::unauthorized(
-            "totp_required",
+            ErrorCode::TotpRequired,
             "this user has TOTP: send the current code as `totp`",
         ))),
     }
@@ -84,7 +85,7 @@ pub fn totp_code(has_totp: bool, code: Option<&str>) -> Result<Option<&str>, Ref
 pub fn totp_step(seed: &str, code: &str, last_step: i64, now: i64) -> Result<i64, Refusal> {
     match secret::totp_step_matching(seed, code, now) {
         None => Err(Refusal::Counted(ApiError::unauthorized(
-            "totp_invalid",
+            ErrorCode::TotpInvalid,
             "the TOTP code is wrong (check the device's clock)",
         ))),
         Some(step) if step <= last_step => Err(totp_replayed()),
@@ -94,7 +95,7 @@ pub fn totp_step(seed: &str, code: &str, last_step: i64, now: i64) -> Result<i64
 
 pub fn totp_replayed() -> Refusal {
     Refusal::Counted(ApiError::unauthorized(
-        "totp_replayed",
+        ErrorCode::TotpReplayed,
         "this TOTP code was already used: wait for the next one",
     ))
 }
@@ -107,14 +108,15 @@ pub fn new_password(one_time: bool, req: &LoginRequest) -> Result<Option<&str>, 
     }
     let Some(new) = &req.new_password else {
         return Err(Refusal::Told(ApiError::forbidden(
-            "password_change_required",
+            ErrorCode::PasswordChangeRequired,
             "this is a one-time password: log in again with `new_password` set to the password you choose",
         )));
     };
-    secret::acceptable_password(new).map_err(|why| ApiError::bad_request("weak_password", why))?;
+    secret::acceptable_password(new)
+        .map_err(|why| ApiError::bad_request(ErrorCode::WeakPassword, why))?;
     if *new == req.password {
         return Err(Refusal::Told(ApiError::bad_request(
-            "weak_password",
+            ErrorCode::WeakPassword,
             "the new password must differ from the one-time password",
         )));
     }
@@ -140,13 +142,13 @@ pub fn device_proof(req: &LoginRequest) -> Result<Proof, Refusal> {
     verifying_key(session_raw, "session_key")?;
     if session_raw == device_raw {
         return Err(Refusal::Told(ApiError::bad_request(
-            "bad_key",
+            ErrorCode::BadKey,
             "the session key must be a new key, not the device key",
         )));
     }
     let fingerprint = DeviceFingerprint::parse(&req.device.fingerprint).map_err(|e| {
         Refusal::Told(ApiError::bad_request(
-            "bad_fingerprint",
+            ErrorCode::BadFingerprint,
             format!("device.fingerprint: {e}"),
         ))
     })?;
@@ -161,7 +163,7 @@ pub fn device_proof(req: &LoginRequest) -> Result<Proof, Refusal> {
         wire::login_proof_message(&req.user, &req.challenge, &req.session_key, &req.device.fingerprint);
     if signature.is_none_or(|s| device_key.verify_strict(&message, &s).is_err()) {
         return Err(Refusal::Recorded(ApiError::unauthorized(
-            "bad_device_proof",
+            ErrorCode::BadDeviceProof,
             "the device signature over the login challenge does not verify with device.public_key",
         )));
     }
@@ -206,13 +208,13 @@ pub fn device(
     };
     if row.owner != user {
         return Err(Refusal::Recorded(ApiError::forbidden(
-            "device_other_user",
+            ErrorCode::DeviceOtherUser,
             "this device key is registered to another user; each user makes their own",
         )));
     }
     if row.fingerprint != fingerprint.as_str() {
         return Err(Refusal::Recorded(ApiError::forbidden(
-            "device_fingerprint_mismatch",
+            ErrorCode::DeviceFingerprintMismatch,
             "this device key was registered on another machine: a copied device key is refused. Make a new device key on this machine",
         )));
     }
@@ -220,7 +222,7 @@ pub fn device(
         "trusted" => Ok(DeviceStep::Seen),
         "pending" => Err(Refusal::Told(pending(device, false))),
         _ => Err(Refusal::Recorded(ApiError::forbidden(
-            "device_revoked",
+            ErrorCode::DeviceRevoked,
             format!("device {device} was revoked; ask an admin"),
         ))),
     }
@@ -229,7 +231,7 @@ pub fn device(
 /// A device waiting for an admin; `just_registered` when this login registered it.
 pub fn pending(device: &str, just_registered: bool) -> ApiError {
     ApiError::forbidden(
-        "device_pending",
+        ErrorCode::DevicePending,
         if just_registered {
             format!(
                 "device {device} is registered and waits for an admin's approval (`lastmile-api devices approve {device}`); log in again once approved"
@@ -282,7 +284,7 @@ mod tests {
         };
         match account(locked, 990) {
             Err(Refusal::Recorded(e)) => {
-                assert_eq!(e.code, "user_locked");
+                assert_eq!(e.code, ErrorCode::UserLocked);
                 assert!(e.message.contains("10 more seconds"), "{}", e.message);
             }
             other => panic!("{other:?}"),

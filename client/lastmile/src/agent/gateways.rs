@@ -291,9 +291,7 @@ impl Core {
                     self.set_revoked(r.to_string()).await;
                     return Err(OpenError::Login(r.to_string()));
                 }
-                Err(ConnectError::Refused(r))
-                    if matches!(r.code.as_str(), "api_unavailable" | "upstream_unreachable") =>
-                {
+                Err(ConnectError::Refused(r)) if r.code.is_unavailable() => {
                     errors.push(format!("{}: {r}", g.name));
                     unavailable.get_or_insert(OpenError::Unavailable {
                         gateway: g.name.clone(),

@@ -28,6 +28,7 @@ pub use process::{running, spawn, stop};
 pub use refusals::{RefusalRecord, read as read_refusals};
 pub use state::{AgentState, ApiHealth, GatewayState};
 
+use lastmile_proto::wire::ErrorCode;
 use std::{
     collections::HashMap,
     os::fd::OwnedFd,
@@ -493,8 +494,8 @@ impl Core {
     }
 }
 
-fn needs_login(code: Option<&str>) -> bool {
-    code.is_some_and(lastmile_proto::wire::session_gone)
+fn needs_login(code: Option<&ErrorCode>) -> bool {
+    code.is_some_and(ErrorCode::session_gone)
 }
 
 pub const STATE_FILE: &str = "agent.json";

@@ -4,6 +4,7 @@
 //!
 //! A raw TCP client only sees its connection closed; this file is where it learns why.
 
+use lastmile_proto::wire::ErrorCode;
 use std::path::Path;
 
 use lastmile_tunnel::header::Refusal;
@@ -36,15 +37,15 @@ pub(super) struct Explained {
     pub reason: String,
     pub what_to_do: String,
     /// The gateway's or API's code, when one said no.
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
 }
 
 impl Explained {
-    fn new(reason: String, what_to_do: &str, code: Option<&str>) -> Self {
+    fn new(reason: String, what_to_do: &str, code: Option<ErrorCode>) -> Self {
         Self {
             reason,
             what_to_do: what_to_do.to_owned(),
-            code: code.map(str::to_owned),
+            code,
         }
     }
 
@@ -63,28 +64,32 @@ impl OpenError {
                 None,
             ),
             Self::Refused(r) => {
-                let what = match r.code.as_str() {
-                    "no_grant" => {
+                let what = match r.code {
+                    ErrorCode::NoGrant => {
                         "ask your admin for a grant to this resource (`lastmile resources` lists those you have)"
                     }
-                    "grant_expired" => "ask your admin to renew your grant to this resource",
-                    "no_such_resource" => "check the resource's name with `lastmile resources`",
+                    ErrorCode::GrantExpired => {
+                        "ask your admin to renew your grant to this resource"
+                    }
+                    ErrorCode::NoSuchResource => {
+                        "check the resource's name with `lastmile resources`"
+                    }
                     _ => "connect again; if it is refused again, show this to your admin",
                 };
                 Explained::new(
                     format!("the gateway refused this connection: {r}"),
                     what,
-                    Some(&r.code),
+                    Some(r.code.clone()),
                 )
             }
-            Self::Unavailable { gateway, refusal } if refusal.code == "api_unavailable" => {
+            Self::Unavailable { gateway, refusal } if refusal.code == ErrorCode::ApiUnavailable => {
                 Explained::new(
                     format!(
                         "gateway {gateway} could not reach the API to check this connection: {}",
                         refusal.message
                     ),
                     "the API is down or cut off from the gateway: try again in a minute; if it lasts, tell your admin",
-                    Some(&refusal.code),
+                    Some(refusal.code.clone()),
                 )
             }
             Self::Unavailable { gateway, refusal } => Explained::new(
@@ -93,7 +98,7 @@ impl OpenError {
                     refusal.message
                 ),
                 "the server may be down: try again later; if it lasts, tell your admin",
-                Some(&refusal.code),
+                Some(refusal.code.clone()),
             ),
             Self::NoGateway(why) => Explained::new(
                 format!("no gateway could be reached: {why}"),
@@ -112,7 +117,7 @@ pub struct RefusalRecord {
     pub resource: String,
     pub reason: String,
     pub what_to_do: String,
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
 }
 
 /// Adds `record` to `list` (oldest first), dropping the oldest beyond `keep`.
@@ -145,7 +150,7 @@ pub(super) fn record(home: &Path, record: RefusalRecord) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn refusal(code: &str, message: &str) -> Refusal {
+    fn refusal(code: ErrorCode, message: &str) -> Refusal {
         Refusal::new(http::StatusCode::FORBIDDEN, code, message)
     }
 
@@ -171,7 +176,7 @@ mod tests {
         let e = OpenError::Unavailable {
             gateway: "gw1".into(),
             refusal: refusal(
-                "api_unavailable",
+                ErrorCode::ApiUnavailable,
                 "the gateway cannot reach the API to check this connection, so it is refused: connection refused",
             ),
         };
@@ -185,11 +190,11 @@ mod tests {
             !x.message().contains("no gateway could be reached"),
             "{x:?}"
         );
-        assert_eq!(x.code.as_deref(), Some("api_unavailable"));
+        assert_eq!(x.code, Some(ErrorCode::ApiUnavailable));
         let e = OpenError::Unavailable {
             gateway: "gw1".into(),
             refusal: refusal(
-                "upstream_unreachable",
+                ErrorCode::UpstreamUnreachable,
                 "cannot reach 10.0.0.5:5432 for `db`",
             ),
         };
@@ -202,8 +207,11 @@ mod tests {
 
     #[test]
     fn each_refusal_says_what_to_do() {
-        let x =
-            OpenError::Refused(refusal("no_grant", "user `alice` has no grant for `db`")).explain();
+        let x = OpenError::Refused(refusal(
+            ErrorCode::NoGrant,
+            "user `alice` has no grant for `db`",
+        ))
+        .explain();
         assert_eq!(
             x.message(),
             "lastmile: the gateway refused this connection: user `alice` has no grant for `db` (no_grant); \

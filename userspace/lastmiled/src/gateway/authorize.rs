@@ -1,6 +1,7 @@
 //! The API's word on one stream: `POST /v1/connections/authorize`.
 
 use lastmile_audit_sink::error_chain;
+use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{ConnectionAuthorized, ConnectionRequest, ErrorBody};
 use lastmile_tunnel::header::{Refusal, StreamHeader};
 use reqwest::Method;
@@ -26,7 +27,7 @@ pub(super) async fn authorize(
     .map_err(|e| {
         Refusal::new(
             http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             e.to_string(),
         )
     })?;
@@ -37,7 +38,7 @@ pub(super) async fn authorize(
         .map_err(|e| {
             Refusal::new(
                 http::StatusCode::SERVICE_UNAVAILABLE,
-                "api_unavailable",
+                ErrorCode::ApiUnavailable,
                 format!(
                     "the gateway cannot reach the API to check this connection, so it is refused: {}",
                     error_chain(&e)
@@ -48,7 +49,7 @@ pub(super) async fn authorize(
         return answer.json().map_err(|e| {
             Refusal::new(
                 http::StatusCode::BAD_GATEWAY,
-                "api_unexpected",
+                ErrorCode::ApiUnexpected,
                 error_chain(&e),
             )
         });
@@ -56,6 +57,6 @@ pub(super) async fn authorize(
     let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::FORBIDDEN);
     Err(match serde_json::from_str::<ErrorBody>(&answer.body) {
         Ok(b) => Refusal::new(status, b.error, b.message),
-        Err(_) => Refusal::new(status, "api_refused", answer.body),
+        Err(_) => Refusal::new(status, ErrorCode::ApiRefused, answer.body),
     })
 }

@@ -1,5 +1,6 @@
 //! Tunnels and their streams: the handshake, each stream's checks, and the relay.
 
+use lastmile_proto::wire::ErrorCode;
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
@@ -306,7 +307,7 @@ async fn open(
     if a.session != identity.session || a.device != identity.device {
         return Err(Refusal::new(
             http::StatusCode::FORBIDDEN,
-            "authorization_other_session",
+            ErrorCode::AuthorizationOtherSession,
             "the stream's authorization is for another session or device than this tunnel's certificate",
         ));
     }
@@ -316,7 +317,7 @@ async fn open(
     let ssh_key = super::ssh::connection_key().map_err(|e| {
         Refusal::new(
             http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("making this connection's SSH key: {e}"),
         )
     })?;
@@ -397,7 +398,7 @@ fn open_credential(
     let fail = |why: String| {
         Refusal::new(
             http::StatusCode::BAD_GATEWAY,
-            "credential_unreadable",
+            ErrorCode::CredentialUnreadable,
             format!("the API's sealed credential for this connection could not be opened: {why}"),
         )
     };

@@ -1,5 +1,6 @@
 //! `tcp` resources: the stream's bytes relayed to the resource as they are.
 
+use lastmile_proto::wire::ErrorCode;
 use lastmile_tunnel::{header::Refusal, server::Incoming, splice::splice};
 use tracing::info;
 
@@ -12,7 +13,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
         Err(e) => {
             let r = Refusal::new(
                 http::StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
+                ErrorCode::UpstreamUnreachable,
                 format!(
                     "cannot reach {}:{} for `{}`: {e}",
                     resource.host, resource.port, resource.name

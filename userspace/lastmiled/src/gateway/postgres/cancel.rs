@@ -8,6 +8,7 @@
 //! key is not sent in the clear). An unknown key, or another user's, cancels nothing and
 //! is recorded.
 
+use lastmile_proto::wire::ErrorCode;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -52,10 +53,13 @@ impl Registration {
             user: conn.authorized.user.clone(),
             connection: conn.id.clone(),
         };
-        let mut live =
-            conn.gw.cancels.live.lock().map_err(|_| {
-                Refusal::fatal("58000", "internal", "lastmile: cancel table poisoned")
-            })?;
+        let mut live = conn.gw.cancels.live.lock().map_err(|_| {
+            Refusal::fatal(
+                "58000",
+                ErrorCode::Internal,
+                "lastmile: cancel table poisoned",
+            )
+        })?;
         // A fresh random key that no live connection holds.
         let key = loop {
             let k = random_key()?;

@@ -8,6 +8,7 @@ use lastmile_postgres::{
     message::{self, AuthRequest, Backend},
     startup::{CancelKey, StartupMessage},
 };
+use lastmile_proto::wire::ErrorCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use zeroize::Zeroizing;
 
@@ -43,7 +44,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     if !resource.databases.is_empty() && !resource.databases.contains(&database) {
         return Err(Refusal::fatal(
             "3D000",
-            "database_not_allowed",
+            ErrorCode::DatabaseNotAllowed,
             format!(
                 "lastmile: database \"{database}\" is not reachable through `{}`",
                 resource.name
@@ -60,14 +61,14 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     {
         return Err(Refusal::fatal(
             "28000",
-            "replication_refused",
+            ErrorCode::ReplicationRefused,
             "lastmile: replication connections are not relayed (their commands are not logged as statements)",
         ));
     }
     let Some(db_user) = resource.database_user.clone() else {
         return Err(Refusal::fatal(
             "28000",
-            "no_database_user",
+            ErrorCode::NoDatabaseUser,
             format!(
                 "lastmile: resource `{}` names no database user to log in as",
                 resource.name
@@ -78,7 +79,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let mut upstream = upstream::connect(&conn.gw, &resource).await.map_err(|e| {
         Refusal::fatal(
             "08006",
-            "upstream_unreachable",
+            ErrorCode::UpstreamUnreachable,
             format!(
                 "lastmile: the gateway cannot open `{}`: {}",
                 resource.name,
@@ -120,7 +121,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let lost = |e: std::io::Error| {
         Refusal::fatal(
             "08006",
-            "upstream_lost",
+            ErrorCode::UpstreamLost,
             format!(
                 "lastmile: the connection to `{}` broke during login: {e}",
                 resource.name
@@ -142,7 +143,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         let step = scanner.next(&buf).map_err(|e| {
             Refusal::fatal(
                 "08P01",
-                "upstream_protocol",
+                ErrorCode::UpstreamProtocol,
                 format!("lastmile: `{}` sent an invalid message: {e}", resource.name),
             )
         })?;
@@ -159,7 +160,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         let parsed = message::parse_backend(tag, frame::body(msg)).map_err(|e| {
             Refusal::fatal(
                 "08P01",
-                "upstream_protocol",
+                ErrorCode::UpstreamProtocol,
                 format!("lastmile: `{}` sent an invalid message: {e}", resource.name),
             )
         })?;
@@ -175,7 +176,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(e) => {
                         return Err(Refusal::fatal(
                             "28000",
-                            "upstream_login_failed",
+                            ErrorCode::UpstreamLoginFailed,
                             format!(
                                 "lastmile: the gateway could not log in to `{}` as its database user: {e}",
                                 resource.name
@@ -189,9 +190,12 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Backend::ErrorResponse(fields) => {
                 let (code, what) = if authenticated {
-                    ("upstream_refused", "refused the session")
+                    (ErrorCode::UpstreamRefused, "refused the session")
                 } else {
-                    ("upstream_login_failed", "refused the gateway's login")
+                    (
+                        ErrorCode::UpstreamLoginFailed,
+                        "refused the gateway's login",
+                    )
                 };
                 return Err(Refusal::fatal(
                     "28000",
@@ -220,7 +224,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 message::put_ready_for_query(&mut greeting, status);
                 client.write_all(&greeting).await.map_err(|_| {
-                    Refusal::silent("client_gone", "the client went away during login")
+                    Refusal::silent(ErrorCode::ClientGone, "the client went away during login")
                 })?;
                 return Ok(Session {
                     database,
@@ -233,7 +237,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             _ => {
                 return Err(Refusal::fatal(
                     "08P01",
-                    "upstream_protocol",
+                    ErrorCode::UpstreamProtocol,
                     format!(
                         "lastmile: `{}` sent an unexpected message ({}) during login",
                         resource.name,
@@ -259,7 +263,7 @@ async fn read_more<S: AsyncRead + Unpin>(
         n = upstream.read_buf(buf) => match n {
             Ok(0) | Err(_) => Err(Refusal::fatal(
                 "08006",
-                "upstream_lost",
+                ErrorCode::UpstreamLost,
                 "lastmile: the server closed the connection during login",
             )),
             Ok(_) => Ok(()),
@@ -267,10 +271,10 @@ async fn read_more<S: AsyncRead + Unpin>(
         read = client.read(&mut early) => match read {
             Ok(n) if n > 0 => Err(Refusal::fatal(
                 "08P01",
-                "protocol_violation",
+                ErrorCode::ProtocolViolation,
                 "lastmile: the client sent messages before authentication completed",
             )),
-            _ => Err(Refusal::silent("client_gone", "the client went away during login")),
+            _ => Err(Refusal::silent(ErrorCode::ClientGone, "the client went away during login")),
         },
     }
 }
@@ -279,7 +283,11 @@ async fn read_more<S: AsyncRead + Unpin>(
 /// another user is not: ours are random.
 pub(super) fn random_key() -> Result<CancelKey, Refusal> {
     let b = lastmile_api_client::random32().map_err(|e| {
-        Refusal::fatal("58000", "internal", format!("lastmile: no randomness: {e}"))
+        Refusal::fatal(
+            "58000",
+            ErrorCode::Internal,
+            format!("lastmile: no randomness: {e}"),
+        )
     })?;
     let word = |i: usize| {
         let mut w = [0u8; 4];

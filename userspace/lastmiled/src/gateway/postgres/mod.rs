@@ -32,6 +32,7 @@ use lastmile_postgres::{
     message,
     startup::{self, StartupMessage, StartupPacket},
 };
+use lastmile_proto::wire::ErrorCode;
 use lastmile_tunnel::{server::Incoming, stream::ClientStream};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tracing::{info, warn};
@@ -107,7 +108,7 @@ async fn begin<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Ok(Startup::Tls) => {
             let refusal = Refusal::fatal(
                 "08P01",
-                "protocol_violation",
+                ErrorCode::ProtocolViolation,
                 "lastmile: a second encryption request",
             );
             refuse(&mut conn, &mut client, refusal).await;
@@ -139,7 +140,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin + Send>(
             &mut client,
             Refusal::fatal(
                 "08P01",
-                "protocol_violation",
+                ErrorCode::ProtocolViolation,
                 "lastmile: the client sent messages before authentication completed",
             ),
         )
@@ -171,7 +172,7 @@ async fn startup_within<S: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or_else(|_| {
             Err(Refusal::fatal(
                 "08P01",
-                "protocol_violation",
+                ErrorCode::ProtocolViolation,
                 "lastmile: no startup packet within 30 s",
             ))
         })
@@ -189,7 +190,7 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
         let parsed = startup::parse_startup(buf).map_err(|e| {
             Refusal::fatal(
                 "08P01",
-                "bad_startup",
+                ErrorCode::BadStartup,
                 format!("lastmile: invalid startup packet: {e}"),
             )
         })?;
@@ -197,7 +198,7 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             if buf.len() > startup::MAX_STARTUP_PACKET + 8 {
                 return Err(Refusal::fatal(
                     "08P01",
-                    "bad_startup",
+                    ErrorCode::BadStartup,
                     "lastmile: the startup packet is too long",
                 ));
             }
@@ -205,7 +206,7 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             match client.read_buf(buf).await {
                 Ok(0) | Err(_) => {
                     return Err(Refusal::silent(
-                        "client_gone",
+                        ErrorCode::ClientGone,
                         "the client closed before its startup packet",
                     ));
                 }
@@ -220,7 +221,7 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                 if !buf.is_empty() {
                     return Err(Refusal::fatal(
                         "08P01",
-                        "protocol_violation",
+                        ErrorCode::ProtocolViolation,
                         "lastmile: the client sent data after its encryption request before the answer",
                     ));
                 }
@@ -249,7 +250,7 @@ async fn write<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<()
     client
         .write_all(bytes)
         .await
-        .map_err(|_| Refusal::silent("client_gone", "the client went away"))
+        .map_err(|_| Refusal::silent(ErrorCode::ClientGone, "the client went away"))
 }
 
 /// Why a connection ends before (or instead of) its relay: what the client is told (a
@@ -259,7 +260,7 @@ pub(super) struct Refusal {
     /// SQLSTATE for the client, or `None` to tell it nothing.
     sqlstate: Option<&'static str>,
     /// The audit event's code.
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     hint: Option<String>,
 }
@@ -267,7 +268,7 @@ pub(super) struct Refusal {
 impl Refusal {
     pub(super) fn fatal(
         sqlstate: &'static str,
-        code: &'static str,
+        code: ErrorCode,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -278,7 +279,7 @@ impl Refusal {
         }
     }
 
-    fn silent(code: &'static str, message: impl Into<String>) -> Self {
+    fn silent(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             sqlstate: None,
             code,
@@ -305,7 +306,7 @@ impl Refusal {
 /// Records why the gateway ends the connection: in `connection.close` and as a
 /// `db.refused` event.
 fn record_refusal(conn: &mut Connection, refusal: &Refusal) {
-    warn!(code = refusal.code, message = %refusal.message, "postgres connection ended by the gateway");
+    warn!(code = %refusal.code, message = %refusal.message, "postgres connection ended by the gateway");
     conn.record.error = Some(format!("{}: {}", refusal.code, refusal.message));
     conn.gw
         .sink
@@ -316,7 +317,7 @@ fn record_refusal(conn: &mut Connection, refusal: &Refusal) {
             resource: conn.authorized.resource.name.clone(),
             gateway: conn.gw.name.clone(),
             sock_cookie: conn.sock_cookie,
-            code: refusal.code.to_owned(),
+            code: refusal.code.clone(),
             message: refusal.message.clone(),
         })));
 }

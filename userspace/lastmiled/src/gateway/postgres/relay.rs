@@ -7,6 +7,7 @@
 //! path; when the sink cannot record at all, the next statement is refused and the
 //! connection ends, so statements do not go on running unlogged.
 
+use lastmile_proto::wire::ErrorCode;
 use std::{
     sync::{
         Arc, Mutex,
@@ -131,7 +132,11 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// What the client is told when its connection must end (§55.8: 57P01 admin_shutdown,
 /// the code a terminated backend gives).
 fn ended(why: String) -> Refusal {
-    let refusal = Refusal::fatal("57P01", "connection_ended", format!("lastmile: {why}"));
+    let refusal = Refusal::fatal(
+        "57P01",
+        ErrorCode::ConnectionEnded,
+        format!("lastmile: {why}"),
+    );
     if why.starts_with("session") {
         refusal.hint("run `lastmile login` again")
     } else {
@@ -157,7 +162,7 @@ async fn client_to_server<S: AsyncRead>(
     let lost = |e: std::io::Error| {
         Refusal::fatal(
             "08006",
-            "upstream_lost",
+            ErrorCode::UpstreamLost,
             format!("lastmile: the connection to the server broke: {e}"),
         )
     };
@@ -178,7 +183,7 @@ async fn client_to_server<S: AsyncRead>(
             match scanner.next(rest).map_err(|e| {
                 Refusal::fatal(
                     "08P01",
-                    "protocol_violation",
+                    ErrorCode::ProtocolViolation,
                     format!("lastmile: invalid message from the client: {e}"),
                 )
             })? {
@@ -194,7 +199,7 @@ async fn client_to_server<S: AsyncRead>(
                     let parsed = message::parse_frontend(tag, frame::body(msg)).map_err(|e| {
                         Refusal::fatal(
                             "08P01",
-                            "protocol_violation",
+                            ErrorCode::ProtocolViolation,
                             format!("lastmile: invalid message from the client: {e}"),
                         )
                     })?;
@@ -203,7 +208,7 @@ async fn client_to_server<S: AsyncRead>(
                     {
                         return Err(Refusal::fatal(
                             "58030",
-                            "audit_unavailable",
+                            ErrorCode::AuditUnavailable,
                             "lastmile: the gateway cannot record statements right now (its audit log cannot be written), so none may run",
                         )
                         .hint("try again later; the gateway's operators have been alerted in its log"));
@@ -239,7 +244,7 @@ async fn server_to_client<W: AsyncWrite>(
             match scanner.next(rest).map_err(|e| {
                 Refusal::fatal(
                     "08P01",
-                    "upstream_protocol",
+                    ErrorCode::UpstreamProtocol,
                     format!("lastmile: invalid message from the server: {e}"),
                 )
             })? {
@@ -260,7 +265,7 @@ async fn server_to_client<W: AsyncWrite>(
                     let parsed = message::parse_backend(tag, frame::body(msg)).map_err(|e| {
                         Refusal::fatal(
                             "08P01",
-                            "upstream_protocol",
+                            ErrorCode::UpstreamProtocol,
                             format!("lastmile: invalid message from the server: {e}"),
                         )
                     })?;
@@ -280,7 +285,7 @@ async fn server_to_client<W: AsyncWrite>(
             to_client
                 .write_all(&ready)
                 .await
-                .map_err(|_| Refusal::silent("client_gone", "the client went away"))?;
+                .map_err(|_| Refusal::silent(ErrorCode::ClientGone, "the client went away"))?;
         }
         if let Some((_, len)) = cut {
             debug!("dropped a BackendKeyData from the server");
@@ -294,7 +299,7 @@ async fn server_to_client<W: AsyncWrite>(
             Err(e) => {
                 return Err(Refusal::fatal(
                     "08006",
-                    "upstream_lost",
+                    ErrorCode::UpstreamLost,
                     format!("lastmile: the connection to the server broke: {e}"),
                 ));
             }

@@ -15,6 +15,7 @@
 mod audit;
 mod host;
 
+use lastmile_proto::wire::ErrorCode;
 use std::sync::{Arc, Mutex};
 
 use lastmile_audit_sink::error_chain;
@@ -50,11 +51,12 @@ fn policy(resource: &lastmile_proto::wire::Resource) -> ChannelPolicy {
 pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
     let gw = conn.gw.clone();
     let resource = conn.authorized.resource.clone();
-    let refuse = |conn: &Connection, incoming: Incoming, status, code: &str, message: String| {
-        let r = Refusal::new(status, code, message);
-        gw.refused(&conn.identity, Some(&conn.header), &r);
-        incoming.refuse(&r);
-    };
+    let refuse =
+        |conn: &Connection, incoming: Incoming, status, code: ErrorCode, message: String| {
+            let r = Refusal::new(status, code, message);
+            gw.refused(&conn.identity, Some(&conn.header), &r);
+            incoming.refuse(&r);
+        };
     let login = match conn.credential.take() {
         Some(Credential::SshCertificate { key, certificate }) => UpstreamLogin {
             key: Arc::new(*key),
@@ -69,7 +71,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
                 &conn,
                 incoming,
                 http::StatusCode::BAD_GATEWAY,
-                "ssh_credential_missing",
+                ErrorCode::SshCredentialMissing,
                 format!(
                     "ssh resource `{}` needs credential = ssh-certificate (with ssh_principals) or ssh-key; an administrator must set one",
                     resource.name
@@ -85,7 +87,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
                 &conn,
                 incoming,
                 http::StatusCode::SERVICE_UNAVAILABLE,
-                "ssh_host_certificate_unavailable",
+                ErrorCode::SshHostCertificateUnavailable,
                 format!(
                     "the gateway has no SSH host certificate for `{}`: {e}",
                     resource.name
@@ -100,7 +102,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
                 &conn,
                 incoming,
                 http::StatusCode::SERVICE_UNAVAILABLE,
-                "ssh_host_trust_unavailable",
+                ErrorCode::SshHostTrustUnavailable,
                 e,
             );
         }
@@ -112,7 +114,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
                 &conn,
                 incoming,
                 http::StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
+                ErrorCode::UpstreamUnreachable,
                 format!(
                     "cannot reach {}:{} for `{}`: {e}",
                     resource.host, resource.port, resource.name
