@@ -81,3 +81,26 @@ mod tests {
         );
     }
 }
+
+/// The address an application asked to connect to, before the kernel redirected it
+/// (what `getpeername` shows the application): the protected target's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrigDstAddr(pub std::net::SocketAddr);
+
+/// The application's own end of a connection (its `getsockname`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl fmt::Display for OrigDstAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

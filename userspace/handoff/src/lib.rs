@@ -14,7 +14,6 @@
 
 use std::{
     io::{IoSlice, IoSliceMut},
-    net::SocketAddr,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::Path,
 };
@@ -64,9 +63,9 @@ pub struct Handoff {
     #[serde(rename = "connection_id")]
     pub sock_cookie: u64,
     /// The destination the application asked for.
-    pub orig_dst: SocketAddr,
+    pub orig_dst: OrigDstAddr,
     /// The application's end of the connection.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The protected target that matched.
     pub target: TargetRef,
     pub pid: u32,
@@ -82,7 +81,10 @@ pub struct TargetRef {
     pub kind: ResourceKind,
 }
 
-pub use lastmile_proto::wire::ResourceKind;
+pub use lastmile_proto::{
+    connection::{ClientAddr, OrigDstAddr},
+    wire::ResourceKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
@@ -250,8 +252,8 @@ mod tests {
     fn handoff() -> Handoff {
         Handoff {
             sock_cookie: 42,
-            orig_dst: "127.0.0.2:5432".parse().unwrap(),
-            client: "127.0.0.1:40000".parse().unwrap(),
+            orig_dst: OrigDstAddr("127.0.0.2:5432".parse().unwrap()),
+            client: ClientAddr("127.0.0.1:40000".parse().unwrap()),
             target: TargetRef {
                 name: "orders-db".into(),
                 kind: ResourceKind::Postgres,

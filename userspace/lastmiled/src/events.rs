@@ -12,7 +12,10 @@ use std::{
     time::SystemTime,
 };
 
-use lastmile_proto::wire::ErrorCode;
+use lastmile_proto::{
+    connection::{ClientAddr, OrigDstAddr},
+    wire::ErrorCode,
+};
 use serde_json::Value;
 
 use lastmile_ebpf_common::{AF_INET, ConnectRecord, Decision};
@@ -219,7 +222,7 @@ pub struct KernelConnect {
     pub decision: &'static str,
     pub target: Option<String>,
     pub target_id: u32,
-    pub orig_dst: SocketAddr,
+    pub orig_dst: OrigDstAddr,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -242,8 +245,8 @@ pub struct NodeConnection {
     pub target: Option<String>,
     /// The target's kind (`postgres`, `ssh`, `tcp`).
     pub protocol: Option<lastmile_proto::wire::ResourceKind>,
-    pub orig_dst: SocketAddr,
-    pub client: SocketAddr,
+    pub orig_dst: OrigDstAddr,
+    pub client: ClientAddr,
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
@@ -260,14 +263,14 @@ impl Event {
 }
 
 /// The destination the application asked for, from a kernel record.
-pub fn orig_dst(record: &ConnectRecord) -> SocketAddr {
+pub fn orig_dst(record: &ConnectRecord) -> OrigDstAddr {
     let port = u16::from_be_bytes(record.orig_port);
     let v6 = Ipv6Addr::from(record.orig_addr);
     let ip = match v6.to_ipv4_mapped() {
         Some(v4) if record.family == AF_INET => IpAddr::V4(v4),
         _ => IpAddr::V6(v6),
     };
-    SocketAddr::new(ip, port)
+    OrigDstAddr(SocketAddr::new(ip, port))
 }
 
 /// A NUL-padded `comm` as text.

@@ -5,7 +5,7 @@ use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, time::Duration};
 
 use lastmile_audit_sink::error_chain;
 use lastmile_handoff::{
-    Handoff, ResourceKind, TargetRef,
+    ClientAddr, Handoff, ResourceKind, TargetRef,
     refusal::{NoAgent, refuse},
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -73,7 +73,7 @@ async fn handle(
         target: target.as_ref().map(|t| t.name.clone()),
         protocol: target.as_ref().map(|t| t.kind),
         orig_dst: orig_dst(&record),
-        client,
+        client: ClientAddr(client),
         pid: record.pid,
         uid: record.uid,
         comm: comm(&record),
@@ -88,7 +88,7 @@ async fn handle(
         let handoff = Handoff {
             sock_cookie: record.sock_cookie,
             orig_dst: conn.orig_dst,
-            client,
+            client: conn.client,
             target: target.clone().unwrap_or(TargetRef {
                 name: "unknown".into(),
                 kind: ResourceKind::Tcp,
