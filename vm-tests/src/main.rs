@@ -1,29 +1,38 @@
-//! `vm-tests`: run test binaries inside a Debian kernel under qemu.
+//! `vm-tests`: run test binaries inside Debian kernels under qemu, a matrix of them.
 //!
-//! For each kernel: download the Debian package (`apt-get download`, cached), unpack its
-//! vmlinuz, build an initramfs holding busybox, the given binaries at their host paths
-//! (test binaries refer to helpers by absolute path) and the shared libraries they
-//! link, boot it with qemu's TCG (stock kernels fail under this machine's KVM) and no
-//! network device at all, run each test binary, and report. The kernel command line
-//! carries nothing secret; the VM has no way to send a packet anywhere.
+//! For each kernel: resolve it to an exact Debian package through private apt sources
+//! (see [`apt`]; the machine's own are not touched), download it (cached), unpack its
+//! vmlinuz, boot it under qemu's TCG (stock kernels fail under this machine's KVM) with
+//! an initramfs holding busybox, the given binaries at their host paths (test binaries
+//! refer to helpers by absolute path) and the shared libraries they link, and no network
+//! device at all; run each test binary with `--test-threads=1`, and read libtest's
+//! `test NAME ... ok|FAILED|ignored` lines. At the end, a kernel × test table. The kernel
+//! command line carries nothing secret; the VM has no way to send a packet anywhere.
+
+mod apt;
+mod report;
+mod vm;
 
 use std::{
-    collections::BTreeSet,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Parser;
+
+use crate::report::{Outcome, Run};
 
 #[derive(Debug, Parser)]
 #[command(about = "Run lastmile's eBPF tests inside Debian kernels under qemu")]
 struct Args {
-    /// Kernel to boot: a Debian series such as `6.1` (the newest linux-image-6.1.0-N-amd64
-    /// the archive has) or an exact package name (repeatable).
+    /// Kernel to boot (repeatable): a series `5.10`, `6.1` or `6.12` (the kernel of
+    /// bullseye, bookworm, bookworm-backports), a suite such as `trixie-backports` (its
+    /// newest kernel), another series (`6.17`: the newest of any suite) or an exact
+    /// package name.
     #[arg(long = "kernel", required = true)]
     kernels: Vec<String>,
     /// A test binary to run in the VM (repeatable); it runs with --test-threads=1.
@@ -36,11 +45,9 @@ struct Args {
     #[arg(long, default_value = "target/vm-tests")]
     work: PathBuf,
     /// Give up on a VM after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 900)]
     timeout: u64,
 }
-
-const MARK: &str = "VMTEST";
 
 fn main() -> std::process::ExitCode {
     match run(&Args::parse()) {
@@ -54,281 +61,159 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<bool> {
+    let started = Instant::now();
     fs::create_dir_all(&args.work).with_context(|| format!("creating {}", args.work.display()))?;
-    let initramfs = build_initramfs(args)?;
-    let mut all_ok = true;
-    for kernel in &args.kernels {
-        let package = &resolve(kernel)?;
-        let vmlinuz = fetch_kernel(&args.work, package)?;
-        eprintln!("==> {package}: booting under qemu (TCG)");
-        let ok = boot(&vmlinuz, &initramfs, Duration::from_secs(args.timeout))?;
-        eprintln!(
-            "==> {package}: {}",
-            if ok { "all tests passed" } else { "FAILED" }
-        );
-        all_ok &= ok;
-    }
-    Ok(all_ok)
-}
-
-/// `6.1` → the newest `linux-image-6.1.0-N-amd64` the archive has; a package name as is.
-fn resolve(kernel: &str) -> anyhow::Result<String> {
-    if kernel.starts_with("linux-image-") {
-        return Ok(kernel.to_owned());
-    }
-    let pattern = format!(
-        "^linux-image-{}\\.0-[0-9]+-amd64$",
-        kernel.replace('.', "\\.")
-    );
-    let out = Command::new("apt-cache")
-        .args(["search", "--names-only", &pattern])
-        .output()
-        .context("running apt-cache")?;
-    let newest = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|name| {
-            let abi = name
-                .strip_prefix(&format!("linux-image-{kernel}.0-"))?
-                .strip_suffix("-amd64")?;
-            Some((abi.parse::<u32>().ok()?, name.to_owned()))
-        })
-        .max();
-    match newest {
-        Some((_, name)) => Ok(name),
-        None => {
-            bail!("no linux-image-{kernel}.0-N-amd64 package in the apt archive (apt-get update?)")
-        }
-    }
-}
-
-/// Downloads and unpacks the kernel package once; returns its vmlinuz.
-fn fetch_kernel(work: &Path, package: &str) -> anyhow::Result<PathBuf> {
-    let dir = work.join("kernels").join(package);
-    let found = find_vmlinuz(&dir);
-    if let Some(v) = found {
-        return Ok(v);
-    }
-    fs::create_dir_all(&dir)?;
-    eprintln!("==> downloading {package}");
-    let status = Command::new("apt-get")
-        .args(["download", package])
-        .current_dir(&dir)
-        .status()
-        .context("running apt-get download")?;
-    if !status.success() {
-        bail!(
-            "`apt-get download {package}` failed: is the package name right (apt-cache search linux-image-6)?"
-        );
-    }
-    let deb = fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(dir.join("root"))
-        .status()?;
-    if !status.success() {
-        bail!("unpacking {} failed", deb.display());
-    }
-    find_vmlinuz(&dir).with_context(|| format!("{package} has no /boot/vmlinuz-*"))
-}
-
-fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
-    fs::read_dir(dir.join("root/boot"))
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-}
-
-/// The shared libraries `binary` needs, from `ldd`.
-fn libraries(binary: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut libs = BTreeSet::new();
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
+    let apt = apt::Apt::new(&args.work)?;
+    apt.update()?;
+    let mut kernels = Vec::new();
+    for spec in &args.kernels {
+        let k = apt.resolve(spec)?;
+        let split = if k.vmlinuz_package == k.package {
+            String::new()
+        } else {
+            format!(" (its kernel is in {})", k.vmlinuz_package)
         };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.insert(PathBuf::from(p));
-        }
+        eprintln!("==> {spec}: {} {}{split}", k.package, k.version);
+        kernels.push(k);
     }
-    Ok(libs)
-}
+    let initramfs = vm::build_initramfs(&args.work, &args.tests, &args.with)?;
+    let tests = list_tests(&args.tests)?;
+    let mut runs = Vec::new();
+    for kernel in &kernels {
+        let run = run_kernel(args, &apt, kernel, &initramfs);
+        runs.push(run);
+    }
 
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-# The initramfs root is writable memory already; no tmpfs over /tmp or /run, which
-# would hide test binaries copied there (a checkout under /tmp, say).
-mkdir -p /tmp /run/netns /sys/fs/cgroup /sys/fs/bpf
-mount -t cgroup2 none /sys/fs/cgroup
-mount -t bpf bpf /sys/fs/bpf
-/usr/bin/ip link set lo up
-echo "VMTEST KERNEL $(uname -r)"
-status=0
-for t in $(cat /tests.list); do
-    echo "VMTEST RUN $t"
-    "$t" --test-threads=1 || status=1
-done
-echo "VMTEST STATUS $status"
-echo o > /proc/sysrq-trigger
-sleep 10
-"#;
-
-fn build_initramfs(args: &Args) -> anyhow::Result<PathBuf> {
-    let root = args.work.join("initramfs-root");
-    if root.exists() {
-        fs::remove_dir_all(&root)?;
-    }
-    for d in [
-        "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "usr/bin", "etc",
-    ] {
-        fs::create_dir_all(root.join(d))?;
-    }
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.exists() {
-        bail!("/bin/busybox is missing: run `cargo xtask setup` (it installs busybox-static)");
-    }
-    copy_into(&root, busybox)?;
-    let ip = Path::new("/usr/bin/ip");
-    let mut binaries: Vec<PathBuf> = args.tests.iter().chain(&args.with).cloned().collect();
-    binaries.push(ip.to_owned());
-    let mut libs = BTreeSet::new();
-    for b in &binaries {
-        let b = b
-            .canonicalize()
-            .with_context(|| format!("{} not found", b.display()))?;
-        copy_into(&root, &b)?;
-        libs.extend(libraries(&b)?);
-    }
-    for l in &libs {
-        copy_into(&root, l)?;
-        // The dynamic loader is looked up at its canonical path too.
-        if let Ok(real) = l.canonicalize()
-            && real != *l
-        {
-            copy_into(&root, &real)?;
-        }
-    }
-    let tests: Vec<String> = args
-        .tests
-        .iter()
-        .map(|t| t.canonicalize().map(|p| p.display().to_string()))
-        .collect::<Result<_, _>>()?;
-    fs::write(root.join("tests.list"), tests.join("\n"))?;
-    fs::write(root.join("init"), INIT)?;
-    set_mode(&root.join("init"), 0o755)?;
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )?;
-
-    let archive = args.work.join("initramfs.cpio");
-    let list = Command::new("sh")
-        .arg("-c")
-        .arg("find . | cpio -o -H newc --quiet")
-        .current_dir(&root)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cpio (cargo xtask setup installs it)")?
-        .wait_with_output()?;
-    if !list.status.success() {
-        bail!("building the initramfs with cpio failed");
-    }
-    fs::write(&archive, list.stdout)?;
-    Ok(archive)
-}
-
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-/// Copies `src` to the same absolute path under `root`, keeping its mode.
-fn copy_into(root: &Path, src: &Path) -> anyhow::Result<()> {
-    let rel = src.strip_prefix("/").unwrap_or(src);
-    let dst = root.join(rel);
-    if let Some(parent) = dst.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    fs::copy(src, &dst).with_context(|| format!("copying {} into the initramfs", src.display()))?;
-    Ok(())
-}
-
-/// Boots the kernel with the initramfs; true when every test binary passed.
-fn boot(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> anyhow::Result<bool> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1536", "-smp", "2"])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-        ])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
-    let stdout = child.stdout.take().context("qemu stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut status = None;
     let mut out = std::io::stderr().lock();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(line) => {
-                writeln!(out, "    vm| {line}")?;
-                if let Some(s) = line.strip_prefix(&format!("{MARK} STATUS ")) {
-                    status = Some(s.trim() == "0");
-                }
+    writeln!(out, "\n==> VM tests: kernel × test")?;
+    for run in &runs {
+        writeln!(
+            out,
+            "    {:6} {}: {} (uname -r {}): {:.0}s{}",
+            run.label,
+            run.spec,
+            run.package,
+            run.release.as_deref().unwrap_or("?"),
+            run.seconds,
+            run.error
+                .as_deref()
+                .map(|e| format!(", {e}"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(out)?;
+    for l in report::table(&tests, &runs).lines() {
+        writeln!(out, "    {l}")?;
+    }
+    for run in &runs {
+        for (test, outcome) in &run.results {
+            if let Outcome::Skipped(reason) = outcome {
+                writeln!(out, "    {}: {test}: {reason}", run.label)?;
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    match status {
-        Some(ok) => Ok(ok),
-        None => bail!("the VM ended (or timed out) without reporting a status"),
+    let ok = runs.iter().all(Run::ok);
+    writeln!(
+        out,
+        "==> VM tests {} in {:.0}s",
+        if ok { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(ok)
+}
+
+/// `linux-image-6.12.95+deb12-amd64` → `6.12`.
+fn series(package: &str) -> String {
+    let digits: Vec<&str> = package
+        .trim_start_matches("linux-image-")
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .collect();
+    digits.join(".")
+}
+
+/// Downloads, boots and reads one kernel; whatever fails is the run's error, so that the
+/// other kernels still run.
+fn run_kernel(args: &Args, apt: &apt::Apt, kernel: &apt::Kernel, initramfs: &Path) -> Run {
+    let mut run = Run {
+        label: series(&kernel.package),
+        spec: kernel.spec.clone(),
+        package: kernel.package.clone(),
+        release: None,
+        results: Default::default(),
+        error: None,
+        seconds: 0.0,
+    };
+    let dir = args.work.join("kernels").join(&kernel.package);
+    let vmlinuz = match apt
+        .download(kernel, &dir)
+        .and_then(|deb| vm::vmlinuz(&deb, &dir))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("==> {}: {e:#}", kernel.spec);
+            run.error = Some(format!("{e:#}"));
+            return run;
+        }
+    };
+    eprintln!(
+        "==> {}: booting {} under qemu (TCG)",
+        kernel.spec, kernel.package
+    );
+    let started = Instant::now();
+    let mut parser = report::Parser::default();
+    let booted = vm::boot(
+        &vmlinuz,
+        initramfs,
+        Duration::from_secs(args.timeout),
+        |line| {
+            eprintln!("    vm| {line}");
+            parser.line(line);
+        },
+    );
+    run.seconds = started.elapsed().as_secs_f64();
+    run.results = parser.finish();
+    match booted {
+        Ok(b) => {
+            run.release = b.release;
+            run.error = b.error;
+            if b.status == Some(false) && run.results.values().all(|o| *o != Outcome::Fail) {
+                run.error = Some("a test binary failed outside any test".to_owned());
+            }
+        }
+        Err(e) => run.error = Some(format!("{e:#}")),
     }
+    let count = |f: fn(&Outcome) -> bool| run.results.values().filter(|o| f(o)).count();
+    eprintln!(
+        "==> {} ({}): {} passed, {} failed, {} skipped in {:.0}s{}",
+        kernel.spec,
+        run.release.as_deref().unwrap_or("did not boot"),
+        count(|o| *o == Outcome::Pass),
+        count(|o| *o == Outcome::Fail),
+        count(|o| matches!(o, Outcome::Skipped(_) | Outcome::Ignored)),
+        run.seconds,
+        run.error
+            .as_deref()
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default()
+    );
+    run
+}
+
+/// The tests each binary has (`--list`, run on the host), for the table's rows.
+fn list_tests(binaries: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut tests = Vec::new();
+    for b in binaries {
+        let out = Command::new(b)
+            .arg("--list")
+            .output()
+            .with_context(|| format!("running {} --list", b.display()))?;
+        tests.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_suffix(": test"))
+                .map(str::to_owned),
+        );
+    }
+    Ok(tests)
 }

@@ -1,0 +1,183 @@
+//! What each test did in a VM, from libtest's lines, and the kernel × test table.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Ignored,
+    /// Passed by returning early: the test said why (`SKIPPED name: reason`).
+    Skipped(String),
+}
+
+impl Outcome {
+    fn cell(&self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "FAIL",
+            Self::Ignored => "ignored",
+            Self::Skipped(_) => "skipped",
+        }
+    }
+}
+
+/// Reads a VM's console line by line (libtest runs with `--test-threads=1`).
+#[derive(Debug, Default)]
+pub struct Parser {
+    results: BTreeMap<String, Outcome>,
+    skips: BTreeMap<String, String>,
+    /// A `test NAME ... ` whose result a test's own output pushed to a later line.
+    pending: Option<String>,
+}
+
+fn result_word(s: &str) -> Option<Outcome> {
+    let s = s.trim();
+    if s == "ok" {
+        Some(Outcome::Pass)
+    } else if s.starts_with("FAILED") {
+        Some(Outcome::Fail)
+    } else if s.starts_with("ignored") {
+        Some(Outcome::Ignored)
+    } else {
+        None
+    }
+}
+
+impl Parser {
+    pub fn line(&mut self, line: &str) {
+        let line = line.trim_end_matches('\r');
+        // Written by a test that returns early (see `have_root` and `needs_kernel`).
+        if let Some((name, reason)) = line
+            .find("SKIPPED ")
+            .and_then(|at| line.get(at + "SKIPPED ".len()..))
+            .and_then(|rest| rest.split_once(": "))
+        {
+            self.skips.insert(name.to_owned(), reason.trim().to_owned());
+        }
+        if let Some((name, rest)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "))
+        {
+            match result_word(rest) {
+                Some(outcome) => {
+                    self.results.insert(name.to_owned(), outcome);
+                    self.pending = None;
+                }
+                None => self.pending = Some(name.to_owned()),
+            }
+            return;
+        }
+        if let Some(outcome) = result_word(line)
+            && let Some(name) = self.pending.take()
+        {
+            self.results.insert(name, outcome);
+        }
+    }
+
+    /// Each test's outcome, a pass that said `SKIPPED` counting as skipped.
+    pub fn finish(self) -> BTreeMap<String, Outcome> {
+        let mut results = self.results;
+        for (name, reason) in self.skips {
+            if let Some(o @ Outcome::Pass) = results.get_mut(&name) {
+                *o = Outcome::Skipped(reason);
+            }
+        }
+        results
+    }
+}
+
+/// One kernel's run.
+#[derive(Debug)]
+pub struct Run {
+    /// The column's title: the series or suite asked for.
+    pub label: String,
+    /// What `--kernel` said.
+    pub spec: String,
+    pub package: String,
+    /// `uname -r` inside the VM, once it booted.
+    pub release: Option<String>,
+    pub results: BTreeMap<String, Outcome>,
+    /// Why the VM gave no (full) answer, when it did not.
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+            && !self.results.is_empty()
+            && self.results.values().all(|o| *o != Outcome::Fail)
+    }
+}
+
+/// The kernel × test table, tests in `tests`' order (then any the VMs reported besides).
+pub fn table(tests: &[String], runs: &[Run]) -> String {
+    let mut rows: Vec<&str> = tests.iter().map(String::as_str).collect();
+    for run in runs {
+        for name in run.results.keys() {
+            if !rows.contains(&name.as_str()) {
+                rows.push(name);
+            }
+        }
+    }
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(4).max(4);
+    let cols: Vec<String> = runs.iter().map(|r| r.label.clone()).collect();
+    let colw: Vec<usize> = cols.iter().map(|c| c.len().max(7)).collect();
+    let mut out = String::new();
+    let _ = write!(out, "{:width$}", "test");
+    for (c, w) in cols.iter().zip(&colw) {
+        let _ = write!(out, "  {c:w$}");
+    }
+    out.push('\n');
+    for row in &rows {
+        let _ = write!(out, "{row:width$}");
+        for (run, w) in runs.iter().zip(&colw) {
+            let cell = match run.results.get(*row) {
+                Some(o) => o.cell(),
+                None if run.error.is_some() => "not run",
+                None => "missing",
+            };
+            let _ = write!(out, "  {cell:w$}");
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "{:width$}", "wall time");
+    for (run, w) in runs.iter().zip(&colw) {
+        let t = format!("{:.0}s", run.seconds);
+        let _ = write!(out, "  {t:w$}");
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_skips_and_split_lines() {
+        let mut p = Parser::default();
+        for l in [
+            "running 4 tests",
+            "test a ... ok",
+            "test b ... FAILED",
+            "test c ... SKIPPED c: skipped on 5.10: needs X (kernel >= 5.13)",
+            "ok",
+            "test d ... ignored, slow",
+            "test result: FAILED. 2 passed; 1 failed; 1 ignored",
+        ] {
+            p.line(l);
+        }
+        let r = p.finish();
+        assert_eq!(r.get("a"), Some(&Outcome::Pass));
+        assert_eq!(r.get("b"), Some(&Outcome::Fail));
+        assert_eq!(
+            r.get("c"),
+            Some(&Outcome::Skipped(
+                "skipped on 5.10: needs X (kernel >= 5.13)".to_owned()
+            ))
+        );
+        assert_eq!(r.get("d"), Some(&Outcome::Ignored));
+    }
+}
