@@ -104,15 +104,15 @@ impl Session {
     /// [`wire::UnlockAuthorization`] and the session key's signature over it (base64).
     pub fn authorize(
         &self,
-        resource: &str,
-        gateway: &str,
+        resource: &wire::ResourceName,
+        gateway: &wire::GatewayName,
         connection: &str,
     ) -> Result<(wire::UnlockAuthorization, String), ClientError> {
         let a = wire::UnlockAuthorization {
-            session: self.login.session.clone(),
-            device: self.login.device.clone(),
-            resource: resource.to_owned(),
-            gateway: gateway.to_owned(),
+            session: self.login.session.as_str().into(),
+            device: self.login.device.as_str().into(),
+            resource: resource.clone(),
+            gateway: gateway.clone(),
             connection: connection.into(),
             created: now(),
             nonce: nonce()?,

@@ -5,5 +5,6 @@ pub mod device;
 pub mod duration;
 pub mod error_code;
 pub mod httpsig;
+pub mod names;
 pub mod target;
 pub mod wire;

@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::error_code::ErrorCode;
+pub use crate::names::{
+    ConnectionId, DeviceId, GatewayName, NameError, ResourceName, SessionId, UserName,
+};
 
 /// Every error the API returns: a stable code to match on and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,10 +271,10 @@ pub struct CredentialInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnlockAuthorization {
-    pub session: String,
-    pub device: String,
-    pub resource: String,
-    pub gateway: String,
+    pub session: SessionId,
+    pub device: DeviceId,
+    pub resource: ResourceName,
+    pub gateway: GatewayName,
     /// The id the client proposes for the connection, unique per connection (the API
     /// chooses the id every event uses and keeps this one as `client_connection`).
     pub connection: crate::connection::ClientConnectionId,
@@ -299,7 +302,7 @@ pub fn unlock_authorization_message(a: &UnlockAuthorization) -> Vec<u8> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnlockRequest {
-    pub resource: String,
+    pub resource: ResourceName,
     #[serde(default)]
     pub authorization: Option<UnlockAuthorization>,
     /// The session key's signature over [`unlock_authorization_message`], base64.
@@ -332,7 +335,7 @@ pub struct Unlocked {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionRequest {
-    pub resource: String,
+    pub resource: ResourceName,
     #[serde(default)]
     pub authorization: Option<UnlockAuthorization>,
     /// The session key's signature over [`unlock_authorization_message`], base64.
@@ -351,9 +354,9 @@ pub struct ConnectionRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionAuthorized {
     pub resource: Resource,
-    pub user: String,
-    pub session: String,
-    pub device: String,
+    pub user: UserName,
+    pub session: SessionId,
+    pub device: DeviceId,
     pub session_expires_at: i64,
     /// When the grant this connection rests on ends; `None`: it does not.
     #[serde(default)]
@@ -369,7 +372,7 @@ pub struct ConnectionAuthorized {
     /// The connection's id, chosen by the API (the authorization's `connection` is the
     /// client's hint). Events, logs and SSH certificate key ids use this one.
     #[serde(default)]
-    pub connection: String,
+    pub connection: ConnectionId,
 }
 
 /// `POST /v1/gateways/resource-certificate`: a gateway asks for a TLS server certificate
@@ -518,9 +521,9 @@ pub struct Session {
 pub struct Revocation {
     /// Increasing; resume a stream with `?since=<seq>` or `Last-Event-ID`.
     pub seq: i64,
-    pub session: String,
-    pub user: String,
-    pub device: String,
+    pub session: SessionId,
+    pub user: UserName,
+    pub device: DeviceId,
     pub reason: String,
     pub at: i64,
     /// Set when what ended is the user's access to this resource (a grant revoked, a

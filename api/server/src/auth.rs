@@ -111,9 +111,9 @@ pub async fn revoke_session(
     tracing::info!(session, reason, actor, "session revoked");
     Ok(Some(wire::Revocation {
         seq,
-        session: session.to_owned(),
-        user,
-        device,
+        session: session.into(),
+        user: wire::UserName::parse(user).map_err(ApiError::internal)?,
+        device: device.into(),
         reason: reason.to_owned(),
         at: t,
         resource: None,

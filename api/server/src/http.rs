@@ -393,7 +393,7 @@ async fn revocations(
                 Box::new(|_| true)
             } else {
                 let user = s.caller.user;
-                Box::new(move |r| r.user == user)
+                Box::new(move |r| r.user.as_str() == user)
             }
         }
     };

@@ -7,6 +7,7 @@
 //! a subscriber hears of a revocation within about 50 ms wherever it was decided, and a
 //! subscriber that reconnects with `since` (or `Last-Event-ID`) misses nothing.
 
+use lastmile_proto::wire::UserName;
 use std::{
     collections::VecDeque,
     sync::{
@@ -34,9 +35,14 @@ const POLL: Duration = Duration::from_millis(50);
 fn row(r: &sqlx::any::AnyRow) -> Result<Revocation, sqlx::Error> {
     Ok(Revocation {
         seq: r.try_get("seq")?,
-        session: r.try_get("session_id")?,
-        user: r.try_get("user_name")?,
-        device: r.try_get("device_id")?,
+        session: r.try_get::<String, _>("session_id")?.into(),
+        user: UserName::parse(r.try_get::<String, _>("user_name")?).map_err(|e| {
+            sqlx::Error::ColumnDecode {
+                index: "user_name".into(),
+                source: Box::new(e),
+            }
+        })?,
+        device: r.try_get::<String, _>("device_id")?.into(),
         reason: r.try_get("reason")?,
         at: r.try_get("at")?,
         resource: r.try_get("resource")?,

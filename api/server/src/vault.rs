@@ -317,19 +317,13 @@ pub async fn authorize(
     }
 
     // 2. The user's authorization for this connection.
-    if !lastmile_proto::wire::valid_name(resource) {
-        return Err(ApiError::bad_request(
-            ErrorCode::BadName,
-            "`resource` is not a resource name",
-        ));
-    }
     let (Some(authz), Some(authz_sig)) = (authorization, authorization_signature) else {
         return Err(ApiError::unauthorized(
             ErrorCode::AuthorizationMissing,
             "an unlock needs the user's per-connection authorization, signed by their session key: a gateway alone never suffices",
         ));
     };
-    if authz.gateway != gw.name {
+    if authz.gateway.as_str() != gw.name {
         return Err(ApiError::forbidden(
             ErrorCode::AuthorizationOtherGateway,
             format!(
@@ -398,7 +392,7 @@ pub async fn authorize(
         ));
     }
     // The session key signed this device id: a mismatch is its holder's own doing.
-    if authz.device != session.device {
+    if authz.device.as_str() != session.device {
         return Err(session.presented_elsewhere(app, &authz.device).await);
     }
     session.check_standing()?;
@@ -670,13 +664,15 @@ pub async fn authorize_connection(
     };
     Ok(lastmile_proto::wire::ConnectionAuthorized {
         resource,
-        user: a.session.user.clone(),
-        session: a.session.id.clone(),
-        device: a.session.device.clone(),
+        // Names in the database were checked when they were made.
+        user: lastmile_proto::wire::UserName::parse(a.session.user.clone())
+            .map_err(ApiError::internal)?,
+        session: a.session.id.clone().into(),
+        device: a.session.device.clone().into(),
         session_expires_at: a.session.expires_at,
         grant_expires_at: a.grant_expires_at,
         credential,
         revocations_after: Some(revocations_after),
-        connection: a.connection.clone(),
+        connection: a.connection.clone().into(),
     })
 }

@@ -161,7 +161,9 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
     // Authorize: the checks of the unlock, for a resource without a credential. The id a
     // client proposes for a connection the node handed over carries its socket cookie.
     let proposed = lastmile_proto::connection::ClientConnectionId::handed_over(77, "ab12");
-    let (authz, sig) = alice.authorize("echo", "gw1", proposed.as_str()).unwrap();
+    let (authz, sig) = alice
+        .authorize(&name("echo"), &gateway("gw1"), proposed.as_str())
+        .unwrap();
     let req = json!({"resource": "echo", "authorization": authz, "authorization_signature": sig});
     let a = gw.post("/v1/connections/authorize", &req).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -228,3 +230,11 @@ async fn tunnel_endpoints_and_authorization(store: Store) {
 }
 
 both_stores!(tunnel_endpoints, tunnel_endpoints_and_authorization);
+
+fn name(n: &str) -> lastmile_proto::wire::ResourceName {
+    lastmile_proto::wire::ResourceName::parse(n).unwrap()
+}
+
+fn gateway(n: &str) -> lastmile_proto::wire::GatewayName {
+    lastmile_proto::wire::GatewayName::parse(n).unwrap()
+}

@@ -147,7 +147,7 @@ async fn unlock_and_refusals(store: Store) {
     assert_eq!(code(&a), "gateway_certificate_required");
     // An authorization for another resource, or another gateway.
     let (mut other, _) = authorize(&alice, "orders-db", "gw1");
-    other.resource = "billing-db".into();
+    other.resource = lastmile_proto::wire::ResourceName::parse("billing-db").unwrap();
     let forged_sig = authorize(&alice, "billing-db", "gw1").1;
     assert_eq!(
         code(

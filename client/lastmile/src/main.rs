@@ -7,6 +7,7 @@
 
 mod agent;
 mod audit;
+mod home;
 mod known_hosts;
 mod recordings;
 mod session;

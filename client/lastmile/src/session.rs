@@ -1,31 +1,21 @@
 //! `lastmile login | logout | status | resources`: the user's identity on this machine.
 //!
-//! State lives in `$LASTMILE_HOME` (default `$XDG_CONFIG_HOME/lastmile`, else
-//! `~/.config/lastmile`), a 0700 directory:
-//! - `device.key`: the device key's seed (Ed25519), 0600, made on first use and never
-//!   sent anywhere; only its signatures leave the machine.
-//! - `ca.pem`: the organisation's CA, pinned by the first login that succeeds with it
-//!   (`--ca`); a login that fails keeps the CA pinned before it.
-//! - `session.json`: the current session (its key seed, ids, certificate), 0600.
-//! - `login.json`: the API URL and user name of the last login, kept by `logout`, so the
-//!   next `login` needs neither `--api` nor `--user`.
+//! What they keep on this machine is in `$LASTMILE_HOME`; see [`crate::home`].
 
-use lastmile_proto::wire::ErrorCode;
 use std::{
-    io::{BufRead as _, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    io::BufRead as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
-use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use clap::{Args, ValueEnum};
-use ed25519_dalek::SigningKey;
 use lastmile_api_client::{ApiClient, ClientError, Login, Session};
-use lastmile_proto::wire::{LoginResponse, Resource};
+use lastmile_proto::wire::{ErrorCode, Resource};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use crate::home::{self, Home};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Output {
@@ -58,135 +48,6 @@ pub struct LoginArgs {
     no_agent: bool,
 }
 
-/// The session as kept on disk.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    api: String,
-    session_key: String,
-    login: LoginResponse,
-}
-
-/// What the next `login` takes by default: the last login's API and user (`login.json`).
-#[derive(Serialize, Deserialize)]
-struct Remembered {
-    api: String,
-    user: String,
-}
-
-const REMEMBERED: &str = "login.json";
-
-/// The last login's API and user: `login.json`, else (a home from before it existed) the
-/// saved session.
-fn remembered(home: &Path) -> Option<Remembered> {
-    let read = |f: &str| std::fs::read_to_string(home.join(f)).ok();
-    if let Some(r) = read(REMEMBERED).and_then(|t| serde_json::from_str(&t).ok()) {
-        return Some(r);
-    }
-    let text = Zeroizing::new(read("session.json")?);
-    let saved: Saved = serde_json::from_str(&text).ok()?;
-    Some(Remembered {
-        api: saved.api,
-        user: saved.login.user,
-    })
-}
-
-fn remember(home: &Path, api: &str, user: &str) -> anyhow::Result<()> {
-    let r = Remembered {
-        api: api.to_owned(),
-        user: user.to_owned(),
-    };
-    write_private(&home.join(REMEMBERED), &serde_json::to_vec(&r)?)
-}
-
-pub fn home() -> anyhow::Result<PathBuf> {
-    if let Some(h) = std::env::var_os("LASTMILE_HOME") {
-        return Ok(PathBuf::from(h));
-    }
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
-        return Ok(PathBuf::from(x).join("lastmile"));
-    }
-    let home = std::env::var_os("HOME")
-        .context("neither LASTMILE_HOME, XDG_CONFIG_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".config/lastmile"))
-}
-
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn ensure_home(home: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(home)
-        .with_context(|| format!("creating {}", home.display()))
-}
-
-/// The device key: loaded, or made on first use.
-fn device_key(home: &Path) -> anyhow::Result<SigningKey> {
-    let path = home.join("device.key");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let seed = Zeroizing::new(
-                B64.decode(text.trim())
-                    .with_context(|| format!("{} is damaged", path.display()))?,
-            );
-            let seed: [u8; 32] = seed
-                .as_slice()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{} is damaged", path.display()))?;
-            Ok(SigningKey::from_bytes(&seed))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = lastmile_api_client::new_key()?;
-            write_private(&path, B64.encode(key.to_bytes()).as_bytes())?;
-            eprintln!("made this machine's device key: {}", path.display());
-            Ok(key)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-pub(crate) fn load(home: &Path) -> anyhow::Result<Option<(ApiClient, Session)>> {
-    let text = match std::fs::read_to_string(home.join("session.json")) {
-        Ok(t) => Zeroizing::new(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("reading the session"),
-    };
-    let saved: Saved = serde_json::from_str(&text)
-        .context("the saved session is damaged: run `lastmile login`")?;
-    let ca = std::fs::read_to_string(home.join("ca.pem"))
-        .context("the pinned CA is missing: run `lastmile login --ca …`")?;
-    let seed = Zeroizing::new(
-        B64.decode(&saved.session_key)
-            .context("the saved session is damaged")?,
-    );
-    let seed: [u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("the saved session is damaged"))?;
-    let client = ApiClient::new(&saved.api, &ca, None)?;
-    Ok(Some((
-        client,
-        Session {
-            device_key: device_key(home)?,
-            session_key: SigningKey::from_bytes(&seed),
-            login: saved.login,
-        },
-    )))
-}
-
 fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
     if from_stdin {
         let mut line = Zeroizing::new(String::new());
@@ -200,45 +61,15 @@ fn read_secret(prompt: &str, from_stdin: bool) -> anyhow::Result<Zeroizing<Strin
     ))
 }
 
-/// The id of the session saved in `home`, if there is one.
-pub(crate) fn saved_session_id(home: &Path) -> anyhow::Result<Option<String>> {
-    let text = match std::fs::read_to_string(home.join("session.json")) {
-        Ok(t) => Zeroizing::new(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("reading the session"),
-    };
-    let saved: Saved = serde_json::from_str(&text).context("the saved session is damaged")?;
-    Ok(Some(saved.login.session))
-}
-
-/// Saves a renewed session certificate (the agent renews it before it ends).
-pub(crate) fn save_certificate(home: &Path, session: &Session) -> anyhow::Result<()> {
-    let path = home.join("session.json");
-    let text = Zeroizing::new(std::fs::read_to_string(&path).context("reading the session")?);
-    let mut saved: Saved = serde_json::from_str(&text).context("the saved session is damaged")?;
-    if saved.login.session != session.login.session {
-        bail!("the saved session changed (a new login); not overwriting it");
-    }
-    saved
-        .login
-        .certificate
-        .clone_from(&session.login.certificate);
-    saved.login.certificate_expires_at = session.login.certificate_expires_at;
-    write_private(
-        &path,
-        Zeroizing::new(serde_json::to_vec(&saved)?).as_slice(),
-    )
-}
-
 pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
-    let home = home()?;
-    ensure_home(&home)?;
-    let previous = remembered(&home);
+    let home = Home::locate()?;
+    home.ensure()?;
+    let previous = home.remembered();
     let api = a
         .api
         .or_else(|| previous.as_ref().map(|p| p.api.clone()))
         .context("which API? pass --api https://…")?;
-    let ca_path = home.join("ca.pem");
+    let ca_path = home.join(home::CA);
     // A CA given with --ca is only tried here; it is pinned once a login with it succeeds.
     let ca = match &a.ca {
         Some(ca) => {
@@ -258,7 +89,7 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
         .or_else(|| previous.as_ref().map(|p| p.user.clone()))
         .or_else(|| std::env::var("USER").ok())
         .context("which user? pass --user")?;
-    let device = device_key(&home)?;
+    let device = home.device_key()?;
     let facts = lastmile_proto::device::MachineFacts::collect();
     let fingerprint = lastmile_proto::device::fingerprint(&facts)?;
     let name = facts
@@ -311,18 +142,10 @@ pub async fn login(a: LoginArgs, out: Output) -> anyhow::Result<()> {
         }
     };
     if a.ca.is_some() {
-        write_private(&ca_path, ca.as_bytes())?;
+        home.write_private(home::CA, ca.as_bytes())?;
     }
-    remember(&home, &api, &session.login.user)?;
-    let saved = Saved {
-        api,
-        session_key: B64.encode(session.session_key.to_bytes()),
-        login: session.login.clone(),
-    };
-    write_private(
-        &home.join("session.json"),
-        Zeroizing::new(serde_json::to_vec(&saved)?).as_slice(),
-    )?;
+    home.remember(&api, &session.login.user)?;
+    home.save_session(&api, &session)?;
     let known_hosts = match ssh_known_hosts(&home, &client, &session).await {
         Ok(note) => note,
         Err(e) => {
@@ -400,7 +223,7 @@ async fn ssh_known_hosts(
             organisation: bundle.organisation,
             path: path.clone(),
         };
-        write_private(&state, &serde_json::to_vec(&s)?)?;
+        crate::home::write_private(&state, &serde_json::to_vec(&s)?)?;
         Ok(Some(path.display().to_string()))
     } else {
         let _ = std::fs::remove_file(&state);
@@ -460,7 +283,9 @@ fn explain(e: ClientError) -> anyhow::Error {
 }
 
 pub async fn resources(out: Output) -> anyhow::Result<()> {
-    let (client, session) = load(&home()?)?.context("not logged in: run `lastmile login`")?;
+    let (client, session) = Home::locate()?
+        .load()?
+        .context("not logged in: run `lastmile login`")?;
     let list: Vec<Resource> = client
         .call(&session, Method::GET, "/v1/resources", None)
         .await?
@@ -493,7 +318,7 @@ pub async fn resources(out: Output) -> anyhow::Result<()> {
 
 /// `lastmile ca`: the organisation's CA, as pinned at login.
 pub fn ca(path_only: bool) -> anyhow::Result<()> {
-    let file = home()?.join("ca.pem");
+    let file = Home::locate()?.join(home::CA);
     let pem = std::fs::read_to_string(&file).with_context(|| {
         format!(
             "reading {}: log in first (`lastmile login --ca …` pins the organisation's CA)",
@@ -509,22 +334,22 @@ pub fn ca(path_only: bool) -> anyhow::Result<()> {
 }
 
 pub async fn logout() -> anyhow::Result<()> {
-    let home = home()?;
-    let Some((client, session)) = load(&home)? else {
+    let home = Home::locate()?;
+    let Some((client, session)) = home.load()? else {
         println!("not logged in");
         return Ok(());
     };
     crate::agent::stop(&home);
     // The API and user stay for the next login (a home from before `login.json` has them
     // only in the session about to go).
-    if let Some(r) = remembered(&home) {
-        remember(&home, &r.api, &r.user)?;
+    if let Some(r) = home.remembered() {
+        home.remember(&r.api, &r.user)?;
     }
     // Forget the session locally whatever the API says: a dead session is gone anyway.
     let answer = client
         .call(&session, Method::POST, "/v1/logout", None)
         .await;
-    std::fs::remove_file(home.join("session.json")).context("removing the session")?;
+    home.remove_session()?;
     if let Err(e) = forget_ssh_known_hosts(&home) {
         eprintln!("warning: lastmile's lines are still in ~/.ssh/known_hosts: {e:#}");
     }

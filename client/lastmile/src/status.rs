@@ -9,17 +9,18 @@ use reqwest::Method;
 
 use crate::{
     agent::{AgentState, RefusalRecord},
-    session::{Output, home, load, when},
+    home::Home,
+    session::{Output, when},
 };
 
 /// How many refusals `status` shows (`why` shows them all).
 const RECENT: usize = 3;
 
 pub async fn status(out: Output) -> anyhow::Result<std::process::ExitCode> {
-    let home = home()?;
+    let home = Home::locate()?;
     let agent = crate::agent::running(&home);
     let refusals = crate::agent::read_refusals(&home);
-    let Some((client, session)) = load(&home)? else {
+    let Some((client, session)) = home.load()? else {
         match out {
             Output::Json => println!("{}", serde_json::json!({"logged_in": false})),
             Output::Text => println!("not logged in: run `lastmile login`"),
@@ -232,7 +233,7 @@ fn ago(now: i64, then: i64) -> String {
 
 /// `lastmile why`: every refusal kept, newest first.
 pub fn why(out: Output) -> anyhow::Result<()> {
-    let list = crate::agent::read_refusals(&home()?);
+    let list = crate::agent::read_refusals(&Home::locate()?);
     match out {
         Output::Json => {
             let newest: Vec<_> = list.iter().rev().collect();

@@ -14,7 +14,7 @@ use std::{
 
 use lastmile_proto::{
     connection::{ClientAddr, OrigDstAddr},
-    wire::ErrorCode,
+    wire::{ConnectionId, ErrorCode, SessionId, UserName},
 };
 use serde_json::Value;
 
@@ -103,9 +103,9 @@ pub enum EventBody {
 /// docs/audit-events.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct SshRecord {
-    pub connection: String,
-    pub session: String,
-    pub user: String,
+    pub connection: ConnectionId,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: String,
     pub gateway: String,
     #[serde(flatten)]
@@ -115,9 +115,9 @@ pub struct SshRecord {
 /// One statement on a database connection.
 #[derive(Debug, Clone, Serialize)]
 pub struct DbQuery {
-    pub connection: String,
-    pub session: String,
-    pub user: String,
+    pub connection: ConnectionId,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: String,
     pub gateway: String,
     /// The kernel's socket cookie of the client's connection, when the node handed it
@@ -149,9 +149,9 @@ pub struct DbQuery {
 /// A database connection the gateway ended itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct DbRefusal {
-    pub connection: String,
-    pub session: String,
-    pub user: String,
+    pub connection: ConnectionId,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: String,
     pub gateway: String,
     pub sock_cookie: Option<u64>,
@@ -163,9 +163,9 @@ pub struct DbRefusal {
 #[derive(Debug, Clone, Serialize)]
 pub struct DbCancel {
     /// The connection the cancel request came on.
-    pub connection: String,
-    pub session: String,
-    pub user: String,
+    pub connection: ConnectionId,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: String,
     pub gateway: String,
     pub sock_cookie: Option<u64>,
@@ -179,14 +179,14 @@ pub struct DbCancel {
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayClose {
     /// The API's id for the connection.
-    pub connection: String,
+    pub connection: ConnectionId,
     /// The id the client proposed (it carries the node's socket cookie).
     pub client_connection: String,
     /// The kernel's socket cookie of the client's connection, when the node handed it
     /// over (the join key to `kernel.connect`).
     pub sock_cookie: Option<u64>,
-    pub session: String,
-    pub user: String,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: String,
     pub gateway: String,
     pub upstream: Option<SocketAddr>,
@@ -208,8 +208,8 @@ pub struct GatewayRefusal {
     pub client_connection: Option<String>,
     /// The application socket's cookie, when the node handed the connection over.
     pub sock_cookie: Option<u64>,
-    pub session: String,
-    pub user: String,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: Option<String>,
     pub gateway: String,
     pub code: ErrorCode,
@@ -603,7 +603,7 @@ mod tests {
             client_connection: "sock-1-ab".into(),
             sock_cookie: Some(1),
             session: "ses_1".into(),
-            user: "alice".into(),
+            user: UserName::parse("alice").unwrap(),
             resource: "echo".into(),
             gateway: "gw1".into(),
             upstream: None,
@@ -617,7 +617,7 @@ mod tests {
             client_connection: None,
             sock_cookie: None,
             session: "ses_1".into(),
-            user: "alice".into(),
+            user: UserName::parse("alice").unwrap(),
             resource: None,
             gateway: "gw1".into(),
             code: ErrorCode::BadStreamHeader,
@@ -626,7 +626,7 @@ mod tests {
         let query = Event::now(EventBody::DbQuery(DbQuery {
             connection: "sock-1-ab".into(),
             session: "ses_1".into(),
-            user: "alice".into(),
+            user: UserName::parse("alice").unwrap(),
             resource: "orders".into(),
             gateway: "gw1".into(),
             sock_cookie: Some(1),
@@ -646,7 +646,7 @@ mod tests {
         let db_refused = Event::now(EventBody::DbRefused(DbRefusal {
             connection: "sock-1-ab".into(),
             session: "ses_1".into(),
-            user: "alice".into(),
+            user: UserName::parse("alice").unwrap(),
             resource: "orders".into(),
             gateway: "gw1".into(),
             sock_cookie: Some(1),
@@ -656,7 +656,7 @@ mod tests {
         let cancel = Event::now(EventBody::DbCancel(DbCancel {
             connection: "sock-2-cd".into(),
             session: "ses_1".into(),
-            user: "alice".into(),
+            user: UserName::parse("alice").unwrap(),
             resource: "orders".into(),
             gateway: "gw1".into(),
             sock_cookie: Some(2),

@@ -453,13 +453,14 @@ fn refused(r: Result<Tunnel, ConnectError>) -> ConnectError {
             let t = Arc::new(t);
             let result = tokio::task::block_in_place(|| {
                 rt.block_on(async {
+                    let echo = lastmile_proto::wire::ResourceName::parse("echo").unwrap();
                     let h = lastmile_tunnel::header::StreamHeader {
-                        resource: "echo".into(),
+                        resource: echo.clone(),
                         authorization: lastmile_proto::wire::UnlockAuthorization {
                             session: "s".into(),
                             device: "d".into(),
-                            resource: "echo".into(),
-                            gateway: "gw1".into(),
+                            resource: echo,
+                            gateway: lastmile_proto::wire::GatewayName::parse("gw1").unwrap(),
                             connection: "c".into(),
                             created: 0,
                             nonce: "n".repeat(20),

@@ -1,6 +1,5 @@
 //! What the bridge tells the gateway, for its audit sink.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,15 +8,8 @@ use crate::exec_log::ExecCommand;
 use crate::recording::FinishedRecording;
 use crate::sftp_log::SftpOp;
 
-/// The gateway's id for one tunnelled connection, carried in every event and tracing span.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct ConnectionId(pub String);
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// The API's id for one tunnelled connection, carried in every event and tracing span.
+pub use lastmile_proto::names::ConnectionId;
 
 /// One thing worth an audit entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]

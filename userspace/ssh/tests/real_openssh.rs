@@ -189,7 +189,7 @@ async fn fixture_with_revocation(
     let events = Arc::new(Collected::default());
     std::fs::create_dir(d.join("recordings")).unwrap_or_else(|e| panic!("{e}"));
     let session = GatewaySession {
-        connection: ConnectionId("conn".to_owned()),
+        connection: ConnectionId::from("conn"),
         resource: SshResource {
             name: "web-1".to_owned(),
             ssh_principals: vec![user.clone()],
@@ -222,7 +222,7 @@ async fn fixture_with_revocation(
                 continue;
             };
             let mut session = session.clone();
-            session.connection = ConnectionId(format!("conn{n}"));
+            session.connection = ConnectionId::from(format!("conn{n}"));
             let host = host.clone();
             let revoke = revoke.clone();
             tokio::spawn(async move {

@@ -17,7 +17,7 @@ use base64::{
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use lastmile_proto::wire::{ErrorCode, UnlockAuthorization};
+use lastmile_proto::wire::{ErrorCode, ResourceName, UnlockAuthorization};
 
 use crate::client::ConnectError;
 
@@ -31,7 +31,7 @@ pub const MESSAGE: &str = "lastmile-message";
 /// What opens a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamHeader {
-    pub resource: String,
+    pub resource: ResourceName,
     pub authorization: UnlockAuthorization,
     /// Standard base64 of the session key's signature.
     pub signature: String,
@@ -72,10 +72,8 @@ impl StreamHeader {
                 .to_str()
                 .map_err(|_| bad(&format!("`{name}` is not text")))
         };
-        let resource = text(RESOURCE)?.to_owned();
-        if !lastmile_proto::wire::valid_name(&resource) {
-            return Err(bad("`lastmile-resource` is not a resource name"));
-        }
+        let resource = ResourceName::parse(text(RESOURCE)?)
+            .map_err(|e| bad(&format!("`lastmile-resource`: {e}")))?;
         let json = URL_SAFE_NO_PAD
             .decode(text(AUTHORIZATION)?)
             .map_err(|_| bad("`lastmile-authorization` is not base64url"))?;
@@ -165,12 +163,12 @@ mod tests {
 
     fn header() -> StreamHeader {
         StreamHeader {
-            resource: "orders-db".into(),
+            resource: ResourceName::parse("orders-db").unwrap(),
             authorization: UnlockAuthorization {
                 session: "ses_1".into(),
                 device: "dev_1".into(),
-                resource: "orders-db".into(),
-                gateway: "gw1".into(),
+                resource: ResourceName::parse("orders-db").unwrap(),
+                gateway: lastmile_proto::wire::GatewayName::parse("gw1").unwrap(),
                 connection: "c1".into(),
                 created: 1,
                 nonce: "n".repeat(22),

@@ -6,6 +6,7 @@
 //! (`urn:lastmile:gateway:NAME` and its addresses, EKU serverAuth). An expired
 //! certificate, one from another CA, or none at all fails the handshake.
 
+use lastmile_proto::wire::{DeviceId, SessionId, UserName};
 use std::sync::Arc;
 
 use rustls::{
@@ -107,9 +108,9 @@ pub fn gateway_config(
 /// Who a session certificate speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionIdentity {
-    pub user: String,
-    pub session: String,
-    pub device: String,
+    pub user: UserName,
+    pub session: SessionId,
+    pub device: DeviceId,
 }
 
 /// The subject alternative names of a certificate, each mapped by `pick`.
@@ -139,9 +140,10 @@ pub fn session_identity(cert: &CertificateDer<'_>) -> Option<SessionIdentity> {
             .find_map(|u| u.strip_prefix(prefix).map(str::to_owned))
     };
     Some(SessionIdentity {
-        user: find("urn:lastmile:user:")?,
-        session: find("urn:lastmile:session:")?,
-        device: find("urn:lastmile:device:")?,
+        // A user name the API would not have made is no user: refused like no name.
+        user: UserName::parse(find("urn:lastmile:user:")?).ok()?,
+        session: find("urn:lastmile:session:")?.into(),
+        device: find("urn:lastmile:device:")?.into(),
     })
 }
 

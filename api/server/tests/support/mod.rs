@@ -296,8 +296,8 @@ pub fn authorize(
 ) -> (lastmile_proto::wire::UnlockAuthorization, String) {
     session
         .authorize(
-            resource,
-            gateway,
+            &lastmile_proto::wire::ResourceName::parse(resource).unwrap(),
+            &lastmile_proto::wire::GatewayName::parse(gateway).unwrap(),
             &format!("conn-{}", lastmile_api_client::nonce().unwrap()),
         )
         .unwrap()

@@ -10,7 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use lastmile_audit_sink::error_chain;
-use lastmile_proto::wire::GatewayEndpoint;
+use lastmile_proto::wire::{GatewayEndpoint, GatewayName, ResourceName};
 use lastmile_tunnel::{ConnectError, client::Tunnel, header::StreamHeader};
 use tracing::{debug, info, warn};
 
@@ -256,6 +256,7 @@ impl Core {
         if let Some(why) = self.revoked() {
             return Err(OpenError::Login(why));
         }
+        let resource = ResourceName::parse(resource).map_err(OpenError::BadName)?;
         let candidates = self.candidates().await;
         if candidates.is_empty() {
             return Err(OpenError::NoGateway(
@@ -267,6 +268,10 @@ impl Core {
         // server: what the user is told when no other gateway carries the connection.
         let mut unavailable = None;
         for g in candidates {
+            let Ok(gateway) = GatewayName::parse(g.name.as_str()) else {
+                errors.push(format!("{}: not a gateway name", g.name));
+                continue;
+            };
             let tunnel = match self.tunnel(&g).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -278,10 +283,10 @@ impl Core {
             };
             let (authorization, signature) = self
                 .session()
-                .authorize(resource, &g.name, connection)
+                .authorize(&resource, &gateway, connection)
                 .map_err(|e| OpenError::NoGateway(e.to_string()))?;
             let header = StreamHeader {
-                resource: resource.to_owned(),
+                resource: resource.clone(),
                 authorization,
                 signature,
             };

@@ -34,7 +34,7 @@ pub async fn listen(args: ListenArgs, out: session::Output) -> anyhow::Result<()
             args.bind
         );
     }
-    let home = session::home()?;
+    let home = crate::home::Home::locate()?;
     let core = Core::start(&home, false).await?;
     let resource = core
         .resources

@@ -32,7 +32,7 @@ use lastmile_proto::wire::ErrorCode;
 use std::{
     collections::HashMap,
     os::fd::OwnedFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -52,7 +52,7 @@ use reqwest::Method;
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::session;
+use crate::home::Home;
 use backoff::Backoff;
 use gateways::Gateways;
 use node_link::node_link;
@@ -78,7 +78,7 @@ const LIST_RETRY: Duration = Duration::from_secs(2);
 
 /// What `agent` and `listen` share: the session, the gateways, the tunnels.
 pub struct Core {
-    home: PathBuf,
+    home: Home,
     api: ApiClient,
     session: RwLock<Session>,
     tls: RwLock<Arc<rustls::ClientConfig>>,
@@ -116,12 +116,14 @@ fn tls_for(session: &Session) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 }
 
 impl Core {
-    async fn start(home: &Path, write_state: bool) -> anyhow::Result<Arc<Self>> {
-        let (api, session) = session::load(home)?.context("not logged in: run `lastmile login`")?;
+    async fn start(home: &Home, write_state: bool) -> anyhow::Result<Arc<Self>> {
+        let (api, session) = home
+            .load()?
+            .context("not logged in: run `lastmile login`")?;
         let tls = tls_for(&session)?;
         let gateways = Gateways::new(session.login.session.clone());
         let core = Arc::new(Self {
-            home: home.to_owned(),
+            home: home.clone(),
             api,
             session: RwLock::new(session),
             tls: RwLock::new(tls),
@@ -291,7 +293,7 @@ impl Core {
     /// Whether session.json still holds this agent's session (read every second: only
     /// the id is looked at, no keys are loaded).
     fn still_current(&self) -> bool {
-        match session::saved_session_id(&self.home) {
+        match self.home.saved_session_id() {
             Ok(Some(id)) => id == self.session().login.session,
             Ok(None) => false,
             // Unreadable for a moment (being replaced): keep going.
@@ -378,7 +380,7 @@ impl Core {
                             warn!(error = %format!("{e:#}"), "the renewed certificate is unusable")
                         }
                     }
-                    if let Err(e) = session::save_certificate(&self.home, &s) {
+                    if let Err(e) = self.home.save_certificate(&s) {
                         warn!(error = %format!("{e:#}"), "cannot save the renewed certificate");
                     }
                     if let Ok(mut cur) = self.session.write() {
@@ -487,7 +489,7 @@ impl Core {
             updated_at: lastmile_api_client::now(),
         };
         if let Ok(bytes) = serde_json::to_vec_pretty(&state)
-            && let Err(e) = session::write_private(&self.home.join(STATE_FILE), &bytes)
+            && let Err(e) = self.home.write_private(STATE_FILE, &bytes)
         {
             warn!(error = %format!("{e:#}"), "cannot write the agent state");
         }
@@ -502,7 +504,7 @@ pub const STATE_FILE: &str = "agent.json";
 
 /// `lastmile agent`: register with the node and carry its connections until stopped.
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let home = session::home()?;
+    let home = Home::locate()?;
     if let Some(other) = running(&home)
         && other.pid != std::process::id()
     {

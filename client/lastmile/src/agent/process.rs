@@ -9,7 +9,6 @@ use std::{
 use anyhow::Context as _;
 
 use super::{AgentState, STATE_FILE};
-use crate::session;
 
 /// The running agent of this home, if any: its state, with a live pid.
 pub fn running(home: &Path) -> Option<AgentState> {
@@ -64,6 +63,6 @@ pub fn spawn(home: &Path) -> anyhow::Result<u32> {
         updated_at: lastmile_api_client::now(),
         ..AgentState::default()
     };
-    session::write_private(&home.join(STATE_FILE), &serde_json::to_vec_pretty(&state)?)?;
+    crate::home::write_private(&home.join(STATE_FILE), &serde_json::to_vec_pretty(&state)?)?;
     Ok(child.id())
 }

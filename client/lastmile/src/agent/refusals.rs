@@ -10,8 +10,6 @@ use std::path::Path;
 use lastmile_tunnel::header::Refusal;
 use serde::{Deserialize, Serialize};
 
-use crate::session;
-
 /// The refusals file, in `$LASTMILE_HOME`.
 pub const REFUSALS_FILE: &str = "refusals.json";
 /// How many refusals are kept (the oldest go first).
@@ -29,6 +27,9 @@ pub(super) enum OpenError {
     Unavailable { gateway: String, refusal: Refusal },
     /// No gateway could be reached.
     NoGateway(String),
+    /// The resource's name (from the node's configuration, or `lastmile listen`'s
+    /// argument) is not one the API could have made.
+    BadName(lastmile_proto::wire::NameError),
 }
 
 /// A refusal as its user reads it: what happened, and what to do about it.
@@ -100,6 +101,11 @@ impl OpenError {
                 "the server may be down: try again later; if it lasts, tell your admin",
                 Some(refusal.code.clone()),
             ),
+            Self::BadName(e) => Explained::new(
+                e.to_string(),
+                "use the resource's name as `lastmile resources` lists it (on a node: fix the name in its configuration)",
+                Some(ErrorCode::BadName),
+            ),
             Self::NoGateway(why) => Explained::new(
                 format!("no gateway could be reached: {why}"),
                 "check this machine's network (`lastmile status` shows each gateway); if it lasts, tell your admin",
@@ -140,7 +146,7 @@ pub fn read(home: &Path) -> Vec<RefusalRecord> {
 pub(super) fn record(home: &Path, record: RefusalRecord) -> anyhow::Result<()> {
     let mut list = read(home);
     remember(&mut list, record, KEEP);
-    session::write_private(
+    crate::home::write_private(
         &home.join(REFUSALS_FILE),
         &serde_json::to_vec_pretty(&list)?,
     )

@@ -42,7 +42,7 @@ use std::{
 use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 use lastmile_api_client::ApiClient;
-use lastmile_proto::wire::Announce;
+use lastmile_proto::wire::{Announce, SessionId, UserName};
 use lastmile_tunnel::{
     header::{Refusal, StreamHeader},
     tls::SessionIdentity,
@@ -68,7 +68,7 @@ struct Live {
 }
 
 /// A user and a resource: what a grant gives.
-type Access = (String, String);
+pub(crate) type Access = (UserName, String);
 
 /// Set to the reason when a connection's access ends.
 type AccessCut = tokio::sync::watch::Sender<Option<String>>;
@@ -87,7 +87,7 @@ struct Gateway {
     sink: EventSink,
     mark: u32,
     connect_timeout: Duration,
-    tunnels: Mutex<HashMap<String, Vec<Live>>>,
+    tunnels: Mutex<HashMap<SessionId, Vec<Live>>>,
     next: AtomicU64,
     /// Open connections by (user, resource), so an access revocation can end them.
     access: Mutex<HashMap<Access, Vec<(u64, AccessCut)>>>,
@@ -130,7 +130,7 @@ impl Gateway {
                 sock_cookie: header.and_then(|h| h.authorization.connection.sock_cookie()),
                 session: who.session.clone(),
                 user: who.user.clone(),
-                resource: header.map(|h| h.resource.clone()),
+                resource: header.map(|h| h.resource.to_string()),
                 gateway: self.name.clone(),
                 code: r.code.clone(),
                 message: r.message.clone(),
@@ -138,19 +138,19 @@ impl Gateway {
     }
 
     /// Ends `user`'s open connections to `resource`: their access ended.
-    fn end_access(&self, user: &str, resource: &str, reason: &str) {
+    fn end_access(&self, user: &UserName, resource: &str, reason: &str) {
         let open = self
             .access
             .lock()
             .ok()
-            .and_then(|mut a| a.remove(&(user.to_owned(), resource.to_owned())))
+            .and_then(|mut a| a.remove(&(user.clone(), resource.to_owned())))
             .unwrap_or_default();
         for (_, cut) in &open {
             cut.send_replace(Some(format!("access revoked: {reason}")));
         }
         if !open.is_empty() {
             info!(
-                user,
+                %user,
                 resource,
                 reason,
                 connections = open.len(),
@@ -160,7 +160,7 @@ impl Gateway {
     }
 
     /// Cuts every tunnel of `session`.
-    fn revoke(&self, session: &str, reason: &str) {
+    fn revoke(&self, session: &SessionId, reason: &str) {
         let live = self
             .tunnels
             .lock()
@@ -182,7 +182,7 @@ impl Gateway {
         }
         if !live.is_empty() {
             info!(
-                session,
+                %session,
                 reason,
                 tunnels = live.len(),
                 "session revoked: tunnels cut"

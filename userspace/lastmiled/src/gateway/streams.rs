@@ -1,5 +1,6 @@
 //! Tunnels and their streams: the handshake, each stream's checks, and the relay.
 
+use lastmile_proto::wire::ConnectionId;
 use lastmile_proto::wire::ErrorCode;
 use std::{
     net::SocketAddr,
@@ -147,7 +148,7 @@ pub(super) struct Connection {
     pub identity: Arc<SessionIdentity>,
     pub header: StreamHeader,
     /// The connection's id, as the API chose it and the audit log knows it.
-    pub id: String,
+    pub id: ConnectionId,
     /// The kernel's socket cookie of the user's connection, from the id the client
     /// proposed (`sock-COOKIE-…`), when the node handed it over.
     pub sock_cookie: Option<u64>,
@@ -194,7 +195,7 @@ impl std::fmt::Debug for Credential {
 pub(super) struct CloseRecord {
     gw: Arc<Gateway>,
     identity: Arc<SessionIdentity>,
-    connection: String,
+    connection: ConnectionId,
     client_connection: String,
     sock_cookie: Option<u64>,
     resource: String,
@@ -207,7 +208,7 @@ pub(super) struct CloseRecord {
     pub extra: serde_json::Map<String, serde_json::Value>,
     ending: Ending,
     /// This connection's entry in the gateway's access table.
-    access: ((String, String), u64),
+    access: (super::Access, u64),
 }
 
 impl CloseRecord {
@@ -354,7 +355,7 @@ async fn open(
     };
     // The API names the connection; an older API that does not keeps the client's.
     let id = if authorized.connection.is_empty() {
-        a.connection.to_string()
+        ConnectionId::from(a.connection.as_str())
     } else {
         authorized.connection.clone()
     };

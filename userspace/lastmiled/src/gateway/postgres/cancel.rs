@@ -9,6 +9,7 @@
 //! is recorded.
 
 use lastmile_proto::wire::ErrorCode;
+use lastmile_proto::wire::{ConnectionId, UserName};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -35,8 +36,8 @@ pub(in crate::gateway) struct Cancels {
 struct Target {
     real: CancelKey,
     resource: Resource,
-    user: String,
-    connection: String,
+    user: UserName,
+    connection: ConnectionId,
 }
 
 /// One connection's entry, removed when the connection ends.
@@ -104,7 +105,7 @@ pub(super) async fn forward(conn: &mut super::Connection, key: CancelKey) {
             Ok(()) => {
                 info!(cancelled = %t.connection, "cancel request forwarded");
                 conn.record.error = None;
-                record(conn, Some(t.connection), "forwarded");
+                record(conn, Some(t.connection.to_string()), "forwarded");
                 return;
             }
             Err(e) => format!("upstream: {e}"),

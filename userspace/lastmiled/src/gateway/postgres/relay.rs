@@ -53,7 +53,7 @@ fn backend_inspected(tag: u8) -> bool {
 const READ: usize = 64 << 10;
 
 struct Shared {
-    conn_id: String,
+    conn_id: lastmile_proto::wire::ConnectionId,
     sock_cookie: Option<u64>,
     log: Mutex<StatementLog>,
     statements: AtomicU64,

@@ -1,6 +1,7 @@
 //! The bridge's events as the gateway's `ssh.*` audit events: each with the connection,
 //! session, user, resource and gateway, so one SSH connection joins the rest of the log.
 
+use lastmile_proto::wire::{ConnectionId, SessionId, UserName};
 use std::sync::{Arc, Mutex};
 
 use lastmile_ssh::events::SshEvent;
@@ -14,9 +15,9 @@ use crate::{
 /// Who and what every event of one connection names.
 #[derive(Debug, Clone)]
 pub(super) struct Context {
-    pub connection: String,
-    pub session: String,
-    pub user: String,
+    pub connection: ConnectionId,
+    pub session: SessionId,
+    pub user: UserName,
     pub resource: String,
     pub gateway: String,
 }
@@ -132,7 +133,7 @@ mod tests {
         let record = crate::events::SshRecord {
             connection: "c".into(),
             session: "s".into(),
-            user: "u".into(),
+            user: lastmile_proto::wire::UserName::parse("u").unwrap(),
             resource: "r".into(),
             gateway: "g".into(),
             detail: detail.clone(),
@@ -144,7 +145,7 @@ mod tests {
 
     #[test]
     fn each_bridge_event_is_an_ssh_kind_with_its_fields_at_the_top() {
-        let c = || ConnectionId("c".into());
+        let c = || ConnectionId::from("c");
         let (kind, d) = kind_of(SshEvent::SessionClosed {
             connection: c(),
             principal: Some("root".into()),

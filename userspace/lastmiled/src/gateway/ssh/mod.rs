@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use lastmile_audit_sink::error_chain;
 use lastmile_ssh::{
     bridge::{self, GatewaySession, SshResource, UpstreamLogin},
-    events::ConnectionId,
     policy::ChannelPolicy,
     recording::{LocalDirStore, RecordingStore},
 };
@@ -148,7 +147,7 @@ pub(super) async fn serve(mut conn: Connection, incoming: Incoming) {
         .clone()
         .map(|store| store as Arc<dyn RecordingStore>);
     let session = GatewaySession {
-        connection: ConnectionId(conn.id.clone()),
+        connection: conn.id.clone(),
         resource: SshResource {
             name: resource.name.clone(),
             ssh_principals: resource.ssh_principals.clone(),
