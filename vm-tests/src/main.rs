@@ -14,6 +14,7 @@ mod report;
 mod vm;
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -105,11 +106,21 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     for l in report::table(&tests, &runs).lines() {
         writeln!(out, "    {l}")?;
     }
+    // Why tests were skipped, once per kernel and reason.
     for run in &runs {
+        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (test, outcome) in &run.results {
             if let Outcome::Skipped(reason) = outcome {
-                writeln!(out, "    {}: {test}: {reason}", run.label)?;
+                by_reason.entry(reason).or_default().push(test);
             }
+        }
+        for (reason, skipped) in by_reason {
+            let which = if skipped.len() == run.results.len() {
+                format!("all {} tests", skipped.len())
+            } else {
+                skipped.join(", ")
+            };
+            writeln!(out, "    {}: {which}: {reason}", run.label)?;
         }
     }
     let ok = runs.iter().all(Run::ok);
