@@ -95,6 +95,9 @@ pub struct Core {
     write_state: bool,
     /// Wakes the state writer (at most one write per STATE_EVERY).
     dirty: tokio::sync::Notify,
+    /// Set when the agent's work is over (its session was replaced or logged out): the
+    /// main loop ends, and with it the process, after its cleanup.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 const STATE_EVERY: Duration = Duration::from_millis(200);
@@ -149,6 +152,7 @@ impl Core {
             api_health: Mutex::new(ApiHealth::default()),
             write_state,
             dirty: tokio::sync::Notify::new(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         });
         core.refresh_lists().await?;
         tokio::spawn(core.clone().keep_lists());
@@ -273,8 +277,8 @@ impl Core {
             // this agent's work is over.
             if self.write_state && !self.still_current() {
                 info!("the saved session is gone or replaced; the agent stops");
-                let _ = std::fs::remove_file(self.home.join(STATE_FILE));
-                std::process::exit(0);
+                self.shutdown.send_replace(true);
+                return;
             }
             if last.elapsed() < REFRESH_LISTS {
                 continue;
@@ -288,6 +292,12 @@ impl Core {
             }
             self.save_state().await;
         }
+    }
+
+    /// Resolves once the agent's work is over.
+    async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|over| *over).await;
     }
 
     /// Whether session.json still holds this agent's session (read every second: only
@@ -553,6 +563,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
                 core.save_state().await;
             }
             _ = hangup.recv() => {}
+            () = core.stopped() => break,
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
