@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::{config::ApiConfig, db::Db, error::ApiError, pki::Pki, revocation::Revocations};
+use crate::{
+    config::ApiConfig, db::Db, error::ApiError, events::ApiEvent, pki::Pki, revocation::Revocations,
+};
 
 #[derive(Debug)]
 pub struct App {
@@ -83,22 +85,23 @@ impl App {
 
     /// Records an audit event; an error means it was not recorded, and the caller must
     /// not go on with what it records (fail closed).
-    pub async fn audit(&self, kind: &str, mut fields: Value) -> Result<(), ApiError> {
+    pub async fn audit(&self, event: &ApiEvent<'_>) -> Result<(), ApiError> {
+        let mut fields = serde_json::to_value(event).map_err(ApiError::internal)?;
+        let kind = fields
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if let Value::Object(m) = &mut fields {
             m.insert("v".into(), json!(lastmile_audit_sink::schema::VERSION));
-            m.insert("kind".into(), json!(kind));
             m.insert(
                 "time".into(),
                 json!(humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()),
             );
             m.insert("component".into(), json!("api"));
         }
-        debug_assert!(
-            lastmile_audit_sink::schema::check(&fields).is_ok(),
-            "{fields}"
-        );
         self.audit.write(fields).await.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %lastmile_audit_sink::error_chain(&e), kind, "audit write failed");
+            tracing::error!(error = %lastmile_audit_sink::error_chain(&e), %kind, "audit write failed");
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::AuditUnavailable,

@@ -13,11 +13,10 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ed25519_dalek::VerifyingKey;
 use lastmile_audit_sink::error_chain;
 use lastmile_proto::{httpsig, wire};
-use serde_json::json;
 use sha2::Digest as _;
 use sqlx::Row as _;
 
-use crate::{app::App, config::secs, error::ApiError, pki::random};
+use crate::{app::App, config::secs, error::ApiError, events::ApiEvent, pki::random};
 
 /// Who made a signed call.
 #[derive(Debug, Clone)]
@@ -101,10 +100,13 @@ pub async fn revoke_session(
         },
     )
     .await?;
-    app.audit(
-        "session.revoke",
-        json!({"session": session, "user": user, "device": device, "reason": reason, "actor": actor}),
-    )
+    app.audit(&ApiEvent::SessionRevoke {
+        session,
+        user: &user,
+        device: &device,
+        reason,
+        actor,
+    })
     .await?;
     tx.commit().await?;
     app.revocations.nudge();

@@ -7,11 +7,17 @@ use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{
     Announce, Gateway, GatewayCertificate, GatewayEndpoint, GatewayToken, NewGatewayToken,
 };
-use serde_json::json;
 use sha2::Digest as _;
 use sqlx::Row as _;
 
-use crate::{app::App, config::secs, error::ApiError, pki::random, vault::GatewayPeer};
+use crate::{
+    app::App,
+    config::secs,
+    error::ApiError,
+    events::{ApiEvent, GatewayChange},
+    pki::random,
+    vault::GatewayPeer,
+};
 
 fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes())
@@ -75,10 +81,14 @@ pub async fn new_token(
     .bind(actor)
     .execute(&mut *tx)
     .await?;
-    app.audit(
-        "gateway.change",
-        json!({"actor": actor, "gateway": req.name, "change": "enrollment token", "addresses": req.addresses, "expires_at": expires_at}),
-    )
+    app.audit(&ApiEvent::GatewayChange {
+        actor,
+        gateway: &req.name,
+        change: GatewayChange::Token {
+            addresses: &req.addresses,
+            expires_at,
+        },
+    })
     .await?;
     tx.commit().await?;
     Ok(GatewayToken {
@@ -159,8 +169,14 @@ pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertific
     .bind(&key)
     .execute(&mut *tx)
     .await?;
-    app.audit("gateway.change", json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "enroll", "expires_at": cert.expires_at}))
-        .await?;
+    app.audit(&ApiEvent::GatewayChange {
+        actor: &format!("gateway:{name}"),
+        gateway: &name,
+        change: GatewayChange::Enroll {
+            expires_at: cert.expires_at,
+        },
+    })
+    .await?;
     tx.commit().await?;
     Ok(cert)
 }
@@ -206,8 +222,14 @@ pub async fn renew(
         .bind(name)
         .execute(&mut *tx)
         .await?;
-    app.audit("gateway.change", json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "renew", "expires_at": cert.expires_at}))
-        .await?;
+    app.audit(&ApiEvent::GatewayChange {
+        actor: &format!("gateway:{name}"),
+        gateway: name,
+        change: GatewayChange::Renew {
+            expires_at: cert.expires_at,
+        },
+    })
+    .await?;
     tx.commit().await?;
     Ok(cert)
 }
@@ -321,10 +343,11 @@ pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> 
     if let Some(key) = key {
         revoke_key(&mut tx, name, &key, app.clock.now()).await?;
     }
-    app.audit(
-        "gateway.change",
-        json!({"actor": actor, "gateway": name, "change": "revoke"}),
-    )
+    app.audit(&ApiEvent::GatewayChange {
+        actor,
+        gateway: name,
+        change: GatewayChange::Revoke,
+    })
     .await?;
     tx.commit().await?;
     Ok(())
@@ -400,10 +423,11 @@ pub async fn announce(
         .execute(&mut *tx)
         .await?;
     if previous.as_deref() != Some(a.tunnel.as_str()) {
-        app.audit(
-            "gateway.change",
-            json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "announce", "tunnel": a.tunnel}),
-        )
+        app.audit(&ApiEvent::GatewayChange {
+            actor: &format!("gateway:{name}"),
+            gateway: name,
+            change: GatewayChange::Announce { tunnel: &a.tunnel },
+        })
         .await?;
     }
     tx.commit().await?;
@@ -492,10 +516,15 @@ pub async fn resource_certificate(
             crate::pki::PkiError::BadCsr(why) => ApiError::bad_request(ErrorCode::BadCsr, why),
             e => ApiError::internal(error_chain(&e)),
         })?;
-    app.audit(
-        "gateway.change",
-        json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "resource_certificate", "resource": resource.name, "names": names, "expires_at": expires_at}),
-    )
+    app.audit(&ApiEvent::GatewayChange {
+        actor: &format!("gateway:{name}"),
+        gateway: name,
+        change: GatewayChange::ResourceCertificate {
+            resource: &resource.name,
+            names: &names,
+            expires_at,
+        },
+    })
     .await?;
     Ok(lastmile_proto::wire::ResourceCertificate {
         resource: resource.name,
@@ -550,11 +579,16 @@ pub async fn ssh_host_certificate(
         )
         .map_err(|e| ApiError::internal(error_chain(&e)))?;
     let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
-    app.audit(
-        "gateway.change",
-        json!({"actor": format!("gateway:{name}"), "gateway": name, "change": "ssh_host_certificate", "resource": resource.name,
-               "principals": principals, "key": fingerprint, "expires_at": expires_at}),
-    )
+    app.audit(&ApiEvent::GatewayChange {
+        actor: &format!("gateway:{name}"),
+        gateway: name,
+        change: GatewayChange::SshHostCertificate {
+            resource: &resource.name,
+            principals: &principals,
+            key: &fingerprint,
+            expires_at,
+        },
+    })
     .await?;
     Ok(lastmile_proto::wire::SshHostCertificate {
         resource: resource.name,

@@ -14,7 +14,6 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use lastmile_audit_sink::error_chain;
 use lastmile_proto::wire::ErrorCode;
 use lastmile_proto::wire::{self, LoginRequest, LoginResponse};
-use serde_json::json;
 use sqlx::Row as _;
 
 use self::check::{DeviceStep, KnownDevice, Refusal};
@@ -23,6 +22,7 @@ use crate::{
     auth::{device_id, key32, new_id},
     config::secs,
     error::ApiError,
+    events::ApiEvent,
     pki::random,
     secret,
 };
@@ -133,7 +133,10 @@ async fn refuse_login(app: &App, user: &str, counted: bool, err: ApiError) -> Ap
         }
     }
     if let Err(e) = app
-        .audit("login.failed", json!({"user": user, "reason": err.code}))
+        .audit(&ApiEvent::LoginFailed {
+            user,
+            reason: &err.code,
+        })
         .await
     {
         return e;
@@ -332,10 +335,13 @@ async fn open_session(
             .bind(t)
             .execute(&mut *tx)
             .await?;
-            app.audit(
-                "device.register",
-                json!({"user": req.user, "device": device, "fingerprint": d.proof.fingerprint.as_str(), "name": name, "status": status}),
-            )
+            app.audit(&ApiEvent::DeviceRegister {
+                user: &req.user,
+                device: &device,
+                fingerprint: d.proof.fingerprint.as_str(),
+                name: &name,
+                status,
+            })
             .await?;
             if pending {
                 tx.commit().await?;
@@ -396,15 +402,20 @@ async fn open_session(
         tx.rollback().await?;
         return Err(refuse(app, &req.user, check::totp_replayed()).await);
     }
-    app.audit(
-        "login",
-        json!({"user": req.user, "device": device, "session": session, "totp": d.totp_step.is_some(), "password_changed": user.one_time}),
-    )
+    app.audit(&ApiEvent::Login {
+        user: &req.user,
+        device: &device,
+        session: &session,
+        totp: d.totp_step.is_some(),
+        password_changed: user.one_time,
+    })
     .await?;
-    app.audit(
-        "session.create",
-        json!({"user": req.user, "device": device, "session": session, "expires_at": session_expires_at}),
-    )
+    app.audit(&ApiEvent::SessionCreate {
+        user: &req.user,
+        device: &device,
+        session: &session,
+        expires_at: session_expires_at,
+    })
     .await?;
     tx.commit().await?;
     Ok(LoginResponse {

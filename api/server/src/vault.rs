@@ -20,7 +20,6 @@ use lastmile_proto::wire::{
     unlock_authorization_message,
 };
 use lastmile_vault::{Context, KmsError, Sealed, envelope};
-use serde_json::json;
 use sqlx::Row as _;
 use zeroize::Zeroizing;
 
@@ -30,6 +29,7 @@ use crate::{
     auth::{check_fresh, live_session, parse_signatures, sig_error, spend_nonce},
     config::secs,
     error::ApiError,
+    events::{ApiEvent, ConnectionFields, CredentialChange},
 };
 
 pub(crate) fn kms_error(e: KmsError) -> ApiError {
@@ -128,10 +128,15 @@ pub async fn set_credential(
     .bind(actor)
     .execute(&mut *tx)
     .await?;
-    app.audit(
-        "credential.change",
-        json!({"actor": actor, "resource": resource, "change": "set", "version": version, "kind": stored_name(&kind), "kms_key": sealed.key_id}),
-    )
+    app.audit(&ApiEvent::CredentialChange {
+        actor,
+        resource,
+        version,
+        kms_key: &sealed.key_id,
+        change: CredentialChange::Set {
+            credential_kind: &stored_name(&kind),
+        },
+    })
     .await?;
     tx.commit().await?;
     Ok(CredentialInfo {
@@ -211,10 +216,15 @@ pub async fn rotate(
             .bind(&sealed.key_id)
             .execute(&mut *tx)
             .await?;
-        app.audit(
-            "credential.change",
-            json!({"actor": actor, "resource": resource, "change": "rewrap", "version": version, "from_key": sealed.key_id, "kms_key": to}),
-        )
+        app.audit(&ApiEvent::CredentialChange {
+            actor,
+            resource: &resource,
+            version,
+            kms_key: to,
+            change: CredentialChange::Rewrap {
+                from_key: &sealed.key_id,
+            },
+        })
         .await?;
         tx.commit().await?;
         done += 1;
@@ -256,6 +266,22 @@ pub struct Authorized {
     pub authorization: UnlockAuthorization,
     /// When the grant it rests on ends (`None`: never).
     pub grant_expires_at: Option<i64>,
+}
+
+impl Authorized {
+    /// What names this connection in its audit events.
+    pub fn fields<'a>(&'a self, resource: &'a str) -> ConnectionFields<'a> {
+        ConnectionFields {
+            connection: &self.connection,
+            client_connection: &self.authorization.connection,
+            sock_cookie: self.authorization.connection.sock_cookie(),
+            session: &self.session.id,
+            user: &self.session.user,
+            device: &self.session.device,
+            resource,
+            gateway: &self.gateway,
+        }
+    }
 }
 
 /// Checks everything that lets a gateway act for a user on one connection to `resource`
@@ -483,12 +509,7 @@ async fn release(
     recipient: &str,
     ssh_public_key: Option<&str>,
 ) -> Result<Unlocked, ApiError> {
-    let Authorized {
-        gateway,
-        session,
-        authorization: authz,
-        ..
-    } = authorized;
+    let session = &authorized.session;
     let resource = sqlx::query("SELECT credential, ssh_principals FROM resources WHERE name = $1")
         .bind(resource_name)
         .fetch_optional(&app.db.pool)
@@ -505,14 +526,7 @@ async fn release(
             "recipient must be an age X25519 recipient (age1…)",
         )
     })?;
-    let event = |version: i64, kind: CredentialKind| {
-        json!({
-            "resource": resource_name, "session": session.id, "user": session.user, "device": session.device,
-            "gateway": gateway, "connection": authorized.connection, "client_connection": authz.connection,
-            "sock_cookie": authz.connection.sock_cookie(),
-            "version": version, "kind": stored_name(&kind),
-        })
-    };
+    let kind_name = |kind: CredentialKind| stored_name(&kind);
     let declared: Option<String> = resource.try_get("credential")?;
     let Some(declared) = declared else {
         return Err(ApiError::not_found(
@@ -550,10 +564,11 @@ async fn release(
                 app.clock.now() + secs(app.config.ssh_certificate_ttl),
             )
             .map_err(|e| ApiError::internal(lastmile_audit_sink::error_chain(&e)))?;
-        app.audit(
-            "credential.decrypt",
-            event(0, CredentialKind::SshCertificate),
-        )
+        app.audit(&ApiEvent::CredentialDecrypt {
+            connection: authorized.fields(resource_name),
+            version: 0,
+            credential_kind: &kind_name(CredentialKind::SshCertificate),
+        })
         .await?;
         return Ok(Unlocked {
             resource: resource_name.to_owned(),
@@ -588,8 +603,12 @@ async fn release(
     let sealed = seal_to(&recipient, &secret)?;
     drop(secret);
     // Recorded before anything is released; no record, no release.
-    app.audit("credential.decrypt", event(version, kind))
-        .await?;
+    app.audit(&ApiEvent::CredentialDecrypt {
+        connection: authorized.fields(resource_name),
+        version,
+        credential_kind: &kind_name(kind),
+    })
+    .await?;
     Ok(Unlocked {
         resource: resource_name.to_owned(),
         kind,
@@ -636,15 +655,9 @@ pub async fn authorize_connection(
     )
     .await?;
     let resource = crate::admin::resource(app, &req.resource).await?;
-    app.audit(
-        "connection.open",
-        json!({
-            "connection": a.connection, "client_connection": a.authorization.connection,
-            "sock_cookie": a.authorization.connection.sock_cookie(),
-            "session": a.session.id, "resource": req.resource,
-            "user": a.session.user, "device": a.session.device, "gateway": a.gateway,
-        }),
-    )
+    app.audit(&ApiEvent::ConnectionOpen {
+        connection: a.fields(&req.resource),
+    })
     .await?;
     // The same authorization covers the credential: a handler that logs in upstream
     // asks for both in one call (one nonce, one round trip).

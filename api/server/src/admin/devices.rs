@@ -68,10 +68,12 @@ pub async fn set_device_status(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    app.audit(
-        "device.change",
-        json!({"actor": actor, "user": user, "device": id, "change": format!("{before} -> {}", stored_name(&status))}),
-    )
+    app.audit(&ApiEvent::DeviceChange {
+        actor,
+        user: &user,
+        device: id,
+        change: &format!("{before} -> {}", stored_name(&status)),
+    })
     .await?;
     tx.commit().await?;
     Ok(())

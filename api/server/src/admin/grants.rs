@@ -35,10 +35,15 @@ pub async fn add_grant(app: &App, actor: &str, g: NewGrant) -> Result<Grant, Api
     .bind(t)
     .execute(&mut *tx)
     .await?;
-    app.audit(
-        "grant.change",
-        json!({"actor": actor, "resource": g.resource, "change": "grant", "grant": id, "subject": g.subject, "expires_at": g.expires_at}),
-    )
+    app.audit(&ApiEvent::GrantChange {
+        actor,
+        resource: &g.resource,
+        grant: &id,
+        change: GrantChange::Grant {
+            subject: &g.subject,
+            expires_at: g.expires_at,
+        },
+    })
     .await?;
     tx.commit().await?;
     Ok(Grant {
@@ -113,10 +118,14 @@ pub async fn revoke_grant(app: &App, actor: &str, id: &str) -> Result<(), ApiErr
             ended.push(u.clone());
         }
     }
-    app.audit(
-        "grant.change",
-        json!({"actor": actor, "resource": resource, "change": "revoke", "grant": id, "access_ended": ended}),
-    )
+    app.audit(&ApiEvent::GrantChange {
+        actor,
+        resource: &resource,
+        grant: id,
+        change: GrantChange::Revoke {
+            access_ended: &ended,
+        },
+    })
     .await?;
     tx.commit().await?;
     app.revocations.nudge();

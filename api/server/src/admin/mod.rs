@@ -11,7 +11,15 @@ use lastmile_proto::wire::{
 use serde_json::json;
 use sqlx::Row as _;
 
-use crate::{app::App, auth::revoke_session, db::now, error::ApiError, pki::random, secret};
+use crate::{
+    app::App,
+    auth::revoke_session,
+    db::now,
+    error::ApiError,
+    events::{ApiEvent, GrantChange, ResourceChange},
+    pki::random,
+    secret,
+};
 
 mod devices;
 mod grants;
@@ -123,10 +131,11 @@ pub async fn set_device_policy(
         .bind(&name)
         .execute(&mut *tx)
         .await?;
-    app.audit(
-        "permission.change",
-        json!({"actor": actor, "change": format!("device_policy={name}")}),
-    )
+    app.audit(&ApiEvent::PermissionChange {
+        actor,
+        user: None,
+        change: &format!("device_policy={name}"),
+    })
     .await?;
     tx.commit().await?;
     Ok(())

@@ -109,10 +109,15 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
     .bind(i64::from(r.ssh_allow_port_forwarding))
     .execute(&mut *tx)
     .await?;
-    app.audit(
-        "resource.change",
-        json!({"actor": actor, "resource": r.name, "change": if existed { "update" } else { "create" }, "definition": r}),
-    )
+    app.audit(&ApiEvent::ResourceChange {
+        actor,
+        resource: &r.name,
+        change: if existed {
+            ResourceChange::Update { definition: &r }
+        } else {
+            ResourceChange::Create { definition: &r }
+        },
+    })
     .await?;
     tx.commit().await?;
     Ok(r)
@@ -312,10 +317,13 @@ pub async fn delete_resource(app: &App, actor: &str, name: &str) -> Result<(), A
             format!("there is no resource `{name}`"),
         ));
     }
-    app.audit(
-        "resource.change",
-        json!({"actor": actor, "resource": name, "change": "delete", "credentials_deleted": credentials}),
-    )
+    app.audit(&ApiEvent::ResourceChange {
+        actor,
+        resource: name,
+        change: ResourceChange::Delete {
+            credentials_deleted: credentials,
+        },
+    })
     .await?;
     tx.commit().await?;
     Ok(())

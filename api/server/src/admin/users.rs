@@ -71,10 +71,13 @@ pub async fn add_user(app: &App, actor: &str, new: NewUser) -> Result<OneTimePas
             .execute(&mut *tx)
             .await?;
     }
-    app.audit(
-        "user.change",
-        json!({"actor": actor, "user": new.name, "change": "create", "admin": new.admin, "groups": new.groups}),
-    )
+    app.audit(&ApiEvent::UserChange {
+        actor,
+        user: &new.name,
+        change: "create",
+        admin: Some(new.admin),
+        groups: Some(&new.groups),
+    })
     .await?;
     tx.commit().await?;
     Ok(OneTimePassword {
@@ -188,13 +191,22 @@ pub async fn change_user(
             .await?;
         }
     }
-    let kind = if matches!(change, UserChange::Admin(_)) {
-        "permission.change"
+    let event = if matches!(change, UserChange::Admin(_)) {
+        ApiEvent::PermissionChange {
+            actor,
+            user: Some(user),
+            change: &what,
+        }
     } else {
-        "user.change"
+        ApiEvent::UserChange {
+            actor,
+            user,
+            change: &what,
+            admin: None,
+            groups: None,
+        }
     };
-    app.audit(kind, json!({"actor": actor, "user": user, "change": what}))
-        .await?;
+    app.audit(&event).await?;
     tx.commit().await?;
     if left_access {
         app.revocations.nudge();
@@ -222,10 +234,13 @@ pub async fn reset_password(
             format!("there is no user `{user}`"),
         ));
     }
-    app.audit(
-        "user.change",
-        json!({"actor": actor, "user": user, "change": "reset password"}),
-    )
+    app.audit(&ApiEvent::UserChange {
+        actor,
+        user,
+        change: "reset password",
+        admin: None,
+        groups: None,
+    })
     .await?;
     tx.commit().await?;
     Ok(OneTimePassword {
@@ -297,10 +312,13 @@ pub async fn set_totp(
             format!("there is no user `{user}`"),
         ));
     }
-    app.audit(
-        "user.change",
-        json!({"actor": actor, "user": user, "change": if on { "totp on" } else { "totp off" }}),
-    )
+    app.audit(&ApiEvent::UserChange {
+        actor,
+        user,
+        change: if on { "totp on" } else { "totp off" },
+        admin: None,
+        groups: None,
+    })
     .await?;
     tx.commit().await?;
     Ok(secret.map(|s| secret::totp_uri(&app.pki.organisation, user, &s)))
