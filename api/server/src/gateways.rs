@@ -13,10 +13,10 @@ use sqlx::Row as _;
 use crate::{
     app::App,
     config::secs,
+    connections::GatewayPeer,
     error::ApiError,
     events::{ApiEvent, GatewayChange},
     pki::random,
-    vault::GatewayPeer,
 };
 
 fn token_hash(token: &str) -> String {

@@ -81,7 +81,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The gateway a connection's client certificate names, if it presented one.
 #[derive(Debug, Clone)]
-pub struct Peer(pub Option<crate::vault::GatewayPeer>);
+pub struct Peer(pub Option<crate::connections::GatewayPeer>);
 
 /// A signed call's caller and body.
 #[derive(Debug)]
@@ -318,7 +318,7 @@ async fn gateway_endpoints(
     ok(gateways::endpoints(&app).await?)
 }
 
-async fn active_gateway(app: &App, gw: &crate::vault::GatewayPeer) -> Result<(), ApiError> {
+async fn active_gateway(app: &App, gw: &crate::connections::GatewayPeer) -> Result<(), ApiError> {
     gateways::require_active(app, gw).await.map(|_| ())
 }
 
@@ -327,7 +327,7 @@ async fn announce(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let gw = crate::vault::require_gateway(peer.0.as_ref(), "announce a tunnel")?;
+    let gw = crate::connections::require_gateway(peer.0.as_ref(), "announce a tunnel")?;
     let a: wire::Announce = json(&b)?;
     ok(gateways::announce(&app, gw, &a).await?)
 }
@@ -337,7 +337,7 @@ async fn resource_certificate(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold a resource's certificate")?;
+    let gw = crate::connections::require_gateway(peer.0.as_ref(), "hold a resource's certificate")?;
     let r: wire::ResourceCertificateRequest = json(&b)?;
     ok(gateways::resource_certificate(&app, gw, &r).await?)
 }
@@ -347,7 +347,7 @@ async fn ssh_host_certificate(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let gw = crate::vault::require_gateway(peer.0.as_ref(), "hold an SSH host certificate")?;
+    let gw = crate::connections::require_gateway(peer.0.as_ref(), "hold an SSH host certificate")?;
     let r: wire::SshHostCertificateRequest = json(&b)?;
     ok(gateways::ssh_host_certificate(&app, gw, &r).await?)
 }
@@ -361,8 +361,15 @@ async fn authorize_connection(
     Body(b): Body,
 ) -> Reply {
     ok(
-        crate::vault::authorize_connection(&app, peer.0.as_ref(), &method, &uri, &headers, &b)
-            .await?,
+        crate::connections::authorize_connection(
+            &app,
+            peer.0.as_ref(),
+            &method,
+            &uri,
+            &headers,
+            &b,
+        )
+        .await?,
     )
 }
 
@@ -445,7 +452,7 @@ async fn renew(
     Extension(peer): Extension<Peer>,
     Body(b): Body,
 ) -> Reply {
-    let gw = crate::vault::require_gateway(
+    let gw = crate::connections::require_gateway(
         peer.0.as_ref(),
         "renew its certificate (with its current one)",
     )?;
@@ -461,7 +468,7 @@ async fn unlock(
     headers: HeaderMap,
     Body(b): Body,
 ) -> Reply {
-    ok(crate::vault::unlock(&app, peer.0.as_ref(), &method, &uri, &headers, &b).await?)
+    ok(crate::connections::unlock(&app, peer.0.as_ref(), &method, &uri, &headers, &b).await?)
 }
 
 async fn credentials(State(app): State<Arc<App>>, s: Signed) -> Reply {
@@ -667,7 +674,7 @@ fn tls_config(app: &App) -> anyhow::Result<ServerConfig> {
 }
 
 /// The gateway named by a verified client certificate's URI SAN, and its Ed25519 key.
-fn gateway_of(cert: &CertificateDer<'_>) -> Option<crate::vault::GatewayPeer> {
+fn gateway_of(cert: &CertificateDer<'_>) -> Option<crate::connections::GatewayPeer> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
     let name = san.value.general_names.iter().find_map(|n| match n {
@@ -679,7 +686,7 @@ fn gateway_of(cert: &CertificateDer<'_>) -> Option<crate::vault::GatewayPeer> {
     let key = (spki.algorithm.algorithm.to_id_string() == "1.3.101.112")
         .then(|| <[u8; 32]>::try_from(spki.subject_public_key.data.as_ref()).ok())
         .flatten();
-    Some(crate::vault::GatewayPeer { name, key })
+    Some(crate::connections::GatewayPeer { name, key })
 }
 
 /// Serves until the process ends.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod events;

@@ -368,11 +368,11 @@ async fn nothing_is_released_when_the_audit_cannot_be_written() {
     headers.insert("content-digest", h.content_digest.parse().unwrap());
     headers.insert("signature-input", h.signature_input.parse().unwrap());
     headers.insert("signature", h.signature.parse().unwrap());
-    let peer = lastmile_api::vault::GatewayPeer {
+    let peer = lastmile_api::connections::GatewayPeer {
         name: "gw1".into(),
         key: Some(gw.key.verifying_key().to_bytes()),
     };
-    let e = lastmile_api::vault::unlock(
+    let e = lastmile_api::connections::unlock(
         &broken,
         Some(&peer),
         &axum::http::Method::POST,
