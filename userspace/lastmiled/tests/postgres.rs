@@ -717,16 +717,24 @@ async fn hostile_input_closes_only_its_connection() {
             "{what}: {text}"
         );
     }
-    let after_login = gw
-        .events()
-        .iter()
-        .filter(|e| e["kind"] == "db.refused" && e["code"] == "protocol_violation")
-        .filter(|e| {
-            e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("invalid message from the client"))
-        })
-        .count();
+    // The client is answered just after its event is queued; the writer may still be
+    // gathering the second one, so wait for it (up to 10 s) rather than read once.
+    let framing_refusals = || {
+        gw.events()
+            .iter()
+            .filter(|e| e["kind"] == "db.refused" && e["code"] == "protocol_violation")
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("invalid message from the client"))
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while framing_refusals() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let after_login = framing_refusals();
     assert_eq!(
         after_login, 2,
         "each framing error after login is an audit event"
