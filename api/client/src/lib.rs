@@ -4,6 +4,8 @@
 //! device key; the client makes a fresh session key per login; every later call is
 //! signed by both keys ([`lastmile_proto::httpsig`]) with a new random nonce.
 
+pub mod backoff;
+
 use std::{sync::Arc, time::SystemTime};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};

@@ -14,7 +14,10 @@ use lastmile_proto::wire::{GatewayEndpoint, GatewayName, ResourceName};
 use lastmile_tunnel::{ConnectError, client::Tunnel, header::StreamHeader};
 use tracing::{debug, info, warn};
 
-use super::{Core, GatewayState, LIST_RETRY, OpenError, backoff::Backoff};
+use super::{
+    Core, GatewayState, LIST_RETRY, OpenError,
+    backoff::{self, Backoff},
+};
 
 /// How often the agent checks the gateways without a live tunnel (by making one).
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -79,7 +82,7 @@ impl Gateways {
     }
 
     /// `gateway` failed at `now` (`wall`, in Unix seconds): it is skipped for twice as
-    /// long as the last time (up to Backoff::MAX), Backoff::FIRST after a success.
+    /// long as the last time (up to backoff::MAX), backoff::FIRST after a success.
     /// Returns how long, and whether it was down already.
     pub(super) fn mark_down(
         &mut self,
@@ -93,8 +96,7 @@ impl Gateways {
         let mut backoff = self
             .down
             .get(gateway)
-            .map(|d| d.backoff)
-            .unwrap_or_default();
+            .map_or_else(backoff::backoff, |d| d.backoff);
         let wait = backoff.failed();
         self.down.insert(
             gateway.to_owned(),
@@ -360,7 +362,7 @@ mod tests {
             assert_eq!(ranked[2].name, first);
         }
         assert_eq!(
-            names(&g.rank(now + Backoff::FIRST, none)).join(","),
+            names(&g.rank(now + backoff::FIRST, none)).join(","),
             healthy,
             "once its backoff is over it takes its place again"
         );
@@ -392,7 +394,7 @@ mod tests {
             first,
             "a gateway that came up is not skipped"
         );
-        assert_eq!(g.mark_down(&first, "down".into(), now, 2).0, Backoff::FIRST);
+        assert_eq!(g.mark_down(&first, "down".into(), now, 2).0, backoff::FIRST);
     }
 
     #[test]
@@ -406,7 +408,7 @@ mod tests {
         }
         g.forgive();
         assert_eq!(names(&g.rank(now, none)).join(","), healthy);
-        assert_eq!(g.mark_down("a", "down".into(), now, 0).0, Backoff::FIRST);
+        assert_eq!(g.mark_down("a", "down".into(), now, 0).0, backoff::FIRST);
     }
 
     #[test]
@@ -468,7 +470,7 @@ mod tests {
         );
         // Down until it takes a tunnel, whatever its backoff; a probe that fails again
         // moves its time and says it was down already.
-        let (_, was_down) = g.mark_down("b", "timed out".into(), now + Backoff::MAX, 140);
+        let (_, was_down) = g.mark_down("b", "timed out".into(), now + backoff::MAX, 140);
         assert!(was_down);
         assert_eq!(
             shown(&g)[1],

@@ -53,7 +53,6 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::home::Home;
-use backoff::Backoff;
 use gateways::Gateways;
 use node_link::node_link;
 use refusals::{OpenError, RefusalRecord as Refused};
@@ -315,7 +314,7 @@ impl Core {
     /// (re)connection is a signed call, so a session revoked while the stream was down
     /// is refused there; the stream also resumes after the last position it had.
     async fn watch_revocations(self: Arc<Self>) {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff::backoff();
         let mut since: Option<i64> = None;
         loop {
             if self.revoked().is_some() {

@@ -6,6 +6,7 @@
 //! stream, the position is the lowest one the API gave with an authorization: every
 //! open connection was authorized after it.
 
+use lastmile_api_client::backoff::Backoff;
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -62,7 +63,7 @@ impl Position {
 /// and cuts the tunnels of each revoked session, and the connections of a user whose
 /// access to a resource ended. Reconnects, resuming after the last position.
 pub(super) async fn watch_revocations(gw: Arc<Gateway>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
         let since = gw.revocations.resume_after();
         let path = match since {
@@ -71,7 +72,7 @@ pub(super) async fn watch_revocations(gw: Arc<Gateway>) {
         };
         match gw.api().stream_unsigned(&path).await {
             Ok(resp) if resp.status().is_success() => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 info!(?since, "following revocations");
                 let mut events = Revocations::new(resp);
                 loop {
@@ -96,7 +97,6 @@ pub(super) async fn watch_revocations(gw: Arc<Gateway>) {
                 warn!(error = %error_chain(&e), "cannot reach the API for revocations; retrying")
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.failed()).await;
     }
 }
