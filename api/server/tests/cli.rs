@@ -31,8 +31,8 @@ fn api_stdin(config: &std::path::Path, args: &[&str], stdin: &str) -> (bool, Str
     )
 }
 
-#[test]
-fn init_and_admin_commands() {
+/// A data directory and the config naming it (the directory lives as long as its guard).
+fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("api.toml");
     std::fs::write(
@@ -40,6 +40,20 @@ fn init_and_admin_commands() {
         format!("[api]\ndata_dir = \"{}\"\n", dir.path().display()),
     )
     .unwrap();
+    (dir, config)
+}
+
+/// The same, after `init --org acme --admin root`.
+fn initialized() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, config) = data_dir();
+    let (ok, _, err) = api(&config, &["init", "--org", "acme", "--admin", "root"]);
+    assert!(ok, "{err}");
+    (dir, config)
+}
+
+#[test]
+fn init_and_admin_commands() {
+    let (dir, config) = data_dir();
 
     let (ok, out, err) = api(
         &config,
@@ -279,15 +293,7 @@ fn a_missing_config_is_named_with_its_cause_once() {
 /// by its reason (no HTTP status, no error code), no colour and no backtrace through a pipe.
 #[test]
 fn human_output_has_no_debug_formatting_or_http_jargon() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("api.toml");
-    std::fs::write(
-        &config,
-        format!("[api]\ndata_dir = \"{}\"\n", dir.path().display()),
-    )
-    .unwrap();
-    let (ok, _, err) = api(&config, &["init", "--org", "acme", "--admin", "root"]);
-    assert!(ok, "{err}");
+    let (_dir, config) = initialized();
     let (ok, _, err) = api(
         &config,
         &[
@@ -355,15 +361,7 @@ fn human_output_has_no_debug_formatting_or_http_jargon() {
 /// and are listed without it, also when a row an earlier version saved holds one.
 #[test]
 fn upstream_tls_is_refused_and_not_listed_where_it_has_no_effect() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("api.toml");
-    std::fs::write(
-        &config,
-        format!("[api]\ndata_dir = \"{}\"\n", dir.path().display()),
-    )
-    .unwrap();
-    let (ok, _, err) = api(&config, &["init", "--org", "acme", "--admin", "root"]);
-    assert!(ok, "{err}");
+    let (dir, config) = initialized();
     let put = |name: &str, kind: &str, port: &str, more: &[&str]| {
         let mut args = vec![
             "--output",

@@ -12,6 +12,24 @@ use std::{path::Path, process::Command};
 use lastmile_api::{ApiConfig, App, admin};
 use lastmile_proto::wire::{NewGrant, NewUser, Resource, ResourceKind, Subject, UpstreamTls};
 
+/// `lastmile` with `home`, run off the async runtime (the API under test runs on it).
+fn runner(
+    home: &Path,
+) -> impl Fn(Vec<String>, String) -> tokio::task::JoinHandle<(i32, String, String)> {
+    let home = home.to_owned();
+    move |args, stdin| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lastmile(&home, &args, &stdin)
+        })
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| (*x).to_owned()).collect()
+}
+
 fn lastmile(home: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
     let out = lastmile_testkit::run_with_stdin(
         Command::new(env!("CARGO_BIN_EXE_lastmile"))
@@ -145,14 +163,8 @@ async fn login_status_resources_logout() {
     std::fs::write(&ca, app.pki.ca_pem()).unwrap();
     let home = dir.path().join("home");
 
-    let run = |args: Vec<String>, stdin: String| {
-        let home = home.clone();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            lastmile(&home, &args, &stdin)
-        })
-    };
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let run = runner(&home);
+    let s = strings;
 
     // Not logged in yet.
     let (code, out, _) = run(s(&["status"]), String::new()).await.unwrap();
@@ -330,13 +342,7 @@ async fn a_wrong_ca_is_not_pinned_and_logout_keeps_the_api() {
     let wrong = dir.path().join("other-ca.pem");
     std::fs::write(&wrong, other.pki.ca_pem()).unwrap();
     let home = dir.path().join("home");
-    let run = |args: Vec<String>, stdin: String| {
-        let home = home.clone();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            lastmile(&home, &args, &stdin)
-        })
-    };
+    let run = runner(&home);
     let login = |api: Option<&str>, ca: Option<&Path>, user: Option<&str>| {
         let mut args = vec![
             "login".to_owned(),
@@ -437,14 +443,8 @@ async fn status_works_with_the_api_down() {
     let ca = dir.path().join("org-ca.pem");
     std::fs::write(&ca, app.pki.ca_pem()).unwrap();
     let home = dir.path().join("home");
-    let run = |args: Vec<String>, stdin: String| {
-        let home = home.clone();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            lastmile(&home, &args, &stdin)
-        })
-    };
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let run = runner(&home);
+    let s = strings;
     let (code, out, err) = run(
         s(&[
             "--output",
