@@ -87,6 +87,8 @@ struct Service {
     /// The spool, behind the lock that serialises sends, so it is replayed before anything
     /// newer.
     order: tokio::sync::Mutex<Spool>,
+    /// Events in the spool as last seen (for the metrics; the file is the truth).
+    depth: std::sync::atomic::AtomicU64,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> WriteError + '_ {
@@ -124,6 +126,7 @@ impl AuditWriter {
                 client: tls_client(t)?,
                 url: format!("{}/v1/events", t.url.trim_end_matches('/')),
                 order: tokio::sync::Mutex::new(Spool::new(&t.spool)),
+                depth: std::sync::atomic::AtomicU64::new(0),
             }),
             None => None,
         };
@@ -189,6 +192,9 @@ impl AuditWriter {
                 None => delivery.service = true,
                 Some(why) => {
                     spool.append(&kept)?;
+                    service
+                        .depth
+                        .fetch_add(kept.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     delivery.spooled = Some(why);
                 }
             }
@@ -198,6 +204,14 @@ impl AuditWriter {
 }
 
 impl AuditWriter {
+    /// How many events wait in the spool for the audit service (as last seen by this
+    /// writer); `None` without a service.
+    pub fn spool_depth(&self) -> Option<u64> {
+        self.service
+            .as_ref()
+            .map(|s| s.depth.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Sends whatever waits in the spool, if the service answers. Components call this
     /// now and then, so spooled events do not wait for the next event to go out.
     pub async fn flush(&self) -> Result<(), String> {
@@ -236,10 +250,15 @@ impl Service {
     /// so a failure later resends only what was not acknowledged.
     async fn replay(&self, spool: &mut Spool) -> Result<(), String> {
         let events = spool.pending().map_err(|e| error_chain(&e))?;
+        let left = |sent: usize| (events.len() - sent) as u64;
+        self.depth
+            .store(left(0), std::sync::atomic::Ordering::Relaxed);
         let mut sent = 0;
         for chunk in events.chunks(100) {
             self.send(chunk).await?;
             sent += chunk.len();
+            self.depth
+                .store(left(sent), std::sync::atomic::Ordering::Relaxed);
             spool
                 .keep_only(events.get(sent..).unwrap_or_default())
                 .map_err(|e| error_chain(&e))?;

@@ -22,6 +22,7 @@ pub struct App {
     pub logins: tokio::sync::Semaphore,
     /// The time every expiry and freshness check of this API uses.
     pub clock: Clock,
+    pub metrics: crate::metrics::ApiMetrics,
 }
 
 /// The API's time in Unix seconds: the system's, moved forward by what a test asked for,
@@ -61,6 +62,7 @@ impl App {
         let logins = tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1));
         let app = Arc::new(Self {
             clock: Clock::default(),
+            metrics: crate::metrics::ApiMetrics::default(),
             logins,
             db,
             pki,
@@ -100,13 +102,25 @@ impl App {
             );
             m.insert("component".into(), json!("api"));
         }
-        self.audit.write(fields).await.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %lastmile_audit_sink::error_chain(&e), %kind, "audit write failed");
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::AuditUnavailable,
-                "the audit log cannot be written, so nothing was changed; try again when it is back",
-            )
-        })
+        match self.audit.write(fields).await {
+            Ok(delivery) => {
+                let outcome = if delivery.spooled.is_some() {
+                    "spooled"
+                } else {
+                    "ok"
+                };
+                self.metrics.audit_write(outcome, self.audit.spool_depth());
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.audit_write("failed", self.audit.spool_depth());
+                tracing::error!(error = %lastmile_audit_sink::error_chain(&e), %kind, "audit write failed");
+                Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot be written, so nothing was changed; try again when it is back",
+                ))
+            }
+        }
     }
 }

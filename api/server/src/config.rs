@@ -64,6 +64,9 @@ pub struct ApiConfig {
     /// `<data_dir>/kms`) or `kind = "aws"` with `region`, `key_id`, and optionally
     /// `endpoint`, `access_key_id`, `secret_access_key`.
     pub kms: lastmile_vault::KmsConfig,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP: keep it on a local
+    /// or monitoring-only address). Default: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// How long an unlock's SSH user certificate lasts. Default 5m.
     #[serde(with = "lastmile_proto::duration")]
     pub ssh_certificate_ttl: Duration,
@@ -91,6 +94,7 @@ impl Default for ApiConfig {
             audit_file: None,
             audit: lastmile_audit_sink::SinkConfig::default(),
             kms: lastmile_vault::KmsConfig::default(),
+            metrics_listen: None,
             ssh_certificate_ttl: Duration::from_secs(300),
             ssh_host_certificate_ttl: Duration::from_secs(24 * 3600),
         }

@@ -243,6 +243,10 @@ pub fn routes(app: Arc<App>) -> Router {
             app.clone(),
             limit_declared_body,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::metrics::track,
+        ))
         .with_state(app)
 }
 
@@ -255,7 +259,9 @@ async fn login_challenge(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
 }
 
 async fn login(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
-    ok(crate::login::login(&app, json(&b)?).await?)
+    let r = crate::login::login(&app, json(&b)?).await;
+    app.metrics.login(&r);
+    ok(r?)
 }
 
 async fn refresh(State(app): State<Arc<App>>, s: Signed) -> Reply {
@@ -360,17 +366,17 @@ async fn authorize_connection(
     headers: HeaderMap,
     Body(b): Body,
 ) -> Reply {
-    ok(
-        crate::connections::authorize_connection(
-            &app,
-            peer.0.as_ref(),
-            &method,
-            &uri,
-            &headers,
-            &b,
-        )
-        .await?,
+    let r = crate::connections::authorize_connection(
+        &app,
+        peer.0.as_ref(),
+        &method,
+        &uri,
+        &headers,
+        &b,
     )
+    .await;
+    app.metrics.authorization("connection", &r);
+    ok(r?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,7 +474,9 @@ async fn unlock(
     headers: HeaderMap,
     Body(b): Body,
 ) -> Reply {
-    ok(crate::connections::unlock(&app, peer.0.as_ref(), &method, &uri, &headers, &b).await?)
+    let r = crate::connections::unlock(&app, peer.0.as_ref(), &method, &uri, &headers, &b).await;
+    app.metrics.authorization("unlock", &r);
+    ok(r?)
 }
 
 async fn credentials(State(app): State<Arc<App>>, s: Signed) -> Reply {
@@ -695,6 +703,9 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::
     let router = routes(app.clone());
     tokio::spawn(app.revocations_tail());
     tokio::spawn(auth::prune_nonces(app.clone()));
+    if let Some(addr) = app.config.metrics_listen {
+        lastmile_metrics::serve(addr, app.metrics.registry()).await?;
+    }
     info!(listen = %listener.local_addr()?, "serving");
     let mut conn_id: u64 = 0;
     loop {
@@ -710,6 +721,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::
         conn_id += 1;
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let app = app.clone();
         let span = info_span!("conn", id = conn_id, %addr);
         tokio::spawn(
             async move {
@@ -717,8 +729,14 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> anyhow::
                     .await
                 {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return warn!(error = %e, "TLS handshake refused"),
-                    Err(_) => return warn!("TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        app.metrics.tls_failure();
+                        return warn!(error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        app.metrics.tls_failure();
+                        return warn!("TLS handshake timed out");
+                    }
                 };
                 let peer = Peer(
                     tls.get_ref()

@@ -17,6 +17,7 @@ pub mod events;
 pub mod gateways;
 pub mod http;
 pub mod login;
+pub mod metrics;
 pub mod pki;
 pub mod revocation;
 pub mod secret;

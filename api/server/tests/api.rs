@@ -1230,3 +1230,34 @@ async fn totp_seeds_sealed(store: Store) {
         .unwrap();
 }
 both_stores!(totp_seeds_are_stored_sealed, totp_seeds_sealed);
+
+/// The API's metrics count logins by outcome and requests by route and status, and time
+/// them; the names are the ones the alert rules use.
+async fn metrics_count_logins_and_requests(store: Store) {
+    let api = start(store, |_| {}).await;
+    let device = Device::new();
+    api.login("admin", "wrong password!!", None, &device)
+        .await
+        .unwrap_err();
+    let _admin = api.admin().await;
+    let text = lastmile_metrics::render(&api.app.metrics.registry());
+    for want in [
+        "lastmile_api_logins_total{outcome=\"bad_credentials\"} 1",
+        "lastmile_api_requests_total{route=\"/v1/login\",method=\"POST\",status=\"401\"} 1",
+        "lastmile_api_request_duration_seconds_count{route=\"/v1/login\"}",
+        "# TYPE lastmile_api_audit_spool_events gauge",
+        "# TYPE lastmile_api_tls_handshake_failures counter",
+        "lastmile_api_audit_writes_total{outcome=\"ok\"}",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lastmile_api_logins_total{outcome=\"ok\"} ")),
+        "{text}"
+    );
+}
+both_stores!(
+    metrics_of_logins_and_requests,
+    metrics_count_logins_and_requests
+);
