@@ -106,6 +106,9 @@ pub struct GatewayConfig {
     /// per channel, referenced from `ssh.recording` events by SHA-256); created 0700.
     /// Default `<state_dir>/recordings`.
     pub recordings: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP: a local or
+    /// monitoring-only address). Default: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -122,6 +125,7 @@ impl Default for GatewayConfig {
             max_handshakes: 256,
             renew_before: std::time::Duration::from_secs(8 * 3600),
             recordings: None,
+            metrics_listen: None,
         }
     }
 }
@@ -195,6 +199,9 @@ pub struct NodeConfig {
     /// Default 5s.
     #[serde(with = "lastmile_proto::duration")]
     pub resource_refresh: std::time::Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP). Default: not
+    /// served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -212,6 +219,7 @@ impl Default for NodeConfig {
             targets: Vec::new(),
             resources_from_api: false,
             resource_refresh: std::time::Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }

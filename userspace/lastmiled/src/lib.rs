@@ -6,6 +6,7 @@ pub mod config;
 pub mod events;
 pub mod gateway;
 pub mod intercept;
+pub mod metrics;
 pub mod mounts;
 pub mod node;
 pub mod target;

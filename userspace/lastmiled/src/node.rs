@@ -85,6 +85,7 @@ pub struct Shared {
     pub agents: Agents,
     pub sink: EventSink,
     pub proc_cache: ProcCache,
+    pub metrics: crate::metrics::NodeMetrics,
 }
 
 impl Shared {
@@ -197,7 +198,13 @@ async fn serve(
         agents: Agents::default(),
         proc_cache: ProcCache::default(),
         sink,
+        metrics: crate::metrics::NodeMetrics::default(),
     });
+    let mut registry = lastmile_metrics::Registry::with_prefix("lastmile_node");
+    shared.metrics.register(&mut registry);
+    shared.sink.metrics().register(&mut registry);
+    registry.register_collector(Box::new(crate::metrics::NodeState(Arc::downgrade(&shared))));
+    crate::metrics::serve(config.metrics_listen, registry).await?;
     // Bound once interception is in place: the socket's appearance says the node is
     // ready (tests and service managers wait for it). A failure here leaves the new
     // targets protected, which is safe.

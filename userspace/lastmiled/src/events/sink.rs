@@ -4,7 +4,46 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use lastmile_metrics::{Counter, Family, Gauge, Registry};
+
 use super::{Event, EventBody};
+use crate::metrics::OutcomeLabel;
+
+/// What the writer counts (registered by its service under the service's prefix).
+#[derive(Debug, Default, Clone)]
+pub struct SinkMetrics {
+    /// Batches written: `ok`, `spooled` (for the audit service), `failed`.
+    written: Family<OutcomeLabel, Counter>,
+    dropped: Counter,
+    spool: Gauge,
+}
+
+impl SinkMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "events_written",
+            "Event batches written (ok, spooled for the audit service) or not (failed)",
+            self.written.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Events dropped because the writer's queue was full",
+            self.dropped.clone(),
+        );
+        r.register(
+            "audit_spool_events",
+            "Events waiting in the spool for the audit service",
+            self.spool.clone(),
+        );
+    }
+
+    fn written(&self, outcome: &'static str, spool: Option<u64>) {
+        self.written.get_or_create(&OutcomeLabel { outcome }).inc();
+        if let Some(depth) = spool {
+            self.spool.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+}
 
 /// Where events go: through the node's audit policy to its local file and/or the audit
 /// service (see [`crate::config::AuditConfig`]), or to standard output when neither is
@@ -18,6 +57,7 @@ pub struct EventSink {
     /// Events refused since the writer last reported them (it writes an
     /// `events.dropped` with the count), like the kernel ring buffer's drop counter.
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    metrics: SinkMetrics,
 }
 
 /// At most this many events wait for the writer; more are counted and dropped, so a
@@ -56,6 +96,8 @@ impl EventSink {
         let failed = failing.clone();
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let lost = dropped.clone();
+        let metrics = SinkMetrics::default();
+        let counted = metrics.clone();
         tokio::spawn(async move {
             // Spooled events (the service was down) go out within this long of its return,
             // even when no new event comes to push them.
@@ -107,11 +149,14 @@ impl EventSink {
                 match writer.write_batch(std::mem::take(&mut batch)).await {
                     Ok(d) => {
                         failed.store(false, std::sync::atomic::Ordering::Release);
+                        let outcome = if d.spooled.is_some() { "spooled" } else { "ok" };
+                        counted.written(outcome, writer.spool_depth());
                         if let Some(why) = d.spooled {
                             tracing::warn!(%why, "audit service unavailable; event spooled locally");
                         }
                     }
                     Err(e) => {
+                        counted.written("failed", writer.spool_depth());
                         failed.store(true, std::sync::atomic::Ordering::Release);
                         tracing::error!(error = %lastmile_audit_sink::error_chain(&e), "cannot write an audit event");
                     }
@@ -122,7 +167,13 @@ impl EventSink {
             queue,
             failing,
             dropped,
+            metrics,
         })
+    }
+
+    /// The writer's metrics, to register with the service's.
+    pub fn metrics(&self) -> &SinkMetrics {
+        &self.metrics
     }
 
     /// Whether events cannot be recorded now: the last write failed everywhere it was
@@ -140,6 +191,7 @@ impl EventSink {
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     self.dropped
                         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    self.metrics.dropped.inc();
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                     tracing::error!("the event writer has stopped; event lost");

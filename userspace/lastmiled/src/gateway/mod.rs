@@ -103,6 +103,7 @@ struct Gateway {
     ssh_recordings: Option<Arc<lastmile_ssh::recording::LocalDirStore>>,
     /// Where the revocation stream must resume from.
     revocations: revocations::Position,
+    metrics: crate::metrics::GatewayMetrics,
 }
 
 impl Gateway {
@@ -124,6 +125,12 @@ impl Gateway {
     /// connection and resource).
     fn refused(&self, who: &SessionIdentity, header: Option<&StreamHeader>, r: &Refusal) {
         info!(code = %r.code, message = %r.message, "stream refused");
+        self.metrics
+            .refusals
+            .get_or_create(&crate::metrics::CodeLabel {
+                code: r.code.to_string(),
+            })
+            .inc();
         self.sink
             .write(&Event::now(EventBody::GatewayRefused(GatewayRefusal {
                 client_connection: header.map(|h| h.authorization.connection.to_string()),
@@ -267,7 +274,12 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         ssh_hosts: ssh::SshHosts::new(ssh_host_key),
         ssh_recordings: Some(ssh_recordings),
         revocations: revocations::Position::default(),
+        metrics: crate::metrics::GatewayMetrics::default(),
     });
+    let mut registry = lastmile_metrics::Registry::with_prefix("lastmile_gateway");
+    gw.metrics.register(&mut registry);
+    gw.sink.metrics().register(&mut registry);
+    crate::metrics::serve(config.metrics_listen, registry).await?;
     info!(gateway = %gw.name, listen = %local, %announce, "gateway serving tunnels");
     tokio::spawn(revocations::watch_revocations(gw.clone()));
     tokio::spawn(renewal::keep_certificate(

@@ -38,15 +38,18 @@ pub(super) async fn tunnel(
     {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
+            gw.metrics.tls_failures.inc();
             info!(%peer, error = %error_chain(&e), "tunnel handshake refused");
             return;
         }
         Err(_) => {
+            gw.metrics.tls_failures.inc();
             info!(%peer, ?timeout, "tunnel handshake timed out ([gateway] handshake_timeout)");
             return;
         }
     };
     drop(handshake);
+    gw.metrics.tunnels_open.inc();
     let session = accepted.identity.session.clone();
     let id = gw.next.fetch_add(1, Ordering::Relaxed);
     let (cut, cut_seen) = watch::channel(None);
@@ -60,6 +63,7 @@ pub(super) async fn tunnel(
         });
     }
     let _ = task.await;
+    gw.metrics.tunnels_open.dec();
     if let Ok(mut t) = gw.tunnels.lock()
         && let Some(list) = t.get_mut(&session)
     {
@@ -199,6 +203,8 @@ pub(super) struct CloseRecord {
     client_connection: String,
     sock_cookie: Option<u64>,
     resource: String,
+    /// The resource's kind, for the open-streams gauge.
+    kind: crate::metrics::KindLabel,
     pub upstream: Option<SocketAddr>,
     meter: Arc<Meter>,
     started: Instant,
@@ -221,6 +227,7 @@ impl CloseRecord {
 
 impl Drop for CloseRecord {
     fn drop(&mut self) {
+        self.gw.metrics.streams_open.get_or_create(&self.kind).dec();
         if let Ok(mut a) = self.gw.access.lock() {
             let (key, id) = &self.access;
             if let Some(list) = a.get_mut(key) {
@@ -362,6 +369,11 @@ async fn open(
     tracing::Span::current().record("connection", id.as_str());
     let sock_cookie = a.connection.sock_cookie();
     let meter = Arc::new(Meter::default());
+    let kind = crate::metrics::KindLabel {
+        kind: authorized.resource.kind.to_string(),
+    };
+    gw.metrics.streams.get_or_create(&kind).inc();
+    gw.metrics.streams_open.get_or_create(&kind).inc();
     let record = CloseRecord {
         gw: gw.clone(),
         identity: identity.clone(),
@@ -369,6 +381,7 @@ async fn open(
         client_connection: a.connection.to_string(),
         sock_cookie,
         resource: authorized.resource.name.clone(),
+        kind,
         upstream: None,
         meter: meter.clone(),
         started: Instant::now(),

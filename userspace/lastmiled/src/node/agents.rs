@@ -73,6 +73,13 @@ impl Agents {
         Err(conn)
     }
 
+    /// How many agents are registered now.
+    pub fn count(&self) -> usize {
+        self.by_uid
+            .lock()
+            .map_or(0, |by_uid| by_uid.values().map(Vec::len).sum())
+    }
+
     fn add(&self, uid: u32, pid: i32, fd: Arc<AsyncFd<OwnedFd>>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut by_uid) = self.by_uid.lock() {

@@ -53,6 +53,7 @@ async fn handle(
     let Some(record) = record else {
         // No kernel record: this connection did not come through the redirect.
         warn!(%client, "direct dial to the listener refused");
+        shared.metrics.handoff("direct_dial");
         if let Some(listener) = listen {
             shared.event(EventBody::RefusedDirectDial { client, listener });
         }
@@ -105,11 +106,13 @@ async fn handle(
         match shared.agents.hand_off(record.uid, &handoff, fd) {
             Ok(agent_pid) => {
                 info!(agent_pid, orig_dst = %conn.orig_dst, "handed to the agent");
+                shared.metrics.handoff("handed_over");
                 shared.event(EventBody::Handoff(conn));
                 Ok(())
             }
             Err(fd) => {
                 info!(orig_dst = %conn.orig_dst, "no agent for this uid; refusing");
+                shared.metrics.handoff("no_agent");
                 shared.event(EventBody::RefusedNoAgent(conn));
                 let std_stream = std::net::TcpStream::from(fd);
                 std_stream.set_nonblocking(true)?;

@@ -1,0 +1,222 @@
+//! The gateway's and the API's Prometheus metrics count what really passed: a stream
+//! carried, one refused, the tunnel, the events written, the authorizations.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/stack.rs"]
+#[allow(dead_code)] // shared with the other tests, which use other parts
+mod stack;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use stack::{Listen, Stack, echo_server, echo_through};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of the sample whose line starts with `series ` (name and labels exactly).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `GET /metrics` over plain HTTP/1.0 (what a Prometheus server does, minus TLS).
+fn scrape_now(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+async fn scrape(port: u16) -> String {
+    tokio::task::spawn_blocking(move || scrape_now(port))
+        .await
+        .unwrap()
+}
+
+/// Scrapes until every `(series, value)` holds, for up to 10 s.
+async fn wait_for(port: u16, want: &[(&str, f64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(port).await;
+        if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "want {want:?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_and_the_api_count_streams_refusals_and_authorizations() {
+    let stack = Stack::start().await;
+    let upstream = echo_server("127.0.0.1:0");
+    let alice = stack.user("alice").await;
+    stack.resource("echo", upstream, &[], &["alice"]).await;
+    stack.resource("revoked", upstream, &[], &["alice"]).await;
+    let port = free_port();
+    let _gw = stack
+        .gateway_with("gw1", &format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .await;
+    let listen = Listen::start(&alice, "echo");
+    assert_eq!(echo_through(listen.addr, b"counted").unwrap(), b"counted");
+    // Refused by the API (the grant is gone): the client sees its connection closed.
+    let refused = Listen::start(&alice, "revoked");
+    let grants = lastmile_api::admin::list_grants(&stack.app).await.unwrap();
+    let grant = grants.iter().find(|g| g.resource == "revoked").unwrap();
+    lastmile_api::admin::revoke_grant(&stack.app, "test", &grant.id)
+        .await
+        .unwrap();
+    let _ = echo_through(refused.addr, b"x");
+
+    let text = wait_for(
+        port,
+        &[
+            ("lastmile_gateway_streams_total{kind=\"tcp\"}", 1.0),
+            ("lastmile_gateway_streams_open{kind=\"tcp\"}", 0.0),
+            ("lastmile_gateway_refusals_total{code=\"no_grant\"}", 1.0),
+        ],
+    )
+    .await;
+    // Two agents' tunnels (one per `listen`), both still up.
+    assert_eq!(
+        sample(&text, "lastmile_gateway_tunnels_open"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lastmile_gateway_tls_handshake_failures_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "lastmile_gateway_events_written_total{outcome=\"ok\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lastmile_gateway_events_dropped_total"),
+        Some(0.0)
+    );
+    // A handshake that is not TLS is counted as a failure.
+    let tunnel = lastmile_api::gateways::endpoints(&stack.app)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name == "gw1")
+        .unwrap()
+        .tunnel;
+    let mut junk = std::net::TcpStream::connect(tunnel).unwrap();
+    std::io::Write::write_all(&mut junk, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    drop(junk);
+    wait_for(
+        port,
+        &[("lastmile_gateway_tls_handshake_failures_total", 1.0)],
+    )
+    .await;
+
+    // The API saw one authorization allowed and one refused.
+    let api = lastmile_metrics::render(&stack.app.metrics.registry());
+    for want in [
+        "lastmile_api_authorizations_total{call=\"connection\",outcome=\"ok\"} 1",
+        "lastmile_api_authorizations_total{call=\"connection\",outcome=\"no_grant\"} 1",
+        "lastmile_api_requests_total{route=\"/v1/connections/authorize\",method=\"POST\",status=\"200\"} 1",
+    ] {
+        assert!(api.contains(want), "no `{want}` in\n{api}");
+    }
+}
+
+/// The node counts what it did with each redirected connection (to an agent, refused for
+/// want of one, a direct dial) and serves the kernel programs' own counters and the
+/// agents registered.
+#[test]
+fn the_node_counts_handoffs_and_serves_the_kernels_counters() {
+    if !support::have_root("the_node_counts_handoffs_and_serves_the_kernels_counters") {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let cgroup = support::TestCgroup::new("metrics");
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_port = free_port();
+    let node = support::TestNode::start(
+        "metrics",
+        &cgroup,
+        &format!(
+            "[[node.targets]]\nname = \"echo\"\nkind = \"tcp\"\nprotect = [\"127.0.0.2:{port}\"]\n"
+        ),
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    let _agent = support::EchoAgent::start(&node.agent_socket, 65534);
+    let probe = |uid: u32| {
+        cgroup
+            .command(support::lastmiled())
+            .args(["probe", &format!("127.0.0.2:{port}"), "--send", "hi"])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    assert!(probe(65534).status.success(), "{}", node.logs());
+    let _ = probe(65532);
+    let listener = node.status()["redirect"]["listener_v4"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(std::net::TcpStream::connect(&listener).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = [
+        ("lastmile_node_handoffs_total{outcome=\"handed_over\"}", 1.0),
+        ("lastmile_node_handoffs_total{outcome=\"no_agent\"}", 1.0),
+        ("lastmile_node_handoffs_total{outcome=\"direct_dial\"}", 1.0),
+        ("lastmile_node_agents", 1.0),
+        ("lastmile_node_kernel_events_dropped_total", 0.0),
+        ("lastmile_node_kernel_records_dropped_total", 0.0),
+    ];
+    let text = loop {
+        let text = scrape_now(metrics_port);
+        if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "want {want:?} in\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        sample(
+            &text,
+            "lastmile_node_kernel_connects_total{decision=\"redirected\"}"
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "lastmile_node_events_written_total{outcome=\"ok\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+}
