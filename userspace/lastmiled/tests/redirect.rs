@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+mod kernel_version;
 mod support;
 
 use std::{
@@ -21,64 +22,16 @@ use std::{
     time::Duration,
 };
 
+use kernel_version::can_run;
 use lastmile_ebpf_common::ConnectRecord;
 use lastmiled::{
     events::{comm, decision_name, orig_dst},
     intercept::{Interceptor, RedirectPolicy, TargetId, record_from_event},
     target::ProtectedTarget,
 };
-use support::{TestCgroup, TestNetns, cgroup_id, have_root, lastmiled};
+use support::{TestCgroup, TestNetns, cgroup_id, lastmiled};
 
 const EXEMPT_MARK: u32 = 0x4c4d_0001;
-
-/// What lastmiled's programs need of the kernel, newest first: the oldest kernel they load
-/// and run on is the first one's. Debian 11's 5.10 has neither (found under vm-tests).
-const KERNEL_NEEDS: &[((u32, u32), &str)] = &[
-    (
-        (5, 19),
-        "bpf_map_lookup_percpu_elem, which sock_ops record_client calls for other CPUs' pending slots",
-    ),
-    (
-        (5, 14),
-        "SO_NETNS_COOKIE, by which set_policy learns the host's network namespace",
-    ),
-];
-
-/// The running kernel's major and minor version (`6.1.0-50-amd64` → (6, 1)).
-fn kernel_version() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::parse::<u32>);
-    Some((parts.next()?.ok()?, parts.next()?.ok()?))
-}
-
-/// Whether `test` can run here: as root, on a kernel that loads lastmiled's programs.
-/// Otherwise it says why, past the harness's capture (`SKIPPED name: why`, which
-/// vm-tests reads too), and the test returns early.
-fn can_run(test: &str) -> bool {
-    if !have_root(test) {
-        return false;
-    }
-    let Some(running @ (major, minor)) = kernel_version() else {
-        return true;
-    };
-    let missing: Vec<String> = KERNEL_NEEDS
-        .iter()
-        .filter(|(since, _)| running < *since)
-        .map(|((a, b), what)| format!("{what} (kernel >= {a}.{b})"))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: skipped on {major}.{minor}: needs {}",
-        missing.join("; ")
-    );
-    false
-}
 
 /// Serves one connection on `listener`: reads the probe's text, answers with `reply`.
 fn serve_once(
