@@ -46,6 +46,9 @@ pub struct Kernel {
     /// The package holding `/boot/vmlinuz-*`: the image itself, or the
     /// `linux-binary-…` it depends on where Debian splits the kernel (7.x).
     pub vmlinuz_package: String,
+    /// The package holding `/lib/modules/RELEASE/kernel/…`: the image itself, or the
+    /// `linux-modules-…` it depends on where the kernel is split.
+    pub modules_package: String,
 }
 
 #[derive(Debug)]
@@ -209,16 +212,22 @@ impl Apt {
             .with_context(|| format!("{package} has no Version"))?;
         // Debian 7.x splits the image: linux-image-X depends on linux-binary-X (the
         // kernel) and linux-modules-X (100 MB the VM does not need).
-        let vmlinuz_package = image
-            .depends()
-            .into_iter()
-            .find(|d| d.starts_with("linux-binary-"))
-            .unwrap_or_else(|| package.clone());
+        let depends = image.depends();
+        let split = |prefix: &str| {
+            depends
+                .iter()
+                .find(|d| d.starts_with(prefix))
+                .cloned()
+                .unwrap_or_else(|| package.clone())
+        };
+        let vmlinuz_package = split("linux-binary-");
+        let modules_package = split("linux-modules-");
         Ok(Kernel {
             spec: spec.to_owned(),
             package,
             version,
             vmlinuz_package,
+            modules_package,
         })
     }
 
@@ -245,36 +254,47 @@ impl Apt {
 
     /// Downloads the package holding the kernel into `dir` (once); returns the `.deb`.
     pub fn download(&self, kernel: &Kernel, dir: &Path) -> anyhow::Result<PathBuf> {
+        self.download_package(&kernel.vmlinuz_package, &kernel.version, dir)
+    }
+
+    /// Downloads the package holding the kernel's modules into `dir` (once; the kernel's
+    /// own where it is not split); returns the `.deb`.
+    pub fn download_modules(&self, kernel: &Kernel, dir: &Path) -> anyhow::Result<PathBuf> {
+        self.download_package(&kernel.modules_package, &kernel.version, dir)
+    }
+
+    fn download_package(
+        &self,
+        package: &str,
+        version: &str,
+        dir: &Path,
+    ) -> anyhow::Result<PathBuf> {
         let find = || {
             fs::read_dir(dir)
                 .ok()?
                 .filter_map(Result::ok)
                 .find_map(|e| {
                     let name = e.file_name().into_string().ok()?;
-                    (name.starts_with(&format!("{}_", kernel.vmlinuz_package))
-                        && name.ends_with(".deb"))
-                    .then(|| e.path())
+                    (name.starts_with(&format!("{package}_")) && name.ends_with(".deb"))
+                        .then(|| e.path())
                 })
         };
         if let Some(deb) = find() {
             return Ok(deb);
         }
         fs::create_dir_all(dir)?;
-        eprintln!(
-            "==> apt: downloading {}={}",
-            kernel.vmlinuz_package, kernel.version
-        );
+        eprintln!("==> apt: downloading {package}={version}");
         let status = self
             .command("apt-get")
             .args(["-q", "download"])
             // Into the work dir, which apt's own _apt user may not be able to write.
             .args(["-o", "APT::Sandbox::User=root"])
-            .arg(format!("{}={}", kernel.vmlinuz_package, kernel.version))
+            .arg(format!("{package}={version}"))
             .current_dir(dir)
             .status()
             .context("running apt-get download")?;
         if !status.success() {
-            bail!("`apt-get download {}` failed", kernel.vmlinuz_package);
+            bail!("`apt-get download {package}` failed");
         }
         find().context("apt-get download left no .deb")
     }

@@ -4,8 +4,10 @@
 //! (see [`apt`]; the machine's own are not touched), download it (cached), unpack its
 //! vmlinuz, boot it under qemu's TCG (stock kernels fail under this machine's KVM) with
 //! an initramfs holding busybox, the given binaries at their host paths (test binaries
-//! refer to helpers by absolute path) and the shared libraries they link, and no network
-//! device at all; run each test binary with `--test-threads=1`, and read libtest's
+//! refer to helpers by absolute path) and the shared libraries they link, the kernel
+//! modules asked for (from that kernel's own package), a machine id, `/etc/hosts` for
+//! `localhost`, and no network device at all (`lo` only); run each test binary with
+//! `--test-threads=1` (and `--skip` for each test not to run there), and read libtest's
 //! `test NAME ... ok|FAILED|ignored` lines. At the end, a kernel × test table. The kernel
 //! command line carries nothing secret; the VM has no way to send a packet anywhere.
 
@@ -28,7 +30,7 @@ use clap::Parser;
 use crate::report::{Outcome, Run};
 
 #[derive(Debug, Parser)]
-#[command(about = "Run lastmile's eBPF tests inside Debian kernels under qemu")]
+#[command(about = "Run lastmile's kernel-facing tests inside Debian kernels under qemu")]
 struct Args {
     /// Kernel to boot (repeatable): a series `5.10`, `6.1` or `6.12` (the kernel of
     /// bullseye, bookworm, bookworm-backports), a suite such as `trixie-backports` (its
@@ -42,13 +44,30 @@ struct Args {
     /// Another binary to place in the VM at the same path (a helper the tests run).
     #[arg(long = "with")]
     with: Vec<PathBuf>,
+    /// A kernel module to load before the tests (repeatable, in load order: a module's
+    /// dependencies first), from each kernel's own package: `inet_diag`.
+    #[arg(long = "module")]
+    modules: Vec<String>,
+    /// `NAME=REASON`: a test (its full name, in any of the binaries) not to run in the VM,
+    /// and why; the table shows it as skipped, with the reason (repeatable).
+    #[arg(long = "skip", value_parser = parse_skip)]
+    skips: Vec<(String, String)>,
     /// Cache and work directory.
     #[arg(long, default_value = "target/vm-tests")]
     work: PathBuf,
-    /// Give up on a VM after this many seconds (boot and suite take about 20 under TCG;
-    /// four kernels that all hang stay within 20 minutes).
+    /// Give up on a VM after this many seconds (boot and `cargo xtask test`'s tests take
+    /// about 80 under TCG; four kernels that all hang stay within 20 minutes).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+}
+
+fn parse_skip(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, reason)) if !name.is_empty() && !reason.trim().is_empty() => {
+            Ok((name.to_owned(), reason.trim().to_owned()))
+        }
+        _ => Err(format!("{s:?} is not NAME=REASON")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,7 +97,19 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         eprintln!("==> {spec}: {} {}{split}", k.package, k.version);
         kernels.push(k);
     }
-    let initramfs = vm::build_initramfs(&args.work, &args.tests, &args.with)?;
+    // libtest's --skip matches substrings, unless --exact.
+    let test_args: Vec<String> = if args.skips.is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once("--exact".to_owned())
+            .chain(
+                args.skips
+                    .iter()
+                    .flat_map(|(name, _)| ["--skip".to_owned(), name.clone()]),
+            )
+            .collect()
+    };
+    let initramfs = vm::build_initramfs(&args.work, &args.tests, &args.with, &test_args)?;
     let tests = list_tests(&args.tests)?;
     let mut runs = Vec::new();
     for kernel in &kernels {
@@ -178,10 +209,23 @@ fn run_kernel(args: &Args, apt: &apt::Apt, kernel: &apt::Kernel, initramfs: &Pat
         seconds: 0.0,
     };
     let dir = args.work.join("kernels").join(&kernel.package);
-    let vmlinuz = match apt
+    let prepared = apt
         .download(kernel, &dir)
         .and_then(|deb| vm::vmlinuz(&deb, &dir))
-    {
+        .and_then(|vmlinuz| {
+            if args.modules.is_empty() {
+                return Ok((vmlinuz, initramfs.to_owned()));
+            }
+            let deb = apt.download_modules(kernel, &dir)?;
+            let modules = vm::modules(&deb, &args.modules, &dir)?;
+            let initramfs = vm::with_modules(
+                initramfs,
+                &modules,
+                &args.work.join("initramfs-kernel.cpio"),
+            )?;
+            Ok((vmlinuz, initramfs))
+        });
+    let (vmlinuz, initramfs) = match prepared {
         Ok(v) => v,
         Err(e) => {
             eprintln!("==> {}: {e:#}", kernel.spec);
@@ -195,17 +239,32 @@ fn run_kernel(args: &Args, apt: &apt::Apt, kernel: &apt::Kernel, initramfs: &Pat
     );
     let started = Instant::now();
     let mut parser = report::Parser::default();
+    let mut modules_missing = Vec::new();
     let booted = vm::boot(
         &vmlinuz,
-        initramfs,
+        &initramfs,
         Duration::from_secs(args.timeout),
         |line| {
             eprintln!("    vm| {}", printable(line));
             parser.line(line);
+            if let Some(m) = line
+                .split_once(&format!("{} MODULE ", vm::MARK))
+                .and_then(|(_, rest)| rest.strip_suffix(" did not load"))
+            {
+                modules_missing.push(m.trim().to_owned());
+            }
         },
     );
     run.seconds = started.elapsed().as_secs_f64();
     run.results = parser.finish();
+    if booted.as_ref().is_ok_and(|b| b.release.is_some()) {
+        for (name, reason) in &args.skips {
+            run.results.insert(
+                name.clone(),
+                Outcome::Skipped(format!("not run in the VM: {reason}")),
+            );
+        }
+    }
     match booted {
         Ok(b) => {
             run.release = b.release;
@@ -215,6 +274,12 @@ fn run_kernel(args: &Args, apt: &apt::Apt, kernel: &apt::Kernel, initramfs: &Pat
             }
         }
         Err(e) => run.error = Some(format!("{e:#}")),
+    }
+    if run.error.is_none() && !modules_missing.is_empty() {
+        run.error = Some(format!(
+            "module(s) {} did not load",
+            modules_missing.join(", ")
+        ));
     }
     let count = |f: fn(&Outcome) -> bool| run.results.values().filter(|o| f(o)).count();
     eprintln!(
@@ -263,5 +328,15 @@ mod tests {
         );
         assert_eq!(series("linux-image-6.12.95+deb12-amd64"), "6.12");
         assert_eq!(series("linux-image-5.10.0-32-amd64"), "5.10");
+    }
+
+    #[test]
+    fn skips_are_name_and_reason() {
+        assert_eq!(
+            parse_skip("a_test=needs psql"),
+            Ok(("a_test".to_owned(), "needs psql".to_owned()))
+        );
+        assert!(parse_skip("a_test").is_err());
+        assert!(parse_skip("a_test= ").is_err());
     }
 }

@@ -63,6 +63,124 @@ pub fn vmlinuz(deb: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+/// Unpacks the kernel modules `names` (`inet_diag`, …) from a kernel's modules package to
+/// `dir/modules/NAME.ko`, once, uncompressed (6.12 and later have them as `.ko.xz`, which
+/// busybox's insmod does not read). In the order given, which is the order they load in.
+pub fn modules(deb: &Path, names: &[String], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out_dir = dir.join("modules");
+    let out: Vec<PathBuf> = names
+        .iter()
+        .map(|n| out_dir.join(format!("{n}.ko")))
+        .collect();
+    if out.iter().all(|p| p.is_file()) {
+        return Ok(out);
+    }
+    fs::create_dir_all(&out_dir)?;
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -t")
+        .arg("sh")
+        .arg(deb)
+        .output()
+        .context("running dpkg-deb and tar")?;
+    if !listing.status.success() {
+        bail!("listing {} failed", deb.display());
+    }
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for (name, path) in names.iter().zip(&out) {
+        let (member, decompress) = module_member(&listing, name)
+            .with_context(|| format!("{} has no module {name}", deb.display()))?;
+        let module = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "dpkg-deb --fsys-tarfile \"$1\" | tar -xO \"$2\" | {decompress}"
+            ))
+            .arg("sh")
+            .arg(deb)
+            .arg(member)
+            .output()
+            .context("running dpkg-deb, tar and a decompressor")?;
+        if !module.status.success() || module.stdout.is_empty() {
+            bail!(
+                "unpacking {member} from {} failed: {}",
+                deb.display(),
+                String::from_utf8_lossy(&module.stderr).trim()
+            );
+        }
+        let partial = path.with_extension("partial");
+        fs::write(&partial, &module.stdout)?;
+        fs::rename(&partial, path)?;
+    }
+    Ok(out)
+}
+
+/// Where module `name` is in a package's listing, and the command that decompresses it:
+/// `…/lib/modules/RELEASE/kernel/net/ipv4/inet_diag.ko[.xz|.zst|.gz]`. A module's name has
+/// `_` where its file may have `-`.
+fn module_member<'a>(listing: &'a str, name: &str) -> Option<(&'a str, &'static str)> {
+    listing
+        .lines()
+        .filter(|m| m.contains("/kernel/"))
+        .find_map(|m| {
+            let file = m.rsplit('/').next()?;
+            let (stem, decompress) = [
+                (".ko", "cat"),
+                (".ko.xz", "xz -dc"),
+                (".ko.zst", "zstd -dcq"),
+                (".ko.gz", "gzip -dc"),
+            ]
+            .into_iter()
+            .find_map(|(suffix, d)| Some((file.strip_suffix(suffix)?, d)))?;
+            (stem.replace('-', "_") == name.replace('-', "_")).then_some((m, decompress))
+        })
+}
+
+/// The initramfs for one kernel: the shared one with that kernel's modules appended as a
+/// second cpio archive (the kernel unpacks concatenated archives in turn), written to
+/// `out`. The shared one as it is when there are none.
+pub fn with_modules(base: &Path, modules: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
+    if modules.is_empty() {
+        return Ok(base.to_owned());
+    }
+    let root = out.with_extension("root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    fs::create_dir_all(root.join("modules"))?;
+    let mut names = Vec::new();
+    for m in modules {
+        let name = m.file_name().context("a module without a name")?;
+        fs::copy(m, root.join("modules").join(name))?;
+        names.push(
+            m.file_stem()
+                .context("a module without a name")?
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    fs::write(root.join("modules.list"), names.join("\n"))?;
+    let mut archive = fs::read(base).with_context(|| format!("reading {}", base.display()))?;
+    archive.extend(cpio(&root)?);
+    fs::write(out, archive)?;
+    Ok(out.to_owned())
+}
+
+/// `find . | cpio -o -H newc` in `root`.
+fn cpio(root: &Path) -> anyhow::Result<Vec<u8>> {
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet")
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cpio (cargo xtask setup installs it)")?
+        .wait_with_output()?;
+    if !list.status.success() {
+        bail!("building the initramfs with cpio failed");
+    }
+    Ok(list.stdout)
+}
+
 /// The shared libraries `binary` needs, from `ldd`.
 fn libraries(binary: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
     let out = Command::new("ldd")
@@ -97,21 +215,31 @@ mount -t cgroup2 none /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 /usr/bin/ip link set lo up
 echo "VMTEST KERNEL $(uname -r)"
+# Modules the tests need that Debian builds as such (inet_diag and tcp_diag, for
+# sock_diag), from this kernel's own package, in order.
+if [ -f /modules.list ]; then
+    for m in $(cat /modules.list); do
+        insmod "/modules/$m.ko" || echo "VMTEST MODULE $m did not load"
+    done
+fi
 status=0
 for t in $(cat /tests.list); do
     echo "VMTEST RUN $t"
-    "$t" --test-threads=1 || status=1
+    # --exact and a --skip per test the VM cannot run (see --skip).
+    "$t" --test-threads=1 $(cat /tests.args) || status=1
 done
 echo "VMTEST STATUS $status"
 echo o > /proc/sysrq-trigger
 sleep 10
 "#;
 
-/// The initramfs: busybox, `ip`, the binaries at their host paths and their libraries.
+/// The initramfs: busybox, `ip`, the binaries at their host paths and their libraries;
+/// each test binary runs with `test_args` besides `--test-threads=1`.
 pub fn build_initramfs(
     work: &Path,
     tests: &[PathBuf],
     with: &[PathBuf],
+    test_args: &[String],
 ) -> anyhow::Result<PathBuf> {
     let root = work.join("initramfs-root");
     if root.exists() {
@@ -152,26 +280,33 @@ pub fn build_initramfs(
         .map(|t| t.canonicalize().map(|p| p.display().to_string()))
         .collect::<Result<_, _>>()?;
     fs::write(root.join("tests.list"), tests.join("\n"))?;
+    fs::write(root.join("tests.args"), test_args.join(" "))?;
     fs::write(root.join("init"), INIT)?;
     set_mode(&root.join("init"), 0o755)?;
     fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     )?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    // The tunnel tests' API is at https://localhost:PORT; glibc finds it in /etc/hosts
+    // (no DNS: the VM has no network).
+    fs::write(
+        root.join("etc/hosts"),
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost\n",
+    )?;
+    // `lastmile login` binds its device key to the machine's identity. A fixed one: the
+    // VM is a machine of its own, the same on every boot.
+    fs::write(
+        root.join("etc/machine-id"),
+        "6c6173746d696c652d766d2d74657374\n",
+    )?;
+    fs::write(
+        root.join("etc/nsswitch.conf"),
+        "passwd: files\ngroup: files\nhosts: files\n",
+    )?;
 
     let archive = work.join("initramfs.cpio");
-    let list = Command::new("sh")
-        .arg("-c")
-        .arg("find . | cpio -o -H newc --quiet")
-        .current_dir(&root)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cpio (cargo xtask setup installs it)")?
-        .wait_with_output()?;
-    if !list.status.success() {
-        bail!("building the initramfs with cpio failed");
-    }
-    fs::write(&archive, list.stdout)?;
+    fs::write(&archive, cpio(&root)?)?;
     Ok(archive)
 }
 
@@ -285,4 +420,29 @@ pub fn boot(
     let _ = child.kill();
     let _ = child.wait();
     Ok(boot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_found_by_name_compressed_or_not() {
+        let listing = "./usr/lib/modules/7.3.4+deb13-amd64/kernel/net/ipv4/inet_diag.ko.xz\n\
+                       ./usr/lib/modules/7.3.4+deb13-amd64/kernel/net/ipv4/tcp_diag.ko.xz\n\
+                       ./usr/lib/modules/7.3.4+deb13-amd64/kernel/net/mptcp/mptcp_diag.ko.xz\n\
+                       ./lib/modules/5.10.0-32-amd64/kernel/drivers/x/snd-hda.ko\n";
+        assert_eq!(
+            module_member(listing, "tcp_diag"),
+            Some((
+                "./usr/lib/modules/7.3.4+deb13-amd64/kernel/net/ipv4/tcp_diag.ko.xz",
+                "xz -dc"
+            ))
+        );
+        assert_eq!(
+            module_member(listing, "snd_hda").map(|(_, d)| d),
+            Some("cat")
+        );
+        assert_eq!(module_member(listing, "diag"), None);
+    }
 }
