@@ -138,11 +138,23 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     for l in report::table(&tests, &runs).lines() {
         writeln!(out, "    {l}")?;
     }
-    // Why tests were skipped, once per kernel and reason.
+    // Why tests were not run: those of --skip once, the others' once per kernel and reason.
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (test, reason) in &args.skips {
+        by_reason.entry(reason).or_default().push(test);
+    }
+    for (reason, skipped) in by_reason {
+        writeln!(out, "    every kernel, not run in the VM: {reason}:")?;
+        for test in skipped {
+            writeln!(out, "        {test}")?;
+        }
+    }
     for run in &runs {
         let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (test, outcome) in &run.results {
-            if let Outcome::Skipped(reason) = outcome {
+            if let Outcome::Skipped(reason) = outcome
+                && !args.skips.iter().any(|(name, _)| name == test)
+            {
                 by_reason.entry(reason).or_default().push(test);
             }
         }
@@ -256,6 +268,12 @@ fn run_kernel(args: &Args, apt: &apt::Apt, kernel: &apt::Kernel, initramfs: &Pat
         },
     );
     run.seconds = started.elapsed().as_secs_f64();
+    let slowest: Vec<String> = parser
+        .slowest(3)
+        .into_iter()
+        .filter(|(_, took)| *took >= Duration::from_secs(1))
+        .map(|(test, took)| format!("{test} {:.0}s", took.as_secs_f64()))
+        .collect();
     run.results = parser.finish();
     if booted.as_ref().is_ok_and(|b| b.release.is_some()) {
         for (name, reason) in &args.skips {
@@ -295,6 +313,9 @@ fn run_kernel(args: &Args, apt: &apt::Apt, kernel: &apt::Kernel, initramfs: &Pat
             .map(|e| format!("; {e}"))
             .unwrap_or_default()
     );
+    if !slowest.is_empty() {
+        eprintln!("    slowest: {}", slowest.join(", "));
+    }
     run
 }
 

@@ -1,6 +1,10 @@
 //! What each test did in a VM, from libtest's lines, and the kernel × test table.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -29,6 +33,10 @@ pub struct Parser {
     skips: BTreeMap<String, String>,
     /// A `test NAME ... ` whose result a test's own output pushed to a later line.
     pending: Option<String>,
+    /// How long each test took, as the console told: from the result line before it (or
+    /// the binary's `running N tests`) to its own.
+    times: BTreeMap<String, Duration>,
+    since: Option<Instant>,
 }
 
 fn result_word(s: &str) -> Option<Outcome> {
@@ -46,7 +54,15 @@ fn result_word(s: &str) -> Option<Outcome> {
 
 impl Parser {
     pub fn line(&mut self, line: &str) {
+        self.line_at(line, Instant::now());
+    }
+
+    /// A line, read at `at`.
+    pub fn line_at(&mut self, line: &str, at: Instant) {
         let line = line.trim_end_matches('\r');
+        if line.starts_with("running ") && (line.ends_with(" tests") || line.ends_with(" test")) {
+            self.since = Some(at);
+        }
         // Written by a test that returns early (see `have_root` and `needs_kernel`).
         if let Some((name, reason)) = line
             .find("SKIPPED ")
@@ -61,7 +77,7 @@ impl Parser {
         {
             match result_word(rest) {
                 Some(outcome) => {
-                    self.results.insert(name.to_owned(), outcome);
+                    self.result(name.to_owned(), outcome, at);
                     self.pending = None;
                 }
                 None => self.pending = Some(name.to_owned()),
@@ -71,8 +87,25 @@ impl Parser {
         if let Some(outcome) = result_word(line)
             && let Some(name) = self.pending.take()
         {
-            self.results.insert(name, outcome);
+            self.result(name, outcome, at);
         }
+    }
+
+    fn result(&mut self, name: String, outcome: Outcome, at: Instant) {
+        if let Some(since) = self.since.replace(at) {
+            self.times
+                .insert(name.clone(), at.saturating_duration_since(since));
+        }
+        self.results.insert(name, outcome);
+    }
+
+    /// The `n` slowest tests so far, slowest first.
+    pub fn slowest(&self, n: usize) -> Vec<(String, Duration)> {
+        let mut times: Vec<(String, Duration)> =
+            self.times.iter().map(|(t, d)| (t.clone(), *d)).collect();
+        times.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+        times.truncate(n);
+        times
     }
 
     /// Each test's outcome, a pass that said `SKIPPED` counting as skipped.
@@ -169,6 +202,7 @@ mod tests {
         ] {
             p.line(l);
         }
+        assert_eq!(p.slowest(9).len(), 4);
         let r = p.finish();
         assert_eq!(r.get("a"), Some(&Outcome::Pass));
         assert_eq!(r.get("b"), Some(&Outcome::Fail));
@@ -179,5 +213,20 @@ mod tests {
             ))
         );
         assert_eq!(r.get("d"), Some(&Outcome::Ignored));
+    }
+
+    #[test]
+    fn times_run_from_result_to_result() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut p = Parser::default();
+        p.line_at("running 2 tests", t0);
+        p.line_at("test a ... ok", t0 + s(3));
+        p.line_at("test b ... some output of b's", t0 + s(4));
+        p.line_at("ok", t0 + s(10));
+        assert_eq!(
+            p.slowest(5),
+            [("b".to_owned(), s(7)), ("a".to_owned(), s(3))]
+        );
     }
 }
