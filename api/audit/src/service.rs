@@ -14,6 +14,7 @@
 //! the failure is logged as an error (`alert = "audit_log_unverifiable"`) when it starts
 //! and every minute while it lasts, and appends resume by themselves once it clears.
 
+use crate::metrics::AuditMetrics;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -94,6 +95,10 @@ pub struct ServeConfig {
     /// append for more to share its fsync: more throughput, more latency. Default 0.
     #[serde(default)]
     pub commit_window_ms: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP: a local or
+    /// monitoring-only address). Default: not served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -175,6 +180,7 @@ pub struct ProofBody {
 struct App {
     commands: mpsc::Sender<Command>,
     config: ServeConfig,
+    metrics: AuditMetrics,
 }
 
 /// An error answered with its status and a message that says what to do.
@@ -203,11 +209,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         "log opened"
     );
     let (tx, rx) = mpsc::channel(1024);
+    let metrics = AuditMetrics::default();
+    metrics
+        .entries
+        .set(i64::try_from(log.size()).unwrap_or(i64::MAX));
+    if let Some(addr) = config.metrics_listen {
+        lastmile_metrics::serve(addr, Arc::new(metrics.registry())).await?;
+    }
     tokio::spawn(own_the_log(
         log,
         publisher,
         rx,
         Duration::from_millis(config.commit_window_ms),
+        metrics.clone(),
     ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -217,6 +231,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let app = Arc::new(App {
         commands: tx,
         config,
+        metrics,
     });
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
@@ -227,8 +242,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return warn!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => return warn!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        app.metrics.tls_failures.inc();
+                        return warn!(%peer, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        app.metrics.tls_failures.inc();
+                        return warn!(%peer, "TLS handshake timed out");
+                    }
                 };
             let Some(identity) = tls
                 .get_ref()
@@ -265,9 +286,35 @@ fn routes(app: Arc<App>) -> Router {
 
 async fn append(
     State(app): State<Arc<App>>,
-    Extension(Identity(who)): Extension<Identity>,
+    Extension(identity): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Json<Appended>, Refusal> {
+    let started = std::time::Instant::now();
+    let r = append_events(&app, identity, body).await;
+    app.metrics
+        .append_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match &r {
+        Ok(a) => {
+            app.metrics.append("ok");
+            app.metrics.events.inc_by(a.count);
+        }
+        Err(Refusal(status, _)) => app.metrics.append(match *status {
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unverifiable",
+            _ => "error",
+        }),
+    }
+    r.map(Json)
+}
+
+async fn append_events(
+    app: &App,
+    Identity(who): Identity,
+    body: axum::body::Bytes,
+) -> Result<Appended, Refusal> {
     if !app.config.writers.contains(&who) {
         return Err(Refusal(
             StatusCode::FORBIDDEN,
@@ -298,7 +345,7 @@ async fn append(
     }
     let (reply, answer) = oneshot::channel();
     ask(
-        &app,
+        app,
         Command::Append {
             events,
             writer: who,
@@ -307,7 +354,6 @@ async fn append(
         answer,
     )
     .await
-    .map(Json)
 }
 
 async fn ask<T>(
@@ -448,6 +494,7 @@ async fn own_the_log(
     publisher: Publisher,
     mut commands: mpsc::Receiver<Command>,
     commit_window: Duration,
+    metrics: AuditMetrics,
 ) {
     // A checkpoint on every tick: select! picks among ready branches at random, so a busy
     // stream of appends does not starve it.
@@ -478,8 +525,18 @@ async fn own_the_log(
             (publisher, result) = in_flight(&mut attempt), if attempt.is_some() => {
                 attempt = None;
                 idle = Some(publisher);
+                match &result {
+                    Ok(()) => {
+                        metrics.last_checkpoint.set(unix_now());
+                    }
+                    Err(_) => {
+                        metrics.checkpoint_failures.inc();
+                    }
+                }
                 unverifiable = alert(unverifiable, result);
+                metrics.unverifiable.set(i64::from(unverifiable.is_some()));
                 settle(&mut log, std::mem::take(&mut held), unverifiable.as_ref());
+                metrics.entries.set(i64::try_from(log.size()).unwrap_or(i64::MAX));
                 continue;
             }
         };
@@ -515,8 +572,17 @@ async fn own_the_log(
             held.extend(appends);
         } else {
             settle(&mut log, appends, unverifiable.as_ref());
+            metrics
+                .entries
+                .set(i64::try_from(log.size()).unwrap_or(i64::MAX));
         }
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The attempt's outcome; pending for ever when there is none (select! guards that).

@@ -63,6 +63,8 @@ struct Service {
     child: Child,
     config: PathBuf,
     addr: String,
+    /// Where its metrics are served.
+    metrics: std::net::SocketAddr,
     data: PathBuf,
     verifier: NoteVerifier,
     ca: Ca,
@@ -120,11 +122,14 @@ fn start_signing_with(kms: Option<(&str, &str)>) -> Service {
         .local_addr()
         .unwrap()
         .port();
+    let metrics: std::net::SocketAddr =
+        ([127, 0, 0, 1], lastmile_testkit::metrics::free_port()).into();
     let config = dir.join("audit.toml");
     std::fs::write(
         &config,
         format!(
             "[audit]\ndata_dir = {data:?}\norigin = \"{ORIGIN}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             metrics_listen = \"{metrics}\"\n\
              witness = {:?}\ntls_cert = {:?}\ntls_key = {:?}\nclient_ca = {:?}\n\
              writers = [\"lastmile://gateway/gw-1\"]\nreaders = [\"lastmile://security/sam\"]\n\
              max_events_per_request = 100\ncommit_window_ms = 2\n{kms_table}",
@@ -141,6 +146,7 @@ fn start_signing_with(kms: Option<(&str, &str)>) -> Service {
         child,
         config,
         addr,
+        metrics,
         data,
         verifier,
         ca,
@@ -538,10 +544,46 @@ async fn appends_are_refused_while_a_checkpoint_cannot_be_published() {
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("cannot publish a checkpoint"), "{text}");
     assert!(text.contains("FORK"), "{text}");
+    // What an operator's alert sees meanwhile.
+    let metrics = s.metrics;
+    let m = tokio::task::spawn_blocking(move || {
+        lastmile_testkit::metrics::wait_for(
+            metrics,
+            &[
+                ("lastmile_audit_unverifiable", |v| v == 1.0),
+                ("lastmile_audit_checkpoint_failures_total", |v| v >= 1.0),
+                (
+                    "lastmile_audit_appends_total{outcome=\"unverifiable\"}",
+                    |v| v == 1.0,
+                ),
+                ("lastmile_audit_appends_total{outcome=\"ok\"}", |v| v == 2.0),
+                ("lastmile_audit_events_appended_total", |v| v == 2.0),
+                ("lastmile_audit_entries", |v| v == 2.0),
+                ("lastmile_audit_last_checkpoint_timestamp_seconds", |v| {
+                    v > 1.7e9
+                }),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        m.contains("lastmile_audit_append_duration_seconds_count 3"),
+        "{m}"
+    );
 
     // Cleared: the log signs again and acknowledges again.
     std::fs::remove_file(&next).unwrap();
     wait_checkpoint(&s, &gw, 2).await;
+    let metrics = s.metrics;
+    tokio::task::spawn_blocking(move || {
+        lastmile_testkit::metrics::wait_for(
+            metrics,
+            &[("lastmile_audit_unverifiable", |v| v == 0.0)],
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(append_one(&s, &gw, 3).await.0, 200);
     wait_checkpoint(&s, &gw, 3).await;
 

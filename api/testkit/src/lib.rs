@@ -5,6 +5,7 @@
 //! [`block_on`] for a synchronous test that calls async code.
 
 pub mod cli;
+pub mod metrics;
 pub mod moto;
 pub mod pg;
 

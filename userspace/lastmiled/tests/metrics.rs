@@ -17,53 +17,24 @@ use std::time::{Duration, Instant};
 
 use stack::{Listen, Stack, echo_server, echo_through};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use lastmile_testkit::metrics::{free_port, sample, scrape};
 
-/// The value of the sample whose line starts with `series ` (name and labels exactly).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// `GET /metrics` over plain HTTP/1.0 (what a Prometheus server does, minus TLS).
-fn scrape_now(port: u16) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
-async fn scrape(port: u16) -> String {
-    tokio::task::spawn_blocking(move || scrape_now(port))
-        .await
-        .unwrap()
-}
-
-/// Scrapes until every `(series, value)` holds, for up to 10 s.
-async fn wait_for(port: u16, want: &[(&str, f64)]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = scrape(port).await;
-        if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
-            return text;
+/// `(series, value)` pairs, all to hold within 10 s.
+async fn wait_for(port: u16, want: &[(&'static str, f64)]) -> String {
+    let want = want.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = scrape(([127, 0, 0, 1], port).into());
+            if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "want {want:?} in\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(Instant::now() < deadline, "want {want:?} in\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +170,7 @@ fn the_node_counts_handoffs_and_serves_the_kernels_counters() {
         ("lastmile_node_kernel_records_dropped_total", 0.0),
     ];
     let text = loop {
-        let text = scrape_now(metrics_port);
+        let text = scrape(([127, 0, 0, 1], metrics_port).into());
         if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
             break text;
         }

@@ -921,6 +921,7 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
         readers: vec![],
         max_events_per_request: 100,
         commit_window_ms: 0,
+        metrics_listen: None,
     };
     let service = tokio::spawn(lastmile_audit::service::serve(config));
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
