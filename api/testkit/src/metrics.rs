@@ -12,7 +12,12 @@ use std::{
 
 /// `GET /metrics` over HTTP/1.0; the body (OpenMetrics text). Panics on anything but 200.
 pub fn scrape(addr: SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("the metrics address answers");
+    try_scrape(addr).expect("the metrics address answers")
+}
+
+/// As [`scrape`], `None` while nothing listens there yet (a service starting).
+pub fn try_scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .expect("request sent");
     let mut answer = String::new();
@@ -22,7 +27,7 @@ pub fn scrape(addr: SocketAddr) -> String {
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    body.to_owned()
+    Some(body.to_owned())
 }
 
 /// The value of the sample whose line is `series VALUE` (name and labels exactly).
@@ -38,7 +43,7 @@ pub type Want<'a> = (&'a str, fn(f64) -> bool);
 pub fn wait_for(addr: SocketAddr, want: &[Want<'_>]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = scrape(addr);
+        let text = try_scrape(addr).unwrap_or_default();
         if want
             .iter()
             .all(|(s, holds)| sample(&text, s).is_some_and(holds))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use stack::{Listen, Stack, echo_server, echo_through};
 
-use lastmile_testkit::metrics::{free_port, sample, scrape};
+use lastmile_testkit::metrics::{free_port, sample, try_scrape};
 
 /// `(series, value)` pairs, all to hold within 10 s.
 async fn wait_for(port: u16, want: &[(&'static str, f64)]) -> String {
@@ -25,7 +25,7 @@ async fn wait_for(port: u16, want: &[(&'static str, f64)]) -> String {
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = scrape(([127, 0, 0, 1], port).into());
+            let text = try_scrape(([127, 0, 0, 1], port).into()).unwrap_or_default();
             if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
                 return text;
             }
@@ -170,7 +170,7 @@ fn the_node_counts_handoffs_and_serves_the_kernels_counters() {
         ("lastmile_node_kernel_records_dropped_total", 0.0),
     ];
     let text = loop {
-        let text = scrape(([127, 0, 0, 1], metrics_port).into());
+        let text = try_scrape(([127, 0, 0, 1], metrics_port).into()).unwrap_or_default();
         if want.iter().all(|(s, v)| sample(&text, s) == Some(*v)) {
             break text;
         }
@@ -190,4 +190,43 @@ fn the_node_counts_handoffs_and_serves_the_kernels_counters() {
             .is_some_and(|n| n >= 1.0),
         "{text}"
     );
+}
+
+/// The agent serves its connection counts, whether the API answers it, and whether its
+/// session is gone; revoking the session shows at the next scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_state_as_metrics() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = std::process::Command::new(stack::lastmile_bin())
+        .args(["agent", "--metrics-listen", &format!("127.0.0.1:{port}")])
+        .env("LASTMILE_HOME", &alice)
+        // No node here: the agent keeps trying to register, and serves meanwhile.
+        .env("LASTMILE_NODE_SOCKET", dir.path().join("no-node.sock"))
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for(
+        port,
+        &[
+            ("lastmile_agent_connections_total{outcome=\"carried\"}", 0.0),
+            ("lastmile_agent_connections_total{outcome=\"refused\"}", 0.0),
+            ("lastmile_agent_api_reachable", 1.0),
+            ("lastmile_agent_session_revoked", 0.0),
+        ],
+    )
+    .await;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(alice.join("session.json")).unwrap())
+            .unwrap();
+    let session = saved["login"]["session"].as_str().unwrap();
+    lastmile_api::auth::revoke_session(&stack.app, session, "a test", "test")
+        .await
+        .unwrap();
+    wait_for(port, &[("lastmile_agent_session_revoked", 1.0)]).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

@@ -16,6 +16,7 @@
 mod backoff;
 mod gateways;
 mod listen;
+mod metrics;
 mod node_link;
 mod probe;
 mod process;
@@ -69,6 +70,9 @@ pub struct AgentArgs {
     /// Replace an agent already running for this LASTMILE_HOME.
     #[arg(long)]
     replace: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9471).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 const REFRESH_LISTS: Duration = Duration::from_secs(30);
@@ -532,6 +536,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var_os("LASTMILE_NODE_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_SOCKET));
     let core = Core::start(&home, true).await?;
+    if let Some(addr) = args.metrics_listen {
+        let mut registry = lastmile_metrics::Registry::default();
+        registry.register_collector(Box::new(metrics::AgentState(Arc::downgrade(&core))));
+        lastmile_metrics::serve(addr, Arc::new(registry)).await?;
+    }
     info!(session = %core.session().login.session, socket = %socket.display(), "agent starting");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Handoff, OwnedFd)>(1024);
     let (node_tx, mut node_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
