@@ -51,6 +51,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src().context("setup step `rust-src for nightly` failed")?;
     bpf_linker().context("setup step `bpf-linker` failed")?;
     moto().context("setup step `moto` failed")?;
+    promtool().context("setup step `promtool` failed")?;
     step("setup: done");
     Ok(())
 }
@@ -198,4 +199,49 @@ fn moto() -> anyhow::Result<()> {
         return Ok(());
     }
     must(Command::new("python3").args(["-m", "pip", "install", "--quiet", "moto[server]"]))
+}
+
+/// Where `promtool` is put.
+const PROMTOOL: &str = "/usr/local/bin/promtool";
+
+/// `promtool`, which checks and unit-tests the shipped alert rules: taken out of Debian's
+/// `prometheus` package (`apt-get download`, `dpkg-deb -x`) rather than installing it,
+/// which would also install and start a Prometheus server.
+fn promtool() -> anyhow::Result<()> {
+    step("promtool (checks the alert rules in deploy/prometheus)");
+    if let Some(v) = output(Command::new("promtool").arg("--version")) {
+        eprintln!("    present: {}", v.lines().next().unwrap_or_default());
+        return Ok(());
+    }
+    if !crate::exec::is_root() {
+        bail!("installing {PROMTOOL} needs root; run `sudo cargo xtask setup`");
+    }
+    let dir = env::temp_dir().join(format!("lastmile-promtool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        must(
+            Command::new("apt-get")
+                .args(["download", "-q", "prometheus"])
+                .current_dir(&dir),
+        )?;
+        let deb = std::fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("apt-get download prometheus left no .deb")?;
+        must(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(dir.join("x")),
+        )?;
+        std::fs::copy(dir.join("x/usr/bin/promtool"), PROMTOOL)
+            .with_context(|| format!("copying promtool to {PROMTOOL}"))?;
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    eprintln!("    installed {PROMTOOL}");
+    Ok(())
 }

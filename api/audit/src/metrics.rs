@@ -31,8 +31,20 @@ pub struct AuditMetrics {
 
 impl Default for AuditMetrics {
     fn default() -> Self {
+        // Every outcome starts at 0, so rates over them are defined from the first scrape.
+        let appends = Family::<Outcome, Counter>::default();
+        for outcome in [
+            "ok",
+            "forbidden",
+            "bad_request",
+            "too_large",
+            "unverifiable",
+            "error",
+        ] {
+            let _ = appends.get_or_create(&Outcome { outcome });
+        }
         Self {
-            appends: Family::default(),
+            appends,
             events: Counter::default(),
             append_seconds: latency_histogram(),
             entries: Gauge::default(),

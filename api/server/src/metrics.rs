@@ -95,6 +95,24 @@ impl Default for ApiMetrics {
             "TLS handshakes refused or timed out",
             tls_failures.clone(),
         );
+        // The outcomes known in advance start at 0, so that rates and increases over them
+        // are defined from the first scrape (Prometheus sees no series that never existed).
+        for outcome in ["ok", "bad_credentials"] {
+            let _ = logins.get_or_create(&Outcome {
+                outcome: outcome.into(),
+            });
+        }
+        for call in ["connection", "unlock"] {
+            let _ = authorizations.get_or_create(&Authorization {
+                call,
+                outcome: "ok".into(),
+            });
+        }
+        for outcome in ["ok", "spooled", "failed"] {
+            let _ = audit_writes.get_or_create(&Outcome {
+                outcome: outcome.into(),
+            });
+        }
         Self {
             registry: Arc::new(r),
             requests,

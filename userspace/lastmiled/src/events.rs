@@ -24,7 +24,7 @@ mod proc;
 mod sink;
 
 pub use proc::{ProcCache, ProcInfo};
-pub use sink::EventSink;
+pub use sink::{EventSink, SinkMetrics};
 
 /// Version of the event schema; bumped when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;

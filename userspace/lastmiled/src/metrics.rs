@@ -5,6 +5,8 @@
 
 use std::sync::{Arc, Weak};
 
+use lastmile_proto::wire::ResourceKind;
+
 use lastmile_metrics::{
     Counter, EncodeLabelSet, Family, Gauge, Registry,
     prometheus_client::{
@@ -31,7 +33,7 @@ pub struct OutcomeLabel {
 }
 
 /// What the gateway counts.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     /// Streams (connections) open now, by the resource's kind.
     pub streams_open: Family<KindLabel, Gauge>,
@@ -43,6 +45,27 @@ pub struct GatewayMetrics {
     pub tunnels_open: Gauge,
     /// Tunnel handshakes refused or timed out.
     pub tls_failures: Counter,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let m = Self {
+            streams_open: Family::default(),
+            streams: Family::default(),
+            refusals: Family::default(),
+            tunnels_open: Gauge::default(),
+            tls_failures: Counter::default(),
+        };
+        // Each kind starts at 0, so rates over them are defined from the first scrape.
+        for kind in [ResourceKind::Tcp, ResourceKind::Postgres, ResourceKind::Ssh] {
+            let kind = KindLabel {
+                kind: kind.to_string(),
+            };
+            let _ = m.streams.get_or_create(&kind);
+            let _ = m.streams_open.get_or_create(&kind);
+        }
+        m
+    }
 }
 
 impl GatewayMetrics {
@@ -77,11 +100,21 @@ impl GatewayMetrics {
 
 /// What the node counts; the kernel's own counters and the agents registered are read
 /// at each scrape ([`NodeState`]).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct NodeMetrics {
     /// Redirected connections: `handed_over` to an agent, `no_agent` (refused in the
     /// client's protocol), `direct_dial` (no kernel record: refused).
     pub handoffs: Family<OutcomeLabel, Counter>,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        let handoffs = Family::<OutcomeLabel, Counter>::default();
+        for outcome in ["handed_over", "no_agent", "direct_dial"] {
+            let _ = handoffs.get_or_create(&OutcomeLabel { outcome });
+        }
+        Self { handoffs }
+    }
 }
 
 impl NodeMetrics {
@@ -105,6 +138,15 @@ impl NodeMetrics {
 #[derive(Debug)]
 pub struct NodeState(pub Weak<crate::node::Shared>);
 
+/// The names [`NodeState`] serves, under the node's `lastmile_node_` prefix (counters
+/// gain `_total` in their samples).
+pub const NODE_STATE_NAMES: [&str; 4] = [
+    "agents",
+    "kernel_connects",
+    "kernel_events_dropped",
+    "kernel_records_dropped",
+];
+
 impl Collector for NodeState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(shared) = self.0.upgrade() else {
@@ -112,7 +154,7 @@ impl Collector for NodeState {
         };
         let agents = ConstGauge::new(i64::try_from(shared.agents.count()).unwrap_or(i64::MAX));
         agents.encode(encoder.encode_descriptor(
-            "agents",
+            NODE_STATE_NAMES[0],
             "Agents registered now",
             None,
             agents.metric_type(),
@@ -134,7 +176,7 @@ impl Collector for NodeState {
             ("other_netns", c.other_netns),
         ];
         let mut family = encoder.encode_descriptor(
-            "kernel_connects",
+            NODE_STATE_NAMES[1],
             "connect() calls the kernel programs decided, by decision",
             None,
             ConstCounter::new(0u64).metric_type(),
@@ -144,12 +186,12 @@ impl Collector for NodeState {
         }
         for (name, help, n) in [
             (
-                "kernel_events_dropped",
+                NODE_STATE_NAMES[2],
                 "Kernel connect events lost because the ring buffer was full",
                 c.events_dropped,
             ),
             (
-                "kernel_records_dropped",
+                NODE_STATE_NAMES[3],
                 "Redirected connections whose record could not be kept (map full)",
                 c.records_dropped,
             ),

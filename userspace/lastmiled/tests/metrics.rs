@@ -230,3 +230,73 @@ async fn the_agent_serves_its_state_as_metrics() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// The metric names every service registers (from their registries, and the names the
+/// node's scrape-time collector serves), as `# TYPE` names.
+fn served_names() -> std::collections::BTreeSet<String> {
+    let mut gateway = lastmile_metrics::Registry::with_prefix("lastmile_gateway");
+    lastmiled::metrics::GatewayMetrics::default().register(&mut gateway);
+    lastmiled::events::SinkMetrics::default().register(&mut gateway);
+    let mut node = lastmile_metrics::Registry::with_prefix("lastmile_node");
+    lastmiled::metrics::NodeMetrics::default().register(&mut node);
+    lastmiled::events::SinkMetrics::default().register(&mut node);
+    let texts = [
+        lastmile_metrics::render(&gateway),
+        lastmile_metrics::render(&node),
+        lastmile_metrics::render(&lastmile_api::metrics::ApiMetrics::default().registry()),
+        lastmile_metrics::render(&lastmile_audit::metrics::AuditMetrics::default().registry()),
+    ];
+    let mut names: std::collections::BTreeSet<String> = texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    names.extend(
+        lastmiled::metrics::NODE_STATE_NAMES
+            .iter()
+            .map(|n| format!("lastmile_node_{n}")),
+    );
+    names
+}
+
+/// The shipped alert rules are valid, fire when they should and not otherwise
+/// (`promtool test rules`), and use only metrics the services serve.
+#[test]
+fn the_alert_rules_pass_promtool_and_use_served_metrics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    for args in [
+        ["check", "rules", "lastmile.rules.yml"],
+        ["test", "rules", "lastmile.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect(
+                "promtool (from Debian's prometheus package) is installed by `cargo xtask setup`",
+            );
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("lastmile.rules.yml")).unwrap();
+    let served = served_names();
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lastmile_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 8, "{used:?}");
+    for name in used {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            served.contains(base),
+            "the rules use `{name}`, which no service serves; served: {served:#?}"
+        );
+    }
+}

@@ -10,12 +10,26 @@ use super::{Event, EventBody};
 use crate::metrics::OutcomeLabel;
 
 /// What the writer counts (registered by its service under the service's prefix).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct SinkMetrics {
     /// Batches written: `ok`, `spooled` (for the audit service), `failed`.
     written: Family<OutcomeLabel, Counter>,
     dropped: Counter,
     spool: Gauge,
+}
+
+impl Default for SinkMetrics {
+    fn default() -> Self {
+        let written = Family::<OutcomeLabel, Counter>::default();
+        for outcome in ["ok", "spooled", "failed"] {
+            let _ = written.get_or_create(&OutcomeLabel { outcome });
+        }
+        Self {
+            written,
+            dropped: Counter::default(),
+            spool: Gauge::default(),
+        }
+    }
 }
 
 impl SinkMetrics {
