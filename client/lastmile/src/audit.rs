@@ -12,6 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+use crate::session::Output;
+
+mod trace;
 use lastmile_audit::{
     log::read_entries,
     verify::{Anchors, Problem, verify},
@@ -74,6 +78,30 @@ pub enum Command {
         #[arg(long)]
         identity: Option<PathBuf>,
     },
+    /// One connection's story in order: the kernel's connect (pid, exe, uid), the node's
+    /// hand-off, the session (user, device), the gateway's authorization, the credential
+    /// released, every statement or command, the close. Joined by socket cookie and
+    /// connection id across the audit log and components' event files (`--events`).
+    #[command(group(clap::ArgGroup::new("start").required(true)))]
+    Trace {
+        /// The API's connection id (`conn_…`, in every gateway event).
+        #[arg(long, group = "start")]
+        connection: Option<String>,
+        /// The kernel's socket cookie (`sock_cookie` of `kernel.connect`).
+        #[arg(long, group = "start")]
+        sock_cookie: Option<u64>,
+        /// Every connection of a session.
+        #[arg(long, group = "start")]
+        session: Option<String>,
+        #[command(flatten)]
+        source: Source,
+        /// A component's JSON-lines event file to read too (the node's, a gateway's, the
+        /// API's audit file), for events not sent to the audit service (repeatable).
+        #[arg(long)]
+        events: Vec<PathBuf>,
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
     /// Open sealed events in JSON lines read from standard input (or --input).
     Decrypt {
         /// An age identity file (`age-keygen` output).
@@ -124,8 +152,66 @@ pub struct Filter {
     until: Option<String>,
 }
 
-pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCode> {
     match command {
+        Command::Trace {
+            connection,
+            sock_cookie,
+            session,
+            source,
+            events,
+            identity,
+        } => {
+            let start = match (connection, sock_cookie, session) {
+                (Some(c), _, _) => trace::Start::Connection(c),
+                (_, Some(n), _) => trace::Start::SockCookie(n),
+                (_, _, Some(s)) => trace::Start::Session(s),
+                _ => bail!("say where to start: --connection, --sock-cookie or --session"),
+            };
+            let identities = identities(identity.as_deref())?;
+            let mut all = Vec::new();
+            if source.data_dir.is_some() || source.url.is_some() {
+                for entry in load(&source)? {
+                    all.push(trace::event_of(open_entry(entry, &identities)?));
+                }
+            } else if events.is_empty() {
+                bail!(
+                    "say where the events are: --data-dir DIR or --url URL (the audit log), \
+                     and/or --events FILE (a component's event file)"
+                );
+            }
+            for file in &events {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                for (n, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let v: Value = serde_json::from_str(line)
+                        .with_context(|| format!("{} line {}: not JSON", file.display(), n + 1))?;
+                    all.push(trace::event_of(v));
+                }
+            }
+            let story = trace::trace(&all, &start);
+            if story.is_empty() {
+                eprintln!(
+                    "lastmile: no event of {start:?} among the {} read",
+                    all.len()
+                );
+                return Ok(std::process::ExitCode::from(1));
+            }
+            let mut stdout = std::io::stdout().lock();
+            match out {
+                Output::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&story)?)?,
+                Output::Text => {
+                    for e in &story {
+                        writeln!(stdout, "{}", trace::describe(e))?;
+                    }
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Verify {
             data_dir,
             key,

@@ -96,7 +96,7 @@ fn main() -> std::process::ExitCode {
             ))
         }
         Command::Ca { path } => run(Box::pin(async move { session::ca(path).map(|()| ok) })),
-        Command::Audit { command } => match audit::run(*command) {
+        Command::Audit { command } => match audit::run(*command, out) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("lastmile: {e:#}");

@@ -237,6 +237,9 @@ pub struct KernelConnect {
     pub netns_cookie: u64,
     pub sock_cookie: u64,
     pub boot_ns: u64,
+    /// When the kernel saw the connect (RFC 3339, from `boot_ns`); `time` is when the
+    /// node read the event, which can be later than what followed it.
+    pub at: Option<String>,
     /// Read from /proc at the time the event was read; absent if the process was gone.
     pub exe: Option<PathBuf>,
     pub ppid: Option<u32>,
@@ -298,6 +301,26 @@ pub fn decision_name(decision: u32) -> &'static str {
     }
 }
 
+/// The wall-clock time of a `CLOCK_BOOTTIME` reading (what `bpf_ktime_get_boot_ns`
+/// gives): now, less how long ago it was on that clock.
+fn wall_time_of_boot_ns(boot_ns: u64) -> Option<String> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut now) } != 0 {
+        return None;
+    }
+    let boot_now = u64::try_from(now.tv_sec)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(now.tv_nsec).ok()?)?;
+    let ago = std::time::Duration::from_nanos(boot_now.checked_sub(boot_ns)?);
+    let at = SystemTime::now().checked_sub(ago)?;
+    Some(humantime::format_rfc3339_micros(at).to_string())
+}
+
 /// Builds the event for a kernel record with what /proc said of the caller.
 pub fn kernel_connect(
     record: &ConnectRecord,
@@ -318,6 +341,7 @@ pub fn kernel_connect(
         netns_cookie: record.netns_cookie,
         sock_cookie: record.sock_cookie,
         boot_ns: record.boot_ns,
+        at: wall_time_of_boot_ns(record.boot_ns),
         exe: proc_info.exe,
         ppid: proc_info.ppid,
         login_uid: proc_info.login_uid,

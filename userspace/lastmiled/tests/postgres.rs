@@ -1053,6 +1053,74 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // The security team's view: the connection's story from the kernel's connect to its
+    // close, joined across the audit log (the gateway's events), the node's event file and
+    // the API's audit file.
+    let api_audit = stack.app.config.audit_file();
+    let trace = |output: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new(stack::lastmile_bin())
+                .args(["--output", output, "audit", "trace", "--sock-cookie"])
+                .arg(cookie.to_string())
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--events")
+                .arg(&node.events)
+                .arg("--events")
+                .arg(&api_audit)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // The close is written when psql has gone; wait for it to reach the log.
+            if out.status.success() && text.contains("connection.close") {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let text = trace("text");
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let at = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+    };
+    assert!(at("login") < at("kernel.connect"), "{text}");
+    assert!(at("kernel.connect") < at("node.handoff"), "{text}");
+    assert!(at("node.handoff") < at("connection.open"), "{text}");
+    assert!(at("connection.open") < at("credential.decrypt"), "{text}");
+    assert!(at("credential.decrypt") < at("db.query"), "{text}");
+    assert!(at("db.query") < at("connection.close"), "{text}");
+    assert!(text.contains("select 40 + 2 → ok"), "{text}");
+    assert!(
+        text.contains("(redirected, target orders) by pid"),
+        "{text}"
+    );
+    let json: Vec<serde_json::Value> = serde_json::from_str(&trace("json")).unwrap();
+    let opened = json
+        .iter()
+        .find(|e| e["kind"] == "connection.open")
+        .unwrap()["connection"]
+        .clone();
+    for e in &json {
+        assert!(
+            ["login", "session.create"].contains(&e["kind"].as_str().unwrap())
+                || e["sock_cookie"] == cookie
+                || e["connection"] == opened,
+            "not this connection's: {e}"
+        );
+    }
     service.abort();
 }
 
