@@ -44,7 +44,6 @@ const DEMO_ACCOUNT: &str = "lastmile-demo";
 /// What the demo cannot show yet; shrink this list as the pieces land.
 const NOT_BUILT_YET: &[&str] = &[
     "targets reached by names (db.demo.internal): a resource has no DNS names yet, only protected addresses, so ssh could not match a name to the host certificate",
-    "`lastmile audit trace` of one connection from the kernel's event to its close",
     "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
 ];
 

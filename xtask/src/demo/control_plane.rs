@@ -379,6 +379,33 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         eprintln!("    {line}");
     }
     step(
+        "the security team's view: `lastmile audit trace` of alice's psql connection, from the kernel's connect to the close",
+    );
+    // The connection is found by its last statement; its socket cookie joins the kernel's
+    // event, the node's hand-off, the API's authorization and the gateway's events.
+    let cookie = std::fs::read_to_string(dir.join("gateway-events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["kind"] == "db.query"
+                && e["query"]
+                    .as_str()
+                    .is_some_and(|q| q.starts_with("select note"))
+        })
+        .find_map(|e| e["sock_cookie"].as_u64())
+        .context("no db.query of alice's psql in the gateway's events")?;
+    must(
+        Command::new(bin.join("lastmile"))
+            .args(["audit", "trace", "--sock-cookie", &cookie.to_string()])
+            .arg("--events")
+            .arg(dir.join("node-events.jsonl"))
+            .arg("--events")
+            .arg(data.join("audit.jsonl"))
+            .arg("--events")
+            .arg(dir.join("gateway-events.jsonl")),
+    )?;
+    step(
         "an unsigned call to a signed endpoint, and a malformed login: each refused with its reason",
     );
     must(&mut curl("/v1/me"))?;
