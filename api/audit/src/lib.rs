@@ -11,6 +11,7 @@ pub mod checkpoints;
 pub mod envelope;
 pub mod log;
 pub mod metrics;
+pub mod monitor;
 pub mod segment;
 pub mod service;
 pub mod verify;

@@ -941,3 +941,77 @@ fn a_missing_config_is_named_with_its_cause_once() {
         "{stderr}"
     );
 }
+
+/// A monitor keeps the last checkpoint it verified and asks for a consistency proof from
+/// it; a log whose data was rewritten and signed again with the same key (its host taken,
+/// a fresh witness beside it) is a fork, with both checkpoints as evidence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_monitor_sees_the_log_grow_and_reports_a_rewritten_history_as_a_fork() {
+    use lastmile_audit::monitor::{Found, check};
+    let mut s = start();
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    let base = url(&s, "");
+    for n in 0..3 {
+        assert_eq!(append_one(&s, &gw, n).await.0, 200);
+    }
+    wait_checkpoint(&s, &gw, 3).await;
+    let (found, kept) = check(&gw, &base, &s.verifier, None).await.unwrap();
+    assert!(
+        matches!(found, Found::First(ref c) if c.size == 3),
+        "{found:?}"
+    );
+    for n in 3..5 {
+        assert_eq!(append_one(&s, &gw, n).await.0, 200);
+    }
+    wait_checkpoint(&s, &gw, 5).await;
+    let (found, kept) = check(&gw, &base, &s.verifier, kept.as_ref()).await.unwrap();
+    assert!(
+        matches!(found, Found::Extended { ref from, ref to } if from.size == 3 && to.size == 5),
+        "{found:?}"
+    );
+    let (found, kept) = check(&gw, &base, &s.verifier, kept.as_ref()).await.unwrap();
+    assert!(matches!(found, Found::Unchanged(_)), "{found:?}");
+    let evidence = kept.clone().unwrap().note;
+
+    // The host is taken: the log's data is replaced by another history, signed with the
+    // same key (it is on the host), published to a witness of the intruder's.
+    s.stop();
+    for sub in ["segments", "checkpoints"] {
+        let _ = std::fs::remove_dir_all(s.data.join(sub));
+    }
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let witness = s.data.parent().unwrap().join("witness");
+    std::fs::write(
+        &s.config,
+        config.replace(
+            &format!("{witness:?}"),
+            &format!("{:?}", witness.with_extension("intruder")),
+        ),
+    )
+    .unwrap();
+    s.restart();
+    for n in 100..106 {
+        assert_eq!(append_one(&s, &gw, n).await.0, 200);
+    }
+    wait_checkpoint(&s, &gw, 6).await;
+    let (found, after) = check(&gw, &base, &s.verifier, kept.as_ref()).await.unwrap();
+    match found {
+        Found::Fork {
+            kept,
+            kept_note,
+            served,
+            served_note,
+            why,
+        } => {
+            assert_eq!((kept.size, served.size), (5, 6));
+            assert_eq!(kept_note, evidence);
+            assert_ne!(served_note, kept_note);
+            assert!(why.contains("does not verify"), "{why}");
+        }
+        other => panic!("a rewritten history passed: {other:?}"),
+    }
+    assert_eq!(after.unwrap().note, evidence, "the evidence is kept");
+}

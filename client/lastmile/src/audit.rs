@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 
 use crate::session::Output;
 
+mod monitor;
 mod trace;
 use lastmile_audit::{
     log::read_entries,
@@ -32,10 +33,32 @@ pub enum Command {
     /// Check the log against its signed checkpoints; exit 1 naming the first failing entry.
     /// Needs a trust anchor from outside the log's host besides the key: a witness or a
     /// pinned checkpoint. Says which entries they vouch for and which they do not.
+    ///
+    /// With `--url` instead of `--data-dir`, checks the audit service as a Certificate
+    /// Transparency monitor does, without a copy of the data: its newest checkpoint must
+    /// be signed by `--key` and extend the one this monitor verified last (kept in
+    /// `--state`), by a consistency proof; a history rewritten and signed again is
+    /// reported as a fork, with both checkpoints as evidence.
     Verify {
         /// A copy of the log's data directory.
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        data_dir: Option<PathBuf>,
+        /// The audit service, e.g. https://audit.internal:7443.
+        #[arg(long, requires_all = ["ca", "cert", "client_key"])]
+        url: Option<String>,
+        /// With --url: the organisation's CA (PEM), to check the service.
         #[arg(long)]
-        data_dir: PathBuf,
+        ca: Option<PathBuf>,
+        /// With --url: your certificate and key (PEM), from the organisation's CA.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        client_key: Option<PathBuf>,
+        /// With --url: where this monitor keeps the last checkpoint it verified. Default
+        /// `$LASTMILE_HOME/audit-monitor.json`; seed it with --pinned NOTE the first time
+        /// to trust a checkpoint you hold rather than the first one served.
+        #[arg(long)]
+        state: Option<PathBuf>,
         /// The log's verifier key (`name+id+key`, or a file holding it), pinned by you:
         /// fetched out of band, never from the log's host.
         #[arg(long)]
@@ -214,6 +237,11 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
         }
         Command::Verify {
             data_dir,
+            url,
+            ca,
+            cert,
+            client_key,
+            state,
             key,
             witness,
             pinned,
@@ -227,6 +255,21 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
                 .trim()
                 .parse()
                 .context("--key is not a verifier key (name+id+key)")?;
+            if let (Some(url), Some(ca), Some(cert), Some(client_key)) =
+                (&url, &ca, &cert, &client_key)
+            {
+                let client = tls_client(ca, cert, client_key)?;
+                let state = match state {
+                    Some(s) => s,
+                    None => crate::home::Home::locate()?.join("audit-monitor.json"),
+                };
+                return monitor::run(&client, url, &verifier, &state, pinned.as_deref());
+            }
+            let Some(data_dir) = data_dir else {
+                bail!(
+                    "say where the log is: --data-dir DIR (a copy), or --url URL with --ca, --cert and --client-key"
+                );
+            };
             if witness.is_empty() && pinned.is_none() {
                 bail!(
                     "verify needs a trust anchor besides --key: --witness DIR (the log's \
@@ -452,25 +495,7 @@ fn fetch(source: &Source, url: &str) -> anyhow::Result<Vec<Value>> {
             "--url needs --ca (the organisation's CA), --cert and --key (your reader certificate)"
         );
     };
-    let mut roots = RootCertStore::empty();
-    for c in
-        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
-    {
-        roots.add(c?)?;
-    }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("{} is not a PEM key", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()?;
+    let client = tls_client(ca, cert, key)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -504,6 +529,30 @@ fn fetch(source: &Source, url: &str) -> anyhow::Result<Vec<Value>> {
             }
         }
     })
+}
+
+/// A client of the audit service: TLS 1.3, checking it against the organisation's `ca`,
+/// presenting `cert` and `key`.
+fn tls_client(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<reqwest::Client> {
+    let mut roots = RootCertStore::empty();
+    for c in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(c?)?;
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("{} is not a PEM key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()?)
 }
 
 #[cfg(test)]
