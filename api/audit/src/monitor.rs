@@ -6,7 +6,11 @@
 //! the monitor saw was rewritten, even if re-signed with the same key. Both notes are
 //! the evidence.
 
-use lastmile_audit_log::{Checkpoint, Hash, NoteVerifier, open, verify_consistency};
+use lastmile_audit_log::{
+    Checkpoint, Hash, NoteVerifier, leaf_hash, open, verify_consistency, verify_inclusion,
+};
+
+use crate::envelope::Envelope;
 use serde::{Deserialize, Serialize};
 
 /// What a monitor keeps between checks: the last checkpoint it verified, whole (the
@@ -177,6 +181,51 @@ pub async fn check(
             Ok((fork(why), Some(kept.clone())))
         }
     }
+}
+
+/// Whether `entry` (an envelope as the log stores it, e.g. a line of `/v1/entries`) is in
+/// the log: the newest checkpoint, verified against `verifier`, and an inclusion proof
+/// for the entry's position (RFC 9162 §2.1.3). `Ok(Err(why))`: it is not.
+pub async fn prove(
+    client: &reqwest::Client,
+    base: &str,
+    verifier: &NoteVerifier,
+    entry: &Envelope,
+) -> Result<Result<Checkpoint, String>, MonitorError> {
+    let base = base.trim_end_matches('/');
+    let note = get(client, format!("{base}/v1/checkpoint")).await?;
+    let checkpoint = open(&note, verifier).map_err(MonitorError::BadCheckpoint)?;
+    if entry.seq >= checkpoint.size {
+        return Ok(Err(format!(
+            "entry {} is not covered by the newest checkpoint ({} entries) yet",
+            entry.seq, checkpoint.size
+        )));
+    }
+    let body = get(
+        client,
+        format!(
+            "{base}/v1/proof/inclusion?index={}&size={}",
+            entry.seq, checkpoint.size
+        ),
+    )
+    .await?;
+    let proof: ProofBody =
+        serde_json::from_str(&body).map_err(|e| MonitorError::BadProof(e.to_string()))?;
+    let proof: Vec<Hash> = proof
+        .proof
+        .iter()
+        .map(|h| hash(h).ok_or_else(|| MonitorError::BadProof(format!("`{h}` is not a hash"))))
+        .collect::<Result<_, _>>()?;
+    let leaf = leaf_hash(&entry.to_canonical());
+    Ok(
+        match verify_inclusion(&leaf, entry.seq, checkpoint.size, &proof, &checkpoint.root) {
+            Ok(()) => Ok(checkpoint),
+            Err(e) => Err(format!(
+                "entry {} as shown is not the log's entry {} under its signed checkpoint of {} entries ({e}): it was changed, or never logged",
+                entry.seq, entry.seq, checkpoint.size
+            )),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1015,3 +1015,43 @@ async fn a_monitor_sees_the_log_grow_and_reports_a_rewritten_history_as_a_fork()
     }
     assert_eq!(after.unwrap().note, evidence, "the evidence is kept");
 }
+
+/// An entry the log holds is proved included under its signed checkpoint; the same entry
+/// with one field changed is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_is_proved_included_and_an_edited_one_is_not() {
+    use lastmile_audit::{envelope::Envelope, monitor::prove};
+    let s = start();
+    let gw = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://gateway/gw-1"))),
+    );
+    let sam = client(
+        &s.ca.pem(),
+        Some(s.ca.leaf(&[], Some("lastmile://security/sam"))),
+    );
+    for n in 0..4 {
+        assert_eq!(append_one(&s, &gw, n).await.0, 200);
+    }
+    wait_checkpoint(&s, &gw, 4).await;
+    let lines = sam
+        .get(url(&s, "/v1/entries?start=2&count=1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let entry = Envelope::parse(lines.trim().as_bytes()).unwrap();
+    assert_eq!(entry.seq, 2);
+    let base = url(&s, "");
+    let proved = prove(&sam, &base, &s.verifier, &entry).await.unwrap();
+    assert_eq!(proved.unwrap().size, 4);
+    let mut edited = entry.clone();
+    edited.event["n"] = serde_json::json!(99);
+    let why = prove(&sam, &base, &s.verifier, &edited)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(why.contains("changed, or never logged"), "{why}");
+}

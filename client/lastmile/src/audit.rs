@@ -125,6 +125,24 @@ pub enum Command {
         #[arg(long)]
         identity: Option<PathBuf>,
     },
+    /// Prove that an entry (a line as `tail`, `search` or `export --url` print it) is in
+    /// the audit service's log: its newest checkpoint, signed by `--key`, and an inclusion
+    /// proof for the entry's position. Exit 1 if it is not (changed, or never logged).
+    Prove {
+        /// The entry: a file holding its JSON, or `-` for standard input.
+        entry: PathBuf,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        client_key: PathBuf,
+        /// The log's verifier key (`name+id+key`, or a file holding it), pinned by you.
+        #[arg(long)]
+        key: String,
+    },
     /// Open sealed events in JSON lines read from standard input (or --input).
     Decrypt {
         /// An age identity file (`age-keygen` output).
@@ -177,6 +195,43 @@ pub struct Filter {
 
 pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCode> {
     match command {
+        Command::Prove {
+            entry,
+            url,
+            ca,
+            cert,
+            client_key,
+            key,
+        } => {
+            let verifier = verifier_key(key)?;
+            let text = if entry.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&entry)
+                    .with_context(|| format!("reading {}", entry.display()))?
+            };
+            let envelope = lastmile_audit::envelope::Envelope::parse(text.trim().as_bytes())
+                .context("the entry is not a log entry (`{\"event\": …, \"received\": …, \"seq\": N, \"writer\": …}`, as tail, search and export print them)")?;
+            let client = tls_client(&ca, &cert, &client_key)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(lastmile_audit::monitor::prove(
+                &client, &url, &verifier, &envelope,
+            ))? {
+                Ok(c) => {
+                    println!(
+                        "included: entry {} is in the log under its checkpoint of {} entries (signed at {}, root {})",
+                        envelope.seq, c.size, c.time, c.root
+                    );
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Err(why) => {
+                    println!("NOT INCLUDED: {why}");
+                    Ok(std::process::ExitCode::from(1))
+                }
+            }
+        }
         Command::Trace {
             connection,
             sock_cookie,
@@ -246,15 +301,7 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
             witness,
             pinned,
         } => {
-            let text = if Path::new(&key).is_file() {
-                std::fs::read_to_string(&key)?
-            } else {
-                key
-            };
-            let verifier: NoteVerifier = text
-                .trim()
-                .parse()
-                .context("--key is not a verifier key (name+id+key)")?;
+            let verifier = verifier_key(key)?;
             if let (Some(url), Some(ca), Some(cert), Some(client_key)) =
                 (&url, &ca, &cert, &client_key)
             {
@@ -529,6 +576,18 @@ fn fetch(source: &Source, url: &str) -> anyhow::Result<Vec<Value>> {
             }
         }
     })
+}
+
+/// `--key`: the verifier key itself, or a file holding it.
+fn verifier_key(key: String) -> anyhow::Result<NoteVerifier> {
+    let text = if Path::new(&key).is_file() {
+        std::fs::read_to_string(&key)?
+    } else {
+        key
+    };
+    text.trim()
+        .parse()
+        .context("--key is not a verifier key (name+id+key)")
 }
 
 /// A client of the audit service: TLS 1.3, checking it against the organisation's `ca`,
