@@ -161,11 +161,16 @@ pub fn parse_signatures(
 pub fn check_fresh(app: &App, sig: &httpsig::Signature) -> Result<(), ApiError> {
     let t = app.clock.now();
     let window = secs(app.config.signature_window);
-    if (sig.created - t).abs() > window {
+    let skew = sig.created.saturating_sub(t);
+    if skew.abs() > window {
+        let (by, way) = (
+            skew.unsigned_abs(),
+            if skew > 0 { "ahead of" } else { "behind" },
+        );
         return Err(ApiError::unauthorized(
             ErrorCode::StaleSignature,
             format!(
-                "the `{}` signature was created at {} but the server's clock says {t}: more than {window}s apart. Check this machine's clock",
+                "the clocks differ by {by} s: the `{}` signature says {} and the API's clock {t}, so this machine's clock is {by} s {way} the API's (at most {window} s is accepted). Set this machine's clock (NTP), or replay no old request",
                 sig.label, sig.created
             ),
         ));
