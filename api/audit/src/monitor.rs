@@ -76,6 +76,17 @@ fn hash(hex: &str) -> Option<Hash> {
     Some(Hash(out))
 }
 
+/// The hashes of a proof the service answered (`{"proof": ["hex", …]}`).
+fn proof_of(body: &str) -> Result<Vec<Hash>, MonitorError> {
+    let proof: ProofBody =
+        serde_json::from_str(body).map_err(|e| MonitorError::BadProof(e.to_string()))?;
+    proof
+        .proof
+        .iter()
+        .map(|h| hash(h).ok_or_else(|| MonitorError::BadProof(format!("`{h}` is not a hash"))))
+        .collect()
+}
+
 async fn get(client: &reqwest::Client, url: String) -> Result<String, MonitorError> {
     let resp = client
         .get(&url)
@@ -157,13 +168,7 @@ pub async fn check(
         }
         Err(e) => return Err(e),
     };
-    let proof: ProofBody =
-        serde_json::from_str(&body).map_err(|e| MonitorError::BadProof(e.to_string()))?;
-    let proof: Vec<Hash> = proof
-        .proof
-        .iter()
-        .map(|h| hash(h).ok_or_else(|| MonitorError::BadProof(format!("`{h}` is not a hash"))))
-        .collect::<Result<_, _>>()?;
+    let proof = proof_of(&body)?;
     match verify_consistency(old.size, served.size, &old.root, &served.root, &proof) {
         Ok(()) => Ok((
             Found::Extended {
@@ -209,13 +214,7 @@ pub async fn prove(
         ),
     )
     .await?;
-    let proof: ProofBody =
-        serde_json::from_str(&body).map_err(|e| MonitorError::BadProof(e.to_string()))?;
-    let proof: Vec<Hash> = proof
-        .proof
-        .iter()
-        .map(|h| hash(h).ok_or_else(|| MonitorError::BadProof(format!("`{h}` is not a hash"))))
-        .collect::<Result<_, _>>()?;
+    let proof = proof_of(&body)?;
     let leaf = leaf_hash(&entry.to_canonical());
     Ok(
         match verify_inclusion(&leaf, entry.seq, checkpoint.size, &proof, &checkpoint.root) {
