@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod exec;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -33,6 +34,8 @@ enum Command {
         #[arg(value_enum)]
         which: bench::Which,
     },
+    /// Build the libFuzzer targets in fuzz/ (nightly, cargo-fuzz) and run each for a while.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo { stop: false } => demo::run(),
         Command::Demo { stop: true } => demo::stop(),
         Command::Bench { which } => bench::run(which),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
