@@ -105,17 +105,28 @@ mod tests {
         let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::new(registry))
             .await
             .unwrap();
-        let resp = reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        // A plain HTTP/1.0 GET, as a Prometheus server sends it.
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .await
+        .unwrap();
+        let (head, text) = answer.split_once("\r\n\r\n").unwrap();
         assert!(
-            resp.headers()[CONTENT_TYPE.as_str()]
-                .to_str()
-                .unwrap()
-                .starts_with("application/openmetrics-text")
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "{head}"
         );
-        let text = resp.text().await.unwrap();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
         assert!(
             text.contains("lastmile_test_things_total{outcome=\"ok\"} 1"),
             "{text}"
