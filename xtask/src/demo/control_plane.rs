@@ -388,12 +388,12 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| {
-            e["kind"] == "db.query"
-                && e["query"]
-                    .as_str()
+            e.get("kind").and_then(serde_json::Value::as_str) == Some("db.query")
+                && e.get("query")
+                    .and_then(serde_json::Value::as_str)
                     .is_some_and(|q| q.starts_with("select note"))
         })
-        .find_map(|e| e["sock_cookie"].as_u64())
+        .find_map(|e| e.get("sock_cookie").and_then(serde_json::Value::as_u64))
         .context("no db.query of alice's psql in the gateway's events")?;
     must(
         Command::new(bin.join("lastmile"))
