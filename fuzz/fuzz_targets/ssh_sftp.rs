@@ -12,8 +12,9 @@
 //! Checked beyond "no panic":
 //! - the SFTP log gives the same operations whatever the chunking (here: as given, and one
 //!   byte at a time), except for the known loss described in `sftp()`;
-//! - ExecCommand keeps the bytes and says truthfully whether they were UTF-8; the default
-//!   policy's `env` decision is exactly its allow-list (LANG, LC_*);
+//! - ExecCommand keeps the bytes and says truthfully whether they were UTF-8; a legacy scp
+//!   is allowed by `legacy_scp` and nothing else by it; the default policy's `env` decision
+//!   is exactly its allow-list (LANG, LC_*);
 //! - a recording of any terminal bytes parses back, and its output and input events hold
 //!   exactly the lossy UTF-8 of the bytes, however they were cut into chunks.
 
@@ -103,10 +104,17 @@ fn exec(raw: &[u8]) {
     assert_eq!(command.raw, raw);
     assert_eq!(command.text, String::from_utf8_lossy(raw));
     assert_eq!(command.valid_utf8, std::str::from_utf8(raw).is_ok());
-    if let Some(scp) = &command.scp {
-        assert!(command.text.contains("scp"), "{scp:?}");
-    }
     serde_json::to_string(&command).expect("an exec command serialises");
+
+    // A legacy scp is governed by `legacy_scp`, any other command by `exec`.
+    let only_scp = ChannelPolicy {
+        exec: false,
+        ..ChannelPolicy::default()
+    };
+    assert_eq!(
+        only_scp.decide(Request::Exec(&command)).is_allowed(),
+        command.scp.is_some()
+    );
 
     let policy = ChannelPolicy::default();
     let name = command.text.as_str();

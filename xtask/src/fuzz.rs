@@ -225,17 +225,35 @@ fn run_one(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> {
             .lines()
             .filter_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()))
             .next_back();
-        let why = text
-            .lines()
-            .find(|l| l.contains("panicked at") || l.contains("ERROR: "))
-            .map(str::trim);
+        // "thread … panicked at FILE:LINE:COL:" and the message on the next line, or
+        // libFuzzer's own "ERROR: libFuzzer: timeout" and the like.
+        let lines: Vec<&str> = text.lines().collect();
+        let why = match lines.iter().position(|l| l.contains("panicked at ")) {
+            Some(at) => {
+                let place = lines
+                    .get(at)
+                    .and_then(|l| l.split("panicked at ").nth(1))
+                    .unwrap_or("?")
+                    .trim_end_matches(':');
+                let message: String = lines
+                    .get(at + 1)
+                    .map_or("", |m| m.trim())
+                    .chars()
+                    .take(200)
+                    .collect();
+                Some(format!("{message} at {place}"))
+            }
+            None => lines
+                .iter()
+                .find(|l| l.contains("ERROR: "))
+                .map(|l| l.trim().to_owned()),
+        };
         outcome.failure = Some(match (artifact, why) {
             (Some(a), Some(w)) => format!("{a} ({w})"),
             (Some(a), None) => a.to_owned(),
             (None, _) => format!("{status}; see {}", log_path.display()),
         });
         // The panic and its backtrace, so that CI logs show them.
-        let lines: Vec<&str> = text.lines().collect();
         let tail = lines.len().saturating_sub(40);
         for l in lines.get(tail..).unwrap_or_default() {
             eprintln!("    | {l}");
