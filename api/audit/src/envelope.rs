@@ -71,4 +71,25 @@ mod tests {
         );
         assert_eq!(Envelope::parse(&e.to_canonical()).unwrap(), e);
     }
+
+    /// Found by fuzzing (fuzz/corpus/audit_segment/regression-float-not-canonical): without
+    /// serde_json's `float_roundtrip` feature, parsing `1.5666666666666667` (the shortest
+    /// form of 47/30, as the canonical bytes write it) gives the next f64 up, so the
+    /// envelope read back from its canonical bytes is another one, and its canonical bytes,
+    /// hence its leaf hash, differ: `monitor` would call such an entry changed. Events carry
+    /// floats (lastmile-ssh writes durations as seconds, `as_secs_f64`).
+    #[test]
+    #[ignore = "known: serde_json parses floats inexactly without its float_roundtrip feature"]
+    fn canonical_bytes_survive_a_float() {
+        let e = Envelope {
+            event: serde_json::json!({ "duration": 47.0_f64 / 30.0 }),
+            received: "2026-11-28T00:00:00Z".into(),
+            seq: 0,
+            writer: "gw-1".into(),
+        };
+        let canonical = String::from_utf8(e.to_canonical()).unwrap();
+        let back = Envelope::parse(canonical.as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(back.to_canonical()).unwrap(), canonical);
+        assert_eq!(back, e);
+    }
 }
