@@ -21,10 +21,10 @@ use crate::exec::{show, step, workspace_root};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// One target (a file name in fuzz/fuzz_targets/ without `.rs`); default: every one.
-    target: Option<String>,
+    pub target: Option<String>,
     /// How long each target runs.
     #[arg(long, default_value_t = 60)]
-    seconds: u64,
+    pub seconds: u64,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
