@@ -206,6 +206,7 @@ pub fn describe(e: &Value) -> String {
                 .unwrap_or_else(|| "(statement not kept)".into()),
             s("outcome"),
             e.get("rows")
+                .and_then(Value::as_u64)
                 .map(|r| format!(", {r} rows"))
                 .unwrap_or_default()
         ),
