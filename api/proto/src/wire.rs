@@ -147,7 +147,7 @@ pub struct CaBundle {
 }
 
 /// `HOST:PORT` as a user writes it: `[::1]:5432` for an IPv6 address, `db.internal:5432`
-/// or `10.0.0.5:5432` otherwise.
+/// or `127.0.0.2:5432` otherwise.
 pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")

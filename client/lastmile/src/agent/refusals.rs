@@ -201,13 +201,13 @@ mod tests {
             gateway: "gw1".into(),
             refusal: refusal(
                 ErrorCode::UpstreamUnreachable,
-                "cannot reach 10.0.0.5:5432 for `db`",
+                "cannot reach 127.0.0.2:5432 for `db`",
             ),
         };
         assert!(
             e.explain()
                 .reason
-                .contains("could not reach the resource's server: cannot reach 10.0.0.5:5432"),
+                .contains("could not reach the resource's server: cannot reach 127.0.0.2:5432"),
         );
     }
 
