@@ -16,6 +16,8 @@ pub struct SinkConfig {
     pub seal_to: Vec<String>,
     /// The audit service, when events should go there too.
     pub service: Option<ServiceConfig>,
+    /// A syslog receiver (RFC 5424 over TLS), when a SIEM should get a copy of events.
+    pub syslog: Option<SyslogConfig>,
 }
 
 /// `[….audit.service]`: how to reach `lastmile-audit serve`.
@@ -34,6 +36,44 @@ pub struct ServiceConfig {
     /// `<spool>.damaged`).
     #[serde(default = "default_spool")]
     pub spool: PathBuf,
+}
+
+/// `[….audit.syslog]`: a syslog receiver (rsyslog, syslog-ng, a SIEM's collector) that
+/// gets a copy of every event written, as RFC 5424 messages over TLS (RFC 5425). A copy
+/// only: what the receiver cannot take in time is dropped (and counted in an error log),
+/// while the audit service and its spool are the durable path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// The receiver, `host:port` (`[v6addr]:port`); RFC 5425's port is 6514.
+    pub address: String,
+    /// The CA that signed the receiver's certificate (PEM).
+    pub ca: PathBuf,
+    /// This component's certificate and key (PEM), for a receiver that wants mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the receiver's certificate must carry; default the host part of `address`.
+    pub server_name: Option<String>,
+    /// APP-NAME of each message; default `lastmile`.
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// HOSTNAME of each message; default this host's name.
+    pub hostname: Option<String>,
+    /// The facility of each message's PRI; default `authpriv`.
+    #[serde(default)]
+    pub facility: crate::syslog::Facility,
+    /// How many messages wait in memory while the receiver is unreachable or slow; past
+    /// that, new ones are dropped and counted. Default 8192.
+    #[serde(default = "default_syslog_queue")]
+    pub queue: usize,
+}
+
+fn default_app_name() -> String {
+    "lastmile".to_owned()
+}
+
+fn default_syslog_queue() -> usize {
+    8192
 }
 
 fn default_spool() -> PathBuf {
@@ -72,6 +112,10 @@ impl SinkConfig {
             key: s.key.clone(),
             spool: s.spool.clone(),
         });
-        AuditWriter::new(policy, &self.seal_to, file, service.as_ref())
+        let writer = AuditWriter::new(policy, &self.seal_to, file, service.as_ref())?;
+        match &self.syslog {
+            Some(syslog) => writer.with_syslog(syslog),
+            None => Ok(writer),
+        }
     }
 }

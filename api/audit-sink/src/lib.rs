@@ -16,11 +16,13 @@ mod policy;
 pub mod schema;
 mod seal;
 pub mod spool;
+pub mod syslog;
 mod writer;
 
-pub use config::{ServiceConfig, SinkConfig};
+pub use config::{ServiceConfig, SinkConfig, SyslogConfig};
 pub use policy::{Policy, PolicyError, QueryText};
 pub use seal::{SealError, load_identities, open, open_all, parse_recipients, seal};
+pub use syslog::sender::SyslogError;
 pub use writer::{AuditWriter, Delivery, ServiceTarget, WriteError};
 
 /// Fields an encrypted event keeps in the clear: what searching and joining need.

@@ -1,5 +1,6 @@
-//! Writing events to their destinations: a local JSON-lines file, the audit service, or
-//! both, after the policy and (optionally) sealing.
+//! Writing events to their destinations: a local JSON-lines file, the audit service, a
+//! syslog receiver (a copy for a SIEM: [`crate::syslog`]), or several, after the policy
+//! and (optionally) sealing. Every destination gets the same event.
 //!
 //! Nothing is lost when the service is down: an event it did not acknowledge goes to a
 //! local spool file (framed, checksummed, fsynced: [`crate::spool`]) and is sent, in
@@ -29,6 +30,8 @@ pub enum WriteError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(transparent)]
+    Syslog(#[from] crate::SyslogError),
     #[error("{}", path.display())]
     Io {
         path: PathBuf,
@@ -55,6 +58,9 @@ pub struct Delivery {
     pub service: bool,
     /// Kept in the local spool because the service did not acknowledge it (why).
     pub spooled: Option<String>,
+    /// Queued for the syslog receiver (false without one, or when its queue was full and
+    /// the copy was dropped).
+    pub syslog: bool,
 }
 
 /// How to reach the audit service.
@@ -78,6 +84,7 @@ pub struct AuditWriter {
     recipients: Vec<age::x25519::Recipient>,
     file: Option<(PathBuf, Mutex<File>)>,
     service: Option<Service>,
+    syslog: Option<crate::syslog::sender::Sender>,
 }
 
 #[derive(Debug)]
@@ -135,7 +142,15 @@ impl AuditWriter {
             recipients,
             file,
             service,
+            syslog: None,
         })
+    }
+
+    /// Also sends a copy of every event to this syslog receiver (starts its task: call
+    /// inside a tokio runtime).
+    pub fn with_syslog(mut self, syslog: &crate::SyslogConfig) -> Result<Self, WriteError> {
+        self.syslog = Some(crate::syslog::sender::Sender::start(syslog)?);
+        Ok(self)
     }
 
     /// Applies the policy, seals if configured, and writes to every destination.
@@ -152,6 +167,7 @@ impl AuditWriter {
             file: false,
             service: false,
             spooled: None,
+            syslog: false,
         };
         let mut kept = Vec::with_capacity(events.len());
         for event in events {
@@ -168,10 +184,20 @@ impl AuditWriter {
             return Ok(delivery);
         }
         let mut lines = String::new();
+        let mut queued = 0;
         for event in &kept {
+            let start = lines.len();
             lines.push_str(&event.to_string());
+            // The copy goes before the file and the service are tried: whether they fail
+            // or not, the event happened, and the SIEM should hear of it.
+            if let Some(syslog) = &self.syslog
+                && syslog.send(event, lines.get(start..).unwrap_or_default())
+            {
+                queued += 1;
+            }
             lines.push('\n');
         }
+        delivery.syslog = self.syslog.is_some() && queued == kept.len();
         if let Some((path, file)) = &self.file {
             let mut f = file.lock().map_err(|_| WriteError::Io {
                 path: path.clone(),
@@ -210,6 +236,14 @@ impl AuditWriter {
         self.service
             .as_ref()
             .map(|s| s.depth.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// How many events the syslog copy dropped since start because its queue was full
+    /// (each drop is also named in an error log); `None` without syslog.
+    pub fn syslog_dropped(&self) -> Option<u64> {
+        self.syslog
+            .as_ref()
+            .map(crate::syslog::sender::Sender::dropped)
     }
 
     /// Sends whatever waits in the spool, if the service answers. Components call this
@@ -326,6 +360,43 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         AuditWriter::new(Policy::default(), &[], Some(&path), None).unwrap();
         assert_eq!(mode(&path), 0o600);
+    }
+
+    /// On a current-thread runtime the sender's task cannot run while the test does not
+    /// yield, so nothing leaves the queue: exactly what exceeds it is dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_syslog_queue_drops_and_counts_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+        let syslog = crate::SyslogConfig {
+            address: "127.0.0.1:9".into(),
+            ca: ca_path,
+            cert: None,
+            key: None,
+            server_name: None,
+            app_name: "lastmile".into(),
+            hostname: None,
+            facility: crate::syslog::Facility::default(),
+            queue: 2,
+        };
+        let file = dir.path().join("events.jsonl");
+        let writer = AuditWriter::new(Policy::default(), &[], Some(&file), None)
+            .unwrap()
+            .with_syslog(&syslog)
+            .unwrap();
+        let mut queued = Vec::new();
+        for uid in 0..5 {
+            let event =
+                serde_json::json!({"v": 1, "kind": "node.agent", "uid": uid, "registered": true});
+            let delivery = writer.write(event).await.unwrap();
+            assert!(delivery.file, "the file gets every event");
+            queued.push(delivery.syslog);
+        }
+        assert_eq!(queued, [true, true, false, false, false]);
+        assert_eq!(writer.syslog_dropped(), Some(3));
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 5);
     }
 
     #[test]
