@@ -41,6 +41,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the VM tests' userland"),
     ("pkg-config", "C libraries for -sys crates"),
     ("curl", "the demo's raw HTTPS calls to the API"),
+    (
+        "rsyslog",
+        "a real syslog receiver for the audit sink's RFC 5424 over TLS tests",
+    ),
+    (
+        "rsyslog-gnutls",
+        "rsyslog's TLS driver (gtls), for those tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
