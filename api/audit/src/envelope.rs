@@ -79,7 +79,6 @@ mod tests {
     /// hence its leaf hash, differ: `monitor` would call such an entry changed. Events carry
     /// floats (lastmile-ssh writes durations as seconds, `as_secs_f64`).
     #[test]
-    #[ignore = "known: serde_json parses floats inexactly without its float_roundtrip feature"]
     fn canonical_bytes_survive_a_float() {
         let e = Envelope {
             event: serde_json::json!({ "duration": 47.0_f64 / 30.0 }),
