@@ -7,6 +7,11 @@
 //! tree signed twice, as a crash between the two copies leaves it, is not: the witness's
 //! note stands). So does a witness that no longer holds the last note it was given: an
 //! unmounted witness must not be written to its empty mount point.
+//!
+//! With `[audit.archive]`, each note is also written, first, to an S3 bucket with Object
+//! Lock ([`crate::archive`]), by the same rules: a different note of that size there is a
+//! fork, and an archive that lacks the last note it was given stops publishing (an
+//! archive with no checkpoint at all is new, and is given the newest note).
 
 use std::{
     fs::{self, OpenOptions},
@@ -20,6 +25,8 @@ use lastmile_audit_log::{
     Checkpoint, CheckpointError, Hash, NoteSigner, NoteVerifier, attach_signature, sign,
 };
 use lastmile_vault::{AwsConfig, AwsKms, KmsError};
+
+use crate::archive::{Archive, ArchiveError, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -49,6 +56,20 @@ pub enum PublishError {
         size: u64,
         local: PathBuf,
     },
+    #[error(
+        "the archive no longer holds checkpoint {size} ({url}), which it was given: the \
+         bucket or prefix changed, or the object is gone despite its lock; publishing stops \
+         until it is back (to start a new archive, point [audit.archive] at an empty prefix: \
+         it is given {} then)",
+        local.display()
+    )]
+    ArchiveLost {
+        url: String,
+        size: u64,
+        local: PathBuf,
+    },
+    #[error("cannot publish the checkpoint to the object-lock archive")]
+    Archive(#[from] ArchiveError),
     #[error("{}: not a 32-byte Ed25519 signing key", .0.display())]
     BadKey(PathBuf),
     #[error("no signing key at {}: run `lastmile-audit init` first", .0.display())]
@@ -275,6 +296,10 @@ pub struct Publisher {
     origin: String,
     dir: PathBuf,
     witness: Option<PathBuf>,
+    archive: Option<Archive>,
+    /// Whether the archive was found to hold the last note (checked once: a bucket is not
+    /// unmounted like a directory).
+    archive_checked: bool,
     last_size: Option<u64>,
 }
 
@@ -306,8 +331,17 @@ impl Publisher {
             origin: origin.to_owned(),
             dir,
             witness,
+            archive: None,
+            archive_checked: false,
             last_size,
         })
+    }
+
+    /// This publisher, writing every note to `archive` too (before anywhere else).
+    pub fn with_archive(mut self, archive: Archive) -> Self {
+        self.archive = Some(archive);
+        self.archive_checked = false;
+        self
     }
 
     /// The size of the newest published checkpoint.
@@ -348,7 +382,15 @@ impl Publisher {
             time,
         };
         let mut note = self.signer.sign(&checkpoint).await?;
-        // The witness first: if it shows a fork, publish nothing locally either.
+        // The archive first, then the witness: if either shows a fork, publish nothing
+        // locally either.
+        if let Some(a) = &self.archive {
+            if !self.archive_checked {
+                self.check_archive_holds_last(a).await?;
+            }
+            note = archive_once(a, &note, &checkpoint, &self.signer.verifier()).await?;
+        }
+        self.archive_checked = self.archive.is_some();
         if let Some(w) = &self.witness {
             self.check_witness_holds_last(w)?;
             note = write_once(
@@ -362,6 +404,41 @@ impl Publisher {
         write_atomically(&self.dir, &note_name(size), &note)?;
         self.last_size = Some(size);
         Ok(Some(note))
+    }
+
+    /// An archive that lacks the last note is another bucket or prefix than the one the
+    /// log wrote to, unless it holds no checkpoint at all: then it is new, and is given
+    /// the last note (which vouches for every entry before it).
+    async fn check_archive_holds_last(&self, archive: &Archive) -> Result<(), PublishError> {
+        let Some(size) = self.last_size else {
+            return Ok(());
+        };
+        let local = self.dir.join(note_name(size));
+        let text = fs::read_to_string(&local).map_err(io(&local))?;
+        let verifier = self.signer.verifier();
+        let checkpoint = open_note(&text, &verifier)?;
+        let name = archived_note(size);
+        match archive.get(&name).await? {
+            Some(bytes) if same_tree(&bytes, &checkpoint, &verifier) => Ok(()),
+            Some(_) => Err(PublishError::Fork {
+                size,
+                path: PathBuf::from(archive.url(&name)),
+            }),
+            None if archive.checkpoint_names().await?.is_empty() => {
+                archive_once(archive, &text, &checkpoint, &verifier).await?;
+                tracing::info!(
+                    size,
+                    archive = %archive.url(&name),
+                    "the archive held no checkpoint: gave it the newest"
+                );
+                Ok(())
+            }
+            None => Err(PublishError::ArchiveLost {
+                url: archive.url(&name),
+                size,
+                local,
+            }),
+        }
     }
 
     /// A witness that lost the last note it was given is not the storage it was (an
@@ -390,6 +467,40 @@ impl Publisher {
                 path: witness.join(note_name(size)),
             }),
         }
+    }
+}
+
+/// The archive's name for the note of `size`.
+fn archived_note(size: u64) -> String {
+    format!("checkpoints/{}", note_name(size))
+}
+
+/// Whether `bytes` is a note of this log for the same tree as `checkpoint`.
+fn same_tree(bytes: &[u8], checkpoint: &Checkpoint, verifier: &NoteVerifier) -> bool {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| open_note(t, verifier).ok())
+        .is_some_and(|c| c.size == checkpoint.size && c.root == checkpoint.root)
+}
+
+/// Writes `note` to the archive once; returns the note now there. A note of that size
+/// for another tree is a fork; the same tree signed again is not (the archive's stands).
+async fn archive_once(
+    archive: &Archive,
+    note: &str,
+    checkpoint: &Checkpoint,
+    verifier: &NoteVerifier,
+) -> Result<String, PublishError> {
+    let name = archived_note(checkpoint.size);
+    match archive.put_once(&name, note.as_bytes()).await? {
+        Written::Created => Ok(note.to_owned()),
+        Written::Exists(bytes) if same_tree(&bytes, checkpoint, verifier) => {
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Written::Exists(_) => Err(PublishError::Fork {
+            size: checkpoint.size,
+            path: PathBuf::from(archive.url(&name)),
+        }),
     }
 }
 

@@ -7,6 +7,7 @@
 //! it against every checkpoint, so an edited, dropped, reordered or truncated entry, a
 //! fork, or a log re-signed with another key is found and named.
 
+pub mod archive;
 pub mod checkpoints;
 pub mod envelope;
 pub mod log;

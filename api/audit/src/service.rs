@@ -13,6 +13,13 @@
 //! events in their spool rather than have them acknowledged by a log nobody can verify;
 //! the failure is logged as an error (`alert = "audit_log_unverifiable"`) when it starts
 //! and every minute while it lasts, and appends resume by themselves once it clears.
+//!
+//! With `[audit.archive]` ([`crate::archive`]), every checkpoint goes first to an S3
+//! bucket with Object Lock (compliance mode), so a checkpoint the bucket refuses or
+//! cannot take (unreachable, a fork) refuses appends the same way; and every sealed
+//! segment (each but the newest) is copied there with its SHA-256 within
+//! [`crate::archive::SEGMENTS_EVERY`]. A segment that cannot be archived is logged as an
+//! error (`alert = "audit_archive_behind"`) and retried; it does not refuse appends.
 
 use crate::metrics::AuditMetrics;
 use std::{
@@ -73,9 +80,19 @@ pub struct ServeConfig {
     /// Where to listen. Default 127.0.0.1:7443.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Write-once copies of every checkpoint (another host, object-lock storage).
+    /// A directory for write-once copies of every checkpoint (a mount of another host,
+    /// say).
     #[serde(default)]
     pub witness: Option<PathBuf>,
+    /// An S3 bucket with Object Lock as witness and archive (`[audit.archive]`: `bucket`,
+    /// `region`, optional `endpoint`, `prefix`, `retention_days` (default 2557, 7 years),
+    /// and credentials of the account that owns the bucket, which should not be the
+    /// account of this host or its KMS: `access_key_id` / `secret_access_key`, default
+    /// `LASTMILE_ARCHIVE_ACCESS_KEY_ID` / `LASTMILE_ARCHIVE_SECRET_ACCESS_KEY`). Every
+    /// checkpoint and every sealed segment is written there once, locked in compliance
+    /// mode for the retention. Default: none.
+    #[serde(default)]
+    pub archive: Option<crate::archive::ArchiveConfig>,
     /// This service's certificate chain and key (PEM).
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -196,13 +213,26 @@ impl IntoResponse for Refusal {
 /// Runs the service until the process is stopped.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let tls = tls_config(&config)?;
-    let (log, recovered, publisher) = crate::open_for_writing(
+    let (log, recovered, mut publisher) = crate::open_for_writing(
         &config.data_dir,
         &config.signing_key(),
         &config.origin,
         config.witness.clone(),
     )
     .await?;
+    if let Some(c) = &config.archive {
+        let archive = crate::archive::Archive::new(c)?;
+        archive
+            .check_object_lock()
+            .await
+            .context("the archive ([audit.archive]) is not usable")?;
+        info!(archive = %archive.url(""), "archiving checkpoints and sealed segments");
+        tokio::spawn(crate::archive::keep_segments_archived(
+            archive.clone(),
+            crate::log::segments_dir(&config.data_dir),
+        ));
+        publisher = publisher.with_archive(archive);
+    }
     info!(
         entries = recovered.entries,
         torn_bytes_cut = recovered.torn_bytes_cut,

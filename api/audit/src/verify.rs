@@ -11,6 +11,13 @@
 //! whoever controls the host can rewrite the log and sign it again. What the caller holds
 //! from elsewhere, a witness's copies or a checkpoint kept before ([`Anchors`]), is what
 //! vouches for the log; [`Coverage`] says how far it does.
+//!
+//! An object-lock archive ([`crate::archive`], read beforehand into an [`ArchiveCopy`])
+//! is such a witness, and more: a checkpoint the log's host holds (in the log's
+//! directory or a witness directory) that the archive lacks, or one the archive holds
+//! that the host lost, is reported; so is a local segment whose bytes differ from its
+//! archived copy, an archived segment the log no longer has, and a key in the bucket that
+//! was overwritten or deleted after its first version (which is the one read).
 
 use std::{
     collections::BTreeMap,
@@ -20,10 +27,12 @@ use std::{
 
 use lastmile_audit_log::{Checkpoint, CompactTree, Hash, NoteVerifier, leaf_hash};
 use lastmile_audit_sink::error_chain;
+use sha2::{Digest as _, Sha256};
 
 use crate::{
+    archive::ArchiveCopy,
     checkpoints::{open_note, read_notes},
-    log::read_entries,
+    log::{read_entries, segments_dir},
     segment::{SegmentError, Tail},
 };
 
@@ -70,6 +79,31 @@ pub enum Problem {
     WitnessUnreadable { dir: PathBuf, detail: String },
     /// Anchors were given, but none of their checkpoints opened with the verifier key.
     Unanchored,
+    /// The archive holds no checkpoint at all (another bucket or prefix than the log's?).
+    ArchiveEmpty { location: String },
+    /// A checkpoint the log's host holds is not in the archive.
+    NotArchived { file: PathBuf, size: u64 },
+    /// The archive holds a checkpoint that `dir` (the log's checkpoints or a witness)
+    /// lost.
+    CheckpointLost {
+        size: u64,
+        archived: PathBuf,
+        dir: PathBuf,
+    },
+    /// A local segment's bytes differ from its archived copy.
+    SegmentDiffers { segment: PathBuf, archived: String },
+    /// The archive holds a segment the log no longer has.
+    SegmentLost { segment: PathBuf, archived: String },
+    /// An archived segment does not match the checksum archived beside it.
+    ArchivedSegmentDamaged { archived: String },
+    /// A key in the archive has versions or delete markers after its first version.
+    ArchiveRewritten {
+        url: String,
+        versions: usize,
+        delete_markers: usize,
+    },
+    /// A local segment cannot be read to compare it with its archived copy.
+    SegmentUnreadable { segment: PathBuf, detail: String },
 }
 
 impl Problem {
@@ -148,6 +182,59 @@ impl fmt::Display for Problem {
                 "no checkpoint from the witness or the pin is signed by the log's key: nothing \
                  from outside the log's host vouches for it"
             ),
+            Problem::ArchiveEmpty { location } => write!(
+                f,
+                "the archive {location} holds no checkpoint: is the bucket or prefix right? \
+                 An empty archive vouches for nothing"
+            ),
+            Problem::NotArchived { file, size } => write!(
+                f,
+                "checkpoint {} (size {size}) is not in the archive, although checkpoints go \
+                 there first: it was made or changed on the log's host afterwards",
+                file.display()
+            ),
+            Problem::CheckpointLost {
+                size,
+                archived,
+                dir,
+            } => write!(
+                f,
+                "the archive holds checkpoint {} (size {size}) but {} does not: it was \
+                 removed from the log's host",
+                archived.display(),
+                dir.display()
+            ),
+            Problem::SegmentDiffers { segment, archived } => write!(
+                f,
+                "segment {} differs from its archived copy {archived}: it was changed after \
+                 it was archived (the archived copy is the original)",
+                segment.display()
+            ),
+            Problem::SegmentLost { segment, archived } => write!(
+                f,
+                "the archive holds {archived} but the log has no segment {}: it was removed \
+                 (the archived copy is the original)",
+                segment.display()
+            ),
+            Problem::ArchivedSegmentDamaged { archived } => write!(
+                f,
+                "the archived segment {archived} does not match the SHA-256 archived beside it"
+            ),
+            Problem::ArchiveRewritten {
+                url,
+                versions,
+                delete_markers,
+            } => write!(
+                f,
+                "{url} was overwritten or deleted after it was archived ({versions} versions, \
+                 {delete_markers} delete markers): its first version was checked; find out \
+                 who holds the archive's credentials"
+            ),
+            Problem::SegmentUnreadable { segment, detail } => write!(
+                f,
+                "segment {} cannot be read to compare it with the archive: {detail}",
+                segment.display()
+            ),
         }
     }
 }
@@ -159,11 +246,13 @@ pub struct Anchors {
     pub witnesses: Vec<PathBuf>,
     /// Checkpoint notes kept before, as (file, text).
     pub pinned: Vec<(PathBuf, String)>,
+    /// What the object-lock archive holds ([`crate::archive::Archive::read`]).
+    pub archive: Option<ArchiveCopy>,
 }
 
 impl Anchors {
     pub fn is_empty(&self) -> bool {
-        self.witnesses.is_empty() && self.pinned.is_empty()
+        self.witnesses.is_empty() && self.pinned.is_empty() && self.archive.is_none()
     }
 }
 
@@ -174,6 +263,8 @@ pub enum Source {
     Log,
     Witness,
     Pinned,
+    /// The object-lock archive.
+    Archive,
 }
 
 /// How far the log's entries are vouched for, counted from entry 0.
@@ -194,6 +285,7 @@ impl Coverage {
             Some((size, file, source)) => {
                 let holder = match source {
                     Source::Pinned => "you pinned",
+                    Source::Archive => "the archive holds",
                     Source::Witness | Source::Log => "the witness holds",
                 };
                 if *size > 0 {
@@ -289,7 +381,7 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
     match read_notes(&own) {
         Ok(n) => notes.extend(n.into_iter().map(|(f, t)| (f, t, Source::Log))),
         Err(e) => problems.push(Problem::BadSignature {
-            file: own,
+            file: own.clone(),
             detail: error_chain(&e),
         }),
     }
@@ -310,6 +402,14 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
                 detail,
             }),
         }
+    }
+    if let Some(archive) = &anchors.archive {
+        notes.extend(
+            archive
+                .checkpoints
+                .iter()
+                .map(|(n, t)| (archive.checkpoint_file(n), t.clone(), Source::Archive)),
+        );
     }
     notes.extend(
         anchors
@@ -333,6 +433,20 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
         problems.push(Problem::Unanchored);
     }
     checkpoints.sort_by_key(|(f, c, _)| (c.size, c.time, f.clone()));
+    if let Some(archive) = &anchors.archive {
+        problems.extend(archive_gaps(
+            archive,
+            &checkpoints,
+            &own,
+            &anchors.witnesses,
+        ));
+        problems.extend(segments_against(archive, &segments_dir(data_dir)));
+        problems.extend(archive.rewritten.iter().map(|r| Problem::ArchiveRewritten {
+            url: r.url.clone(),
+            versions: r.versions,
+            delete_markers: r.delete_markers,
+        }));
+    }
 
     let mut by_size: BTreeMap<u64, (PathBuf, Hash)> = BTreeMap::new();
     for (file, c, _) in &checkpoints {
@@ -448,6 +562,95 @@ pub fn verify(data_dir: &Path, verifier: &NoteVerifier, anchors: &Anchors) -> Re
         problems,
         coverage,
     }
+}
+
+/// The checkpoints the log's host holds (in `own`, the log's directory, and in each
+/// witness directory) that the archive lacks, and those the archive holds that they
+/// lost. Checkpoints older than the archive's first predate it; a witness directory is
+/// compared from its own first checkpoint on (it may have been added later), the log's
+/// directory, which keeps every checkpoint, from the start.
+fn archive_gaps(
+    archive: &ArchiveCopy,
+    checkpoints: &[(PathBuf, Checkpoint, Source)],
+    own: &Path,
+    witnesses: &[PathBuf],
+) -> Vec<Problem> {
+    let held = |source: Source, dir: Option<&Path>| -> BTreeMap<u64, PathBuf> {
+        checkpoints
+            .iter()
+            .filter(|(f, _, s)| *s == source && dir.is_none_or(|d| f.parent() == Some(d)))
+            .map(|(f, c, _)| (c.size, f.clone()))
+            .collect()
+    };
+    let archived = held(Source::Archive, None);
+    let Some(&first_archived) = archived.keys().next() else {
+        return vec![Problem::ArchiveEmpty {
+            location: archive.location.clone(),
+        }];
+    };
+    let mut problems = Vec::new();
+    let sources =
+        std::iter::once((own, true)).chain(witnesses.iter().map(|w| (w.as_path(), false)));
+    for (dir, keeps_all) in sources {
+        let local = held(
+            if keeps_all {
+                Source::Log
+            } else {
+                Source::Witness
+            },
+            Some(dir),
+        );
+        for (size, file) in local.range(first_archived..) {
+            if !archived.contains_key(size) {
+                problems.push(Problem::NotArchived {
+                    file: file.clone(),
+                    size: *size,
+                });
+            }
+        }
+        let start = if keeps_all {
+            0
+        } else {
+            local.keys().next().copied().unwrap_or(0)
+        };
+        for (size, file) in archived.range(start..) {
+            if !local.contains_key(size) {
+                problems.push(Problem::CheckpointLost {
+                    size: *size,
+                    archived: file.clone(),
+                    dir: dir.to_owned(),
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// Each archived segment against the local segment of its name.
+fn segments_against(archive: &ArchiveCopy, dir: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for s in &archive.segments {
+        let archived = archive.segment_url(&s.name);
+        // No checksum yet is an upload cut short (retried); another one is damage.
+        if s.recorded.is_some() && !s.matches_recorded() {
+            problems.push(Problem::ArchivedSegmentDamaged {
+                archived: archived.clone(),
+            });
+        }
+        let segment = dir.join(&s.name);
+        match std::fs::read(&segment) {
+            Ok(bytes) if <[u8; 32]>::from(Sha256::digest(&bytes)) == s.sha256 => {}
+            Ok(_) => problems.push(Problem::SegmentDiffers { segment, archived }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                problems.push(Problem::SegmentLost { segment, archived });
+            }
+            Err(e) => problems.push(Problem::SegmentUnreadable {
+                segment,
+                detail: e.to_string(),
+            }),
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

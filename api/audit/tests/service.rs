@@ -871,6 +871,7 @@ async fn a_kms_held_key_signs_every_checkpoint_and_a_dead_kms_stops_acknowledgem
         &lastmile_audit::verify::Anchors {
             witnesses: vec![witness],
             pinned: Vec::new(),
+            archive: None,
         },
     );
     assert!(report.ok(), "{:?}", report.problems);

@@ -68,6 +68,7 @@ fn witnessed(dir: &Path) -> Anchors {
     Anchors {
         witnesses: vec![dir.to_owned()],
         pinned: vec![],
+        archive: None,
     }
 }
 
@@ -360,6 +361,7 @@ fn a_pinned_checkpoint_must_still_be_in_the_log() {
     let anchors = Anchors {
         witnesses: vec![],
         pinned: vec![(pinned_path, pinned)],
+        archive: None,
     };
     let report = verify(&f.data, &f.verifier, &anchors);
     assert_eq!(

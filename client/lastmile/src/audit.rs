@@ -69,6 +69,21 @@ pub enum Command {
         /// A checkpoint note you trusted before: the log must still contain it.
         #[arg(long)]
         pinned: Option<PathBuf>,
+        /// The log's object-lock archive (the bucket of `[audit.archive]`) as witness and
+        /// archive: its checkpoints anchor the log, and a checkpoint or segment the log's
+        /// host lost or changed is reported. Credentials (read access is enough) from
+        /// LASTMILE_ARCHIVE_ACCESS_KEY_ID and LASTMILE_ARCHIVE_SECRET_ACCESS_KEY.
+        #[arg(long, conflicts_with = "url")]
+        archive_bucket: Option<String>,
+        /// The archive bucket's region.
+        #[arg(long, default_value = "us-east-1", requires = "archive_bucket")]
+        archive_region: String,
+        /// An S3-compatible server instead of the region's AWS endpoint.
+        #[arg(long, requires = "archive_bucket")]
+        archive_endpoint: Option<String>,
+        /// The log's prefix in the bucket (`[audit.archive]`'s `prefix`).
+        #[arg(long, default_value = "", requires = "archive_bucket")]
+        archive_prefix: String,
     },
     /// The last entries.
     Tail {
@@ -193,6 +208,22 @@ pub struct Filter {
     until: Option<String>,
 }
 
+/// Everything the archive holds, for `verify`.
+fn read_archive(
+    config: &lastmile_audit::archive::ArchiveConfig,
+) -> anyhow::Result<lastmile_audit::archive::ArchiveCopy> {
+    let archive = lastmile_audit::archive::Archive::new(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(archive.read()).with_context(|| {
+        format!(
+            "cannot read the archive {}: it vouches for nothing until it can be read",
+            archive.url("")
+        )
+    })
+}
+
 pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Command::Prove {
@@ -300,6 +331,10 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
             key,
             witness,
             pinned,
+            archive_bucket,
+            archive_region,
+            archive_endpoint,
+            archive_prefix,
         } => {
             let verifier = verifier_key(key)?;
             if let (Some(url), Some(ca), Some(cert), Some(client_key)) =
@@ -317,10 +352,11 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
                     "say where the log is: --data-dir DIR (a copy), or --url URL with --ca, --cert and --client-key"
                 );
             };
-            if witness.is_empty() && pinned.is_none() {
+            if witness.is_empty() && pinned.is_none() && archive_bucket.is_none() {
                 bail!(
                     "verify needs a trust anchor besides --key: --witness DIR (the log's \
-                     write-once checkpoint copies) or --pinned NOTE (a checkpoint you kept). \
+                     write-once checkpoint copies), --archive-bucket BUCKET (its object-lock \
+                     archive) or --pinned NOTE (a checkpoint you kept). \
                      The log's signing key lives on its host, so a log rewritten there and \
                      signed again would pass a check against its own checkpoints alone"
                 );
@@ -333,9 +369,22 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
                 )],
                 None => Vec::new(),
             };
+            let archive = match archive_bucket {
+                Some(bucket) => Some(read_archive(&lastmile_audit::archive::ArchiveConfig {
+                    bucket,
+                    region: archive_region,
+                    endpoint: archive_endpoint,
+                    prefix: archive_prefix,
+                    retention_days: 0,
+                    access_key_id: None,
+                    secret_access_key: None,
+                })?),
+                None => None,
+            };
             let anchors = Anchors {
                 witnesses: witness,
                 pinned,
+                archive,
             };
             let report = verify(&data_dir, &verifier, &anchors);
             for p in &report.problems {
