@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use crate::session::Output;
 
 mod monitor;
+mod text;
 mod trace;
 use lastmile_audit::{
     log::read_entries,
@@ -94,12 +95,16 @@ pub enum Command {
         #[arg(long)]
         identity: Option<PathBuf>,
     },
-    /// Entries matching every filter given, as JSON lines.
+    /// Entries matching every filter given, as JSON lines. `--text` and `--regex` search
+    /// what users typed or ran: a `db.query`'s statement, an `ssh.exec`'s command line, an
+    /// `ssh.sftp`'s path; sealed entries only when `--identity` opens them.
     Search {
         #[command(flatten)]
         source: Source,
         #[command(flatten)]
         filter: Filter,
+        #[command(flatten)]
+        text: text::TextArgs,
         #[arg(long)]
         identity: Option<PathBuf>,
     },
@@ -425,16 +430,52 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
         Command::Search {
             source,
             filter,
+            text,
             identity,
         } => {
             let (since, until) = (time(&filter.since)?, time(&filter.until)?);
+            let query = text::TextQuery::from_args(&text)?;
             let identities = identities(identity.as_deref())?;
             let mut out = std::io::stdout().lock();
+            let (mut sealed, mut textless) = (0_usize, 0_usize);
             for entry in load(&source)? {
                 let entry = open_entry(entry, &identities)?;
-                if matches(&entry, &filter, since, until) {
-                    writeln!(out, "{entry}")?;
+                if !matches(&entry, &filter, since, until) {
+                    continue;
                 }
+                if let Some(query) = &query {
+                    match query.check(entry.get("event").unwrap_or(&entry)) {
+                        text::Outcome::Matches => {}
+                        text::Outcome::DoesNotMatch => continue,
+                        text::Outcome::Sealed => {
+                            sealed += 1;
+                            continue;
+                        }
+                        text::Outcome::NoText => {
+                            textless += 1;
+                            continue;
+                        }
+                    }
+                }
+                writeln!(out, "{entry}")?;
+            }
+            out.flush()?;
+            if sealed > 0 {
+                let why = match &identity {
+                    None => "give --identity (an age identity that opens them)".to_owned(),
+                    Some(p) => format!("--identity {} does not open them", p.display()),
+                };
+                eprintln!(
+                    "lastmile: {} not searched: {why}",
+                    count(sealed, "sealed entry was", "sealed entries were")
+                );
+            }
+            if textless > 0 {
+                eprintln!(
+                    "lastmile: {} not searched: no statement text is kept (the gateway's \
+                     `query_text` policy hashed it into `query_hmac` or dropped it)",
+                    count(textless, "db.query entry was", "db.query entries were")
+                );
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -489,6 +530,15 @@ pub fn run(command: Command, out: Output) -> anyhow::Result<std::process::ExitCo
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
+    }
+}
+
+/// "1 thing was" or "N things were".
+fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
     }
 }
 

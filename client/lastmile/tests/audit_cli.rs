@@ -360,3 +360,111 @@ fn a_missing_identity_is_named_with_its_cause_once() {
         "{stderr}"
     );
 }
+
+/// `search --text` and `--regex`: statements, commands and paths, never the other fields;
+/// sealed entries only with the identity, and those not searched are counted on stderr.
+#[test]
+fn search_by_text_and_regex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let identity = age::x25519::Identity::generate();
+    let id_file = tmp.path().join("security-team.age");
+    std::fs::write(
+        &id_file,
+        format!("{}\n", identity.to_string().expose_secret()),
+    )
+    .unwrap();
+    let query = |user: &str, resource: &str, sql: &str| {
+        json!({"v": 1, "kind": "db.query", "user": user, "session": "s1", "connection": "conn_1",
+               "resource": resource, "protocol": "simple", "outcome": "ok", "duration_us": 9,
+               "query": sql})
+    };
+    let mut hashed = query("alice", "orders-db", "");
+    hashed.as_object_mut().unwrap().remove("query");
+    hashed["query_hmac"] = json!("9f86d081884c7d65");
+    let events = vec![
+        query("alice", "orders-db", "DROP\n  TABLE orders"),
+        // "drop" and "table" only in the resource's name.
+        query("bob", "drop-table-db", "select 1"),
+        // Both words, not as the phrase.
+        query(
+            "bob",
+            "orders-db",
+            "drop index orders_idx; create table t (id int)",
+        ),
+        json!({"v": 1, "kind": "ssh.exec", "user": "carol", "session": "s3", "connection": "conn_2",
+               "resource": "db-host", "channel": 0,
+               "command": {"text": "rm -rf /var/lib/postgres", "valid_utf8": true, "scp": null}}),
+        json!({"v": 1, "kind": "ssh.sftp", "user": "carol", "session": "s3", "connection": "conn_2",
+               "resource": "db-host", "channel": 1, "op": "remove", "path": "/etc/passwd",
+               "result": "ok"}),
+        lastmile_audit_sink::seal(
+            &query("alice", "payroll-db", "drop table payroll"),
+            &[identity.to_public()],
+        )
+        .unwrap(),
+        hashed,
+        json!({"v": 1, "kind": "login", "user": "droptable", "device": "d1", "session": "s4"}),
+    ];
+    let (mut log, _) = Log::open(&data, 1 << 20).unwrap();
+    log.append(events, "gw-1", SystemTime::now()).unwrap();
+    drop(log);
+    let d = data.to_str().unwrap();
+    let search = |extra: &[&str]| {
+        let mut args = vec!["audit", "search", "--data-dir", d];
+        args.extend_from_slice(extra);
+        let out = lastmile(&args);
+        assert!(out.status.success(), "{out:?}");
+        let seqs: Vec<u64> = stdout(&out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        (seqs, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    // The phrase: only the first statement; the sealed one and the hashed one are counted.
+    let (seqs, err) = search(&["--text", "\"drop table\""]);
+    assert_eq!(seqs, [0]);
+    assert!(
+        err.contains("1 sealed entry was not searched: give --identity"),
+        "{err}"
+    );
+    assert!(err.contains("1 db.query entry was not searched"), "{err}");
+    // The identity opens the sealed one, and its statement matches.
+    let id = id_file.to_str().unwrap();
+    let (seqs, err) = search(&["--text", "\"DROP TABLE\"", "--identity", id]);
+    assert_eq!(seqs, [0, 5]);
+    assert!(!err.contains("sealed"), "{err}");
+    // Two terms, in either form: not the statement whose resource holds them.
+    for args in [
+        &["--text", "drop table"][..],
+        &["--text", "drop", "--text", "TABLE"],
+    ] {
+        assert_eq!(search(args).0, [0, 2], "{args:?}");
+    }
+    // With a filter, entries it excludes are neither searched nor counted.
+    let (seqs, err) = search(&["--text", "drop", "--user", "bob"]);
+    assert_eq!((seqs, err.as_str()), (vec![2], ""));
+    // SSH commands and SFTP paths; a regex as written.
+    assert_eq!(search(&["--text", "postgres"]).0, [3]);
+    assert_eq!(search(&["--text", "passwd"]).0, [4]);
+    assert_eq!(search(&["--regex", r"^rm -rf /"]).0, [3]);
+    assert_eq!(search(&["--regex", r"^(?i)drop\s+table"]).0, [0]);
+    assert_eq!(search(&["--regex", r"^drop\s+table"]).0, Vec::<u64>::new());
+    // A user name is not text.
+    assert_eq!(search(&["--text", "droptable"]).0, Vec::<u64>::new());
+
+    let out = lastmile(&["audit", "search", "--data-dir", d, "--regex", "drop (table"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--regex \"drop (table\" is not a valid regular expression"),
+        "{err}"
+    );
+    let out = lastmile(&["audit", "search", "--data-dir", d, "--text", "\"drop"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
