@@ -50,6 +50,20 @@ pub enum SftpLogError {
     TooManyOutstanding(usize),
 }
 
+/// The log lost the server's stream partway through one chunk: the operations the
+/// chunk's earlier packets completed, and why it cannot follow the stream past that point.
+///
+/// Not an [`std::error::Error`], so that it cannot be `?`-converted into a generic error
+/// with the operations dropped: they happened on the server and must still be logged,
+/// and the error still means the channel can no longer be carried logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLost {
+    /// What completed before the refused packet, in the order the replies came.
+    pub completed: Vec<SftpOp>,
+    /// Why the rest of the stream cannot be read.
+    pub error: SftpLogError,
+}
+
 /// How a request ended (§7: SSH_FXP_STATUS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -235,14 +249,27 @@ impl SftpLog {
         Ok(Vec::new())
     }
 
-    /// Bytes the server sent back.
-    pub fn server_bytes(&mut self, chunk: &[u8]) -> Result<Vec<SftpOp>, SftpLogError> {
+    /// Bytes the server sent back: the operations they completed.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamLost`] when a packet is refused (too large, malformed, too many handles),
+    /// carrying the operations the packets before it in `chunk` completed, so that
+    /// how the server's bytes were cut into chunks does not change what is logged.
+    pub fn server_bytes(&mut self, chunk: &[u8]) -> Result<Vec<SftpOp>, StreamLost> {
         self.from_server.buf.extend_from_slice(chunk);
-        let mut ops = Vec::new();
-        while let Some(packet) = self.from_server.next_packet()? {
-            ops.extend(self.reply(&packet)?);
+        let mut completed = Vec::new();
+        loop {
+            let step = self
+                .from_server
+                .next_packet()
+                .and_then(|packet| packet.map(|p| self.reply(&p)).transpose());
+            match step {
+                Ok(Some(op)) => completed.extend(op),
+                Ok(None) => return Ok(completed),
+                Err(error) => return Err(StreamLost { completed, error }),
+            }
         }
-        Ok(ops)
     }
 
     /// The channel ended: totals for the files still open.
@@ -477,6 +504,7 @@ mod tests {
                 log.client_bytes(std::slice::from_ref(byte))
             } else {
                 log.server_bytes(std::slice::from_ref(byte))
+                    .map_err(|lost| lost.error)
             };
             ops.extend(step.unwrap_or_else(|e| panic!("{e}")));
         }
@@ -571,7 +599,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
                 .is_empty()
         );
-        let ops = log.server_bytes(&server).unwrap_or_else(|e| panic!("{e}"));
+        let ops = log
+            .server_bytes(&server)
+            .unwrap_or_else(|lost| panic!("{}", lost.error));
         assert_eq!(ops.len(), 1);
         // The channel ends without a CLOSE.
         assert_eq!(
@@ -689,12 +719,11 @@ mod tests {
     }
 
     /// Found by fuzzing (fuzz/corpus/ssh_sftp/regression-ops-lost-before-bad-packet): when
-    /// one read from the server holds a reply that completes an operation and then a packet
-    /// the log refuses, `server_bytes` returns only the error, so the gateway logs "sftp log
-    /// lost the stream" but not the operation, which it would have logged had the reply come
-    /// in a read of its own.
+    /// one read from the server held a reply that completes an operation and then a packet
+    /// the log refuses, `server_bytes` returned only the error, so the gateway logged "sftp
+    /// log lost the stream" but not the operation, which it would have logged had the reply
+    /// come in a read of its own. Now the error carries the operation.
     #[test]
-    #[ignore = "known: server_bytes drops the operations completed before an error in the same read"]
     fn operations_completed_before_a_bad_packet_are_not_lost() {
         let mut log = SftpLog::default();
         let remove = Packet::new(FXP_REMOVE).u32(7).string(b"/root/x").bytes();
@@ -713,10 +742,33 @@ mod tests {
             ops.extend(bytewise.server_bytes(&[*b]).unwrap());
         }
         assert_eq!(ops, std::slice::from_ref(&removed));
-        // All in one read: the Remove must still come out before the error.
-        match log.server_bytes(&reply) {
-            Ok(ops) => assert_eq!(ops, [removed]),
-            Err(e) => panic!("the completed Remove was lost with the error: {e}"),
+        // The bad length that follows, a byte at a time: the same error, nothing more.
+        let mut lost = None;
+        for b in &reply[reply.len() - 4..] {
+            if let Err(e) = bytewise.server_bytes(&[*b]) {
+                lost = Some(e);
+                break;
+            }
         }
+        let too_large = SftpLogError::TooLarge {
+            length: u32::MAX,
+            max: DEFAULT_MAX_PACKET,
+        };
+        assert_eq!(
+            lost,
+            Some(StreamLost {
+                completed: Vec::new(),
+                error: too_large.clone()
+            })
+        );
+        // All in one read: the Remove still comes out, with the error (which is not
+        // swallowed: the stream is lost either way).
+        assert_eq!(
+            log.server_bytes(&reply),
+            Err(StreamLost {
+                completed: vec![removed],
+                error: too_large
+            })
+        );
     }
 }

@@ -62,21 +62,23 @@ impl ChannelLogs {
             self.recorder = None;
         }
         if let Some(sftp) = &mut self.sftp {
-            match sftp.server_bytes(data) {
-                Ok(ops) => {
-                    for op in ops {
-                        audit.emit(SshEvent::Sftp {
-                            connection: audit.connection.clone(),
-                            channel: audit.channel,
-                            op,
-                        });
-                    }
-                }
-                Err(error) => {
-                    audit.incomplete(format!("sftp log lost the stream: {error}"));
-                    self.sftp = None;
-                    self.broken = true;
-                }
+            // The operations this data completed happened on the target, so they are logged
+            // even when a later packet in the same data breaks the stream.
+            let (ops, lost) = match sftp.server_bytes(data) {
+                Ok(ops) => (ops, None),
+                Err(lost) => (lost.completed, Some(lost.error)),
+            };
+            for op in ops {
+                audit.emit(SshEvent::Sftp {
+                    connection: audit.connection.clone(),
+                    channel: audit.channel,
+                    op,
+                });
+            }
+            if let Some(error) = lost {
+                audit.incomplete(format!("sftp log lost the stream: {error}"));
+                self.sftp = None;
+                self.broken = true;
             }
         }
     }
