@@ -244,8 +244,9 @@ pub struct SignedHeaders {
 /// # Errors
 ///
 /// [`SigError::CannotSign`] when there is no signer, more than [`MAX_SIGNATURES`], a
-/// repeated or invalid label, a `keyid` or `nonce` that is not printable ASCII, or a
-/// `created` outside RFC 8941's integer range; [`SigError::BadComponentValue`] when the
+/// repeated or invalid label, a `keyid` or `nonce` that is empty or not printable ASCII,
+/// a `created` outside RFC 8941's integer range, or headers longer than
+/// [`MAX_HEADER_LEN`] (a long `nonce` or `keyid`); [`SigError::BadComponentValue`] when the
 /// method is not an HTTP token or the URI is not visible ASCII. All of these are bugs in
 /// the caller, but they are reported rather than turned into headers the server refuses.
 pub fn sign(
@@ -272,6 +273,16 @@ pub fn sign(
             "created={created} is outside the RFC 8941 integer range"
         ))
     })?;
+    // `parse` refuses an empty nonce or keyid (RFC 9421 §2.3 leaves them free-form, but
+    // an empty nonce defeats the caller's replay check and an empty keyid names no key),
+    // so they are refused here rather than turned into headers no verifier takes.
+    if nonce.is_empty() {
+        return Err(cannot_sign(
+            "the nonce is empty, which a verifier refuses: pass a fresh random value for \
+             every request"
+                .to_owned(),
+        ));
+    }
     let nonce = sfv::StringRef::from_str(nonce)
         .map_err(|e| cannot_sign(format!("nonce {nonce:?} is not an RFC 8941 string: {e}")))?;
     let content_digest = content_digest(body);
@@ -289,6 +300,13 @@ pub fn sign(
         if inputs.contains_key(label) {
             return Err(cannot_sign(format!(
                 "label {:?} is used by two signers",
+                signer.label
+            )));
+        }
+        if signer.keyid.is_empty() {
+            return Err(cannot_sign(format!(
+                "the keyid of signer {:?} is empty, which a verifier refuses: pass the id \
+                 the server knows the key by",
                 signer.label
             )));
         }
@@ -318,11 +336,27 @@ pub fn sign(
     }
     // Both dictionaries have at least one member, so serialisation yields Some.
     let empty = || cannot_sign("nothing to serialise".to_owned());
-    Ok(SignedHeaders {
+    let headers = SignedHeaders {
         content_digest,
         signature_input: inputs.serialize().ok_or_else(empty)?,
         signature: signatures.serialize().ok_or_else(empty)?,
-    })
+    };
+    // `parse` refuses a header over MAX_HEADER_LEN; only Signature-Input can get there,
+    // through a long nonce or keyid.
+    for (name, value) in [
+        (HEADER_CONTENT_DIGEST, &headers.content_digest),
+        (HEADER_SIGNATURE_INPUT, &headers.signature_input),
+        (HEADER_SIGNATURE, &headers.signature),
+    ] {
+        if value.len() > MAX_HEADER_LEN {
+            return Err(cannot_sign(format!(
+                "the {name} header would be {} bytes long, but a verifier accepts at most \
+                 {MAX_HEADER_LEN}: use a shorter nonce or keyid",
+                value.len()
+            )));
+        }
+    }
+    Ok(headers)
 }
 
 fn cannot_sign(why: String) -> SigError {
@@ -1623,14 +1657,20 @@ mod tests {
         );
     }
 
-    /// Found by fuzzing (fuzz/corpus/httpsig/regression-sign-empty-nonce): `sign` takes an
-    /// empty nonce (or keyid) and makes headers that `parse` refuses ("the nonce is empty"),
-    /// where its documentation promises to report such input rather than sign it.
+    /// Found by fuzzing (fuzz/corpus/httpsig/regression-sign-empty-nonce): `sign` took an
+    /// empty nonce (or keyid) and made headers that `parse` refuses ("the nonce is empty"),
+    /// where its documentation promises to report such input rather than sign it. The same
+    /// for a nonce or keyid so long that Signature-Input is over `MAX_HEADER_LEN`.
     #[test]
-    #[ignore = "known: sign accepts an empty nonce or keyid, which parse refuses"]
     fn sign_refuses_what_parse_refuses() {
         let d = device_key();
-        for (nonce, keyid) in [("", "dev-1"), (NONCE, "")] {
+        let long = "n".repeat(MAX_HEADER_LEN);
+        for (nonce, keyid) in [
+            ("", "dev-1"),
+            (NONCE, ""),
+            (long.as_str(), "dev-1"),
+            (NONCE, long.as_str()),
+        ] {
             let signer = Signer {
                 label: LABEL_DEVICE,
                 keyid,
@@ -1644,6 +1684,23 @@ mod tests {
                 ),
                 Err(e) => panic!("{e}"),
             }
+        }
+        // The message says what is wrong and what to pass instead.
+        let e = sign(METHOD, URI, BODY, CREATED, "", &[signer_with(&d, "k")]).unwrap_err();
+        assert!(e.to_string().contains("nonce is empty"), "{e}");
+        let e = sign(METHOD, URI, BODY, CREATED, NONCE, &[signer_with(&d, "")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("keyid of signer \"device\" is empty"),
+            "{e}"
+        );
+    }
+
+    fn signer_with<'a>(key: &'a SigningKey, keyid: &'a str) -> Signer<'a> {
+        Signer {
+            label: LABEL_DEVICE,
+            keyid,
+            key,
         }
     }
 }
