@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{AuditWriter, Policy, PolicyError, ServiceTarget, WriteError};
+use crate::{AuditWriter, ClientIdentity, Policy, PolicyError, ServiceTarget, WriteError};
 
 /// A component's audit section: its logging policy and destinations.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,16 +26,36 @@ pub struct SinkConfig {
 pub struct ServiceConfig {
     /// e.g. https://audit.internal:7443
     pub url: String,
-    /// The organisation's CA, and this component's certificate and key (PEM files).
+    /// The CA of the service's certificate (PEM).
     pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// This component's certificate and key (PEM files), read again when they change.
+    /// Default: the identity it enrolled with (a gateway's `gateway.pem`, a node's
+    /// `node.pem`, the API's own), which the audit service can accept by role.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// Where events wait while the service is unreachable. Default
     /// /var/lib/lastmile/audit-spool.jsonl (the name is kept from when it held JSON lines;
     /// it holds framed, checksummed records now, and damaged bytes go to
     /// `<spool>.damaged`).
     #[serde(default = "default_spool")]
     pub spool: PathBuf,
+}
+
+impl ServiceConfig {
+    /// The configured `cert` and `key`, else `enrolled`.
+    fn identity(&self, enrolled: Option<ClientIdentity>) -> Result<ClientIdentity, WriteError> {
+        match (&self.cert, &self.key, enrolled) {
+            (Some(cert), Some(key), _) => Ok(ClientIdentity::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, Some(enrolled)) => Ok(enrolled),
+            (None, None, None) => Err(WriteError::NoIdentity),
+            _ => Err(WriteError::HalfIdentity),
+        }
+    }
 }
 
 /// `[….audit.syslog]`: a syslog receiver (rsyslog, syslog-ng, a SIEM's collector) that
@@ -104,14 +124,27 @@ impl SinkConfig {
         file: Option<&Path>,
         always_kept: &'static [&'static str],
     ) -> Result<AuditWriter, WriteError> {
+        self.writer_as(file, always_kept, None)
+    }
+
+    /// As [`writer_keeping`](Self::writer_keeping), presenting `enrolled` to the audit
+    /// service unless `[….audit.service]` names a `cert` and `key`.
+    pub fn writer_as(
+        &self,
+        file: Option<&Path>,
+        always_kept: &'static [&'static str],
+        enrolled: Option<ClientIdentity>,
+    ) -> Result<AuditWriter, WriteError> {
         let policy = self.policy(always_kept)?;
-        let service = self.service.as_ref().map(|s| ServiceTarget {
-            url: s.url.clone(),
-            ca: s.ca.clone(),
-            cert: s.cert.clone(),
-            key: s.key.clone(),
-            spool: s.spool.clone(),
-        });
+        let service = match &self.service {
+            Some(s) => Some(ServiceTarget {
+                url: s.url.clone(),
+                ca: s.ca.clone(),
+                identity: s.identity(enrolled)?,
+                spool: s.spool.clone(),
+            }),
+            None => None,
+        };
         let writer = AuditWriter::new(policy, &self.seal_to, file, service.as_ref())?;
         match &self.syslog {
             Some(syslog) => writer.with_syslog(syslog),

@@ -12,6 +12,7 @@
 
 mod config;
 pub mod files;
+mod identity;
 mod policy;
 pub mod schema;
 mod seal;
@@ -20,6 +21,7 @@ pub mod syslog;
 mod writer;
 
 pub use config::{ServiceConfig, SinkConfig, SyslogConfig};
+pub use identity::{ClientIdentity, IdentityError, MemoryIdentity};
 pub use policy::{Policy, PolicyError, QueryText};
 pub use seal::{SealError, load_identities, open, open_all, parse_recipients, seal};
 pub use syslog::sender::SyslogError;

@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use tokio_rustls::rustls::{
     self, ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    pki_types::{CertificateDer, pem::PemObject as _},
 };
 
 use crate::{
@@ -40,6 +40,16 @@ pub enum WriteError {
     },
     #[error("audit service TLS set-up: {0}")]
     Tls(String),
+    #[error(
+        "[….audit.service] names no cert and key, and this component has no enrolled \
+         identity: enroll it (`lastmiled node enroll`, `lastmiled gateway enroll`) or set \
+         cert and key"
+    )]
+    NoIdentity,
+    #[error("[….audit.service] needs both cert and key, or neither (to use the enrolled identity)")]
+    HalfIdentity,
+    #[error("this component's audit writer identity")]
+    Identity(#[from] crate::identity::IdentityError),
     #[error(
         "an event of {0} bytes is too large for the spool (at most {MAX_SPOOLED} bytes): \
          make it smaller"
@@ -68,10 +78,10 @@ pub struct Delivery {
 pub struct ServiceTarget {
     /// e.g. https://audit.internal:7443
     pub url: String,
-    /// The organisation's CA, this component's certificate and key (PEM).
+    /// The CA of the service's certificate (PEM).
     pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// This component's certificate, presented as its writer identity.
+    pub identity: crate::ClientIdentity,
     /// Where unacknowledged events wait (framed records; see [`crate::spool`]). Damaged
     /// bytes found in it are kept beside it, in `<spool>.damaged`.
     pub spool: PathBuf,
@@ -307,18 +317,13 @@ fn tls_client(t: &ServiceTarget) -> Result<reqwest::Client, WriteError> {
     for c in CertificateDer::pem_file_iter(&t.ca).map_err(|e| tls(&e))? {
         roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
     }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
-        .map_err(|e| tls(&e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| tls(&e))?;
+    let resolver = Arc::new(crate::identity::Resolver::new(t.identity.clone())?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls(&e))?
         .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| tls(&e))?;
+        .with_client_cert_resolver(resolver);
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .timeout(std::time::Duration::from_secs(10))

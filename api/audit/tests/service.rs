@@ -619,8 +619,10 @@ async fn a_components_writer_spools_while_the_service_is_down_and_loses_nothing(
     let target = ServiceTarget {
         url: url(&s, ""),
         ca: dir.join("ca.pem"),
-        cert: dir.join("gw.pem"),
-        key: dir.join("gw.key"),
+        identity: lastmile_audit_sink::ClientIdentity::Files {
+            cert: dir.join("gw.pem"),
+            key: dir.join("gw.key"),
+        },
         spool: dir.join("spool/gw-1.jsonl"),
     };
     let recipient = vec![identity.to_public().to_string()];
@@ -687,8 +689,10 @@ async fn a_spool_torn_by_a_crash_or_damaged_loses_only_the_damaged_event() {
     let target = ServiceTarget {
         url: url(&s, ""),
         ca: dir.join("ca.pem"),
-        cert: dir.join("gw.pem"),
-        key: dir.join("gw.key"),
+        identity: lastmile_audit_sink::ClientIdentity::Files {
+            cert: dir.join("gw.pem"),
+            key: dir.join("gw.key"),
+        },
         spool: dir.join("spool/gw-1.jsonl"),
     };
     let writer = || AuditWriter::new(Policy::default(), &[], None, Some(&target)).unwrap();
