@@ -98,9 +98,12 @@ pub struct ServeConfig {
     pub tls_key: PathBuf,
     /// The organisation's CA (PEM): client certificates must chain to it.
     pub client_ca: PathBuf,
-    /// Identities allowed to append.
+    /// Identities allowed to append: a certificate's identity, or `role:gateway`,
+    /// `role:node`, `role:api` for every identity the organisation's CA issued in that
+    /// role at enrollment.
     pub writers: Vec<String>,
-    /// Identities allowed to read entries.
+    /// Identities allowed to read entries (or `role:audit-reader`, for every reader
+    /// certificate from `lastmile-api audit-readers issue`).
     #[serde(default)]
     pub readers: Vec<String>,
     /// Most events in one request.
@@ -156,8 +159,31 @@ impl ServeConfig {
                 path.display()
             );
         }
+        for entry in file.audit.writers.iter().chain(&file.audit.readers) {
+            if let Some(role) = entry.strip_prefix("role:")
+                && !lastmile_proto::wire::uri::ROLES.contains(&role)
+            {
+                anyhow::bail!(
+                    "{}: `{entry}` in writers or readers is no role; the roles are {}",
+                    path.display(),
+                    lastmile_proto::wire::uri::ROLES
+                        .iter()
+                        .map(|r| format!("role:{r}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
         Ok(file.audit)
     }
+}
+
+/// Whether `who` is on `list`: by name, or by a `role:…` entry for the role the
+/// organisation's CA issued its certificate in (the service trusts only that CA).
+pub fn on_list(list: &[String], who: &str) -> bool {
+    list.iter().any(|e| e == who)
+        || lastmile_proto::wire::uri::role_of(who)
+            .is_some_and(|role| list.iter().any(|e| e.strip_prefix("role:") == Some(role)))
 }
 
 /// A client's identity, from its certificate.
@@ -345,7 +371,7 @@ async fn append_events(
     Identity(who): Identity,
     body: axum::body::Bytes,
 ) -> Result<Appended, Refusal> {
-    if !app.config.writers.contains(&who) {
+    if !on_list(&app.config.writers, &who) {
         return Err(Refusal(
             StatusCode::FORBIDDEN,
             format!("{who} is not on this log's writer list"),
@@ -420,7 +446,7 @@ async fn entries(
     Extension(Identity(who)): Extension<Identity>,
     Query(q): Query<EntriesQuery>,
 ) -> Result<Response, Refusal> {
-    if !app.config.readers.contains(&who) {
+    if !on_list(&app.config.readers, &who) {
         return Err(Refusal(
             StatusCode::FORBIDDEN,
             format!("{who} is not on this log's reader list"),

@@ -588,6 +588,24 @@ pub struct GatewayCertificate {
     pub expires_at: i64,
 }
 
+/// `lastmile-api nodes token`: a one-time token for `POST /v1/nodes/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeToken {
+    pub name: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// `POST /v1/nodes/enroll`'s reply: the node's audit-writer certificate (URI SAN
+/// `urn:lastmile:node:NAME`, client authentication only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    pub name: String,
+    pub certificate: String,
+    pub ca: String,
+    pub expires_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Gateway {
     pub name: String,
@@ -610,6 +628,29 @@ pub mod uri {
     pub fn gateway(name: &str) -> String {
         format!("urn:lastmile:gateway:{name}")
     }
+    /// A node (`lastmiled node enroll`): an audit writer, nothing else.
+    pub fn node(name: &str) -> String {
+        format!("urn:lastmile:node:{name}")
+    }
+    /// A security reader of the audit log (`lastmile-api audit-readers issue`).
+    pub fn audit_reader(name: &str) -> String {
+        format!("urn:lastmile:audit-reader:{name}")
+    }
+
+    /// The roles an audit service's `writers` and `readers` lists may name instead of
+    /// single identities: `role:NAME` stands for every identity this CA issued in it.
+    pub const ROLES: &[&str] = &["gateway", "node", "api", "audit-reader"];
+
+    /// The role `identity` was issued in, if it is one of [`ROLES`].
+    pub fn role_of(identity: &str) -> Option<&'static str> {
+        if identity == API {
+            return Some("api");
+        }
+        let rest = identity.strip_prefix("urn:lastmile:")?;
+        let (role, name) = rest.split_once(':')?;
+        let role = ROLES.iter().copied().find(|r| *r == role && *r != "api")?;
+        crate::wire::valid_name(name).then_some(role)
+    }
     /// The API's own certificate names this, and clients require it: a gateway's
     /// certificate (also `serverAuth`, from the same CA) cannot stand in for the API.
     pub const API: &str = "urn:lastmile:api";
@@ -621,6 +662,21 @@ pub mod uri {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_certificate_identity_has_a_role_only_when_this_ca_issues_it_in_one() {
+        use super::uri::*;
+        assert_eq!(role_of(&gateway("gw-1")), Some("gateway"));
+        assert_eq!(role_of(&node("bastion-1")), Some("node"));
+        assert_eq!(role_of(&audit_reader("sam")), Some("audit-reader"));
+        assert_eq!(role_of(API), Some("api"));
+        assert_eq!(role_of(&user("alice")), None);
+        assert_eq!(role_of(&session("s1")), None);
+        assert_eq!(role_of("urn:lastmile:api:x"), None);
+        assert_eq!(role_of("urn:lastmile:node:"), None);
+        assert_eq!(role_of("urn:lastmile:node:a:b"), None);
+        assert_eq!(role_of("CN=gw-1"), None);
+    }
 
     #[test]
     fn host_port_brackets_ipv6_only() {
