@@ -76,6 +76,11 @@ pub const KINDS: &[Kind] = &[
         required: &["actor", "gateway", "change"],
     },
     Kind {
+        name: "identity.change",
+        what: "a node's enrollment token was made, a node enrolled, or a security reader's certificate was issued",
+        required: &["actor", "identity", "change"],
+    },
+    Kind {
         name: "credential.change",
         what: "a credential was stored, or its data key re-wrapped under another KMS key",
         required: &["actor", "resource", "change", "version"],

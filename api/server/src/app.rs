@@ -45,6 +45,37 @@ impl Clock {
     }
 }
 
+/// How long the API's own audit-writer certificate lasts; it is replaced after a
+/// seventh of that, so a renewal that fails has days to succeed.
+const AUDIT_IDENTITY_TTL: i64 = 7 * 86_400;
+
+/// Replaces the API's audit-writer certificate (a new key too) every day while it runs.
+async fn renew_audit_identity(
+    app: std::sync::Weak<App>,
+    identity: Arc<lastmile_audit_sink::MemoryIdentity>,
+) {
+    let every = std::time::Duration::from_secs((AUDIT_IDENTITY_TTL / 7).unsigned_abs());
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(app) = app.upgrade() else { return };
+        let renewed = app
+            .pki
+            .api_client_identity(crate::db::now() + AUDIT_IDENTITY_TTL)
+            .map_err(|e| lastmile_audit_sink::error_chain(&e))
+            .and_then(|(cert, key)| {
+                identity
+                    .replace(&cert, &key)
+                    .map_err(|e| lastmile_audit_sink::error_chain(&e))
+            });
+        match renewed {
+            Ok(()) => tracing::info!("the API's audit-writer certificate was renewed"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the API's audit-writer certificate; retrying in a day")
+            }
+        }
+    }
+}
+
 impl App {
     /// Opens the organisation in `config.data_dir` and its database.
     pub async fn open(config: ApiConfig) -> anyhow::Result<Arc<Self>> {
@@ -54,9 +85,26 @@ impl App {
             .context("opening the KMS")?;
         let pki = Pki::load(&config.keys_dir(), &kms).await?;
         let db = Db::open(&config.database_url()).await?;
+        // The API writes to the audit service as itself (`urn:lastmile:api`, which the
+        // service's `role:api` accepts) unless `[api.audit.service]` names a cert and key.
+        let identity = match &config.audit.service {
+            Some(s) if s.cert.is_none() && s.key.is_none() => {
+                let (cert, key) = pki.api_client_identity(crate::db::now() + AUDIT_IDENTITY_TTL)?;
+                Some(Arc::new(lastmile_audit_sink::MemoryIdentity::new(
+                    &cert, &key,
+                )?))
+            }
+            _ => None,
+        };
         let audit = config
             .audit
-            .writer_keeping(Some(&config.audit_file()), crate::config::ALWAYS_AUDITED)
+            .writer_as(
+                Some(&config.audit_file()),
+                crate::config::ALWAYS_AUDITED,
+                identity
+                    .clone()
+                    .map(lastmile_audit_sink::ClientIdentity::Memory),
+            )
             .context("opening the audit sink")?;
         let revocations = Arc::new(Revocations::new(&db).await?);
         let logins = tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1));
@@ -76,6 +124,9 @@ impl App {
             .map_err(|e| anyhow::anyhow!("sealing TOTP seeds stored in the clear: {e}"))?;
         if sealed > 0 {
             tracing::info!(sealed, "TOTP seeds stored in the clear are sealed now");
+        }
+        if let Some(identity) = identity {
+            tokio::spawn(renew_audit_identity(Arc::downgrade(&app), identity));
         }
         Ok(app)
     }

@@ -63,6 +63,12 @@ pub(crate) enum Command {
     /// Gateways and their enrollment tokens.
     #[command(subcommand)]
     Gateways(Gateways),
+    /// Nodes' audit-writer identities.
+    #[command(subcommand)]
+    Nodes(Nodes),
+    /// Security readers of the audit log.
+    #[command(subcommand, name = "audit-readers")]
+    AuditReaders(AuditReaders),
     /// Organisation settings.
     #[command(subcommand)]
     Org(Org),
@@ -263,6 +269,31 @@ pub(crate) enum Gateways {
     },
     Revoke {
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Nodes {
+    /// A one-time token for `lastmiled node enroll`, which gets the node a certificate
+    /// naming `urn:lastmile:node:NAME` for its writes to the audit service.
+    Token {
+        name: String,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditReaders {
+    /// A reader certificate (`urn:lastmile:audit-reader:NAME`, client authentication) for
+    /// the key in a CSR, e.g. `openssl req -new -newkey ed25519 -nodes -keyout me.key
+    /// -subj /CN=NAME -out me.csr`; printed as PEM.
+    Issue {
+        name: String,
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "90days")]
+        ttl: Duration,
     },
 }
 

@@ -40,6 +40,10 @@ pub struct ApiConfig {
     /// How long a gateway certificate lasts; the gateway renews it. Default 24h.
     #[serde(with = "lastmile_proto::duration")]
     pub gateway_certificate_ttl: Duration,
+    /// How long a node's audit-writer certificate lasts (`lastmiled node enroll`); not
+    /// renewed in place: enroll again before it ends. Default 90 days.
+    #[serde(with = "lastmile_proto::duration")]
+    pub node_certificate_ttl: Duration,
     /// How far a signature's `created` may be from the server's clock. Default 30s.
     #[serde(with = "lastmile_proto::duration")]
     pub signature_window: Duration,
@@ -86,6 +90,7 @@ impl Default for ApiConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             certificate_ttl: Duration::from_secs(3600),
             gateway_certificate_ttl: Duration::from_secs(24 * 3600),
+            node_certificate_ttl: Duration::from_secs(90 * 86_400),
             signature_window: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
             max_failed_logins: 10,

@@ -79,6 +79,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0007_gateway_keys.sql"),
     ),
     (8, "ssh", include_str!("../migrations/sqlite/0008_ssh.sql")),
+    (
+        9,
+        "token_roles",
+        include_str!("../migrations/sqlite/0009_token_roles.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -120,6 +125,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         8,
         "ssh",
         include_str!("../migrations/postgres/0008_ssh.sql"),
+    ),
+    (
+        9,
+        "token_roles",
+        include_str!("../migrations/postgres/0009_token_roles.sql"),
     ),
 ];
 

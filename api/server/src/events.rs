@@ -101,6 +101,15 @@ pub enum ApiEvent<'a> {
         #[serde(flatten)]
         change: GatewayChange<'a>,
     },
+    #[serde(rename = "identity.change")]
+    IdentityChange {
+        /// An admin, or the identity itself for what it does with its token.
+        actor: &'a str,
+        /// The certificate URI (`urn:lastmile:node:NAME`, `…:audit-reader:NAME`).
+        identity: &'a str,
+        #[serde(flatten)]
+        change: IdentityChange,
+    },
     #[serde(rename = "credential.change")]
     CredentialChange {
         actor: &'a str,
@@ -188,6 +197,23 @@ pub enum GatewayChange<'a> {
         principals: &'a [String],
         /// The host key's SHA-256 fingerprint.
         key: &'a str,
+        expires_at: i64,
+    },
+}
+
+/// A node's or security reader's certificate identity: its token made, it enrolled, or a
+/// reader's certificate issued by an admin.
+#[derive(Debug, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum IdentityChange {
+    #[serde(rename = "enrollment token")]
+    Token {
+        expires_at: i64,
+    },
+    Enroll {
+        expires_at: i64,
+    },
+    Issue {
         expires_at: i64,
     },
 }
@@ -322,6 +348,21 @@ mod tests {
                 gateway: "gw1",
                 change: GatewayChange::Revoke,
             },
+            ApiEvent::IdentityChange {
+                actor: "admin",
+                identity: "urn:lastmile:node:bastion-1",
+                change: IdentityChange::Token { expires_at: 1 },
+            },
+            ApiEvent::IdentityChange {
+                actor: "urn:lastmile:node:bastion-1",
+                identity: "urn:lastmile:node:bastion-1",
+                change: IdentityChange::Enroll { expires_at: 1 },
+            },
+            ApiEvent::IdentityChange {
+                actor: "admin",
+                identity: "urn:lastmile:audit-reader:sam",
+                change: IdentityChange::Issue { expires_at: 1 },
+            },
             ApiEvent::CredentialChange {
                 actor: "admin",
                 resource: "db",
@@ -344,7 +385,7 @@ mod tests {
             lastmile_audit_sink::schema::check(&v).unwrap_or_else(|why| panic!("{v}: {why}"));
         }
         // The credential's kind no longer collides with the event's.
-        let v = serde_json::to_value(&events[15]).unwrap();
+        let v = serde_json::to_value(&events[18]).unwrap();
         assert_eq!(v["kind"], "credential.decrypt");
         assert_eq!(v["credential_kind"], "password");
         assert_eq!(v["sock_cookie"], 7);

@@ -19,7 +19,7 @@ use crate::{
     pki::random,
 };
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -126,7 +126,7 @@ pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertific
     let mut tx = app.db.pool.begin().await?;
     let row = sqlx::query(
         "UPDATE gateway_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
-         RETURNING name, addresses",
+         AND role = 'gateway' RETURNING name, addresses",
     )
     .bind(t)
     .bind(token_hash(token))

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/resources"),
     ("get", "/v1/revocations"),
     ("post", "/v1/gateways/enroll"),
+    ("post", "/v1/nodes/enroll"),
     ("post", "/v1/gateways/renew"),
     ("post", "/v1/gateways/announce"),
     ("post", "/v1/gateways/resource-certificate"),
@@ -190,6 +191,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/resources", get(my_resources))
         .route("/v1/revocations", get(revocations))
         .route("/v1/gateways/enroll", post(enroll))
+        .route("/v1/nodes/enroll", post(enroll_node))
         .route("/v1/gateways/renew", post(renew))
         .route("/v1/gateways/announce", post(announce))
         .route(
@@ -447,6 +449,11 @@ async fn revocations(
 async fn enroll(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
     let e: wire::Enroll = json(&b)?;
     ok(gateways::enroll(&app, &e.token, &e.csr).await?)
+}
+
+async fn enroll_node(State(app): State<Arc<App>>, Body(b): Body) -> Reply {
+    let e: wire::Enroll = json(&b)?;
+    ok(crate::nodes::enroll(&app, &e.token, &e.csr).await?)
 }
 
 async fn renew(

@@ -18,6 +18,7 @@ pub mod gateways;
 pub mod http;
 pub mod login;
 pub mod metrics;
+pub mod nodes;
 pub mod pki;
 pub mod revocation;
 pub mod secret;

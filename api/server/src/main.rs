@@ -393,6 +393,32 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 })
             }
         },
+        Command::Nodes(Nodes::Token { name, ttl }) => {
+            let t =
+                lastmile_api::nodes::new_token(&app, &who, &name, lastmile_api::config::secs(ttl))
+                    .await?;
+            print(out, &t, |t| {
+                format!(
+                    "enrollment token for node {} (one use, until {}):\n{}",
+                    t.name,
+                    when(t.expires_at),
+                    t.token
+                )
+            })
+        }
+        Command::AuditReaders(AuditReaders::Issue { name, csr, ttl }) => {
+            let csr = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading the CSR {}", csr.display()))?;
+            let c = lastmile_api::nodes::issue_reader(
+                &app,
+                &who,
+                &name,
+                &csr,
+                lastmile_api::config::secs(ttl),
+            )
+            .await?;
+            print(out, &c, |c| c.certificate.trim_end().to_owned())
+        }
         Command::Credentials(c) => credentials(&app, &who, out, c).await,
         Command::Org(Org::DevicePolicy { policy }) => {
             admin::set_device_policy(&app, &who, policy).await?;

@@ -548,6 +548,47 @@ impl Pki {
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
 
+    /// A client certificate, for the key in `csr` (whose signature is checked; nothing
+    /// else in it is trusted), that names `uri` and is good for client authentication
+    /// only: a node's audit-writer identity, or a security reader's.
+    pub fn client_certificate(
+        &self,
+        name: &str,
+        identity_uri: String,
+        csr_pem: &str,
+        not_after: i64,
+    ) -> Result<String, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadCsr(format!(
+                "{e} (send a PEM PKCS#10 request signed by the new key)"
+            ))
+        })?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = vec![SanType::URI(identity_uri.try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, not_after)?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
+    /// The API's own audit-writer identity: a new key, in memory only, and a client
+    /// certificate naming [`uri::API`] (its TLS certificate is for serving only).
+    /// Returns (certificate PEM, key PEM).
+    pub fn api_client_identity(&self, not_after: i64) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "lastmile-api");
+        params.subject_alt_names = vec![SanType::URI(uri::API.try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, not_after)?;
+        let cert = params.signed_by(&key, &self.issuer)?.pem();
+        Ok((cert, key.serialize_pem()))
+    }
+
     /// A resource's TLS server certificate for the key in `csr`, held by a gateway that
     /// serves the resource: valid for `names` (DNS names and addresses) and server
     /// authentication only.

@@ -531,3 +531,121 @@ both_stores!(
     a_revoked_gateway_certificate_stays_revoked_after_re_enrollment,
     revoked_certificate
 );
+
+/// A node's audit-writer identity: a node token enrolls at `/v1/nodes/enroll` only, once,
+/// for a client certificate naming `urn:lastmile:node:NAME`; a gateway token does not
+/// enroll a node, nor a node token a gateway. A reader's certificate names
+/// `urn:lastmile:audit-reader:NAME`. Each is in the API's audit trail.
+async fn node_and_reader_identities(store: Store) {
+    let api = start(store, |_| {}).await;
+    let admin = api.admin().await;
+    let node = lastmile_api::nodes::new_token(&api.app, "root", "bastion-1", 600)
+        .await
+        .unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let enroll = |token: &str| Enroll {
+        token: token.to_owned(),
+        csr: csr(&key),
+    };
+
+    // A node token does not enroll a gateway.
+    let err = api
+        .client
+        .post::<_, GatewayCertificate>("/v1/gateways/enroll", &enroll(&node.token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::BadToken), "{err}");
+
+    let cert: wire::NodeCertificate = api
+        .client
+        .post("/v1/nodes/enroll", &enroll(&node.token))
+        .await
+        .unwrap();
+    assert_eq!(
+        sans(&cert.certificate),
+        ["URI(urn:lastmile:node:bastion-1)"]
+    );
+    let der = {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        CertificateDer::from_pem_slice(cert.certificate.as_bytes()).unwrap()
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth, "{eku:?}");
+    let ttl = cert.expires_at - api.app.clock.now();
+    assert!((89 * 86_400..=90 * 86_400).contains(&ttl), "{ttl}");
+
+    // Once only.
+    let err = api
+        .client
+        .post::<_, wire::NodeCertificate>("/v1/nodes/enroll", &enroll(&node.token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::BadToken), "{err}");
+    assert!(
+        err.to_string().contains("lastmile-api nodes token"),
+        "{err}"
+    );
+
+    // A gateway token does not enroll a node (and stays good for its gateway).
+    let gw: GatewayToken = api
+        .client
+        .call(
+            &admin,
+            Method::POST,
+            "/v1/admin/gateways/tokens",
+            Some(&json!({"name": "gw1", "addresses": ["127.0.0.1"]})),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let err = api
+        .client
+        .post::<_, wire::NodeCertificate>("/v1/nodes/enroll", &enroll(&gw.token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::BadToken), "{err}");
+    api.client
+        .post::<_, GatewayCertificate>("/v1/gateways/enroll", &enroll(&gw.token))
+        .await
+        .unwrap();
+
+    let reader = lastmile_api::nodes::issue_reader(&api.app, "root", "sam", &csr(&key), 86_400)
+        .await
+        .unwrap();
+    assert_eq!(
+        sans(&reader.certificate),
+        ["URI(urn:lastmile:audit-reader:sam)"]
+    );
+    let bad = lastmile_api::nodes::issue_reader(&api.app, "root", "sam", "not a csr", 86_400)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("PKCS#10"), "{bad}");
+
+    let trail = std::fs::read_to_string(api.app.config.audit_file()).unwrap();
+    let changes: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "identity.change")
+        .collect();
+    let seen: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|e| {
+            (
+                e["identity"].as_str().unwrap(),
+                e["change"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("urn:lastmile:node:bastion-1", "enrollment token"),
+            ("urn:lastmile:node:bastion-1", "enroll"),
+            ("urn:lastmile:audit-reader:sam", "issue"),
+        ]
+    );
+}
+
+both_stores!(node_and_reader_identities_in, node_and_reader_identities);
