@@ -47,6 +47,20 @@ enum NodeAction {
     /// targets, and hand redirected connections to agents. The default action. SIGHUP
     /// reloads the configuration; on exit the interception stays in place.
     Run,
+    /// Get this node's audit-writer certificate (`urn:lastmile:node:NAME`) with a
+    /// one-time token from `lastmile-api nodes token NAME`; stored in `[api] state_dir`
+    /// and presented to the audit service (`[node.audit.service]`) from then on.
+    Enroll {
+        /// The one-time enrollment token.
+        #[arg(long)]
+        token: String,
+        /// The organisation's CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The API (default: `[api] url`).
+        #[arg(long)]
+        api: Option<String>,
+    },
     /// Show the attached programs, map fill and counters, from the pins.
     Status {
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -103,6 +117,9 @@ fn main() -> std::process::ExitCode {
             NodeAction::Run => lastmiled::node::run(config.as_deref()),
             NodeAction::Status { output } => status(config.as_deref(), output),
             NodeAction::Detach { force } => detach(config.as_deref(), force),
+            NodeAction::Enroll { token, ca, api } => {
+                enroll_node(config.as_deref(), &token, &ca, api)
+            }
         },
         Command::Gateway { action, config } => match action.unwrap_or(GatewayAction::Run) {
             GatewayAction::Run => lastmiled::gateway::run(config.as_deref()),
@@ -214,6 +231,29 @@ fn enroll(
     let name = runtime.block_on(lastmiled::gateway::enroll(&config.api, ca, token))?;
     eprintln!(
         "enrolled as gateway `{name}`; identity in {}",
+        config.api.state_dir.display()
+    );
+    Ok(())
+}
+
+fn enroll_node(
+    config: Option<&Path>,
+    token: &str,
+    ca: &Path,
+    api: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = lastmiled::config::Config::load(config)?;
+    if let Some(url) = api {
+        config.api.url = url;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (name, expires_at) =
+        runtime.block_on(lastmiled::gateway::enroll_node(&config.api, ca, token))?;
+    eprintln!(
+        "enrolled as node `{name}`; identity in {} (certificate until unix time {expires_at}: \
+         enroll again with a new token before then)",
         config.api.state_dir.display()
     );
     Ok(())

@@ -151,7 +151,8 @@ async fn serve(
     } else {
         None
     };
-    let sink = EventSink::start(config.events.as_deref(), &config.audit)
+    let enrolled = crate::gateway::node_audit_identity(&api.state_dir);
+    let sink = EventSink::start(config.events.as_deref(), &config.audit, enrolled)
         .with_context(|| format!("cannot open the event file {:?}", config.events))?;
 
     let mut interceptor = Interceptor::load_pinned(&config.pin_dir)?;

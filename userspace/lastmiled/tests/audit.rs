@@ -86,6 +86,7 @@ fn node_events_reach_the_audit_service_and_verify() {
         max_events_per_request: 100,
         commit_window_ms: 0,
         metrics_listen: None,
+        archive: None,
     };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()

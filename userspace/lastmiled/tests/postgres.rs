@@ -880,7 +880,31 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
     }
     let pg = PgServer::start().unwrap();
     roles(&pg);
-    let stack = Stack::start().await;
+    // The audit service, in its own directory; its port is chosen first so that the API
+    // can be told where it is. Writers are admitted by role: the organisation's gateways,
+    // nodes and API, each with the certificate it enrolled with (none made by hand).
+    let service_dir = tempfile::tempdir().unwrap();
+    let dir = service_dir.path().to_owned();
+    std::fs::create_dir_all(dir.join("witness")).unwrap();
+    let (server_ca, server_cert, server_key) = server_tls();
+    std::fs::write(dir.join("server-ca.pem"), &server_ca).unwrap();
+    std::fs::write(dir.join("server.pem"), &server_cert).unwrap();
+    std::fs::write(dir.join("server.key"), &server_key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service_url = format!("https://127.0.0.1:{port}");
+    let to_service = |spool: &str| lastmile_audit_sink::ServiceConfig {
+        url: service_url.clone(),
+        ca: dir.join("server-ca.pem"),
+        cert: None,
+        key: None,
+        spool: dir.join(spool),
+    };
+    let api_service = to_service("api-spool");
+    let stack = Stack::start_with(move |c| c.audit.service = Some(api_service)).await;
     let protect = format!("127.0.0.1:{}", pg.port());
     pg_resource(&stack, "orders", &pg, "app_scram", SCRAM_PASSWORD, &[]).await;
     let mut r = lastmile_api::admin::resource(&stack.app, "orders")
@@ -893,20 +917,8 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
     let alice = stack.user("alice").await;
     grant(&stack, "orders", "alice").await;
 
-    // The audit service: writers are the organisation's gateways, by certificate.
-    let dir = stack.dir.path().join("audit-service");
-    std::fs::create_dir_all(dir.join("witness")).unwrap();
-    let (server_ca, server_cert, server_key) = server_tls();
-    std::fs::write(dir.join("server-ca.pem"), &server_ca).unwrap();
-    std::fs::write(dir.join("server.pem"), &server_cert).unwrap();
-    std::fs::write(dir.join("server.key"), &server_key).unwrap();
     let data = dir.join("data");
     let verifier = lastmile_audit::checkpoints::init_key(&data, "pg-test/audit").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = lastmile_audit::service::ServeConfig {
         data_dir: data.clone(),
         origin: "pg-test/audit".into(),
@@ -917,11 +929,12 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
         tls_cert: dir.join("server.pem"),
         tls_key: dir.join("server.key"),
         client_ca: stack.ca.clone(),
-        writers: vec![lastmile_proto::wire::uri::gateway("gw1")],
-        readers: vec![],
+        writers: vec!["role:gateway".into(), "role:node".into(), "role:api".into()],
+        readers: vec!["role:audit-reader".into()],
         max_events_per_request: 100,
         commit_window_ms: 0,
         metrics_listen: None,
+        archive: None,
     };
     let service = tokio::spawn(lastmile_audit::service::serve(config));
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -932,20 +945,42 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
         .gateway_with(
             "gw1",
             &format!(
-                "[gateway.audit.service]\nurl = \"https://127.0.0.1:{port}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nspool = {:?}\n",
+                "[gateway.audit.service]\nurl = \"https://127.0.0.1:{port}\"\nca = {:?}\nspool = {:?}\n",
                 dir.join("server-ca.pem"),
-                state.join("gateway.pem"),
-                state.join("gateway.key"),
                 dir.join("gateway-spool"),
             ),
         )
         .await;
 
-    // The node protects what the API lists, for processes in its cgroup.
+    // The node enrolls for its audit-writer identity (`lastmiled node enroll`), then
+    // protects what the API lists, for processes in its cgroup, and sends its events to
+    // the audit service as `urn:lastmile:node:pg-node`.
     let cgroup = support::TestCgroup::new("pg");
     let api = format!(
         "[api]\nurl = {:?}\nstate_dir = {:?}\n",
         stack.api_url, state
+    );
+    let node_token = lastmile_api::nodes::new_token(&stack.app, "test", "pg-node", 600)
+        .await
+        .unwrap();
+    let enroll_config = dir.join("node-enroll.toml");
+    std::fs::write(&enroll_config, &api).unwrap();
+    let out = Command::new(support::lastmiled())
+        .args(["node", "enroll", "--config"])
+        .arg(&enroll_config)
+        .args(["--token", &node_token.token, "--ca"])
+        .arg(&stack.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "node enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node_service = to_service("node-spool");
+    let api = format!(
+        "{api}[node.audit.service]\nurl = {:?}\nca = {:?}\nspool = {:?}\n",
+        node_service.url, node_service.ca, node_service.spool
     );
     let node = support::TestNode::start(
         "pg",
@@ -1055,9 +1090,24 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
     }
 
     // The security team's view: the connection's story from the kernel's connect to its
-    // close, joined across the audit log (the gateway's events), the node's event file and
-    // the API's audit file.
-    let api_audit = stack.app.config.audit_file();
+    // close, from the audit service's log alone: the node's, the gateway's and the API's
+    // events all reached it, each under its enrolled identity.
+    let writers: std::collections::BTreeSet<String> = lastmile_audit::log::read_entries(&data)
+        .unwrap()
+        .records()
+        .filter_map(|(_, r)| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+        .filter_map(|v| v["writer"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        writers,
+        [
+            "urn:lastmile:api",
+            "urn:lastmile:gateway:gw1",
+            "urn:lastmile:node:pg-node"
+        ]
+        .map(String::from)
+        .into(),
+    );
     let trace = |output: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1066,10 +1116,6 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
                 .arg(cookie.to_string())
                 .arg("--data-dir")
                 .arg(&data)
-                .arg("--events")
-                .arg(&node.events)
-                .arg("--events")
-                .arg(&api_audit)
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -1121,6 +1167,55 @@ async fn psql_through_the_kernel_is_logged_joined_and_verified() {
             "not this connection's: {e}"
         );
     }
+    // A security reader, with a certificate an admin issued for its CSR
+    // (`lastmile-api audit-readers issue`), reads the log; it is no writer, and its
+    // appends are refused.
+    let reader_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&reader_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let reader = lastmile_api::nodes::issue_reader(&stack.app, "test", "sam", &csr, 86_400)
+        .await
+        .unwrap();
+    std::fs::write(dir.join("sam.pem"), &reader.certificate).unwrap();
+    std::fs::write(dir.join("sam.key"), reader_key.serialize_pem()).unwrap();
+    let out = Command::new(stack::lastmile_bin())
+        .args(["audit", "tail", "-n", "3", "--url", &service_url, "--ca"])
+        .arg(dir.join("server-ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("sam.pem"))
+        .arg("--key")
+        .arg(dir.join("sam.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 3,
+        "reader: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut not_a_writer = to_service("reader-spool");
+    not_a_writer.cert = Some(dir.join("sam.pem"));
+    not_a_writer.key = Some(dir.join("sam.key"));
+    let sink = lastmile_audit_sink::SinkConfig {
+        service: Some(not_a_writer),
+        ..Default::default()
+    };
+    let delivery = sink
+        .writer(None)
+        .unwrap()
+        .write(serde_json::json!({"v": 1, "kind": "login", "user": "mallory", "device": "d", "session": "s"}))
+        .await
+        .unwrap();
+    assert!(!delivery.service, "{delivery:?}");
+    let why = delivery.spooled.unwrap_or_default();
+    assert!(
+        why.contains("403")
+            && why.contains("urn:lastmile:audit-reader:sam is not on this log's writer list"),
+        "{why}"
+    );
     service.abort();
 }
 

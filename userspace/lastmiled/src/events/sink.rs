@@ -91,20 +91,24 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl EventSink {
     /// Starts the writer task (inside a tokio runtime).
+    /// `enrolled` is presented to the audit service unless `[….audit.service]` names a
+    /// certificate.
     pub fn start(
         file: Option<&Path>,
         audit: &crate::config::AuditConfig,
+        enrolled: Option<lastmile_audit_sink::ClientIdentity>,
     ) -> Result<Self, lastmile_audit_sink::WriteError> {
-        Self::start_with_queue(file, audit, QUEUE)
+        Self::start_with_queue(file, audit, enrolled, QUEUE)
     }
 
     fn start_with_queue(
         file: Option<&Path>,
         audit: &crate::config::AuditConfig,
+        enrolled: Option<lastmile_audit_sink::ClientIdentity>,
         capacity: usize,
     ) -> Result<Self, lastmile_audit_sink::WriteError> {
         let to_stdout = file.is_none() && audit.service.is_none();
-        let writer = audit.writer(file)?;
+        let writer = audit.writer_as(file, &[], enrolled)?;
         let (queue, mut events) = tokio::sync::mpsc::channel::<Value>(capacity.max(1));
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failed = failing.clone();
@@ -231,9 +235,13 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let sink =
-                EventSink::start_with_queue(Some(&file), &crate::config::AuditConfig::default(), 4)
-                    .unwrap();
+            let sink = EventSink::start_with_queue(
+                Some(&file),
+                &crate::config::AuditConfig::default(),
+                None,
+                4,
+            )
+            .unwrap();
             // The writer cannot run until this task yields: 4 fit, 96 do not.
             for uid in 0..100 {
                 sink.write(&Event::now(EventBody::Agent {

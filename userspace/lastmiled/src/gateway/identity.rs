@@ -117,6 +117,76 @@ pub async fn enroll(api: &ApiConfig, ca_file: &Path, token: &str) -> anyhow::Res
     Ok(cert.name)
 }
 
+/// This gateway's certificate as its audit-writer identity (the audit service accepts
+/// it by `role:gateway`); read again when renewal rewrites the files.
+pub fn audit_identity(dir: &Path) -> lastmile_audit_sink::ClientIdentity {
+    lastmile_audit_sink::ClientIdentity::Files {
+        cert: dir.join(CERT_FILE),
+        key: dir.join(KEY_FILE),
+    }
+}
+
+/// A node's key and certificate in `state_dir` (`lastmiled node enroll`).
+pub const NODE_KEY_FILE: &str = "node.key";
+pub const NODE_CERT_FILE: &str = "node.pem";
+
+/// The node's audit-writer identity, if it enrolled.
+pub fn node_audit_identity(dir: &Path) -> Option<lastmile_audit_sink::ClientIdentity> {
+    let (cert, key) = (dir.join(NODE_CERT_FILE), dir.join(NODE_KEY_FILE));
+    (cert.exists() && key.exists())
+        .then_some(lastmile_audit_sink::ClientIdentity::Files { cert, key })
+}
+
+/// `lastmiled node enroll`: makes the node's key, sends a CSR with the one-time token
+/// from `lastmile-api nodes token NAME`, and stores key, certificate and CA in
+/// `state_dir`. The certificate names `urn:lastmile:node:NAME`: the node's identity
+/// when it writes to the audit service.
+pub async fn enroll_node(
+    api: &ApiConfig,
+    ca_file: &Path,
+    token: &str,
+) -> anyhow::Result<(String, i64)> {
+    let ca_pem = std::fs::read_to_string(ca_file)
+        .with_context(|| format!("reading the organisation CA {}", ca_file.display()))?;
+    let seed = lastmile_api_client::random32()?;
+    let der = lastmile_tunnel::tls::ed25519_pkcs8(&seed);
+    let pair = rcgen::KeyPair::try_from(der.as_slice()).context("making the node key")?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&pair)
+        .context("making the CSR")?
+        .pem()
+        .context("making the CSR")?;
+    let client = ApiClient::new(&api.url, &ca_pem, None)?;
+    let cert: lastmile_proto::wire::NodeCertificate = client
+        .post(
+            "/v1/nodes/enroll",
+            &Enroll {
+                token: token.to_owned(),
+                csr,
+            },
+        )
+        .await
+        .context("enrolling with the API")?;
+    let dir = &api.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    write_file(
+        &dir.join(NODE_KEY_FILE),
+        pair.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &dir.join(NODE_CERT_FILE),
+        cert.certificate.as_bytes(),
+        0o644,
+    )?;
+    write_file(&dir.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;
+    Ok((cert.name, cert.expires_at))
+}
+
 pub(super) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("new");

@@ -51,7 +51,7 @@ use reqwest::Method;
 use tokio::{net::TcpListener, task::AbortHandle};
 use tracing::{info, warn};
 
-pub use identity::{Identity, enroll};
+pub use identity::{Identity, enroll, enroll_node, node_audit_identity};
 
 use crate::{
     config::{ApiConfig, Config, GatewayConfig},
@@ -249,8 +249,12 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
     answer
         .json::<lastmile_proto::wire::GatewayEndpoint>()
         .context("the API refused this gateway's announcement")?;
-    let sink = EventSink::start(config.events.as_deref(), &config.audit)
-        .with_context(|| format!("cannot open the event file {:?}", config.events))?;
+    let sink = EventSink::start(
+        config.events.as_deref(),
+        &config.audit,
+        Some(identity::audit_identity(&api_config.state_dir)),
+    )
+    .with_context(|| format!("cannot open the event file {:?}", config.events))?;
     let ssh_host_key = ssh::load_or_create_host_key(&api_config.state_dir)?;
     let recordings_dir = config
         .recordings
