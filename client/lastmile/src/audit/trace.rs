@@ -210,7 +210,14 @@ pub fn describe(e: &Value) -> String {
                 .map(|r| format!(", {r} rows"))
                 .unwrap_or_default()
         ),
-        "ssh.exec" => format!("exec: {}", s("command")),
+        // `command` is an object (`text`, `valid_utf8`, `scp`: docs/audit-events.md); an
+        // older event may carry the bare string.
+        "ssh.exec" => format!(
+            "exec: {}",
+            e.get("command")
+                .and_then(|c| c.get("text").and_then(Value::as_str).or_else(|| c.as_str()))
+                .unwrap_or("?")
+        ),
         "ssh.session" | "ssh.channel" => format!("{} {}", s("phase"), compact(e)),
         "gateway.refused" | "db.refused" => format!("refused {}: {}", s("code"), s("message")),
         "connection.close" => format!(
@@ -305,6 +312,13 @@ mod tests {
         );
         assert!(lines[4].contains("select 1 → ok"), "{lines:?}");
         assert!(lines[5].contains("10 bytes up, 20 down"), "{lines:?}");
+        // An exec's command is an object, as the gateway writes it.
+        let exec = json!({"kind": "ssh.exec", "command": {"text": "uname -a", "valid_utf8": true}});
+        assert!(
+            describe(&exec).contains("exec: uname -a"),
+            "{}",
+            describe(&exec)
+        );
         assert_eq!(
             event_of(json!({"event": {"kind": "x"}, "received": 1}))["kind"],
             "x"
