@@ -198,6 +198,11 @@ pub struct Resource {
     /// What nodes redirect: `ADDR:PORT`, `[ADDR6]:PORT` or `PREFIX/LEN:PORT`.
     #[serde(default)]
     pub protect: Vec<String>,
+    /// DNS names users dial for it (the organisation's DNS, or `/etc/hosts`, resolves
+    /// them to a protected address): named, with the protected hosts, by the gateway's
+    /// SSH host certificate and TLS certificate for it, and by users' known_hosts lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// For `postgres` (the only kind whose upstream connection can be TLS): how the
     /// gateway reaches the target; `None` on other kinds, and absent from their JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -152,6 +152,8 @@ pub(crate) enum Credentials {
     },
 }
 
+// Parsed once per process: the size of its biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Resources {
     List,
@@ -168,6 +170,10 @@ pub(crate) enum Resources {
         /// Addresses nodes redirect: ADDR:PORT, [ADDR6]:PORT, PREFIX/LEN:PORT.
         #[arg(long)]
         protect: Vec<String>,
+        /// A DNS name users dial for it, resolving to a protected address (repeat): put in
+        /// the gateway's SSH host and TLS certificates for it and in users' known_hosts.
+        #[arg(long = "dns-name")]
+        names: Vec<String>,
         /// For postgres: disable | require | verify-full (default require); other kinds
         /// refuse it.
         #[arg(long, value_parser = wire::<UpstreamTls>)]

@@ -84,6 +84,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "token_roles",
         include_str!("../migrations/sqlite/0009_token_roles.sql"),
     ),
+    (
+        10,
+        "resource_names",
+        include_str!("../migrations/sqlite/0010_resource_names.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -130,6 +135,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         9,
         "token_roles",
         include_str!("../migrations/postgres/0009_token_roles.sql"),
+    ),
+    (
+        10,
+        "resource_names",
+        include_str!("../migrations/postgres/0010_resource_names.sql"),
     ),
 ];
 

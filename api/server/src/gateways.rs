@@ -463,6 +463,11 @@ pub fn resource_names(r: &lastmile_proto::wire::Resource) -> Vec<String> {
 /// `names`, then each single protected host or address of `r` without its port (a
 /// prefix names no one host) not among them yet.
 fn with_protected_hosts(mut names: Vec<String>, r: &lastmile_proto::wire::Resource) -> Vec<String> {
+    for n in &r.names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
     for p in &r.protect {
         if let Some((host, _)) = p.rsplit_once(':') {
             let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -534,8 +539,8 @@ pub async fn resource_certificate(
     })
 }
 
-/// The principals of a gateway's SSH host certificate for `r`: the resource's name and
-/// each protected host or address without its port (a prefix names no one host). These
+/// The principals of a gateway's SSH host certificate for `r`: the resource's name, its
+/// DNS names, and each protected host or address without its port (a prefix names no one host). These
 /// are what users dial, and what `lastmile login`'s `@cert-authority` line covers.
 pub fn ssh_host_principals(r: &lastmile_proto::wire::Resource) -> Vec<String> {
     with_protected_hosts(vec![r.name.clone()], r)

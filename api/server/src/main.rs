@@ -194,6 +194,7 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                 host,
                 port,
                 protect,
+                names,
                 upstream_tls,
                 credential,
                 ssh_principals,
@@ -227,6 +228,7 @@ async fn run(cli: Cli, config: ApiConfig) -> anyhow::Result<()> {
                     ssh_host_ca,
                     ssh_host_keys,
                     ssh_allow_port_forwarding,
+                    names,
                 };
                 let r = admin::put_resource(&app, &who, r).await?;
                 print(out, &r, |r| format!("resource {} saved", r.name))

@@ -93,6 +93,7 @@ async fn enrollment_and_login(store: Store) {
         ssh_host_ca: vec![],
         ssh_host_keys: vec![],
         ssh_allow_port_forwarding: false,
+        names: vec![],
     };
     let put = api
         .client

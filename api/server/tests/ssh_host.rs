@@ -25,9 +25,28 @@ async fn a_gateway_gets_an_ssh_host_certificate_for_the_protected_names() {
     let web = json!({
         "name": "web-1", "kind": "ssh", "host": "127.0.0.9", "port": 22,
         "protect": ["127.0.0.2:22", "[::1]:2222", "127.8.0.0/16:22", "127.0.0.2:2200"],
+        "names": ["web-1.demo.internal"],
         "credential": "ssh-certificate", "ssh_principals": ["deploy"],
         "ssh_host_keys": [GATEWAY_KEY], "ssh_allow_port_forwarding": true,
     });
+    // A DNS name is a host name, not an address or anything else.
+    for bad in [
+        "127.0.0.5",
+        "Web.Internal",
+        "-web.internal",
+        "web..internal",
+        "web internal",
+    ] {
+        let mut r = web.clone();
+        r["names"] = json!([bad]);
+        let put = api
+            .client
+            .call(&admin, Method::PUT, "/v1/admin/resources/web-1", Some(&r))
+            .await
+            .unwrap();
+        assert_eq!(put.status, 400, "{bad}: {}", put.body);
+        assert!(put.body.contains("is not a DNS name"), "{}", put.body);
+    }
     let put = api
         .client
         .call(&admin, Method::PUT, "/v1/admin/resources/web-1", Some(&web))
@@ -80,7 +99,10 @@ async fn a_gateway_gets_an_ssh_host_certificate_for_the_protected_names() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let issued: SshHostCertificate = answer.json().unwrap();
-    assert_eq!(issued.principals, ["web-1", "127.0.0.2", "::1"]);
+    assert_eq!(
+        issued.principals,
+        ["web-1", "web-1.demo.internal", "127.0.0.2", "::1"]
+    );
     let now = lastmile_api_client::now();
     assert!(
         issued.expires_at > now + 3600 && issued.expires_at <= now + 24 * 3600 + 5,

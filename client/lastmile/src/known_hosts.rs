@@ -27,18 +27,13 @@ fn end(org: &str) -> String {
     format!("# lastmile:end {org}")
 }
 
-/// The known_hosts patterns for `r`'s protected addresses: `HOST` for port 22, else
-/// `[HOST]:PORT` (how ssh looks a host on another port up). A prefix names no one host.
+/// The known_hosts patterns for `r`'s protected addresses and DNS names: `HOST` for port
+/// 22, else `[HOST]:PORT` (how ssh looks a host on another port up). A prefix names no
+/// one host, but its port is one a DNS name may be dialled on.
 pub fn patterns(r: &Resource) -> Vec<String> {
     let mut out = Vec::new();
-    for p in &r.protect {
-        let Some((host, port)) = p.rsplit_once(':') else {
-            continue;
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
-            continue;
-        }
+    let mut ports = Vec::new();
+    let push = |host: &str, port: &str, out: &mut Vec<String>| {
         let pattern = if port == "22" {
             host.to_owned()
         } else {
@@ -46,6 +41,27 @@ pub fn patterns(r: &Resource) -> Vec<String> {
         };
         if !out.contains(&pattern) {
             out.push(pattern);
+        }
+    };
+    for p in &r.protect {
+        let Some((host, port)) = p.rsplit_once(':') else {
+            continue;
+        };
+        if port.parse::<u16>().is_err() {
+            continue;
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            continue;
+        }
+        push(host, port, &mut out);
+    }
+    for name in &r.names {
+        for port in &ports {
+            push(name, port, &mut out);
         }
     }
     out
@@ -182,6 +198,7 @@ mod tests {
             ssh_host_ca: vec![],
             ssh_host_keys: vec![],
             ssh_allow_port_forwarding: false,
+            names: vec![],
         }
     }
 
@@ -202,6 +219,13 @@ mod tests {
         assert_eq!(
             patterns(&r),
             ["127.0.0.3", "[127.0.0.2]:2222", "::1", "[::1]:2200"]
+        );
+        // A DNS name is dialled on each protected port.
+        let mut named = ssh("web", &["127.0.0.3:22", "127.8.0.0/16:2200"]);
+        named.names = vec!["web.demo.internal".into()];
+        assert_eq!(
+            patterns(&named),
+            ["127.0.0.3", "web.demo.internal", "[web.demo.internal]:2200"]
         );
     }
 

@@ -433,6 +433,7 @@ mod reach_tests {
             ssh_host_ca: vec![],
             ssh_host_keys: vec![],
             ssh_allow_port_forwarding: false,
+            names: vec![],
         }
     }
 

@@ -145,6 +145,7 @@ async fn login_status_resources_logout() {
         ssh_host_ca: vec![],
         ssh_host_keys: vec![],
         ssh_allow_port_forwarding: false,
+        names: vec![],
     };
     admin::put_resource(&app, "test", db).await.unwrap();
     admin::add_grant(

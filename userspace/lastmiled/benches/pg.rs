@@ -340,6 +340,7 @@ async fn postgres_resource(stack: &Stack, name: &str, pg: &PgServer, user: &str)
             ssh_host_ca: vec![],
             ssh_host_keys: vec![],
             ssh_allow_port_forwarding: false,
+            names: vec![],
         },
     )
     .await

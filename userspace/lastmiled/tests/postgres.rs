@@ -96,6 +96,7 @@ async fn pg_resource(
             ssh_host_ca: vec![],
             ssh_host_keys: vec![],
             ssh_allow_port_forwarding: false,
+            names: vec![],
         },
     )
     .await

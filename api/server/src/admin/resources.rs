@@ -13,6 +13,21 @@ pub fn stored_name<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
+/// A DNS name a user may dial (RFC 1123 host name syntax, lower case), not an address.
+fn dns_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.parse::<std::net::IpAddr>().is_err()
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 /// Checks one `protect` entry: `ADDR:PORT`, `[ADDR6]:PORT` or `PREFIX/LEN:PORT` (the
 /// node's syntax).
 /// The node's own parser: what a node could not intercept is refused here, not listed
@@ -54,6 +69,23 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
     for p in &r.protect {
         check_protect(p).map_err(|why| ApiError::bad_request(ErrorCode::BadResource, why))?;
     }
+    if r.names.len() > 16 {
+        return Err(ApiError::bad_request(
+            ErrorCode::BadResource,
+            "at most 16 names",
+        ));
+    }
+    for n in &r.names {
+        if !dns_name(n) {
+            return Err(ApiError::bad_request(
+                ErrorCode::BadResource,
+                format!(
+                    "`{n}` is not a DNS name (lower-case labels of a-z 0-9 -, dot-separated, \
+                     at most 253 characters; not an address: put those in protect)"
+                ),
+            ));
+        }
+    }
     for p in &r.ssh_principals {
         if p.is_empty()
             || p.len() > 64
@@ -86,10 +118,10 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
         != 0;
     sqlx::query(
         "INSERT INTO resources (name, kind, host, port, protect, upstream_tls, credential, ssh_principals, database_user, databases, upstream_ca, \
-         ssh_host_ca, ssh_host_keys, ssh_allow_port_forwarding, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13, $14, $15, $8, $8) \
+         ssh_host_ca, ssh_host_keys, ssh_allow_port_forwarding, names, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13, $14, $15, $16, $8, $8) \
          ON CONFLICT (name) DO UPDATE SET kind = $2, host = $3, port = $4, protect = $5, upstream_tls = $6, credential = $7, ssh_principals = $9, \
-         database_user = $10, databases = $11, upstream_ca = $12, ssh_host_ca = $13, ssh_host_keys = $14, ssh_allow_port_forwarding = $15, updated_at = $8",
+         database_user = $10, databases = $11, upstream_ca = $12, ssh_host_ca = $13, ssh_host_keys = $14, ssh_allow_port_forwarding = $15, names = $16, updated_at = $8",
     )
     .bind(&r.name)
     .bind(stored_name(&r.kind))
@@ -107,6 +139,7 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
     .bind(serde_json::to_string(&r.ssh_host_ca).map_err(ApiError::internal)?)
     .bind(serde_json::to_string(&r.ssh_host_keys).map_err(ApiError::internal)?)
     .bind(i64::from(r.ssh_allow_port_forwarding))
+    .bind(serde_json::to_string(&r.names).map_err(ApiError::internal)?)
     .execute(&mut *tx)
     .await?;
     app.audit(&ApiEvent::ResourceChange {
@@ -186,11 +219,13 @@ fn resource_row(r: &sqlx::any::AnyRow) -> Result<Resource, ApiError> {
         ssh_host_keys: serde_json::from_str(&r.try_get::<String, _>("ssh_host_keys")?)
             .map_err(ApiError::internal)?,
         ssh_allow_port_forwarding: r.try_get::<i64, _>("ssh_allow_port_forwarding")? != 0,
+        names: serde_json::from_str(&r.try_get::<String, _>("names")?)
+            .map_err(ApiError::internal)?,
     })
 }
 
 const RESOURCE_COLUMNS: &str = "r.name, r.kind, r.host, r.port, r.protect, r.upstream_tls, r.credential, r.ssh_principals, \
-     r.database_user, r.databases, r.upstream_ca, r.ssh_host_ca, r.ssh_host_keys, r.ssh_allow_port_forwarding";
+     r.database_user, r.databases, r.upstream_ca, r.ssh_host_ca, r.ssh_host_keys, r.ssh_allow_port_forwarding, r.names";
 
 /// What a `postgres` resource needs to be usable, checked when it is saved rather than
 /// at a user's first connection.

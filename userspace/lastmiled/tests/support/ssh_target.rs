@@ -143,6 +143,7 @@ pub async fn ssh_resource(
             ssh_host_ca: vec![],
             ssh_host_keys: pinned,
             ssh_allow_port_forwarding: false,
+            names: vec![],
         },
     )
     .await

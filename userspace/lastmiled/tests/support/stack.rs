@@ -136,6 +136,7 @@ impl Stack {
                 ssh_host_ca: vec![],
                 ssh_host_keys: vec![],
                 ssh_allow_port_forwarding: false,
+                names: vec![],
             },
         )
         .await
