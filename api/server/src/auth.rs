@@ -74,7 +74,7 @@ pub async fn revoke_session(
     actor: &str,
 ) -> Result<Option<wire::Revocation>, ApiError> {
     let t = app.clock.now();
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row = sqlx::query(
         "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL \
          RETURNING user_name, device_id",

@@ -162,6 +162,18 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Db {
+    /// Begins a transaction that takes SQLite's write lock at once (`BEGIN IMMEDIATE`):
+    /// a deferred transaction that read first and then writes gets SQLITE_BUSY at once,
+    /// without waiting out `busy_timeout`, when another writer committed meanwhile, as
+    /// happens while a transaction waits for the audit service's acknowledgement. On
+    /// PostgreSQL, a plain `BEGIN`.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Opens (creating a SQLite file if needed) and migrates.
     pub async fn open(url: &str) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();

@@ -70,7 +70,7 @@ pub async fn new_token(
             .collect::<String>()
     );
     let expires_at = app.clock.now() + ttl;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     sqlx::query(
         "INSERT INTO gateway_tokens (token_hash, name, addresses, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -123,7 +123,7 @@ async fn issue(
 /// `POST /v1/gateways/enroll`: spends the token (once) and certifies the CSR's key.
 pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<GatewayCertificate, ApiError> {
     let t = app.clock.now();
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row = sqlx::query(
         "UPDATE gateway_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
          AND role = 'gateway' RETURNING name, addresses",
@@ -190,7 +190,7 @@ pub async fn renew(
     csr: &str,
 ) -> Result<GatewayCertificate, ApiError> {
     let name = require_active(app, peer).await?;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row =
         sqlx::query("SELECT addresses, key FROM gateways WHERE name = $1 AND revoked_at IS NULL")
             .bind(name)
@@ -320,7 +320,7 @@ async fn revoke_key(
 }
 
 pub async fn revoke(app: &App, actor: &str, name: &str) -> Result<(), ApiError> {
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let n =
         sqlx::query("UPDATE gateways SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
             .bind(app.clock.now())
@@ -388,7 +388,7 @@ pub async fn announce(
     if port.parse::<u16>().map_err(|_| bad())? == 0 {
         return Err(bad());
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row = sqlx::query("SELECT addresses FROM gateways WHERE name = $1 AND revoked_at IS NULL")
         .bind(name)
         .fetch_optional(&mut *tx)

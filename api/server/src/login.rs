@@ -311,7 +311,7 @@ async fn open_session(
         Ok(step) => step,
         Err(r) => return Err(refuse(app, &req.user, r).await),
     };
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     match step {
         DeviceStep::Seen => {
             sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")

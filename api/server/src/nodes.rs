@@ -65,7 +65,7 @@ pub async fn new_token(
             .collect::<String>()
     );
     let expires_at = app.clock.now() + ttl;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     sqlx::query(
         "INSERT INTO gateway_tokens (token_hash, name, addresses, expires_at, created_by, role) \
          VALUES ($1, $2, '[]', $3, $4, 'node')",
@@ -94,7 +94,7 @@ pub async fn new_token(
 /// issued) and certifies the CSR's key.
 pub async fn enroll(app: &App, token: &str, csr: &str) -> Result<NodeCertificate, ApiError> {
     let t = app.clock.now();
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row = sqlx::query(
         "UPDATE gateway_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL \
          AND expires_at > $1 AND role = 'node' RETURNING name",

@@ -83,7 +83,7 @@ pub async fn set_credential(
             "a secret must be 1 byte to 16 KiB",
         ));
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let declared = crate::admin::require_resource(&mut tx, resource).await?;
     if declared.as_deref() != Some(stored_name(&kind).as_str()) {
         return Err(ApiError::bad_request(
@@ -201,7 +201,7 @@ pub async fn rotate(
         let moved = envelope::rewrap(kms, &context, &sealed, to)
             .await
             .map_err(kms_error)?;
-        let mut tx = app.db.pool.begin().await?;
+        let mut tx = app.db.begin().await?;
         sqlx::query("UPDATE credentials SET key_id = $1, wrapped_key = $2 WHERE resource = $3 AND version = $4 AND key_id = $5")
             .bind(&moved.key_id)
             .bind(B64.encode(&moved.wrapped_key))

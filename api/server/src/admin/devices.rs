@@ -44,7 +44,7 @@ pub async fn set_device_status(
             revoke_session(app, &s, &format!("device revoked by {actor}"), actor).await?;
         }
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row = sqlx::query("SELECT user_name, status FROM devices WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)

@@ -17,7 +17,7 @@ pub async fn add_grant(app: &App, actor: &str, g: NewGrant) -> Result<Grant, Api
             "expires_at is in the past",
         ));
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     require_resource(&mut tx, &g.resource).await?;
     if kind == "user" {
         require_user(&mut tx, subject).await?;
@@ -80,7 +80,7 @@ pub async fn list_grants(app: &App) -> Result<Vec<Grant>, ApiError> {
 }
 
 pub async fn revoke_grant(app: &App, actor: &str, id: &str) -> Result<(), ApiError> {
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let row =
         sqlx::query("DELETE FROM grants WHERE id = $1 RETURNING resource, subject_kind, subject")
             .bind(id)

@@ -126,7 +126,7 @@ pub async fn set_device_policy(
     policy: DevicePolicy,
 ) -> Result<(), ApiError> {
     let name = stored_name(&policy);
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     sqlx::query("UPDATE org SET device_policy = $1 WHERE id = 1")
         .bind(&name)
         .execute(&mut *tx)

@@ -109,7 +109,7 @@ pub async fn put_resource(app: &App, actor: &str, r: Resource) -> Result<Resourc
     check_ssh_fields(&r)?;
     let t = now();
     let protect = serde_json::to_string(&r.protect).map_err(ApiError::internal)?;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let existed = sqlx::query("SELECT COUNT(*) AS n FROM resources WHERE name = $1")
         .bind(&r.name)
         .fetch_one(&mut *tx)
@@ -335,7 +335,7 @@ pub async fn resources_for(app: &App, user: &str) -> Result<Vec<Resource>, ApiEr
 }
 
 pub async fn delete_resource(app: &App, actor: &str, name: &str) -> Result<(), ApiError> {
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let credentials = sqlx::query("SELECT COUNT(*) AS n FROM credentials WHERE resource = $1")
         .bind(name)
         .fetch_one(&mut *tx)

@@ -47,7 +47,7 @@ pub async fn add_user(app: &App, actor: &str, new: NewUser) -> Result<OneTimePas
     }
     let otp = secret::one_time_password().map_err(ApiError::internal)?;
     let h = hash(otp.clone()).await?;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO users (name, password_hash, password_one_time, admin, created_at) VALUES ($1, $2, 1, $3, $4) ON CONFLICT DO NOTHING",
     )
@@ -115,7 +115,7 @@ pub async fn change_user(
             revoke_session(app, &s, &format!("user {what} by {actor}"), actor).await?;
         }
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let (sql, arg, what): (&str, Option<String>, String) = match &change {
         UserChange::Disable => (
             "UPDATE users SET disabled = 1 WHERE name = $1",
@@ -221,7 +221,7 @@ pub async fn reset_password(
 ) -> Result<OneTimePassword, ApiError> {
     let otp = secret::one_time_password().map_err(ApiError::internal)?;
     let h = hash(otp.clone()).await?;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let n = sqlx::query("UPDATE users SET password_hash = $1, password_one_time = 1, failed_logins = 0, locked_until = 0 WHERE name = $2")
         .bind(h)
         .bind(user)
@@ -297,7 +297,7 @@ pub async fn set_totp(
         ),
         None => None,
     };
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin().await?;
     let n = sqlx::query(
         "UPDATE users SET totp_sealed = $1, totp_secret = NULL, totp_last_step = 0 WHERE name = $2",
     )
