@@ -21,6 +21,7 @@ use anyhow::{Context as _, bail};
 
 mod audit;
 mod control_plane;
+mod service;
 mod stack;
 mod targets;
 
@@ -28,9 +29,12 @@ use self::{audit::audit, control_plane::control_plane};
 use crate::exec::{cargo, must, step, workspace_root};
 
 const POSTGRES: &str = "127.0.0.2:15432";
-/// Port 22, so the user types a plain `ssh 127.0.0.3`.
+/// Port 22, so the user types a plain `ssh web.demo.internal`.
 const SSH: &str = "127.0.0.3:22";
-const SSH_HOST: &str = "127.0.0.3";
+/// The names users dial, in /etc/hosts for the demo (`--stop` removes them), and the
+/// resources' DNS names, so the gateway's SSH host certificate names them too.
+const PG_NAME: &str = "db.demo.internal";
+const SSH_NAME: &str = "web.demo.internal";
 const TCP: &str = "127.0.0.2:17000";
 const TCP_HOST: &str = "127.0.0.2";
 const TCP_PORT: &str = "17000";
@@ -40,12 +44,6 @@ const USER: u32 = 65534;
 /// after it): `ssh` and `psql` read `~/.ssh` and `~/.pgpass` from the account's home,
 /// which `nobody` does not have. It is also the account alice logs in as on the ssh target.
 const DEMO_ACCOUNT: &str = "lastmile-demo";
-
-/// What the demo cannot show yet; shrink this list as the pieces land.
-const NOT_BUILT_YET: &[&str] = &[
-    "targets reached by names (db.demo.internal): a resource has no DNS names yet, only protected addresses, so ssh could not match a name to the host certificate",
-    "the node sending to the audit service needs certificates from the control plane; the demo feeds the log locally",
-];
 
 /// `cargo xtask demo --stop`: removes what a demo left running.
 pub fn stop() -> anyhow::Result<()> {
@@ -141,28 +139,40 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|()| audit(&bin, &dir, &events))
         .and_then(|()| control_plane(&bin, &dir, &mut lasting));
     if let Err(e) = result {
-        step("the demo failed: removing what it set up");
+        step("the demo failed: the end of each service's log, then removing what it set up");
+        for name in ["audit", "api", "gateway", "node"] {
+            let log = dir.join(format!("{name}.log"));
+            if let Ok(text) = std::fs::read_to_string(&log) {
+                eprintln!("--- {}", log.display());
+                let lines: Vec<&str> = text.lines().collect();
+                for line in lines.iter().skip(lines.len().saturating_sub(15)) {
+                    eprintln!("    {line}");
+                }
+            }
+        }
         let _ = stack::stop();
         return Err(e);
     }
-    let (pg_host, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
+    let (_, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
     let d = dir.display();
     eprintln!(
         "\nThe stack keeps running under {d}: the API, the gateway, the node, a PostgreSQL\n\
          and an sshd, and alice ({DEMO_ACCOUNT}) logged in with her agent. By hand, as her:\n\
-         \n  runuser -l {DEMO_ACCOUNT} -c 'psql -h {pg_host} -p {pg_port} -U alice -d orders'   # no password asked\n\
-         \x20 runuser -l {DEMO_ACCOUNT} -c 'ssh {SSH_HOST}'          # no key of hers, no host-key prompt\n\
+         \n  runuser -l {DEMO_ACCOUNT} -c 'psql -h {PG_NAME} -p {pg_port} -U alice -d orders'   # no password asked\n\
+         \x20 runuser -l {DEMO_ACCOUNT} -c 'ssh {SSH_NAME}'          # no key of hers, no host-key prompt\n\
          \x20 runuser -l {DEMO_ACCOUNT} -c '{d}/bin/lastmile status'\n\
-         \nWhat the security team reads: {d}/node-events.jsonl (the kernel's connects),\n\
-         {d}/gateway-events.jsonl (sessions, statements, commands), {d}/api/audit.jsonl (logins,\n\
-         unlocks, admin changes), {d}/gateway-state/recordings (ssh sessions, asciicast v2);\n\
-         logs: {d}/{{api,gateway,node}}.log, {d}/sshd/sshd.log.\n\
+         \nWhat the security team reads: the audit service's log (every event of the API, the\n\
+         gateway and the node), as the reader `security`:\n\
+         \n  {d}/bin/lastmile audit tail -n 20 --url https://localhost:17443 --ca {d}/audit-service/tls/ca.pem \\\n\
+         \x20     --cert {d}/audit-service/reader/security.pem --key {d}/audit-service/reader/security.key\n\
+         \x20 {d}/bin/lastmile audit search --text orders --url … (the same --ca, --cert, --key)\n\
+         \x20 {d}/bin/lastmile audit verify --key \"$(cat {d}/audit-service/verifier)\" --witness {d}/audit-service/witness \\\n\
+         \x20     --data-dir {d}/audit-service/data\n\
+         \nand the components' own copies: {d}/node-events.jsonl, {d}/gateway-events.jsonl,\n\
+         {d}/api/audit.jsonl, {d}/gateway-state/recordings (ssh sessions, asciicast v2);\n\
+         logs: {d}/{{api,gateway,node,audit}}.log, {d}/sshd/sshd.log.\n\
          \nStop it, leaving nothing behind: cargo xtask demo --stop"
     );
-    eprintln!("\nNot built yet (see the open issues):");
-    for missing in NOT_BUILT_YET {
-        eprintln!("  - {missing}");
-    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    DEMO_ACCOUNT, POSTGRES, SSH, SSH_HOST, TCP, TCP_HOST, TCP_PORT,
+    DEMO_ACCOUNT, PG_NAME, POSTGRES, SSH, SSH_NAME, TCP, TCP_HOST, TCP_PORT,
     stack::Stack,
     targets::{DemoAccount, TargetSshd, metrics_server, orders_database},
 };
@@ -24,6 +24,12 @@ use crate::exec::{must, step};
 /// organisation, a user, a resource, a grant and a gateway token, made with the admin CLI
 /// against a running API; then what the API says to calls that are not signed.
 pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow::Result<()> {
+    let (pg_ip, _) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
+    let (ssh_ip, _) = SSH.split_once(':').context("SSH is HOST:PORT")?;
+    step(&format!(
+        "the names users dial, in /etc/hosts: {PG_NAME} → {pg_ip}, {SSH_NAME} → {ssh_ip} (protected addresses; `--stop` removes the lines)"
+    ));
+    super::stack::add_hosts(&[(pg_ip, PG_NAME), (ssh_ip, SSH_NAME)])?;
     let data = dir.join("api");
     let config = dir.join("api.toml");
     let listen = "127.0.0.1:18443";
@@ -40,6 +46,16 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         "`lastmile-api init`: an organisation's CAs (X.509, SSH user, SSH host), TLS, database, first admin",
     );
     must(&mut api(&["init", "--org", "demo", "--admin", "admin"]))?;
+    let ca = data.join("keys/ca.crt");
+    let audit = super::service::start(bin, dir, &ca, stack)?;
+    // The API writes to it as `urn:lastmile:api`, with a certificate it makes in memory.
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\ndata_dir = {data:?}\nlisten = \"{listen}\"\n{}",
+            audit.section("api")
+        ),
+    )?;
     step(&format!(
         "`lastmile-api serve` on {listen} (TLS 1.3, SQLite)"
     ));
@@ -48,7 +64,6 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         &mut api(&["serve"]),
         &dir.join("api.log"),
     )?;
-    let ca = data.join("keys/ca.crt");
     let curl = |path: &str| {
         let mut c = Command::new("curl");
         c.args(["-sS", "--cacert"])
@@ -102,6 +117,8 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         "disable",
         "--protect",
         POSTGRES,
+        "--dns-name",
+        PG_NAME,
         "--credential",
         "password",
         "--database-user",
@@ -180,6 +197,8 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         &sshd_port,
         "--protect",
         SSH,
+        "--dns-name",
+        SSH_NAME,
         "--credential",
         "ssh-certificate",
         "--ssh-principal",
@@ -211,8 +230,21 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         .context("gateways token gave no token")?
         .to_owned();
     eprintln!("    gateway gw-1's one-time enrollment token: {token}");
+    let node_token = api(&["--output", "json", "nodes", "token", "demo-node"]).output()?;
+    if !node_token.status.success() {
+        bail!(
+            "lastmile-api nodes token failed: {}",
+            String::from_utf8_lossy(&node_token.stderr)
+        );
+    }
+    let node_token: serde_json::Value = serde_json::from_slice(&node_token.stdout)?;
+    let node_token = node_token
+        .get("token")
+        .and_then(serde_json::Value::as_str)
+        .context("nodes token gave no token")?
+        .to_owned();
     must(&mut api(&["--output", "json", "resources", "list"]))?;
-    gateway_and_node(bin, dir, &ca, &token, stack)?;
+    gateway_and_node(bin, dir, &ca, (&token, &node_token), &audit, stack)?;
     step(&format!(
         "alice (Linux account `{DEMO_ACCOUNT}`): `lastmile login` (one-time password, then her own; a device key made here; her agent starts; known_hosts trusts the host CA), `resources`"
     ));
@@ -286,10 +318,10 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
     step(&format!(
         "alice's psql connects to {POSTGRES} (orders-db) with no password: the gateway logs in to PostgreSQL as `orders` with the vault's password and logs each statement"
     ));
-    let (pg_host, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
+    let (_, pg_port) = POSTGRES.split_once(':').context("POSTGRES is HOST:PORT")?;
     let out = as_alice(&pg_bin.join("psql"))
         .args([
-            "-h", pg_host, "-p", pg_port, "-U", "alice", "-d", "orders", "-w", "-X",
+            "-h", PG_NAME, "-p", pg_port, "-U", "alice", "-d", "orders", "-w", "-X",
         ])
         .args([
             "-c",
@@ -316,10 +348,10 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         );
     }
     step(&format!(
-        "alice's plain `ssh {SSH_HOST}`: no key of her own, no host-key prompt; the gateway logs in to sshd with a 5-minute certificate"
+        "alice's plain `ssh {SSH_NAME}`: no key of her own, no host-key prompt; the gateway logs in to sshd with a 5-minute certificate"
     ));
     let out = as_alice(Path::new("ssh"))
-        .args(["-o", "BatchMode=yes", SSH_HOST])
+        .args(["-o", "BatchMode=yes", SSH_NAME])
         .arg("echo \"hello from $(id -un) on the target\"; exit 3")
         .stdin(Stdio::null())
         .output()
@@ -340,7 +372,7 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
     }
     step("an interactive `ssh -tt` session: recorded by the gateway as asciicast v2");
     let out = as_alice(Path::new("ssh"))
-        .args(["-tt", "-o", "BatchMode=yes", SSH_HOST])
+        .args(["-tt", "-o", "BatchMode=yes", SSH_NAME])
         .arg("echo this terminal session is recorded")
         .stdin(Stdio::null())
         .output()
@@ -395,16 +427,35 @@ pub(super) fn control_plane(bin: &Path, dir: &Path, stack: &mut Stack) -> anyhow
         })
         .find_map(|e| e.get("sock_cookie").and_then(serde_json::Value::as_u64))
         .context("no db.query of alice's psql in the gateway's events")?;
-    must(
-        Command::new(bin.join("lastmile"))
-            .args(["audit", "trace", "--sock-cookie", &cookie.to_string()])
-            .arg("--events")
-            .arg(dir.join("node-events.jsonl"))
-            .arg("--events")
-            .arg(data.join("audit.jsonl"))
-            .arg("--events")
-            .arg(dir.join("gateway-events.jsonl")),
-    )?;
+    // From the audit service alone: the node's, the gateway's and the API's events all
+    // went there, each under its enrolled identity. The close is written when psql has
+    // gone; wait for it to reach the log.
+    let reader = audit.reader(&api)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut trace = Command::new(bin.join("lastmile"));
+        trace.args(["audit", "trace", "--sock-cookie", &cookie.to_string()]);
+        let out = audit.as_reader(&mut trace, &reader).output()?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        if out.status.success()
+            && said.contains("kernel.connect")
+            && said.contains("connection.close")
+        {
+            for line in said.lines() {
+                eprintln!("    {line}");
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the trace from the audit service is incomplete: {said}{}\naudit service: {}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    audit.verify(bin, &reader)?;
     step(
         "an unsigned call to a signed endpoint, and a malformed login: each refused with its reason",
     );
@@ -426,17 +477,22 @@ fn gateway_and_node(
     bin: &Path,
     dir: &Path,
     ca: &Path,
-    token: &str,
+    (token, node_token): (&str, &str),
+    audit: &super::service::AuditService,
     stack: &mut Stack,
 ) -> anyhow::Result<()> {
     let config = dir.join("lastmiled-api.toml");
     std::fs::write(
         &config,
         format!(
-            "[api]\nurl = \"https://localhost:18443\"\nstate_dir = {:?}\n\n             [gateway]\nlisten = \"127.0.0.1:15443\"\nevents = {:?}\n\n             [node]\nevents = {:?}\nresources_from_api = true\nresource_refresh = \"1s\"\n",
+            "[api]\nurl = \"https://localhost:18443\"\nstate_dir = {:?}\n\n\
+             [gateway]\nlisten = \"127.0.0.1:15443\"\nevents = {:?}\n\n{}\n\
+             [node]\nevents = {:?}\nresources_from_api = true\nresource_refresh = \"1s\"\n\n{}",
             dir.join("gateway-state"),
             dir.join("gateway-events.jsonl"),
+            audit.section("gateway"),
             dir.join("node-events.jsonl"),
+            audit.section("node"),
         ),
     )?;
     let lastmiled = bin.join("lastmiled");
@@ -456,6 +512,16 @@ fn gateway_and_node(
             .args(["gateway", "run", "--config"])
             .arg(&config),
         &dir.join("gateway.log"),
+    )?;
+    step(
+        "`lastmiled node enroll` with a node token: the node's certificate (urn:lastmile:node:demo-node), its identity with the audit service",
+    );
+    must(
+        Command::new(&lastmiled)
+            .args(["node", "enroll", "--config"])
+            .arg(&config)
+            .args(["--token", node_token, "--ca"])
+            .arg(ca),
     )?;
     step("`lastmiled node run` again, its protected targets now from the API's resources");
     let socket = Path::new("/run/lastmile/node.sock");

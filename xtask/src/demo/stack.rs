@@ -31,6 +31,42 @@ pub(super) struct Stack {
     account: bool,
 }
 
+/// What ends each line the demo adds to `/etc/hosts`, so that `--stop` removes exactly
+/// those.
+const HOSTS_MARK: &str = "# lastmile-demo";
+
+/// Adds `ADDRESS NAME` lines to /etc/hosts (after removing an earlier demo's). Written in
+/// place, not renamed over: in a container /etc/hosts is often a mount.
+pub(super) fn add_hosts(entries: &[(&str, &str)]) -> anyhow::Result<()> {
+    remove_hosts()?;
+    let mut text = std::fs::read_to_string("/etc/hosts").context("reading /etc/hosts")?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for (address, name) in entries {
+        text.push_str(&format!("{address} {name} {HOSTS_MARK}\n"));
+    }
+    std::fs::write("/etc/hosts", text).context("writing /etc/hosts")
+}
+
+/// Removes the lines [`add_hosts`] added; whether there were any.
+fn remove_hosts() -> anyhow::Result<bool> {
+    let Ok(text) = std::fs::read_to_string("/etc/hosts") else {
+        return Ok(false);
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(HOSTS_MARK))
+        .collect();
+    if kept.len() == text.lines().count() {
+        return Ok(false);
+    }
+    let mut out = kept.join("\n");
+    out.push('\n');
+    std::fs::write("/etc/hosts", out).context("writing /etc/hosts")?;
+    Ok(true)
+}
+
 /// A process the demo started: what it is, its pid, and its program's file name (checked
 /// against `/proc/PID/cmdline` before it is signalled, so a pid reused since is left alone).
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +153,9 @@ impl Stack {
 /// that leaves nothing half up: the user's agent, then the services, then the node's
 /// interception, then the account and the directory). Saying what it removed.
 pub(super) fn stop() -> anyhow::Result<()> {
+    if remove_hosts()? {
+        eprintln!("    removed the demo's lines from /etc/hosts");
+    }
     let Ok(text) = std::fs::read(file()) else {
         if Path::new(STATE_DIR).exists() {
             std::fs::remove_dir_all(STATE_DIR).with_context(|| format!("removing {STATE_DIR}"))?;
