@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod exec;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 
@@ -36,6 +37,9 @@ enum Command {
     },
     /// Build the libFuzzer targets in fuzz/ (nightly, cargo-fuzz) and run each for a while.
     Fuzz(fuzz::Args),
+    /// Build the Debian packages (cargo-deb) into target/debian; `--check` also tests
+    /// them (layout, `systemd-analyze verify` and `security`, an install into a clean root).
+    Package(package::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo { stop: true } => demo::stop(),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Package(args) => package::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

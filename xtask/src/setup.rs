@@ -49,7 +49,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "rsyslog-gnutls",
         "rsyslog's TLS driver (gtls), for those tests",
     ),
+    (
+        "debootstrap",
+        "a clean Debian root to install the .debs into (`cargo xtask package --check`)",
+    ),
 ];
+
+const CARGO_DEB_VERSION: &str = "3";
 
 const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_MAJOR: u32 = 22;
@@ -60,6 +66,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker().context("setup step `bpf-linker` failed")?;
     moto().context("setup step `moto` failed")?;
     promtool().context("setup step `promtool` failed")?;
+    cargo_deb().context("setup step `cargo-deb` failed")?;
     step("setup: done");
     Ok(())
 }
@@ -252,4 +259,22 @@ fn promtool() -> anyhow::Result<()> {
     result?;
     eprintln!("    installed {PROMTOOL}");
     Ok(())
+}
+
+/// cargo-deb, which `cargo xtask package` makes the Debian packages with.
+fn cargo_deb() -> anyhow::Result<()> {
+    step(&format!("cargo-deb {CARGO_DEB_VERSION}"));
+    let deb = cargo_bin_dir().join("cargo-deb");
+    if let Some(v) = output(Command::new(&deb).arg("--version")) {
+        eprintln!("    present: {}", v.trim());
+        return Ok(());
+    }
+    eprintln!("    building cargo-deb (a few minutes on two cores)");
+    must(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        &format!("^{CARGO_DEB_VERSION}"),
+    ]))
 }
