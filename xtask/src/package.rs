@@ -160,6 +160,7 @@ const POSTINST_DIRS: &[(&str, u32, &str)] = &[
 const GROUPS: &[&str] = &["lastmile"];
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    crate::setup::cargo_deb().context("installing cargo-deb")?;
     let debs = build()?;
     if args.check {
         let started = Instant::now();

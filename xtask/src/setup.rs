@@ -66,7 +66,6 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker().context("setup step `bpf-linker` failed")?;
     moto().context("setup step `moto` failed")?;
     promtool().context("setup step `promtool` failed")?;
-    cargo_deb().context("setup step `cargo-deb` failed")?;
     step("setup: done");
     Ok(())
 }
@@ -261,8 +260,10 @@ fn promtool() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// cargo-deb, which `cargo xtask package` makes the Debian packages with.
-fn cargo_deb() -> anyhow::Result<()> {
+/// cargo-deb, which `cargo xtask package` makes the Debian packages with. Installed by
+/// `package` itself, not by every setup: nothing else needs it, and building it costs a
+/// few minutes of every fresh CI run.
+pub fn cargo_deb() -> anyhow::Result<()> {
     step(&format!("cargo-deb {CARGO_DEB_VERSION}"));
     let deb = cargo_bin_dir().join("cargo-deb");
     if let Some(v) = output(Command::new(&deb).arg("--version")) {
