@@ -381,6 +381,15 @@ fn with_enforce_other_network_namespaces_are_refused() {
     );
     let c = i.counters().unwrap();
     assert_eq!((c.refused, c.other_netns, c.redirected), (1, 1, 0), "{c:?}");
+    // And logged: the kernel's event for it says refused.
+    let events = drain_events(&mut i);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| decision_name(e.decision))
+            .collect::<Vec<_>>(),
+        ["refused"]
+    );
     drop(listener);
 }
 
@@ -416,6 +425,23 @@ fn marked_connections_are_exempt() {
         ["exempt"]
     );
     assert_eq!(i.counters().unwrap().exempt, 1);
+
+    // A user without CAP_NET_ADMIN cannot put the exempt mark on a socket (setsockopt
+    // SO_MARK is refused: socket(7)), so cannot dial the target past the node; the
+    // connection it makes instead, unmarked, is redirected like any other.
+    let (ok, err) = probe_with(
+        &cgroup,
+        &protected.to_string(),
+        &["--send", "x", "--mark", &mark],
+        Some(65534),
+    );
+    assert!(!ok && err.contains("SO_MARK needs CAP_NET_ADMIN"), "{err}");
+    let c = i.counters().unwrap();
+    assert_eq!(
+        (c.exempt, c.redirected, c.refused),
+        (1, 0, 0),
+        "no connect was attempted: {c:?}"
+    );
     drop(listener);
 }
 
