@@ -152,7 +152,7 @@ async fn serve(
         None
     };
     let enrolled = crate::gateway::node_audit_identity(&api.state_dir);
-    let sink = EventSink::start(config.events.as_deref(), &config.audit, enrolled)
+    let sink = EventSink::start("node", config.events.as_deref(), &config.audit, enrolled)
         .with_context(|| format!("cannot open the event file {:?}", config.events))?;
 
     let mut interceptor = Interceptor::load_pinned(&config.pin_dir)?;

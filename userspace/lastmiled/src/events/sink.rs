@@ -72,6 +72,18 @@ pub struct EventSink {
     /// `events.dropped` with the count), like the kernel ring buffer's drop counter.
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     metrics: SinkMetrics,
+    /// `node` or `gateway`: every event says which role wrote it (`component`, as the
+    /// API's events do), so a trace joined from one log shows who saw what.
+    component: &'static str,
+}
+
+/// `event` as JSON with its writer's `component`.
+fn with_component(event: &Event, component: &'static str) -> serde_json::Result<Value> {
+    let mut v = serde_json::to_value(event)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("component".into(), Value::from(component));
+    }
+    Ok(v)
 }
 
 /// At most this many events wait for the writer; more are counted and dropped, so a
@@ -94,14 +106,16 @@ impl EventSink {
     /// `enrolled` is presented to the audit service unless `[….audit.service]` names a
     /// certificate.
     pub fn start(
+        component: &'static str,
         file: Option<&Path>,
         audit: &crate::config::AuditConfig,
         enrolled: Option<lastmile_audit_sink::ClientIdentity>,
     ) -> Result<Self, lastmile_audit_sink::WriteError> {
-        Self::start_with_queue(file, audit, enrolled, QUEUE)
+        Self::start_with_queue(component, file, audit, enrolled, QUEUE)
     }
 
     fn start_with_queue(
+        component: &'static str,
         file: Option<&Path>,
         audit: &crate::config::AuditConfig,
         enrolled: Option<lastmile_audit_sink::ClientIdentity>,
@@ -151,8 +165,10 @@ impl EventSink {
                 };
                 let n = lost.swap(0, std::sync::atomic::Ordering::AcqRel);
                 if n > 0
-                    && let Ok(v) =
-                        serde_json::to_value(Event::now(EventBody::EventsDropped { count: n }))
+                    && let Ok(v) = with_component(
+                        &Event::now(EventBody::EventsDropped { count: n }),
+                        component,
+                    )
                 {
                     tracing::warn!(count = n, "events dropped: the writer's queue was full");
                     batch.push(v);
@@ -186,6 +202,7 @@ impl EventSink {
             failing,
             dropped,
             metrics,
+            component,
         })
     }
 
@@ -203,7 +220,7 @@ impl EventSink {
 
     /// Queues one event for writing; when the queue is full, counts it as dropped.
     pub fn write(&self, event: &Event) {
-        match serde_json::to_value(event) {
+        match with_component(event, self.component) {
             Ok(v) => match self.queue.try_send(v) {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -236,6 +253,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let sink = EventSink::start_with_queue(
+                "node",
                 Some(&file),
                 &crate::config::AuditConfig::default(),
                 None,

@@ -250,6 +250,7 @@ async fn serve(config: GatewayConfig, api_config: ApiConfig) -> anyhow::Result<(
         .json::<lastmile_proto::wire::GatewayEndpoint>()
         .context("the API refused this gateway's announcement")?;
     let sink = EventSink::start(
+        "gateway",
         config.events.as_deref(),
         &config.audit,
         Some(identity::audit_identity(&api_config.state_dir)),
