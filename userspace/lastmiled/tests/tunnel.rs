@@ -807,12 +807,30 @@ fn counting_listener(addr: &str) -> (std::net::SocketAddr, Arc<std::sync::atomic
 /// Restarting a node never opens a window where a protected target is reached directly:
 /// not on a normal restart, not on a start that fails (no identity), not on a start with
 /// the API down (the API's last list is remembered). A local process connects in a loop
-/// throughout, and the target sees none of its connections.
+/// throughout, and the target sees none of its connections. Without enforcement, what
+/// the pinned programs redirect while no node listens is refused by the kernel (nothing
+/// listens there); with it, the same, and a connect the programs cannot redirect is
+/// refused outright (EPERM).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_never_leave_a_protected_target_reachable() {
     if !kernel_version::can_run("restarts_never_leave_a_protected_target_reachable") {
         return;
     }
+    restarts_leave_nothing_reachable(false).await;
+}
+
+/// The same with `enforce = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_never_leave_a_protected_target_reachable_with_enforcement() {
+    if !kernel_version::can_run(
+        "restarts_never_leave_a_protected_target_reachable_with_enforcement",
+    ) {
+        return;
+    }
+    restarts_leave_nothing_reachable(true).await;
+}
+
+async fn restarts_leave_nothing_reachable(enforce: bool) {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let stack = Stack::start().await;
     let (target, reached) = counting_listener("127.0.0.2:0");
@@ -828,7 +846,7 @@ async fn restarts_never_leave_a_protected_target_reachable() {
         "restart",
         &cgroup,
         &api_conf(&stack.api_url, &state),
-        "resources_from_api = true\nresource_refresh = \"200ms\"",
+        &format!("resources_from_api = true\nresource_refresh = \"200ms\"\nenforce = {enforce}"),
     );
     let protected = |node: &support::TestNode| node.status()["protected_v4"] == 1;
     let deadline = Instant::now() + Duration::from_secs(10);
