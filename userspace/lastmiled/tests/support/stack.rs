@@ -272,6 +272,7 @@ impl Stack {
         );
         let mut g = GatewayProcess {
             name: name.into(),
+            enrolled_certificate: std::fs::read_to_string(dir.join("state/gateway.pem")).unwrap(),
             dir,
             config,
             events,
@@ -288,6 +289,9 @@ pub struct GatewayProcess {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub events: PathBuf,
+    /// The certificate enrollment stored, read before the gateway first ran (it may
+    /// renew it at once).
+    pub enrolled_certificate: String,
     child: Option<Child>,
 }
 
