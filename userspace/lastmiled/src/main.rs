@@ -215,12 +215,11 @@ fn status(config: Option<&Path>, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn enroll(
+/// The configuration's `[api]`, pointed at `api` when given, and a runtime for one call.
+fn api_and_runtime(
     config: Option<&Path>,
-    token: &str,
-    ca: &Path,
     api: Option<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(lastmiled::config::ApiConfig, tokio::runtime::Runtime)> {
     let mut config = lastmiled::config::Config::load(config)?;
     if let Some(url) = api {
         config.api.url = url;
@@ -228,10 +227,20 @@ fn enroll(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let name = runtime.block_on(lastmiled::gateway::enroll(&config.api, ca, token))?;
+    Ok((config.api, runtime))
+}
+
+fn enroll(
+    config: Option<&Path>,
+    token: &str,
+    ca: &Path,
+    api: Option<String>,
+) -> anyhow::Result<()> {
+    let (api, runtime) = api_and_runtime(config, api)?;
+    let name = runtime.block_on(lastmiled::gateway::enroll(&api, ca, token))?;
     eprintln!(
         "enrolled as gateway `{name}`; identity in {}",
-        config.api.state_dir.display()
+        api.state_dir.display()
     );
     Ok(())
 }
@@ -242,19 +251,12 @@ fn enroll_node(
     ca: &Path,
     api: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut config = lastmiled::config::Config::load(config)?;
-    if let Some(url) = api {
-        config.api.url = url;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (name, expires_at) =
-        runtime.block_on(lastmiled::gateway::enroll_node(&config.api, ca, token))?;
+    let (api, runtime) = api_and_runtime(config, api)?;
+    let (name, expires_at) = runtime.block_on(lastmiled::gateway::enroll_node(&api, ca, token))?;
     eprintln!(
         "enrolled as node `{name}`; identity in {} (certificate until unix time {expires_at}: \
          enroll again with a new token before then)",
-        config.api.state_dir.display()
+        api.state_dir.display()
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 use lastmile_api_client::ApiClient;
-use lastmile_proto::wire::{Enroll, GatewayCertificate};
+use lastmile_proto::wire::{Enroll, GatewayCertificate, NodeCertificate};
 
 use crate::config::ApiConfig;
 
@@ -81,23 +81,37 @@ impl Identity {
     }
 }
 
-/// `lastmiled gateway enroll`: makes this host's key, sends a CSR with the one-time token,
-/// and stores key, certificate and CA in `state_dir`.
-pub async fn enroll(api: &ApiConfig, ca_file: &Path, token: &str) -> anyhow::Result<String> {
+/// What enrolling as a gateway or a node differs in: where the token is spent and the
+/// files the identity is kept in.
+struct Enrollment {
+    path: &'static str,
+    key_file: &'static str,
+    cert_file: &'static str,
+}
+
+/// Makes this host's Ed25519 key, sends a CSR with the one-time token to
+/// `enrollment.path`, and stores key, certificate and CA in `state_dir`.
+async fn enroll_as<C: serde::de::DeserializeOwned>(
+    api: &ApiConfig,
+    ca_file: &Path,
+    token: &str,
+    enrollment: &Enrollment,
+    certificate: impl Fn(&C) -> &str,
+) -> anyhow::Result<C> {
     let ca_pem = std::fs::read_to_string(ca_file)
         .with_context(|| format!("reading the organisation CA {}", ca_file.display()))?;
     let seed = lastmile_api_client::random32()?;
     let der = lastmile_tunnel::tls::ed25519_pkcs8(&seed);
-    let pair = rcgen::KeyPair::try_from(der.as_slice()).context("making the gateway key")?;
+    let pair = rcgen::KeyPair::try_from(der.as_slice()).context("making the key")?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&pair)
         .context("making the CSR")?
         .pem()
         .context("making the CSR")?;
     let client = ApiClient::new(&api.url, &ca_pem, None)?;
-    let cert: GatewayCertificate = client
+    let cert: C = client
         .post(
-            "/v1/gateways/enroll",
+            enrollment.path,
             &Enroll {
                 token: token.to_owned(),
                 csr,
@@ -111,9 +125,36 @@ pub async fn enroll(api: &ApiConfig, ca_file: &Path, token: &str) -> anyhow::Res
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    write_file(&dir.join(KEY_FILE), pair.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&dir.join(CERT_FILE), cert.certificate.as_bytes(), 0o644)?;
+    write_file(
+        &dir.join(enrollment.key_file),
+        pair.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &dir.join(enrollment.cert_file),
+        certificate(&cert).as_bytes(),
+        0o644,
+    )?;
     write_file(&dir.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;
+    Ok(cert)
+}
+
+/// `lastmiled gateway enroll`: this host's gateway key and certificate, with a token from
+/// `lastmile-api gateways token NAME`.
+pub async fn enroll(api: &ApiConfig, ca_file: &Path, token: &str) -> anyhow::Result<String> {
+    let enrollment = Enrollment {
+        path: "/v1/gateways/enroll",
+        key_file: KEY_FILE,
+        cert_file: CERT_FILE,
+    };
+    let cert: GatewayCertificate = enroll_as(
+        api,
+        ca_file,
+        token,
+        &enrollment,
+        |c: &GatewayCertificate| &c.certificate,
+    )
+    .await?;
     Ok(cert.name)
 }
 
@@ -137,53 +178,24 @@ pub fn node_audit_identity(dir: &Path) -> Option<lastmile_audit_sink::ClientIden
         .then_some(lastmile_audit_sink::ClientIdentity::Files { cert, key })
 }
 
-/// `lastmiled node enroll`: makes the node's key, sends a CSR with the one-time token
-/// from `lastmile-api nodes token NAME`, and stores key, certificate and CA in
-/// `state_dir`. The certificate names `urn:lastmile:node:NAME`: the node's identity
-/// when it writes to the audit service.
+/// `lastmiled node enroll`: the node's key and certificate, with a token from
+/// `lastmile-api nodes token NAME`. The certificate names `urn:lastmile:node:NAME`: the
+/// node's identity when it writes to the audit service. Returns its name and expiry.
 pub async fn enroll_node(
     api: &ApiConfig,
     ca_file: &Path,
     token: &str,
 ) -> anyhow::Result<(String, i64)> {
-    let ca_pem = std::fs::read_to_string(ca_file)
-        .with_context(|| format!("reading the organisation CA {}", ca_file.display()))?;
-    let seed = lastmile_api_client::random32()?;
-    let der = lastmile_tunnel::tls::ed25519_pkcs8(&seed);
-    let pair = rcgen::KeyPair::try_from(der.as_slice()).context("making the node key")?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&pair)
-        .context("making the CSR")?
-        .pem()
-        .context("making the CSR")?;
-    let client = ApiClient::new(&api.url, &ca_pem, None)?;
-    let cert: lastmile_proto::wire::NodeCertificate = client
-        .post(
-            "/v1/nodes/enroll",
-            &Enroll {
-                token: token.to_owned(),
-                csr,
-            },
-        )
-        .await
-        .context("enrolling with the API")?;
-    let dir = &api.state_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    write_file(
-        &dir.join(NODE_KEY_FILE),
-        pair.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(
-        &dir.join(NODE_CERT_FILE),
-        cert.certificate.as_bytes(),
-        0o644,
-    )?;
-    write_file(&dir.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;
+    let enrollment = Enrollment {
+        path: "/v1/nodes/enroll",
+        key_file: NODE_KEY_FILE,
+        cert_file: NODE_CERT_FILE,
+    };
+    let cert: NodeCertificate =
+        enroll_as(api, ca_file, token, &enrollment, |c: &NodeCertificate| {
+            &c.certificate
+        })
+        .await?;
     Ok((cert.name, cert.expires_at))
 }
 
