@@ -26,6 +26,25 @@ pub(crate) fn token_hash(token: &str) -> String {
         .collect()
 }
 
+/// A new one-time enrollment token, `PREFIX_<48 hex>`, after checking that its `ttl`
+/// (seconds) is between a minute and a week.
+pub(crate) fn one_time_token(prefix: &str, ttl: i64) -> Result<String, ApiError> {
+    if !(60..=7 * 86_400).contains(&ttl) {
+        return Err(ApiError::bad_request(
+            ErrorCode::BadTtl,
+            "ttl must be between 60 seconds and 7 days",
+        ));
+    }
+    Ok(format!(
+        "{prefix}_{}",
+        random::<24>()
+            .map_err(ApiError::internal)?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
 /// Makes a one-time enrollment token. Only its hash is stored.
 pub async fn new_token(
     app: &App,
@@ -55,20 +74,7 @@ pub async fn new_token(
         }
     }
     let ttl = req.ttl.unwrap_or(3600);
-    if !(60..=7 * 86_400).contains(&ttl) {
-        return Err(ApiError::bad_request(
-            ErrorCode::BadTtl,
-            "ttl must be between 60 seconds and 7 days",
-        ));
-    }
-    let token = format!(
-        "lmgw_{}",
-        random::<24>()
-            .map_err(ApiError::internal)?
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let token = one_time_token("lmgw", ttl)?;
     let expires_at = app.clock.now() + ttl;
     let mut tx = app.db.begin().await?;
     sqlx::query(

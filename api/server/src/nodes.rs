@@ -19,8 +19,7 @@ use crate::{
     config::secs,
     error::ApiError,
     events::{ApiEvent, IdentityChange},
-    gateways::token_hash,
-    pki::random,
+    gateways::{one_time_token, token_hash},
 };
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
@@ -50,20 +49,7 @@ pub async fn new_token(
     ttl: i64,
 ) -> Result<NodeToken, ApiError> {
     check_name("node", name)?;
-    if !(60..=7 * 86_400).contains(&ttl) {
-        return Err(ApiError::bad_request(
-            ErrorCode::BadTtl,
-            "ttl must be between 60 seconds and 7 days",
-        ));
-    }
-    let token = format!(
-        "lmnd_{}",
-        random::<24>()
-            .map_err(ApiError::internal)?
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let token = one_time_token("lmnd", ttl)?;
     let expires_at = app.clock.now() + ttl;
     let mut tx = app.db.begin().await?;
     sqlx::query(
